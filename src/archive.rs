@@ -1,0 +1,588 @@
+//! An open archive: its root (`archive.ini`), volumes (`volinfo`) and sessions (`info`), loaded
+//! and verified down the hash chain archive.ini → volinfo → info → manifest.z → chunk.
+//!
+//! # Commit order (crash safety)
+//! A send writes everything new under `<vid>/S-tmp/` (chunks, `manifest.z`, `info`), makes it
+//! durable, renames `S-tmp` to the session name, then "zipper-saves" the parents: `volinfo.tmp`,
+//! `sessions.tmp`, `archive.ini.tmp`, a durability barrier, and renames in that order with
+//! archive.ini last. Until archive.ini is replaced, the old root still describes a complete
+//! archive: the one window where the old root meets the new volinfo is covered by `volinfo.bak`
+//! (a copy of the previous committed volinfo), which [`Archive::open`] falls back to. Leftovers
+//! of an interrupted command (`S-tmp`, `*.tmp`, session or volume directories no root refers to)
+//! are removed by [`Archive::recover`] before the next write.
+//!
+//! `updated_at` strictly increases with every save (see `format::ini::next_updated_at`).
+
+use crate::codec::{gunzip, gzip, Codec, Compression, Compressor};
+use crate::crypto::HashFn;
+use crate::dest::Dest;
+use crate::error::{Error, Result};
+use crate::format::ini::{self, ArchiveIni};
+use crate::format::manifest::{self, chunk_count};
+use crate::format::volinfo::sessions_json;
+use crate::format::{
+    self as fmt, Hash32, Merged, SessionInfo, SessionLines, SessionName, VolInfo, VolumeId,
+};
+
+/// A session as loaded from its `info`.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub name: SessionName,
+    pub info: SessionInfo,
+}
+
+#[derive(Clone, Debug)]
+pub struct Volume {
+    pub vid: VolumeId,
+    pub volinfo: VolInfo,
+    /// Sorted by `sequence` (the authoritative order).
+    pub sessions: Vec<Session>,
+    /// Loaded from `volinfo.bak` because `volinfo` was left mid-commit.
+    restored_from_bak: bool,
+}
+
+impl Volume {
+    pub fn name(&self) -> &str {
+        &self.volinfo.name
+    }
+
+    pub fn last(&self) -> Option<&Session> {
+        self.sessions.last()
+    }
+
+    pub fn session_index(&self, name: &SessionName) -> Option<usize> {
+        self.sessions.iter().position(|s| &s.name == name)
+    }
+}
+
+pub struct Archive {
+    pub dest: Box<dyn Dest>,
+    pub ci: String,
+    pub ini: ArchiveIni,
+    pub codec: Codec,
+    pub volumes: Vec<Volume>,
+}
+
+/// Everything `arch-init` chooses.
+pub struct InitParams {
+    pub compression: Compressor,
+    pub chunksize: u64,
+}
+
+/// Where a send stages its session before the commit renames it.
+pub const SESSION_TMP: &str = "S-tmp";
+
+impl Archive {
+    /// Creates a new, empty, unencrypted archive.
+    pub fn init(dest: Box<dyn Dest>, p: &InitParams) -> Result<Archive> {
+        if dest.root_exists()? {
+            if dest.exists("archive.ini")? {
+                return Err(Error::ArchiveExists {
+                    url: dest.url().into(),
+                });
+            }
+            if !dest.list("")?.is_empty() {
+                return Err(Error::DestUnavailable {
+                    url: dest.url().into(),
+                    detail: "the directory is not empty; give arch-init an empty or new directory"
+                        .into(),
+                });
+            }
+        } else {
+            dest.create_root()?;
+        }
+        dest.lock(true)?;
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let ini = ArchiveIni {
+            var: vec![
+                ("updated_at".into(), ini::next_updated_at(None)),
+                ("uuid".into(), uuid),
+                ("format_ver".into(), "3".into()),
+                ("chunksize".into(), p.chunksize.to_string()),
+                ("compression".into(), p.compression.kind.name().into()),
+                ("compr_level".into(), p.compression.level.to_string()),
+                ("hashtype".into(), "blake2b".into()),
+                ("ci_mode".into(), "00".into()),
+            ],
+            volumes: Vec::new(),
+            in_process: Vec::new(),
+        };
+        // The original's destination probe: a write test and a hard-link test.
+        dest.write("archive.dat", b"")?;
+        let _ = dest.remove_all(".hardlink");
+        if dest.hard_link("archive.dat", ".hardlink").is_err() {
+            tracing::warn!(
+                "destination does not support hard links; deduplication will not be available"
+            );
+        }
+        let mut a = Archive {
+            dest,
+            ci: "00".into(),
+            codec: codec_for(&ini)?,
+            ini,
+            volumes: Vec::new(),
+        };
+        a.save_root()?;
+        Ok(a)
+    }
+
+    /// Opens an archive and verifies its metadata down to every session's `info`.
+    pub fn open(dest: Box<dyn Dest>, exclusive: bool) -> Result<Archive> {
+        if !dest.root_exists()? {
+            return Err(Error::ArchiveNotFound {
+                url: dest.url().into(),
+            });
+        }
+        dest.lock(exclusive)?;
+        let file = dest
+            .read(
+                "archive.ini",
+                (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64,
+            )?
+            .ok_or_else(|| Error::ArchiveNotFound {
+                url: dest.url().into(),
+            })?;
+        let (ci, body) = ini::parse_header(&file)?;
+        if ci != "00" {
+            return Err(Error::Unsupported(format!(
+                "this archive is encrypted (cipher mode {ci}); this version of wyng reads unencrypted archives only"
+            )));
+        }
+        let text = gunzip(body, ini::MAX_BODY * 8).map_err(|e| Error::corrupt("archive.ini", e))?;
+        let text =
+            String::from_utf8(text).map_err(|_| Error::corrupt("archive.ini", "not UTF-8 text"))?;
+        let ini = ArchiveIni::parse(&text)?;
+        validate_var(&ini, &ci)?;
+        let codec = codec_for(&ini)?;
+        let mut a = Archive {
+            dest,
+            ci,
+            ini,
+            codec,
+            volumes: Vec::new(),
+        };
+        let vids: Vec<(VolumeId, Hash32)> = a.ini.volumes.clone();
+        for (vid, h) in vids {
+            let v = a.load_volume(&vid, &h)?;
+            a.volumes.push(v);
+        }
+        Ok(a)
+    }
+
+    pub fn uuid(&self) -> &str {
+        self.ini.get("uuid").unwrap_or("")
+    }
+
+    pub fn chunksize(&self) -> u64 {
+        self.codec.chunksize
+    }
+
+    fn load_volume(&self, vid: &VolumeId, hash: &Hash32) -> Result<Volume> {
+        let path = format!("{vid}/volinfo");
+        let limit = fmt::MAX_VOLINFO_Z as u64;
+        let read = |p: &str| -> Result<Vec<u8>> {
+            let f = self
+                .dest
+                .read(p, limit)?
+                .ok_or_else(|| Error::corrupt(p, "missing"))?;
+            self.codec.decode_meta(&f, hash, limit, 8 << 20, p)
+        };
+        let (text, restored_from_bak) = match read(&path) {
+            Ok(t) => (t, false),
+            Err(first) => match read(&format!("{path}.bak")) {
+                Ok(t) => {
+                    tracing::warn!("{path} is from an interrupted commit; using volinfo.bak");
+                    (t, true)
+                }
+                Err(_) => return Err(first),
+            },
+        };
+        let text = String::from_utf8(text).map_err(|_| Error::corrupt(&path, "not UTF-8 text"))?;
+        let volinfo = VolInfo::parse(&text, &path)?;
+        let mut sessions = Vec::with_capacity(volinfo.sessions.len());
+        for (name, h) in &volinfo.sessions {
+            let p = format!("{vid}/{name}/info");
+            let f = self
+                .dest
+                .read(&p, fmt::MAX_INFO_Z as u64)?
+                .ok_or_else(|| Error::corrupt(&p, "missing"))?;
+            let t = self
+                .codec
+                .decode_meta(&f, h, fmt::MAX_INFO_Z as u64, 64 << 10, &p)?;
+            let t = String::from_utf8(t).map_err(|_| Error::corrupt(&p, "not UTF-8 text"))?;
+            sessions.push(Session {
+                name: name.clone(),
+                info: SessionInfo::parse(&t, &p)?,
+            });
+        }
+        sessions.sort_by_key(|s| s.info.sequence);
+        for w in sessions.windows(2) {
+            if w[0].info.sequence == w[1].info.sequence {
+                return Err(Error::corrupt(
+                    &path,
+                    format!(
+                        "sessions {} and {} share a sequence number",
+                        w[0].name, w[1].name
+                    ),
+                ));
+            }
+            if w[1].info.previous.as_ref() != Some(&w[0].name) {
+                return Err(Error::corrupt(
+                    format!("{vid}/{}/info", w[1].name),
+                    format!("previous session should be {}", w[0].name),
+                ));
+            }
+        }
+        Ok(Volume {
+            vid: vid.clone(),
+            volinfo,
+            sessions,
+            restored_from_bak,
+        })
+    }
+
+    pub fn volume(&self, name: &str) -> Option<&Volume> {
+        self.volumes.iter().find(|v| v.name() == name)
+    }
+
+    pub fn volume_index(&self, name: &str) -> Option<usize> {
+        self.volumes.iter().position(|v| v.name() == name)
+    }
+
+    /// The manifest lines a session recorded itself.
+    pub fn session_lines(&self, vol: &Volume, idx: usize) -> Result<SessionLines> {
+        let s = &vol.sessions[idx];
+        let Some(h) = s.info.manifest_hash else {
+            return Ok(Vec::new());
+        };
+        let p = format!("{}/{}/manifest.z", vol.vid, s.name);
+        let cs = self.chunksize();
+        let max_file = fmt::max_manifest_z(s.info.volsize, cs);
+        let f = self
+            .dest
+            .read(&p, max_file)?
+            .ok_or_else(|| Error::corrupt(&p, "missing"))?;
+        let max_text = (chunk_count(s.info.volsize, cs).saturating_add(1)).saturating_mul(62);
+        let text = self.codec.decode_meta(
+            &f,
+            &h,
+            max_file,
+            usize::try_from(max_text).unwrap_or(usize::MAX),
+            &p,
+        )?;
+        manifest::parse_lines(&text, cs, s.info.volsize, &p)
+    }
+
+    /// The full view of session `idx` (sessions 0..=idx merged), with its `mfcs` checked.
+    pub fn merged(&self, vol: &Volume, idx: usize) -> Result<Merged> {
+        let mut layers = Vec::with_capacity(idx + 1);
+        for i in 0..=idx {
+            layers.push(self.session_lines(vol, i)?);
+        }
+        let refs: Vec<(u16, &SessionLines)> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u16, l))
+            .collect();
+        let s = &vol.sessions[idx];
+        let what = format!("{}/{}", vol.vid, s.name);
+        let m = Merged::build(&refs, self.chunksize(), s.info.volsize, &what)?;
+        if let Some(expected) = s.info.mfcs {
+            if m.mfcs() != expected {
+                return Err(Error::corrupt(
+                    what,
+                    "merged manifest does not match the session's checksum (mfcs)",
+                ));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Path of the file holding chunk `idx` of a merged view.
+    pub fn chunk_path(&self, vol: &Volume, origin: u16, idx: u64) -> String {
+        fmt::chunk_rel_path(
+            &vol.vid,
+            vol.sessions[origin as usize].name.as_str(),
+            idx * self.chunksize(),
+        )
+    }
+
+    /// Removes what interrupted commands left behind and repairs a volinfo left mid-commit.
+    /// Run by every write command before it changes anything.
+    pub fn recover(&mut self) -> Result<()> {
+        if !self.ini.in_process.is_empty() {
+            return Err(Error::Other(
+                "archive.ini records an interrupted prune or delete ([in_process]); finish it with the original Wyng, then run this command again".into(),
+            ));
+        }
+        for name in self.dest.list("")? {
+            if name.ends_with(".tmp") {
+                self.dest.remove_all(&name)?;
+            } else if VolumeId::parse(&name).is_some()
+                && !self.volumes.iter().any(|v| v.vid.as_str() == name)
+            {
+                tracing::info!("removing {name}: a volume directory no archive.ini refers to (left by an interrupted send)");
+                self.dest.remove_all(&name)?;
+            }
+        }
+        for i in 0..self.volumes.len() {
+            let vid = self.volumes[i].vid.clone();
+            for name in self.dest.list(vid.as_str())? {
+                let stray = name == SESSION_TMP
+                    || name.ends_with(".tmp")
+                    || (SessionName::parse(&name).is_some()
+                        && !self.volumes[i]
+                            .volinfo
+                            .sessions
+                            .iter()
+                            .any(|(s, _)| s.as_str() == name));
+                if stray {
+                    tracing::info!("removing {vid}/{name}: left by an interrupted command");
+                    self.dest.remove_all(&format!("{vid}/{name}"))?;
+                }
+            }
+            if self.volumes[i].restored_from_bak {
+                let bak = format!("{vid}/volinfo.bak");
+                let data = self
+                    .dest
+                    .read(&bak, fmt::MAX_VOLINFO_Z as u64)?
+                    .ok_or_else(|| Error::corrupt(&bak, "missing"))?;
+                self.dest.write(&format!("{vid}/volinfo.tmp"), &data)?;
+                self.dest.sync()?;
+                self.dest
+                    .rename(&format!("{vid}/volinfo.tmp"), &format!("{vid}/volinfo"))?;
+                self.volumes[i].restored_from_bak = false;
+            }
+        }
+        self.dest.sync()
+    }
+
+    /// Prepares `<vid>/S-tmp`, where a send stages its new session, empty.
+    pub fn begin_session(&self, vid: &VolumeId) -> Result<()> {
+        let dir = format!("{vid}/{SESSION_TMP}");
+        self.dest.remove_all(&dir)?;
+        self.dest.mkdir_all(&dir)
+    }
+
+    pub fn abort_session(&self, vid: &VolumeId) -> Result<()> {
+        self.dest.remove_all(&format!("{vid}/{SESSION_TMP}"))
+    }
+
+    /// Commits a staged session (chunks already in `S-tmp`): see the module docs for the order.
+    /// `vol_idx` may name a volume that has never been saved (a new volume).
+    pub fn commit_session(
+        &mut self,
+        vol_idx: usize,
+        name: SessionName,
+        mut info: SessionInfo,
+        manifest_text: &str,
+    ) -> Result<()> {
+        let vid = self.volumes[vol_idx].vid.clone();
+        let tmp = format!("{vid}/{SESSION_TMP}");
+        info.manifest_hash = if manifest_text.is_empty() {
+            None
+        } else {
+            let enc = self.codec.encode_meta(manifest_text.as_bytes());
+            self.dest.write(&format!("{tmp}/manifest.z"), &enc.file)?;
+            Some(enc.hash)
+        };
+        let enc = self.codec.encode_meta(info.to_text().as_bytes());
+        if enc.file.len() > fmt::MAX_INFO_Z {
+            return Err(Error::Other(
+                "session info too large (too many or too long tags)".into(),
+            ));
+        }
+        self.dest.write(&format!("{tmp}/info"), &enc.file)?;
+        self.dest.sync()?;
+        self.dest.rename(&tmp, &format!("{vid}/{name}"))?;
+
+        let mut volinfo = self.volumes[vol_idx].volinfo.clone();
+        volinfo.sessions.push((name.clone(), enc.hash));
+        let mut sessions = self.volumes[vol_idx].sessions.clone();
+        sessions.push(Session { name, info });
+        self.save_volume(vol_idx, volinfo, sessions)
+    }
+
+    /// Zipper-saves a volume's new volinfo (and `sessions`), then the root.
+    pub fn save_volume(
+        &mut self,
+        vol_idx: usize,
+        volinfo: VolInfo,
+        sessions: Vec<Session>,
+    ) -> Result<()> {
+        let vid = self.volumes[vol_idx].vid.clone();
+        let enc = self.codec.encode_meta(volinfo.to_text().as_bytes());
+        if enc.file.len() > fmt::MAX_VOLINFO_Z {
+            return Err(Error::Other(format!(
+                "volume {} has too many sessions to save",
+                volinfo.name
+            )));
+        }
+        self.dest.write(&format!("{vid}/volinfo.tmp"), &enc.file)?;
+        self.dest.write(
+            &format!("{vid}/sessions.tmp"),
+            sessions_json(sessions.iter().map(|s| &s.name)).as_bytes(),
+        )?;
+        let mut ini = self.ini.clone();
+        ini.set_volume(&vid, enc.hash);
+        let root = self.prepare_root(&mut ini)?;
+        self.dest.sync()?;
+        self.dest
+            .rename(&format!("{vid}/volinfo.tmp"), &format!("{vid}/volinfo"))?;
+        self.dest
+            .rename(&format!("{vid}/sessions.tmp"), &format!("{vid}/sessions"))?;
+        self.dest.rename("archive.ini.tmp", "archive.ini")?;
+        self.dest.sync()?;
+        self.ini = ini;
+        let v = &mut self.volumes[vol_idx];
+        v.volinfo = volinfo;
+        v.sessions = sessions;
+        self.write_bak(&format!("{vid}/volinfo.bak"), &enc.file)?;
+        self.write_bak("archive.ini.bak", &root)
+    }
+
+    /// Saves archive.ini alone (atomically).
+    pub fn save_root(&mut self) -> Result<()> {
+        let mut ini = self.ini.clone();
+        let root = self.prepare_root(&mut ini)?;
+        self.dest.sync()?;
+        self.dest.rename("archive.ini.tmp", "archive.ini")?;
+        self.dest.sync()?;
+        self.ini = ini;
+        self.write_bak("archive.ini.bak", &root)
+    }
+
+    fn prepare_root(&self, ini: &mut ArchiveIni) -> Result<Vec<u8>> {
+        ini.set(
+            "updated_at",
+            ini::next_updated_at(self.ini.get("updated_at")),
+        );
+        let mut file = ini::header(&self.ci);
+        file.extend_from_slice(&gzip(ini.to_text().as_bytes()));
+        self.dest.write("archive.ini.tmp", &file)?;
+        Ok(file)
+    }
+
+    /// `.bak` copies are informational for the original and our crash fallback for volinfo;
+    /// they are replaced atomically too.
+    fn write_bak(&self, rel: &str, data: &[u8]) -> Result<()> {
+        let tmp = format!("{rel}.tmp");
+        self.dest.write(&tmp, data)?;
+        self.dest.rename(&tmp, rel)
+    }
+
+    /// Adds a volume to the in-memory archive (persisted with its first commit).
+    pub fn new_volume(&mut self, name: &str, desc: &str) -> Result<usize> {
+        fmt::ids::check_volume_name(name)?;
+        if self.volume(name).is_some() {
+            return Err(Error::Usage(format!("volume '{name}' already exists")));
+        }
+        if self.volumes.len() >= 1024 {
+            return Err(Error::Usage(
+                "the archive already holds 1024 volumes, the format's limit".into(),
+            ));
+        }
+        let vid = loop {
+            let v = VolumeId::random();
+            if !self.volumes.iter().any(|x| x.vid == v) && !self.dest.exists(v.as_str())? {
+                break v;
+            }
+        };
+        self.volumes.push(Volume {
+            vid,
+            volinfo: VolInfo {
+                name: name.into(),
+                desc: desc.into(),
+                sessions: Vec::new(),
+            },
+            sessions: Vec::new(),
+            restored_from_bak: false,
+        });
+        Ok(self.volumes.len() - 1)
+    }
+}
+
+fn validate_var(ini: &ArchiveIni, ci: &str) -> Result<()> {
+    let bad = |what: String| Error::corrupt("archive.ini", what);
+    let get = |k| ini.get(k).unwrap_or("");
+    if get("ci_mode") != ci {
+        return Err(bad("ci_mode differs from the header".into()));
+    }
+    match get("format_ver").parse::<u32>() {
+        Ok(3) => {}
+        Ok(v) if (1..3).contains(&v) => {
+            return Err(Error::Unsupported(format!("format version {v}")))
+        }
+        _ => return Err(bad("bad format_ver".into())),
+    }
+    match get("updated_at").parse::<f64>() {
+        Ok(t) if t >= 1514782800.0 => {}
+        _ => return Err(bad("bad updated_at".into())),
+    }
+    let uuid = get("uuid");
+    let parts: Vec<&str> = uuid.split('-').collect();
+    if parts.len() < 2
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(bad("bad uuid".into()));
+    }
+    Ok(())
+}
+
+fn codec_for(ini: &ArchiveIni) -> Result<Codec> {
+    let bad = |what: String| Error::corrupt("archive.ini", what);
+    let get = |k| ini.get(k).unwrap_or("");
+    let chunksize: u64 = get("chunksize")
+        .parse()
+        .map_err(|_| bad("bad chunksize".into()))?;
+    if !(1..=6).any(|f| chunksize == 32768 << f) {
+        return Err(bad(format!("unsupported chunksize {chunksize}")));
+    }
+    let kind = Compression::parse(get("compression"))
+        .ok_or_else(|| bad(format!("unknown compression '{}'", get("compression"))))?;
+    let level: i32 = get("compr_level")
+        .parse()
+        .map_err(|_| bad("bad compr_level".into()))?;
+    let compressor = Compressor::new(kind, level).map_err(|e| bad(e.to_string()))?;
+    let h = HashFn::for_hashtype(get("hashtype"))?;
+    Ok(Codec {
+        compressor,
+        data_hash: h.clone(),
+        meta_hash: h,
+        chunksize,
+    })
+}
+
+/// Writes the archive's current root into the local metadata cache (`<meta_dir>/a_<id>/`,
+/// format §14.1): id = hex BLAKE2b-160 of uid ‖ uuid ‖ URL. The directory is created if missing.
+pub fn cache_root(meta_dir: &std::path::Path, archive: &Archive) -> Result<()> {
+    use blake2::digest::consts::U20;
+    use blake2::{Blake2b, Digest};
+    let key = format!(
+        "{}{}{}",
+        nix::unistd::getuid(),
+        archive.uuid(),
+        archive.dest.url()
+    );
+    let id: String = Blake2b::<U20>::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = meta_dir.join(format!("a_{id}"));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    let root = archive
+        .dest
+        .read(
+            "archive.ini",
+            (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64,
+        )?
+        .ok_or_else(|| Error::ArchiveNotFound {
+            url: archive.dest.url().into(),
+        })?;
+    let tmp = dir.join("archive.ini.tmp");
+    std::fs::write(&tmp, &root).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    std::fs::rename(&tmp, dir.join("archive.ini"))
+        .map_err(|e| Error::io(dir.display().to_string(), e))
+}

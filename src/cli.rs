@@ -1,0 +1,238 @@
+//! Command-line definitions. Options may come before or after the command and the volume names:
+//! [`normalize_args`] moves anything before the command word to after it, so clap sees one shape.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wyng",
+    version,
+    about = "Fast incremental backup of disk images and block devices, compatible with Wyng archive format V3",
+    long_about = "Fast incremental backup of disk images and block devices into Wyng V3 archives.\n\n\
+An archive holds volumes; every `send` of a volume records a session (a point-in-time copy)\n\
+that stores only the chunks that changed. Archives written by wyng are readable by the\n\
+original Wyng 0.8, and the other way round.",
+    after_help = "Quick start:\n  wyng arch-init --dest=file:/mnt/usb/laptop.backup --encrypt=off\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng list --dest=file:/mnt/usb/laptop.backup\n  wyng receive vm1.img --save-to=/tmp/vm1.img --dest=file:/mnt/usb/laptop.backup"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Archive location: file:/path/to/archive
+    #[arg(long, global = true, value_name = "URL")]
+    pub dest: Option<String>,
+    /// Directory for wyng's local state about archives (created if missing)
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/lib/wyng"
+    )]
+    pub meta_dir: PathBuf,
+    /// Never ask: accept overwrites and other confirmations
+    #[arg(short = 'u', long, global = true)]
+    pub unattended: bool,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output (repeat for more)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Debug logging
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Machine-readable output on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a new archive
+    #[command(
+        after_help = "Example:\n  wyng arch-init --dest=file:/mnt/usb/laptop.backup --encrypt=off --compression=zstd:3 --chunk-factor=3"
+    )]
+    ArchInit(InitArgs),
+    /// Back up volumes: each send records a new session holding only what changed
+    #[command(
+        after_help = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session. A send that finds no change\nrecords nothing unless --send-unchanged."
+    )]
+    Send(SendArgs),
+    /// Restore a session of a volume to a file or block device
+    #[command(
+        after_help = "Examples:\n  wyng receive vm1.img --save-to=/tmp/vm1.img --dest=file:/mnt/usb/laptop.backup\n  wyng receive vm1.img --session=20261123-101500 --save-to=/dev/vg/vm1 -u --dest=...\n  wyng receive vm1.img --session=^weekly --save-to=/tmp/vm1-weekly.img --dest=...\n\nEvery chunk is checked against its hash before it is written; all-zero chunks become holes\nin a file target. A file target is built under a temporary name and renamed into place when\ncomplete. An existing target is overwritten only after confirmation or with -u."
+    )]
+    Receive(ReceiveArgs),
+    /// Check that sessions can be restored intact, without writing anything
+    #[command(
+        after_help = "Examples:\n  wyng verify vm1.img --dest=file:/mnt/usb/laptop.backup\n  wyng verify vm1.img --session=20261123-101500 --dest=...\n  wyng verify --all --dest=..."
+    )]
+    Verify(VerifyArgs),
+    /// List volumes, or the sessions of the named volumes
+    #[command(
+        after_help = "Examples:\n  wyng list --dest=file:/mnt/usb/laptop.backup\n  wyng list vm1.img --verbose --dest=...\n  wyng list --json --dest=... | jq ."
+    )]
+    List(ListArgs),
+    /// Print the version
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Encryption: off (encrypted modes: xchacha20-dgr, xchacha20-msr, xchacha20-ct)
+    #[arg(long, default_value = "xchacha20-dgr", value_name = "MODE")]
+    pub encrypt: String,
+    /// Compression and level: zstd[:1..22], zlib[:0..9], bz2[:1..9]
+    #[arg(long, default_value = "zstd:3", value_name = "TYPE[:LEVEL]")]
+    pub compression: String,
+    /// Chunk size 32 KiB × 2^F: 1 = 64 KiB … 3 = 256 KiB (default) … 6 = 2 MiB
+    #[arg(long, default_value_t = 3, value_name = "F")]
+    pub chunk_factor: u32,
+    /// Accepted for compatibility: the hash follows from the encryption mode
+    #[arg(long, value_name = "NAME")]
+    pub hashtype: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Volume names (as stored in the archive)
+    pub volumes: Vec<String>,
+    /// Send volume NAME from the file or block device PATH: 'NAME:|:PATH' (repeatable)
+    #[arg(long, value_name = "NAME:|:PATH")]
+    pub import_other_from: Vec<String>,
+    /// Record a session even if nothing changed
+    #[arg(long)]
+    pub send_unchanged: bool,
+    /// Tag the new sessions: ID[,DESCRIPTION] (repeatable, up to 5)
+    #[arg(long, value_name = "ID[,DESC]")]
+    pub tag: Vec<String>,
+    /// Description for volumes this send adds to the archive
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub volume_desc: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SessionArgs {
+    /// Session: date-time YYYYMMDD-HHMMSS, or ^TAG for the newest session with that tag
+    #[arg(long, value_name = "WHEN")]
+    pub session: Option<String>,
+    /// off: use the newest session not after --session's date-time
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pub session_strict: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiveArgs {
+    /// The volume to restore
+    pub volume: String,
+    /// Where to write the volume: a file path or an existing block device
+    #[arg(long, value_name = "PATH")]
+    pub save_to: Option<PathBuf>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Volumes to verify
+    pub volumes: Vec<String>,
+    /// Verify every volume
+    #[arg(short, long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Volumes whose sessions to list (none: list volumes)
+    pub volumes: Vec<String>,
+    /// Only volumes having this session (date-time or ^TAG)
+    #[arg(long, value_name = "WHEN")]
+    pub session: Option<String>,
+}
+
+/// Moves options given before the command word to after it, so that `wyng --save-to=x receive
+/// vol` and `wyng receive vol --save-to=x` parse alike.
+pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
+    let cmd = Cli::command();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let mut takes_value: Vec<String> = Vec::new();
+    for c in std::iter::once(&cmd).chain(cmd.get_subcommands()) {
+        for a in c.get_arguments() {
+            if a.get_action().takes_values() {
+                if let Some(l) = a.get_long() {
+                    takes_value.push(format!("--{l}"));
+                }
+                if let Some(s) = a.get_short() {
+                    takes_value.push(format!("-{s}"));
+                }
+            }
+        }
+    }
+    let mut pos = None;
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--" {
+            break;
+        }
+        if names.iter().any(|n| *n == a) {
+            pos = Some(i);
+            break;
+        }
+        if takes_value.iter().any(|t| *t == a) {
+            i += 1; // its value follows
+        }
+        i += 1;
+    }
+    match pos {
+        Some(p) if p > 1 => {
+            let mut out = vec![args[0].clone(), args[p].clone()];
+            out.extend_from_slice(&args[p + 1..]);
+            out.extend_from_slice(&args[1..p]);
+            out
+        }
+        _ => args,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(v: &[&str]) -> Vec<String> {
+        normalize_args(v.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn options_anywhere() {
+        assert_eq!(
+            norm(&["wyng", "--save-to", "x", "receive", "v"]),
+            ["wyng", "receive", "v", "--save-to", "x"]
+        );
+        assert_eq!(
+            norm(&["wyng", "list", "--dest=file:/a"]),
+            ["wyng", "list", "--dest=file:/a"]
+        );
+        assert_eq!(
+            norm(&["wyng", "--dest", "list", "list"]),
+            ["wyng", "list", "--dest", "list"]
+        );
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,381 @@
+//! Everything between raw bytes and the bytes of a file on the destination.
+//!
+//! Writing: raw → compress → hash (this hash goes into the parent object) → store.
+//! Reading: file → size bound → hash check against the parent's value (constant time) →
+//! decompress strictly (exactly one stream, no trailing bytes, exact length).
+//! [`Codec`] is the one place where this order lives; an archive cipher slots in between
+//! "store"/"file" and the hash step, so no caller ever sees unverified plaintext.
+
+use std::cell::RefCell;
+use std::io::Read;
+
+use crate::crypto::HashFn;
+use crate::error::{Error, Result};
+use crate::format::Hash32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Zstd,
+    Zlib,
+    Bz2,
+}
+
+impl Compression {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "zstd" => Some(Compression::Zstd),
+            "zlib" => Some(Compression::Zlib),
+            "bz2" => Some(Compression::Bz2),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Zlib => "zlib",
+            Compression::Bz2 => "bz2",
+        }
+    }
+
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::Zstd => 3,
+            Compression::Zlib => 4,
+            Compression::Bz2 => 9,
+        }
+    }
+
+    pub fn level_range(self) -> (i32, i32) {
+        match self {
+            Compression::Zstd => (1, 22),
+            Compression::Zlib => (0, 9),
+            Compression::Bz2 => (1, 9),
+        }
+    }
+}
+
+/// A compression method at a level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compressor {
+    pub kind: Compression,
+    pub level: i32,
+}
+
+thread_local! {
+    static ZSTD_CCTX: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+impl Compressor {
+    pub fn new(kind: Compression, level: i32) -> Result<Self> {
+        let (lo, hi) = kind.level_range();
+        if level < lo || level > hi {
+            return Err(Error::Usage(format!(
+                "compression level {level} is out of range for {} ({lo}..{hi})",
+                kind.name()
+            )));
+        }
+        Ok(Compressor { kind, level })
+    }
+
+    /// Compresses the way the original does (format §4.3): one zstd frame *with* the content
+    /// size and no checksum; a zlib stream with window 15; a bzip2 stream.
+    pub fn compress(&self, data: &[u8]) -> Vec<u8> {
+        match self.kind {
+            Compression::Zstd => ZSTD_CCTX.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if cell.as_ref().map(|(l, _)| *l) != Some(self.level) {
+                    let c = zstd::bulk::Compressor::new(self.level)
+                        .expect("zstd level checked at open");
+                    *cell = Some((self.level, c));
+                }
+                let (_, c) = cell.as_mut().expect("set above");
+                c.compress(data)
+                    .expect("zstd compression of an in-memory buffer")
+            }),
+            Compression::Zlib => {
+                let mut c =
+                    flate2::Compress::new(flate2::Compression::new(self.level as u32), true);
+                let mut out = Vec::with_capacity(data.len() / 2 + 64);
+                loop {
+                    out.reserve(data.len() / 4 + 1024);
+                    let st = c
+                        .compress_vec(
+                            &data[c.total_in() as usize..],
+                            &mut out,
+                            flate2::FlushCompress::Finish,
+                        )
+                        .expect("zlib compression of an in-memory buffer");
+                    if st == flate2::Status::StreamEnd {
+                        break out;
+                    }
+                }
+            }
+            Compression::Bz2 => {
+                let mut out = Vec::with_capacity(data.len() / 2 + 64);
+                bzip2::read::BzEncoder::new(data, bzip2::Compression::new(self.level as u32))
+                    .read_to_end(&mut out)
+                    .expect("bzip2 compression of an in-memory buffer");
+                out
+            }
+        }
+    }
+
+    /// Decompresses exactly one stream that must use all of `data`, producing at most `max`
+    /// bytes (a decompression bomb is an error, not an allocation).
+    pub fn decompress(&self, data: &[u8], max: usize) -> std::result::Result<Vec<u8>, String> {
+        match self.kind {
+            Compression::Zstd => {
+                let frame = zstd::zstd_safe::find_frame_compressed_size(data)
+                    .map_err(|_| "not a zstd frame".to_string())?;
+                if frame != data.len() {
+                    return Err("bytes after the zstd frame".into());
+                }
+                match zstd::zstd_safe::get_frame_content_size(data) {
+                    Ok(Some(n)) if n as usize > max || n > max as u64 => {
+                        Err(format!("zstd frame declares {n} bytes, more than {max}"))
+                    }
+                    Ok(Some(n)) => {
+                        let out = zstd::bulk::decompress(data, n as usize)
+                            .map_err(|e| format!("zstd: {e}"))?;
+                        if out.len() as u64 != n {
+                            return Err("zstd frame shorter than its declared size".into());
+                        }
+                        Ok(out)
+                    }
+                    _ => read_bounded(
+                        zstd::stream::read::Decoder::with_buffer(data)
+                            .map_err(|e| e.to_string())?
+                            .single_frame(),
+                        max,
+                    ),
+                }
+            }
+            Compression::Zlib => {
+                let mut d = flate2::bufread::ZlibDecoder::new(data);
+                let out = read_bounded(&mut d, max)?;
+                if !d.get_ref().is_empty() {
+                    return Err("bytes after the zlib stream".into());
+                }
+                Ok(out)
+            }
+            Compression::Bz2 => {
+                let mut d = bzip2::bufread::BzDecoder::new(data);
+                let out = read_bounded(&mut d, max)?;
+                if !d.get_ref().is_empty() {
+                    return Err("bytes after the bzip2 stream".into());
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn read_bounded(r: impl Read, max: usize) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    r.take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() > max {
+        return Err(format!("decompresses to more than {max} bytes"));
+    }
+    Ok(out)
+}
+
+/// gzip as the original writes the archive.ini body (level 4, OS byte 0xff, current mtime).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(mtime)
+        .operating_system(0xff)
+        .write(Vec::new(), flate2::Compression::new(4));
+    enc.write_all(data).expect("in-memory gzip");
+    enc.finish().expect("in-memory gzip")
+}
+
+pub fn gunzip(data: &[u8], max: usize) -> std::result::Result<Vec<u8>, String> {
+    read_bounded(flate2::bufread::GzDecoder::new(data), max)
+}
+
+/// The per-archive transformation of chunks and metadata objects.
+#[derive(Clone, Debug)]
+pub struct Codec {
+    pub compressor: Compressor,
+    pub data_hash: HashFn,
+    pub meta_hash: HashFn,
+    pub chunksize: u64,
+}
+
+/// An encoded chunk: its manifest hash and the bytes of its file.
+pub struct Encoded {
+    pub hash: Hash32,
+    pub file: Vec<u8>,
+}
+
+impl Codec {
+    /// Largest chunk file accepted (format §1).
+    pub fn max_chunk_file(&self) -> u64 {
+        self.chunksize + self.chunksize / 64
+    }
+
+    pub fn encode_chunk(&self, raw: &[u8]) -> Encoded {
+        let file = self.compressor.compress(raw);
+        Encoded {
+            hash: self.data_hash.hash(&file),
+            file,
+        }
+    }
+
+    /// Checks a chunk file against its manifest hash and returns its (still compressed)
+    /// verified payload.
+    pub fn verify_chunk<'a>(
+        &self,
+        file: &'a [u8],
+        expected: &Hash32,
+        path: &str,
+    ) -> Result<&'a [u8]> {
+        if file.is_empty() || file.len() as u64 > self.max_chunk_file() {
+            return Err(Error::corrupt(
+                path,
+                format!("chunk file has a bad size ({} bytes)", file.len()),
+            ));
+        }
+        if !self.data_hash.hash(file).ct_eq(expected) {
+            return Err(Error::corrupt(
+                path,
+                "chunk does not match its manifest hash",
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Verifies, then decompresses a chunk file to exactly `raw_len` bytes.
+    pub fn decode_chunk(
+        &self,
+        file: &[u8],
+        expected: &Hash32,
+        raw_len: usize,
+        path: &str,
+    ) -> Result<Vec<u8>> {
+        let payload = self.verify_chunk(file, expected, path)?;
+        let raw = self
+            .compressor
+            .decompress(payload, raw_len)
+            .map_err(|e| Error::corrupt(path, format!("chunk does not decompress: {e}")))?;
+        if raw.len() != raw_len {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "chunk decompresses to {} bytes, expected {raw_len}",
+                    raw.len()
+                ),
+            ));
+        }
+        Ok(raw)
+    }
+
+    pub fn encode_meta(&self, text: &[u8]) -> Encoded {
+        let file = self.compressor.compress(text);
+        Encoded {
+            hash: self.meta_hash.hash(&file),
+            file,
+        }
+    }
+
+    /// Verifies a metadata object (volinfo, info, manifest.z) against the hash its parent holds,
+    /// then decompresses it (at most `max_text` bytes).
+    pub fn decode_meta(
+        &self,
+        file: &[u8],
+        expected: &Hash32,
+        max_file: u64,
+        max_text: usize,
+        path: &str,
+    ) -> Result<Vec<u8>> {
+        if file.is_empty() || file.len() as u64 > max_file {
+            return Err(Error::corrupt(
+                path,
+                format!("file has a bad size ({} bytes)", file.len()),
+            ));
+        }
+        if !self.meta_hash.hash(file).ct_eq(expected) {
+            return Err(Error::corrupt(
+                path,
+                "does not match the hash recorded in its parent",
+            ));
+        }
+        self.compressor
+            .decompress(file, max_text)
+            .map_err(|e| Error::corrupt(path, format!("does not decompress: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Compressor> {
+        vec![
+            Compressor::new(Compression::Zstd, 3).unwrap(),
+            Compressor::new(Compression::Zstd, 19).unwrap(),
+            Compressor::new(Compression::Zlib, 4).unwrap(),
+            Compressor::new(Compression::Zlib, 0).unwrap(),
+            Compressor::new(Compression::Bz2, 9).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn roundtrip_and_strictness() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for c in all() {
+            let z = c.compress(&data);
+            assert_eq!(c.decompress(&z, data.len()).unwrap(), data, "{c:?}");
+            assert!(
+                c.decompress(&z, data.len() - 1).is_err(),
+                "bomb limit {c:?}"
+            );
+            let mut trailing = z.clone();
+            trailing.push(0);
+            assert!(
+                c.decompress(&trailing, data.len()).is_err(),
+                "trailing {c:?}"
+            );
+            assert!(
+                c.decompress(&z[..z.len() / 2], data.len()).is_err(),
+                "truncated {c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zlib_matches_python() {
+        // Format notes §17.3: zlib.compress(b"abc", 4).
+        let c = Compressor::new(Compression::Zlib, 4).unwrap();
+        assert_eq!(
+            c.compress(b"abc"),
+            [0x78, 0x5e, 0x4b, 0x4c, 0x4a, 0x06, 0x00, 0x02, 0x4d, 0x01, 0x27]
+        );
+    }
+
+    #[test]
+    fn zstd_has_content_size() {
+        let c = Compressor::new(Compression::Zstd, 3).unwrap();
+        let z = c.compress(&[1u8; 5000]);
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&z).unwrap(),
+            Some(5000)
+        );
+    }
+
+    #[test]
+    fn gzip_roundtrip() {
+        let g = gzip(b"[var]\n");
+        assert_eq!(&g[..4], &[0x1f, 0x8b, 8, 0]);
+        assert_eq!(g[9], 0xff);
+        assert_eq!(gunzip(&g, 100).unwrap(), b"[var]\n");
+    }
+}

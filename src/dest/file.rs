@@ -1,0 +1,209 @@
+//! `file:` destinations: a directory on a mounted filesystem.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use super::Dest;
+use crate::error::{Error, Result};
+
+pub struct FileDest {
+    url: String,
+    root: PathBuf,
+    lock: Mutex<Option<File>>,
+}
+
+impl FileDest {
+    pub fn new(url: &str, path: &str) -> Result<Self> {
+        let p = Path::new(path);
+        let root = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::io(".", e))?
+                .join(p)
+        };
+        Ok(FileDest {
+            url: url.to_string(),
+            root,
+            lock: Mutex::new(None),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        debug_assert!(!rel.split('/').any(|c| c == ".."), "{rel}");
+        self.root.join(rel)
+    }
+
+    fn err(&self, rel: &str, e: std::io::Error) -> Error {
+        Error::io(format!("{}/{rel}", self.root.display()), e)
+    }
+}
+
+impl Dest for FileDest {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn root_exists(&self) -> Result<bool> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(true),
+            Ok(_) => Err(Error::DestUnavailable {
+                url: self.url.clone(),
+                detail: format!("{} is not a directory", self.root.display()),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::DestUnavailable {
+                url: self.url.clone(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    fn create_root(&self) -> Result<()> {
+        let parent_ok = self.root.parent().is_none_or(|p| p.is_dir());
+        if !parent_ok {
+            return Err(Error::DestUnavailable {
+                url: self.url.clone(),
+                detail: format!(
+                    "parent directory of {} does not exist (is the backup drive mounted?)",
+                    self.root.display()
+                ),
+            });
+        }
+        fs::create_dir_all(&self.root).map_err(|e| Error::DestUnavailable {
+            url: self.url.clone(),
+            detail: format!("cannot create {}: {e}", self.root.display()),
+        })
+    }
+
+    fn read(&self, rel: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let mut f = match File::open(self.path(rel)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(rel, e)),
+        };
+        let len = f.metadata().map_err(|e| self.err(rel, e))?.len();
+        if len > max {
+            return Err(Error::corrupt(
+                rel,
+                format!("file is {len} bytes, more than the {max} allowed"),
+            ));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        Read::by_ref(&mut f)
+            .take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.err(rel, e))?;
+        if buf.len() as u64 > max {
+            return Err(Error::corrupt(
+                rel,
+                format!("file grew beyond the {max} bytes allowed"),
+            ));
+        }
+        Ok(Some(buf))
+    }
+
+    fn write(&self, rel: &str, data: &[u8]) -> Result<()> {
+        let p = self.path(rel);
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+        };
+        let mut f = match open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(parent) = p.parent() {
+                    fs::create_dir_all(parent).map_err(|e| self.err(rel, e))?;
+                }
+                open(&p).map_err(|e| self.err(rel, e))?
+            }
+            Err(e) => return Err(self.err(rel, e)),
+        };
+        f.write_all(data).map_err(|e| self.err(rel, e))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        fs::rename(self.path(from), self.path(to)).map_err(|e| self.err(from, e))
+    }
+
+    fn hard_link(&self, from: &str, to: &str) -> Result<()> {
+        fs::hard_link(self.path(from), self.path(to)).map_err(|e| self.err(to, e))
+    }
+
+    fn mkdir_all(&self, rel: &str) -> Result<()> {
+        fs::create_dir_all(self.path(rel)).map_err(|e| self.err(rel, e))
+    }
+
+    fn remove_all(&self, rel: &str) -> Result<()> {
+        let p = self.path(rel);
+        let r = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
+            Ok(_) => fs::remove_file(&p),
+            Err(e) => Err(e),
+        };
+        match r {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(self.err(rel, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn list(&self, rel: &str) -> Result<Vec<String>> {
+        let rd = match fs::read_dir(self.path(rel)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(rel, e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| self.err(rel, e))?;
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn exists(&self, rel: &str) -> Result<bool> {
+        match fs::symlink_metadata(self.path(rel)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        let f = File::open(&self.root).map_err(|e| self.err(".", e))?;
+        // syncfs flushes the whole filesystem once: far cheaper than an fsync per chunk file.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(self.err(".", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<()> {
+        let f = File::open(&self.root).map_err(|e| self.err(".", e))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+            return Err(Error::DestUnavailable {
+                url: self.url.clone(),
+                detail: "another wyng process is using this archive; wait for it to finish".into(),
+            });
+        }
+        *self.lock.lock() = Some(f);
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! The `wyng` binary: parse the command line, run one command, map errors to exit codes.
+
+mod cli;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Parser;
+use cli::{Cli, Cmd};
+use wyng::archive::Archive;
+use wyng::format::Tag;
+use wyng::ops::{self, SessionSel};
+use wyng::{Error, Result};
+
+fn main() {
+    let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args_os().collect())) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 9 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging(&cli.global);
+    wyng::progress::set_enabled(!cli.global.quiet);
+    if let Err(e) = run(cli) {
+        eprintln!("wyng: error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn init_logging(g: &cli::Global) {
+    let level = if g.debug {
+        "debug"
+    } else if g.quiet {
+        "error"
+    } else {
+        match g.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WYNG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn open_dest(g: &cli::Global) -> Result<Box<dyn wyng::dest::Dest>> {
+    let url = g.dest.as_deref().ok_or_else(|| {
+        Error::Usage("--dest is required, e.g. --dest=file:/mnt/usb/laptop.backup".into())
+    })?;
+    wyng::dest::open(url)
+}
+
+fn session_sel(a: &cli::SessionArgs) -> Result<SessionSel> {
+    let strict = match a.session_strict.as_str() {
+        "on" => true,
+        "off" => false,
+        o => {
+            return Err(Error::Usage(format!(
+                "--session-strict takes on or off, not '{o}'"
+            )))
+        }
+    };
+    SessionSel::parse(a.session.as_deref(), strict)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    let say = |s: String| {
+        if !g.quiet && !g.json {
+            println!("{s}");
+        }
+    };
+    match cli.cmd {
+        Cmd::Version => {
+            println!("{}", wyng::VERSION_LINE);
+            Ok(())
+        }
+        Cmd::ArchInit(a) => {
+            let archive = ops::arch_init::run(
+                open_dest(g)?,
+                &ops::arch_init::InitOptions {
+                    encrypt: a.encrypt,
+                    compression: a.compression,
+                    chunk_factor: a.chunk_factor,
+                    hashtype: a.hashtype,
+                },
+            )?;
+            remember(g, &archive);
+            say(format!(
+                "Created archive {} ({} chunks of {} KiB, {}:{}).",
+                archive.dest.url(),
+                archive.ini.get("hashtype").unwrap_or(""),
+                archive.chunksize() / 1024,
+                archive.codec.compressor.kind.name(),
+                archive.codec.compressor.level
+            ));
+            Ok(())
+        }
+        Cmd::Send(a) => {
+            let mut reqs = Vec::new();
+            for spec in &a.import_other_from {
+                let (name, path) = spec.split_once(":|:").ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--import-other-from '{spec}' must look like 'NAME:|:/path/to/image'"
+                    ))
+                })?;
+                reqs.push(ops::send::SendRequest {
+                    volume: name.to_string(),
+                    source: PathBuf::from(path),
+                });
+            }
+            for v in &a.volumes {
+                if !reqs.iter().any(|r| &r.volume == v) {
+                    return Err(Error::Usage(format!(
+                        "volume '{v}' has no source: give --import-other-from='{v}:|:/path/to/image'"
+                    )));
+                }
+            }
+            if reqs.is_empty() {
+                return Err(Error::Usage(
+                    "nothing to send: name a volume and its --import-other-from source".into(),
+                ));
+            }
+            let tags = a
+                .tag
+                .iter()
+                .map(|t| {
+                    let (id, desc) = t.split_once(',').unwrap_or((t, ""));
+                    Tag::new(id, desc).map_err(Error::Usage)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if tags.len() > wyng::format::info::MAX_TAGS {
+                return Err(Error::Usage("at most 5 tags per session".into()));
+            }
+            let mut archive = Archive::open(open_dest(g)?, true)?;
+            let opts = ops::send::SendOptions {
+                send_unchanged: a.send_unchanged,
+                tags,
+                volume_desc: a.volume_desc,
+            };
+            let reports = ops::send::run(&mut archive, &reqs, &opts)?;
+            remember(g, &archive);
+            if g.json {
+                return print_json(&reports);
+            }
+            for r in reports {
+                match &r.session {
+                    Some(s) => say(format!(
+                        "{}: session {} recorded: {} chunks changed, {} stored ({} read).",
+                        r.volume,
+                        &s[2..],
+                        r.chunks_changed,
+                        human(r.bytes_stored),
+                        human(r.bytes_read)
+                    )),
+                    None => say(format!("{}: no change; no session recorded.", r.volume)),
+                }
+            }
+            Ok(())
+        }
+        Cmd::Receive(a) => {
+            let save_to = a.save_to.ok_or_else(|| {
+                Error::Usage(
+                    "receive needs --save-to=PATH (a file, or an existing block device)".into(),
+                )
+            })?;
+            let sel = session_sel(&a.session)?;
+            let archive = Archive::open(open_dest(g)?, false)?;
+            let r = ops::receive::receive(
+                &archive,
+                &a.volume,
+                &sel,
+                &ops::receive::ReceiveOptions {
+                    save_to: save_to.clone(),
+                    unattended: g.unattended,
+                },
+            )?;
+            if g.json {
+                return print_json(&r);
+            }
+            say(format!(
+                "{}: session {} received to {} ({}).",
+                r.volume,
+                &r.session[2..],
+                save_to.display(),
+                human(r.volsize)
+            ));
+            Ok(())
+        }
+        Cmd::Verify(a) => {
+            let sel = session_sel(&a.session)?;
+            let archive = Archive::open(open_dest(g)?, false)?;
+            let names: Vec<String> = if a.all {
+                archive
+                    .volumes
+                    .iter()
+                    .map(|v| v.name().to_string())
+                    .collect()
+            } else {
+                a.volumes.clone()
+            };
+            if names.is_empty() {
+                return Err(Error::Usage(
+                    "name the volumes to verify, or use --all".into(),
+                ));
+            }
+            let mut reports = Vec::new();
+            for n in &names {
+                let r = ops::receive::verify(&archive, n, &sel)?;
+                say(format!(
+                    "{}: session {} verified: {} chunks ({} with data), {}.",
+                    r.volume,
+                    &r.session[2..],
+                    r.chunks,
+                    r.data_chunks,
+                    human(r.volsize)
+                ));
+                reports.push(r);
+            }
+            if g.json {
+                return print_json(&reports);
+            }
+            Ok(())
+        }
+        Cmd::List(a) => {
+            let archive = Archive::open(open_dest(g)?, false)?;
+            if g.json {
+                return print_json(&ops::list::json(&archive, &a.volumes)?);
+            }
+            let session = a
+                .session
+                .as_deref()
+                .map(|s| SessionSel::parse(Some(s), true))
+                .transpose()?;
+            let text = ops::list::text(
+                &archive,
+                &a.volumes,
+                &ops::list::TextOptions {
+                    verbose: g.verbose > 0,
+                    session,
+                },
+            )?;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            Ok(())
+        }
+    }
+}
+
+/// Keeps a copy of the archive's root in --meta-dir, the original's local cache layout
+/// (format §14.1), so that a later run can notice an archive replaced by an older copy.
+fn remember(g: &cli::Global, archive: &Archive) {
+    if let Err(e) = wyng::archive::cache_root(&g.meta_dir, archive) {
+        tracing::warn!(
+            "could not update the local cache in {}: {e}",
+            g.meta_dir.display()
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! `list`: volumes, sessions and tags, as text (laid out like the original's plain listing) or
+//! as JSON (the original's `list --json` schema, without the banner lines, so scripts can parse
+//! stdout directly).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::archive::{Archive, Volume};
+use crate::error::{Error, Result};
+use crate::ops::SessionSel;
+
+#[derive(Serialize)]
+pub struct ListJson {
+    pub wversion: String,
+    pub fver: u32,
+    pub wdate: String,
+    pub uuid: String,
+    pub updated_at: String,
+    pub encrypted: bool,
+    pub is_auth: bool,
+    pub url: String,
+    pub volumes: BTreeMap<String, VolumeJson>,
+}
+
+#[derive(Serialize)]
+pub struct VolumeJson {
+    pub vid: String,
+    pub desc: String,
+    pub last: Option<String>,
+    pub ts: Option<i128>,
+    pub sessions: BTreeMap<String, SessionJson>,
+}
+
+#[derive(Serialize)]
+pub struct SessionJson {
+    pub volsize: u64,
+    pub sequence: u64,
+    pub ts: i128,
+    pub chg: bool,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Whether a session changed anything: the original's `Chg` flag.
+pub fn session_changed(vol: &Volume, idx: usize) -> bool {
+    let s = &vol.sessions[idx].info;
+    idx == 0 || s.manifest_hash.is_some() || {
+        let p = &vol.sessions[idx - 1].info;
+        p.volsize != s.volsize || p.permissions != s.permissions
+    }
+}
+
+fn selected<'a>(archive: &'a Archive, names: &[String]) -> Result<Vec<&'a Volume>> {
+    if names.is_empty() {
+        return Ok(archive.volumes.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            archive
+                .volume(n)
+                .ok_or_else(|| Error::VolumeNotFound(n.clone()))
+        })
+        .collect()
+}
+
+pub fn json(archive: &Archive, names: &[String]) -> Result<ListJson> {
+    let mut volumes = BTreeMap::new();
+    for v in selected(archive, names)? {
+        let sessions = v
+            .sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let js = SessionJson {
+                    volsize: s.info.volsize,
+                    sequence: s.info.sequence,
+                    ts: s.info.localtime,
+                    chg: session_changed(v, i),
+                    tags: s
+                        .info
+                        .tags
+                        .iter()
+                        .map(|t| (t.id.clone(), t.desc.clone()))
+                        .collect(),
+                };
+                (s.name.to_string(), js)
+            })
+            .collect();
+        volumes.insert(
+            v.name().to_string(),
+            VolumeJson {
+                vid: v.vid.to_string(),
+                desc: v.volinfo.desc.clone(),
+                last: v.last().map(|s| s.name.to_string()),
+                ts: v.last().map(|s| s.info.localtime),
+                sessions,
+            },
+        );
+    }
+    Ok(ListJson {
+        wversion: env!("CARGO_PKG_VERSION").into(),
+        fver: 3,
+        wdate: String::new(),
+        uuid: archive.uuid().into(),
+        updated_at: archive.ini.get("updated_at").unwrap_or("").into(),
+        encrypted: archive.ci != "00",
+        is_auth: false,
+        url: archive.dest.url().into(),
+        volumes,
+    })
+}
+
+pub struct TextOptions {
+    pub verbose: bool,
+    /// Only volumes that have this session (`--session` without volume names).
+    pub session: Option<SessionSel>,
+}
+
+pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<String> {
+    let mut out = String::new();
+    let updated = archive
+        .ini
+        .get("updated_at")
+        .and_then(|t| t.parse::<f64>().ok())
+        .and_then(|t| chrono::DateTime::from_timestamp(t as i64, ((t.fract()) * 1e9) as u32))
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S%.6f (%:z)")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{} archive '{}'",
+        if archive.ci == "00" {
+            "Un-encrypted"
+        } else {
+            "Encrypted"
+        },
+        archive.dest.url()
+    );
+    let _ = writeln!(out, "Last updated {updated}\n");
+    if o.verbose {
+        out.push_str("Archive Properties:\n");
+        for (k, v) in &archive.ini.var {
+            let _ = writeln!(out, " {k:<15} = {v}");
+        }
+        out.push('\n');
+    }
+    let vols = selected(archive, names)?;
+    if names.is_empty() {
+        out.push_str("Volumes:\n");
+        let width = vols
+            .iter()
+            .map(|v| v.name().chars().count())
+            .max()
+            .unwrap_or(0);
+        for v in vols {
+            if let Some(sel) = &o.session {
+                if sel.select(v).is_err() {
+                    continue;
+                }
+            }
+            if o.verbose {
+                let size = v.last().map_or(0, |s| s.info.volsize);
+                let last = v
+                    .last()
+                    .map_or("none".to_string(), |s| s.name.date().to_string());
+                let _ = writeln!(
+                    out,
+                    " {:>6.2} GB  {}  {:<width$}  {last} ({:>3})",
+                    size as f64 / (1u64 << 30) as f64,
+                    v.vid,
+                    v.name(),
+                    v.sessions.len()
+                );
+                if !v.volinfo.desc.is_empty() {
+                    let _ = writeln!(out, "            {}", v.volinfo.desc);
+                }
+            } else {
+                let _ = writeln!(out, " {}", v.name());
+            }
+        }
+        return Ok(out);
+    }
+    for v in vols {
+        let _ = writeln!(out, "Sessions for volume '{}':\n", v.name());
+        for (i, s) in v.sessions.iter().enumerate() {
+            let chg = if session_changed(v, i) { " Chg" } else { "" };
+            if o.verbose {
+                let _ = writeln!(out, "{} ({} bytes){chg}", s.name.date(), s.info.volsize);
+                for t in &s.info.tags {
+                    if t.desc.is_empty() {
+                        let _ = writeln!(out, " tag: {}", t.id);
+                    } else {
+                        let _ = writeln!(out, " tag: {}, {}", t.id, t.desc);
+                    }
+                }
+            } else {
+                let _ = writeln!(out, "{} {chg}", s.name.date());
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}

@@ -1,0 +1,96 @@
+//! One module per command. Each takes an open [`Archive`](crate::archive::Archive) (or a
+//! destination) and plain option structs, does the work, and returns a report the binary prints.
+
+pub mod arch_init;
+pub mod list;
+pub mod receive;
+pub mod send;
+
+use crate::archive::Volume;
+use crate::error::{Error, Result};
+use crate::format::SessionName;
+
+/// How `--session` picks a session of a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionSel {
+    Newest,
+    /// `YYYYMMDD-HHMMSS`, exactly.
+    Exact(SessionName),
+    /// The newest session not after this time (`--session-strict=off`).
+    NotAfter(SessionName),
+    /// `^tag`: the newest session carrying the tag.
+    Tag(String),
+}
+
+impl SessionSel {
+    pub fn parse(s: Option<&str>, strict: bool) -> Result<SessionSel> {
+        let Some(s) = s else {
+            return Ok(SessionSel::Newest);
+        };
+        if let Some(tag) = s.strip_prefix('^') {
+            return Ok(SessionSel::Tag(tag.to_lowercase()));
+        }
+        let name = SessionName::from_user(s).ok_or_else(|| {
+            Error::Usage(format!(
+                "--session '{s}' is not a date-time like 20261123-101500 or a ^tag"
+            ))
+        })?;
+        Ok(if strict {
+            SessionSel::Exact(name)
+        } else {
+            SessionSel::NotAfter(name)
+        })
+    }
+
+    /// Index into `vol.sessions` (sequence order).
+    pub fn select(&self, vol: &Volume) -> Result<usize> {
+        let none = |what: String| {
+            Error::Selection(format!(
+                "volume '{}': {what}; `wyng list {}` shows its sessions",
+                vol.name(),
+                vol.name()
+            ))
+        };
+        if vol.sessions.is_empty() {
+            return Err(none("has no sessions".into()));
+        }
+        match self {
+            SessionSel::Newest => Ok(vol.sessions.len() - 1),
+            SessionSel::Exact(n) => vol
+                .session_index(n)
+                .ok_or_else(|| none(format!("no session {}", n.date()))),
+            SessionSel::NotAfter(n) => vol
+                .sessions
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.name <= *n)
+                .max_by(|a, b| {
+                    a.1.name
+                        .cmp(&b.1.name)
+                        .then(a.1.info.sequence.cmp(&b.1.info.sequence))
+                })
+                .map(|(i, _)| i)
+                .ok_or_else(|| none(format!("no session at or before {}", n.date()))),
+            SessionSel::Tag(t) => vol
+                .sessions
+                .iter()
+                .rposition(|s| s.info.tags.iter().any(|x| &x.id == t))
+                .ok_or_else(|| none(format!("no session tagged '{t}'"))),
+        }
+    }
+}
+
+/// Number of worker threads for the data pipelines: one per core.
+pub fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(1)
+}
+
+/// True if every byte is zero (written so the compiler vectorises it).
+pub fn is_all_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |a, x| a | x) == 0)
+        && chunks.remainder().iter().all(|&x| x == 0)
+}

@@ -1,0 +1,321 @@
+//! `receive` and `verify`: rebuild a session of a volume from its merged manifest.
+//!
+//! Every chunk is read, size-bounded, checked against its manifest hash, decompressed and
+//! length-checked before a single byte of it reaches the target. Workers (one per core) take
+//! chunk indices from a shared counter and write by position, so no reordering is needed and
+//! memory is one chunk per worker. A restore into a regular file is built under a temporary name
+//! beside the target and renamed into place only when complete: a failed receive leaves an
+//! existing file untouched. All-zero chunks become holes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{IsTerminal, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::archive::{Archive, Volume};
+use crate::error::{Error, Result};
+use crate::format::manifest::chunk_len;
+use crate::format::{ChunkRef, Merged};
+use crate::ops::{is_all_zero, workers, SessionSel};
+use crate::progress::Progress;
+
+#[derive(Debug, serde::Serialize)]
+pub struct ReadReport {
+    pub volume: String,
+    pub session: String,
+    pub volsize: u64,
+    pub chunks: u64,
+    pub data_chunks: u64,
+}
+
+/// Reads, verifies and decodes every chunk of `merged`, handing data to `sink(offset, bytes)`
+/// (zero chunks are passed as `None`).
+fn read_session<F>(
+    archive: &Archive,
+    vol: &Volume,
+    merged: &Merged,
+    label: &str,
+    sink: F,
+) -> Result<u64>
+where
+    F: Fn(u64, Option<&[u8]>) -> Result<()> + Sync,
+{
+    let cs = archive.chunksize();
+    let n = merged.entries.len() as u64;
+    let next = AtomicU64::new(0);
+    let data_chunks = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let first_err = parking_lot::Mutex::new(None);
+    let progress = Progress::bytes(merged.volsize, label);
+    let max_file = archive.codec.max_chunk_file();
+    std::thread::scope(|s| {
+        for _ in 0..workers() {
+            s.spawn(|| loop {
+                let idx = next.fetch_add(1, Ordering::Relaxed);
+                if idx >= n || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let len = chunk_len(idx, merged.volsize, cs);
+                let (r, origin) = merged.entries[idx as usize];
+                let res = match r {
+                    ChunkRef::Zero => sink(idx * cs, None),
+                    ChunkRef::Data(h) => {
+                        let path = archive.chunk_path(vol, origin, idx);
+                        data_chunks.fetch_add(1, Ordering::Relaxed);
+                        archive
+                            .dest
+                            .read(&path, max_file)
+                            .and_then(|f| {
+                                f.ok_or_else(|| Error::corrupt(&path, "chunk file is missing"))
+                            })
+                            .and_then(|f| archive.codec.decode_chunk(&f, &h, len as usize, &path))
+                            .and_then(|raw| sink(idx * cs, Some(&raw)))
+                    }
+                };
+                if let Err(e) = res {
+                    failed.store(true, Ordering::Relaxed);
+                    first_err.lock().get_or_insert(e);
+                    break;
+                }
+                progress.inc(len);
+            });
+        }
+    });
+    progress.finish();
+    match first_err.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(data_chunks.into_inner()),
+    }
+}
+
+fn volume<'a>(archive: &'a Archive, name: &str) -> Result<&'a Volume> {
+    archive
+        .volume(name)
+        .ok_or_else(|| Error::VolumeNotFound(name.to_string()))
+}
+
+/// `verify`: read and check every chunk of the selected session without writing anything.
+pub fn verify(archive: &Archive, name: &str, sel: &SessionSel) -> Result<ReadReport> {
+    let vol = volume(archive, name)?;
+    let idx = sel.select(vol)?;
+    let merged = archive.merged(vol, idx)?;
+    let data = read_session(archive, vol, &merged, "verify", |_, _| Ok(()))?;
+    Ok(ReadReport {
+        volume: name.into(),
+        session: vol.sessions[idx].name.to_string(),
+        volsize: merged.volsize,
+        chunks: merged.entries.len() as u64,
+        data_chunks: data,
+    })
+}
+
+pub struct ReceiveOptions {
+    pub save_to: PathBuf,
+    /// Overwrite an existing target without asking (`-u`).
+    pub unattended: bool,
+}
+
+/// `receive --save-to`: restore the selected session into a file or an existing block device.
+pub fn receive(
+    archive: &Archive,
+    name: &str,
+    sel: &SessionSel,
+    o: &ReceiveOptions,
+) -> Result<ReadReport> {
+    let vol = volume(archive, name)?;
+    let idx = sel.select(vol)?;
+    let session = &vol.sessions[idx];
+    let merged = archive.merged(vol, idx)?;
+    let target = &o.save_to;
+    let existing = match fs::metadata(target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::local(target, e.to_string())),
+    };
+    if let Some(m) = &existing {
+        if m.is_dir() {
+            return Err(Error::local(
+                target,
+                "is a directory; give --save-to a file or block device path",
+            ));
+        }
+        confirm_overwrite(target, o.unattended)?;
+    }
+    let block = existing
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_block_device());
+    let data_chunks = if block {
+        receive_to_device(archive, vol, &merged, target)?
+    } else {
+        if target.starts_with("/dev") && existing.is_none() {
+            return Err(Error::local(
+                target,
+                "no such device; to restore to a block device it must exist",
+            ));
+        }
+        receive_to_file(
+            archive,
+            vol,
+            &merged,
+            target,
+            &session.info.permissions,
+            session.info.localtime,
+        )?
+    };
+    Ok(ReadReport {
+        volume: name.into(),
+        session: session.name.to_string(),
+        volsize: merged.volsize,
+        chunks: merged.entries.len() as u64,
+        data_chunks,
+    })
+}
+
+fn confirm_overwrite(target: &Path, unattended: bool) -> Result<()> {
+    if unattended {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Error::Usage(format!(
+            "{} exists; add -u to overwrite it",
+            target.display()
+        )));
+    }
+    eprint!(
+        "{} exists and will be overwritten. Continue? [y/N] ",
+        target.display()
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin
+        .read_line(&mut answer)
+        .map_err(|e| Error::local(target, e.to_string()))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Usage(
+            "receive cancelled; nothing was written".into(),
+        ))
+    }
+}
+
+fn receive_to_file(
+    archive: &Archive,
+    vol: &Volume,
+    merged: &Merged,
+    target: &Path,
+    perms: &str,
+    localtime: i128,
+) -> Result<u64> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::local(
+            &parent,
+            "directory does not exist; create it or choose another --save-to",
+        ));
+    }
+    let fname = target
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{fname}.wyng-partial-{}", std::process::id()));
+    let result = (|| {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::local(&tmp, format!("cannot create: {e}")))?;
+        f.set_len(merged.volsize)
+            .map_err(|e| Error::local(&tmp, e.to_string()))?;
+        let data = read_session(archive, vol, merged, "receive", |off, data| match data {
+            // Zero chunks, and data that is all zeros, stay holes.
+            Some(d) if !is_all_zero(d) => f.write_all_at(d, off).map_err(|e| write_err(&tmp, e)),
+            _ => Ok(()),
+        })?;
+        f.sync_all().map_err(|e| write_err(&tmp, e))?;
+        apply_metadata(&f, &tmp, perms, localtime);
+        fs::rename(&tmp, target)
+            .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
+        if let Ok(d) = File::open(&parent) {
+            let _ = d.sync_all();
+        }
+        Ok(data)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn receive_to_device(
+    archive: &Archive,
+    vol: &Volume,
+    merged: &Merged,
+    target: &Path,
+) -> Result<u64> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(target)
+        .map_err(|e| Error::local(target, format!("cannot open for writing: {e}")))?;
+    let size = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::local(target, e.to_string()))?;
+    if size < merged.volsize {
+        return Err(Error::local(
+            target,
+            format!(
+                "device is {size} bytes, smaller than the volume's {} bytes",
+                merged.volsize
+            ),
+        ));
+    }
+    let zeros = vec![0u8; archive.chunksize() as usize];
+    let data = read_session(archive, vol, merged, "receive", |off, data| {
+        let buf = match data {
+            Some(d) => d,
+            None => &zeros[..(merged.volsize - off).min(zeros.len() as u64) as usize],
+        };
+        f.write_all_at(buf, off).map_err(|e| write_err(target, e))
+    })?;
+    f.sync_all().map_err(|e| write_err(target, e))?;
+    Ok(data)
+}
+
+fn write_err(path: &Path, e: std::io::Error) -> Error {
+    Error::local(path, format!("write failed: {e}"))
+}
+
+/// Mode, owner (when root and the names exist) and mtime of the session, as the original does.
+/// Failures here do not fail the restore: the data is what matters.
+fn apply_metadata(f: &File, path: &Path, perms: &str, localtime: i128) {
+    let parts: Vec<&str> = perms.split(':').collect();
+    if parts.len() == 3 {
+        if let Ok(mode) = parts[0].parse::<u32>() {
+            let _ = f.set_permissions(fs::Permissions::from_mode(mode & 0o7777));
+        }
+        if nix::unistd::geteuid().is_root() {
+            let uid = nix::unistd::User::from_name(parts[1])
+                .ok()
+                .flatten()
+                .map(|u| u.uid);
+            let gid = nix::unistd::Group::from_name(parts[2])
+                .ok()
+                .flatten()
+                .map(|g| g.gid);
+            if uid.is_some() || gid.is_some() {
+                if let Err(e) = nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(f), uid, gid) {
+                    tracing::debug!("chown {}: {e}", path.display());
+                }
+            }
+        }
+    }
+    if localtime > 0 {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(localtime as u64);
+        let _ = f.set_modified(t);
+    }
+}
