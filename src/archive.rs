@@ -262,7 +262,8 @@ impl Archive {
             .dest
             .read(&p, max_file)?
             .ok_or_else(|| Error::corrupt(&p, "missing"))?;
-        let max_text = (chunk_count(s.info.volsize, cs).saturating_add(1)).saturating_mul(62);
+        let max_text =
+            (chunk_count(s.info.volsize, cs).saturating_add(1)).saturating_mul(manifest::MAX_LINE);
         let text = self.codec.decode_meta(
             &f,
             &h,
@@ -325,6 +326,10 @@ impl Archive {
                 self.dest.remove_all(&name)?;
             }
         }
+        self.refresh_bak(
+            "archive.ini",
+            (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64,
+        )?;
         for i in 0..self.volumes.len() {
             let vid = self.volumes[i].vid.clone();
             for name in self.dest.list(vid.as_str())? {
@@ -341,6 +346,7 @@ impl Archive {
                     self.dest.remove_all(&format!("{vid}/{name}"))?;
                 }
             }
+            self.refresh_bak(&format!("{vid}/volinfo"), fmt::MAX_VOLINFO_Z as u64)?;
             if self.volumes[i].restored_from_bak {
                 let bak = format!("{vid}/volinfo.bak");
                 let data = self
@@ -352,6 +358,11 @@ impl Archive {
                 self.dest
                     .rename(&format!("{vid}/volinfo.tmp"), &format!("{vid}/volinfo"))?;
                 self.volumes[i].restored_from_bak = false;
+            }
+            let want = sessions_json(self.volumes[i].sessions.iter().map(|s| &s.name));
+            let path = format!("{vid}/sessions");
+            if self.dest.read(&path, 1 << 20)?.as_deref() != Some(want.as_bytes()) {
+                self.replace_file(&path, want.as_bytes())?;
             }
         }
         self.dest.sync()
@@ -394,7 +405,9 @@ impl Archive {
         }
         self.dest.write(&format!("{tmp}/info"), &enc.file)?;
         self.dest.sync()?;
+        failpoint("before-session-rename");
         self.dest.rename(&tmp, &format!("{vid}/{name}"))?;
+        failpoint("after-session-rename");
 
         let mut volinfo = self.volumes[vol_idx].volinfo.clone();
         volinfo.sessions.push((name.clone(), enc.hash));
@@ -426,19 +439,28 @@ impl Archive {
         let mut ini = self.ini.clone();
         ini.set_volume(&vid, enc.hash);
         let root = self.prepare_root(&mut ini)?;
+        // The fallback for the window between the volinfo and archive.ini renames must be the
+        // volinfo the current root refers to, whatever earlier runs left in volinfo.bak.
+        let volinfo_path = format!("{vid}/volinfo");
+        if let Some(current) = self.dest.read(&volinfo_path, fmt::MAX_VOLINFO_Z as u64)? {
+            self.replace_file(&format!("{volinfo_path}.bak"), &current)?;
+        }
         self.dest.sync()?;
+        failpoint("before-volinfo-rename");
         self.dest
             .rename(&format!("{vid}/volinfo.tmp"), &format!("{vid}/volinfo"))?;
+        failpoint("after-volinfo-rename");
         self.dest
             .rename(&format!("{vid}/sessions.tmp"), &format!("{vid}/sessions"))?;
         self.dest.rename("archive.ini.tmp", "archive.ini")?;
         self.dest.sync()?;
+        failpoint("after-root-rename");
         self.ini = ini;
         let v = &mut self.volumes[vol_idx];
         v.volinfo = volinfo;
         v.sessions = sessions;
-        self.write_bak(&format!("{vid}/volinfo.bak"), &enc.file)?;
-        self.write_bak("archive.ini.bak", &root)
+        self.replace_file(&format!("{vid}/volinfo.bak"), &enc.file)?;
+        self.replace_file("archive.ini.bak", &root)
     }
 
     /// Saves archive.ini alone (atomically).
@@ -449,7 +471,7 @@ impl Archive {
         self.dest.rename("archive.ini.tmp", "archive.ini")?;
         self.dest.sync()?;
         self.ini = ini;
-        self.write_bak("archive.ini.bak", &root)
+        self.replace_file("archive.ini.bak", &root)
     }
 
     fn prepare_root(&self, ini: &mut ArchiveIni) -> Result<Vec<u8>> {
@@ -463,9 +485,26 @@ impl Archive {
         Ok(file)
     }
 
-    /// `.bak` copies are informational for the original and our crash fallback for volinfo;
-    /// they are replaced atomically too.
-    fn write_bak(&self, rel: &str, data: &[u8]) -> Result<()> {
+    /// Makes `<rel>.bak` equal `<rel>` again after a run that died before copying it (only when
+    /// `<rel>` itself is the committed version, i.e. not while a volinfo fallback is in use).
+    fn refresh_bak(&self, rel: &str, max: u64) -> Result<()> {
+        let Some(cur) = self.dest.read(rel, max)? else {
+            return Ok(());
+        };
+        let bak = format!("{rel}.bak");
+        let in_use = self
+            .volumes
+            .iter()
+            .any(|v| v.restored_from_bak && rel.starts_with(&format!("{}/", v.vid)));
+        if !in_use && self.dest.read(&bak, max)?.as_deref() != Some(&cur[..]) {
+            self.replace_file(&bak, &cur)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a small file atomically (temporary name, then rename): used for the `.bak`
+    /// copies (informational for the original, our crash fallback for volinfo) and `sessions`.
+    fn replace_file(&self, rel: &str, data: &[u8]) -> Result<()> {
         let tmp = format!("{rel}.tmp");
         self.dest.write(&tmp, data)?;
         self.dest.rename(&tmp, rel)
@@ -499,6 +538,14 @@ impl Archive {
             restored_from_bak: false,
         });
         Ok(self.volumes.len() - 1)
+    }
+}
+
+/// Crash injection for tests: `WYNG_FAILPOINT=<name>` aborts the process at that step of a
+/// commit, exactly as a power cut or `kill -9` would (no destructors, no cleanup).
+fn failpoint(name: &str) {
+    if std::env::var("WYNG_FAILPOINT").is_ok_and(|v| v == name) {
+        std::process::abort();
     }
 }
 

@@ -19,6 +19,9 @@ pub enum ChunkRef {
 /// One session's own manifest lines: (chunk index, value), strictly ascending.
 pub type SessionLines = Vec<(u64, ChunkRef)>;
 
+/// Longest manifest line: 44-char hash, space, `x` + 16 hex digits, newline.
+pub const MAX_LINE: u64 = 44 + 1 + 17 + 1;
+
 /// Number of chunks of a volume (the last one may be partial).
 pub fn chunk_count(volsize: u64, chunksize: u64) -> u64 {
     volsize.div_ceil(chunksize)
@@ -34,7 +37,7 @@ pub fn chunk_len(idx: u64, volsize: u64, chunksize: u64) -> u64 {
 pub fn parse_lines(text: &[u8], chunksize: u64, volsize: u64, path: &str) -> Result<SessionLines> {
     let bad =
         |n: usize, what: &str| Error::corrupt(path, format!("manifest line {}: {what}", n + 1));
-    let mut out = Vec::with_capacity(text.len() / 62 + 1);
+    let mut out = Vec::with_capacity(text.len() / MAX_LINE as usize + 1);
     let mut last: Option<u64> = None;
     let body = match text.last() {
         None => return Ok(out),
@@ -82,7 +85,7 @@ pub fn push_line(out: &mut String, idx: u64, chunksize: u64, r: &ChunkRef) {
 }
 
 pub fn lines_to_text(lines: &[(u64, ChunkRef)], chunksize: u64) -> String {
-    let mut s = String::with_capacity(lines.len() * 62);
+    let mut s = String::with_capacity(lines.len() * MAX_LINE as usize);
     for (i, r) in lines {
         push_line(&mut s, *i, chunksize, r);
     }
@@ -193,6 +196,18 @@ mod tests {
         // A gap is an error.
         let gap = vec![(0, h(1)), (2, h(3))];
         assert!(Merged::build(&[(0, &gap), (1, &b)], CS, 3 * CS, "m").is_err());
+    }
+
+    #[test]
+    fn longest_line_is_max_line() {
+        let mut s = String::new();
+        push_line(
+            &mut s,
+            u64::MAX / CS,
+            CS,
+            &ChunkRef::Data(Hash32([0xff; 32])),
+        );
+        assert_eq!(s.len() as u64, MAX_LINE);
     }
 
     #[test]

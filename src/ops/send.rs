@@ -253,6 +253,9 @@ fn send_volume(
         drop(tok_tx);
     });
     progress.finish();
+    if std::env::var("WYNG_FAILPOINT").is_ok_and(|v| v == "chunks-written") {
+        std::process::abort();
+    }
     if let Some(e) = first_err {
         let _ = archive.abort_session(&vid);
         return Err(e);
