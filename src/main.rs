@@ -116,9 +116,8 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             remember(g, &archive);
             say(format!(
-                "Created archive {} ({} chunks of {} KiB, {}:{}).",
+                "Created archive {}: unencrypted, {} KiB chunks, {}:{} compression.",
                 archive.dest.url(),
-                archive.ini.get("hashtype").unwrap_or(""),
                 archive.chunksize() / 1024,
                 archive.codec.compressor.kind.name(),
                 archive.codec.compressor.level

@@ -219,7 +219,16 @@ pub fn next_updated_at(previous: Option<&str>) -> String {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let prev = previous.and_then(|p| p.parse::<f64>().ok()).unwrap_or(0.0);
-    format_timestamp(if now > prev { now } else { prev + 1e-6 })
+    if now > prev {
+        return format_timestamp(now);
+    }
+    // Far in the future an f64 cannot hold +1 µs; the next representable value still orders.
+    let bumped = prev + 1e-6;
+    format_timestamp(if bumped > prev {
+        bumped
+    } else {
+        prev.next_up()
+    })
 }
 
 #[cfg(test)]

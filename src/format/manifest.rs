@@ -195,7 +195,10 @@ mod tests {
         assert!(Merged::build(&[(0, &a)], CS, u64::MAX, "m").is_err());
         // A gap is an error.
         let gap = vec![(0, h(1)), (2, h(3))];
-        assert!(Merged::build(&[(0, &gap), (1, &b)], CS, 3 * CS, "m").is_err());
+        let again = vec![(2, ChunkRef::Zero)];
+        let err = Merged::build(&[(0, &gap), (1, &again)], CS, 3 * CS, "m").unwrap_err();
+        assert!(err.to_string().contains("x0000000000010000"), "{err}");
+        assert!(Merged::build(&[(0, &gap), (1, &b)], CS, 3 * CS, "m").is_ok());
     }
 
     #[test]

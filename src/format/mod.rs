@@ -22,3 +22,60 @@ pub const MAX_INFO_Z: usize = 3388;
 pub fn max_manifest_z(volsize: u64, chunksize: u64) -> u64 {
     (volsize / chunksize).saturating_add(1).saturating_mul(72)
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::codec::{Compression, Compressor};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn parsers_never_panic(text in "(?s).{0,400}", bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = ArchiveIni::parse(&text);
+            let _ = VolInfo::parse(&text, "v");
+            let _ = SessionInfo::parse(&text, "i");
+            let _ = manifest::parse_lines(text.as_bytes(), 65536, 1 << 40, "m");
+            let _ = manifest::parse_lines(&bytes, 65536, u64::MAX, "m");
+            let _ = ini::parse_header(&bytes);
+            let _ = Hash32::parse_b64(&text);
+            for kind in [Compression::Zstd, Compression::Zlib, Compression::Bz2] {
+                let c = Compressor { kind, level: kind.default_level() };
+                let _ = c.decompress(&bytes, 1 << 16);
+            }
+        }
+
+        #[test]
+        fn structured_lines_never_panic(lines in proptest::collection::vec((any::<bool>(), any::<u64>(), "[A-Za-z0-9_=-]{0,46}"), 0..40)) {
+            let mut text = String::new();
+            for (zero, addr, h) in &lines {
+                if *zero { text.push('0') } else { text.push_str(h) }
+                text.push_str(&format!(" x{addr:016x}\n"));
+            }
+            if let Ok(parsed) = manifest::parse_lines(text.as_bytes(), 65536, u64::MAX, "m") {
+                let layers = [(0u16, &parsed)];
+                let _ = Merged::build(&layers, 65536, u64::MAX, "m");
+                let _ = Merged::build(&layers, 65536, lines.len() as u64 * 65536, "m");
+            }
+        }
+
+        #[test]
+        fn info_roundtrips(localtime in 0i128..i64::MAX as i128, volsize in any::<u64>(), sequence in any::<u64>(),
+                           mfcs in any::<u32>(), tag in "[a-z0-9.]{1,25}", desc in "[ -~]{0,40}") {
+            let info = SessionInfo {
+                localtime,
+                previous: SessionName::parse("S_20261123-153256"),
+                permissions: "420:root:root".into(),
+                manifest_hash: Some(Hash32([3; 32])),
+                volsize,
+                sequence,
+                mfcs: Some(mfcs),
+                tags: vec![Tag::new(&tag, desc.trim()).unwrap()],
+            };
+            prop_assert_eq!(SessionInfo::parse(&info.to_text(), "i").unwrap(), info);
+        }
+    }
+}

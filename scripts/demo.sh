@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Build and install wyng, then make a first backup of an example disk image and restore it.
+# Usage: scripts/demo.sh [WORKDIR]   (default: a new temporary directory)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo install --locked --path . --root "${WYNG_PREFIX:-$HOME/.local}" --quiet
+wyng="${WYNG_PREFIX:-$HOME/.local}/bin/wyng"
+work="${1:-$(mktemp -d)}"
+mkdir -p "$work"
+echo "== wyng installed as $wyng; working in $work"
+
+# An example 64 MiB disk image: some random data, some text, the rest unallocated.
+img="$work/vm1.img"
+truncate -s 64M "$img"
+head -c 8M /dev/urandom | dd of="$img" conv=notrunc status=none
+{ yes "wyng demo: the quick brown fox jumps over the lazy dog" || true; } | head -c 8M | dd of="$img" bs=1M seek=32 conv=notrunc status=none
+
+dest="file:$work/backup.wyng"
+meta="--meta-dir=$work/meta"
+"$wyng" arch-init --dest="$dest" --encrypt=off "$meta"
+"$wyng" send vm1.img --import-other-from="vm1.img:|:$img" --dest="$dest" "$meta"
+# Change a little and send again: only the changed chunks are stored.
+head -c 1M /dev/urandom | dd of="$img" bs=1M seek=50 conv=notrunc status=none
+"$wyng" send vm1.img --import-other-from="vm1.img:|:$img" --dest="$dest" "$meta"
+"$wyng" list vm1.img --dest="$dest" "$meta"
+"$wyng" verify vm1.img --dest="$dest" "$meta"
+"$wyng" receive vm1.img --save-to="$work/restored.img" --dest="$dest" "$meta"
+cmp "$img" "$work/restored.img" && echo "== restored image is identical to the source"
