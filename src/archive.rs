@@ -601,35 +601,3 @@ fn codec_for(ini: &ArchiveIni) -> Result<Codec> {
         chunksize,
     })
 }
-
-/// Writes the archive's current root into the local metadata cache (`<meta_dir>/a_<id>/`,
-/// format §14.1): id = hex BLAKE2b-160 of uid ‖ uuid ‖ URL. The directory is created if missing.
-pub fn cache_root(meta_dir: &std::path::Path, archive: &Archive) -> Result<()> {
-    use blake2::digest::consts::U20;
-    use blake2::{Blake2b, Digest};
-    let key = format!(
-        "{}{}{}",
-        nix::unistd::getuid(),
-        archive.uuid(),
-        archive.dest.url()
-    );
-    let id: String = Blake2b::<U20>::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let dir = meta_dir.join(format!("a_{id}"));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
-    let root = archive
-        .dest
-        .read(
-            "archive.ini",
-            (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64,
-        )?
-        .ok_or_else(|| Error::ArchiveNotFound {
-            url: archive.dest.url().into(),
-        })?;
-    let tmp = dir.join("archive.ini.tmp");
-    std::fs::write(&tmp, &root).map_err(|e| Error::io(tmp.display().to_string(), e))?;
-    std::fs::rename(&tmp, dir.join("archive.ini"))
-        .map_err(|e| Error::io(dir.display().to_string(), e))
-}

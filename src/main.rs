@@ -161,10 +161,20 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Usage("at most 5 tags per session".into()));
             }
             let mut archive = Archive::open(open_dest(g)?, true)?;
+            let cache_dir = match wyng::cache::dir(&g.meta_dir, &archive) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(
+                        "no local cache ({e}): every chunk will be compressed to compare"
+                    );
+                    None
+                }
+            };
             let opts = ops::send::SendOptions {
                 send_unchanged: a.send_unchanged,
                 tags,
                 volume_desc: a.volume_desc,
+                cache_dir,
             };
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
             remember(g, &archive);
@@ -278,7 +288,7 @@ fn run(cli: Cli) -> Result<()> {
 /// Keeps a copy of the archive's root in --meta-dir, the original's local cache layout
 /// (format §14.1), so that a later run can notice an archive replaced by an older copy.
 fn remember(g: &cli::Global, archive: &Archive) {
-    if let Err(e) = wyng::archive::cache_root(&g.meta_dir, archive) {
+    if let Err(e) = wyng::cache::save_root(&g.meta_dir, archive) {
         tracing::warn!(
             "could not update the local cache in {}: {e}",
             g.meta_dir.display()

@@ -49,6 +49,29 @@ impl Source {
         })
     }
 
+    /// The offset of the first data at or after `offset` (`u64::MAX` if there is none), as the
+    /// filesystem reports it (`SEEK_DATA`). Where holes cannot be reported (block devices, some
+    /// filesystems) everything counts as data, which is always safe: holes only let a send skip
+    /// reading ranges that are zeros by definition.
+    pub fn next_data(&self, offset: u64) -> u64 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on an open descriptor; no memory is passed.
+        let r = unsafe {
+            libc::lseek(
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+                libc::SEEK_DATA,
+            )
+        };
+        if r >= 0 {
+            r as u64
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+            u64::MAX
+        } else {
+            offset
+        }
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.file

@@ -303,3 +303,53 @@ fn nix_is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// The local digest map speeds up unchanged chunks but must never be trusted for a state of
+/// the archive it was not made for: here another machine (another --meta-dir) sends in
+/// between, and the first machine's map still names the older session.
+#[test]
+fn digest_map_is_only_used_for_its_own_session() {
+    let t = tmp();
+    let ar = t.path().join("a");
+    let here = Wyng::new(&ar, &t.path().join("meta-here"));
+    let other = Wyng::new(&ar, &t.path().join("meta-other"));
+    here.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let src = t.path().join("s.img");
+    let v1 = Image::new(1).random(1 << 20).data.clone();
+    std::fs::write(&src, &v1).unwrap();
+    here.send("vol", &src, &[]);
+    // Another machine sends different content.
+    let mut v2 = v1.clone();
+    v2[..1 << 19].fill(0x77);
+    std::fs::write(&src, &v2).unwrap();
+    other.send("vol", &src, &[]);
+    // Back to v1 here: the map here still describes v1, but the archive's newest is v2.
+    std::fs::write(&src, &v1).unwrap();
+    let r = here.send("vol", &src, &[]);
+    assert!(r["chunks_changed"].as_u64().unwrap() >= 8, "{r}");
+    let out = t.path().join("o");
+    here.receive("vol", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), v1);
+    // And a damaged map is ignored, not trusted.
+    let map = std::fs::read_dir(t.path().join("meta-here"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("a_"))
+        .unwrap();
+    let vid = std::fs::read_dir(&map)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let digests = vid.join("digests");
+    let mut d = std::fs::read(&digests).unwrap();
+    let n = d.len();
+    d.truncate(n - 16);
+    std::fs::write(&digests, &d).unwrap();
+    std::fs::write(&src, &v2).unwrap();
+    let r = here.send("vol", &src, &[]);
+    assert!(r["chunks_changed"].as_u64().unwrap() >= 8, "{r}");
+    here.receive("vol", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), v2);
+    check_strict(&ar);
+}

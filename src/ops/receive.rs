@@ -39,7 +39,7 @@ fn read_session<F>(
     sink: F,
 ) -> Result<u64>
 where
-    F: Fn(u64, Option<&[u8]>) -> Result<()> + Sync,
+    F: Fn(u64, Option<Vec<u8>>) -> Result<()> + Sync,
 {
     let cs = archive.chunksize();
     let n = merged.entries.len() as u64;
@@ -70,7 +70,7 @@ where
                                 f.ok_or_else(|| Error::corrupt(&path, "chunk file is missing"))
                             })
                             .and_then(|f| archive.codec.decode_chunk(&f, &h, len as usize, &path))
-                            .and_then(|raw| sink(idx * cs, Some(&raw)))
+                            .and_then(|raw| sink(idx * cs, Some(raw)))
                     }
                 };
                 if let Err(e) = res {
@@ -232,10 +232,28 @@ fn receive_to_file(
             .map_err(|e| Error::local(&tmp, format!("cannot create: {e}")))?;
         f.set_len(merged.volsize)
             .map_err(|e| Error::local(&tmp, e.to_string()))?;
-        let data = read_session(archive, vol, merged, "receive", |off, data| match data {
-            // Zero chunks, and data that is all zeros, stay holes.
-            Some(d) if !is_all_zero(d) => f.write_all_at(d, off).map_err(|e| write_err(&tmp, e)),
-            _ => Ok(()),
+        // One writer thread: concurrent writers to one file only contend for its inode lock.
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(workers() * 2);
+        let data = std::thread::scope(|s| {
+            let writer = s.spawn(|| -> Result<()> {
+                for (off, d) in rx {
+                    f.write_all_at(&d, off).map_err(|e| write_err(&tmp, e))?;
+                    start_writeback(&f, off, d.len());
+                }
+                Ok(())
+            });
+            let read = read_session(archive, vol, merged, "receive", |off, data| match data {
+                // Zero chunks, and data that is all zeros, stay holes.
+                Some(d) if !is_all_zero(&d) => tx
+                    .send((off, d))
+                    .map_err(|_| Error::local(&tmp, "write failed")),
+                _ => Ok(()),
+            });
+            drop(tx);
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(Error::local(&tmp, "writer thread failed")));
+            written.and(read)
         })?;
         f.sync_all().map_err(|e| write_err(&tmp, e))?;
         apply_metadata(&f, &tmp, perms, localtime);
@@ -276,14 +294,29 @@ fn receive_to_device(
     }
     let zeros = vec![0u8; archive.chunksize() as usize];
     let data = read_session(archive, vol, merged, "receive", |off, data| {
-        let buf = match data {
-            Some(d) => d,
+        let buf = match &data {
+            Some(d) => &d[..],
             None => &zeros[..(merged.volsize - off).min(zeros.len() as u64) as usize],
         };
         f.write_all_at(buf, off).map_err(|e| write_err(target, e))
     })?;
     f.sync_all().map_err(|e| write_err(target, e))?;
     Ok(data)
+}
+
+/// Starts writeback of a range now, so the disk works while we decode and the final sync has
+/// little left to wait for. Advisory: failures show up at that sync.
+fn start_writeback(f: &File, off: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            off as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 fn write_err(path: &Path, e: std::io::Error) -> Error {

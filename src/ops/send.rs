@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::bounded;
 
-use crate::archive::{Archive, SESSION_TMP};
+use crate::archive::{Archive, Session, SESSION_TMP};
+use crate::cache::DigestMap;
 use crate::error::{Error, Result};
 use crate::format::manifest::{chunk_count, chunk_len, push_line};
 use crate::format::{chunk_rel_path, ChunkRef, Merged, SessionInfo, SessionName, Tag};
@@ -33,6 +34,9 @@ pub struct SendOptions {
     pub tags: Vec<Tag>,
     /// Description for volumes this send creates.
     pub volume_desc: String,
+    /// wyng's cache directory for this archive, where the digest maps live (see
+    /// [`DigestMap`]). Without it every chunk is compressed to compare.
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -101,9 +105,10 @@ fn session_name(archive: &Archive, reqs: &[SendRequest]) -> Result<SessionName> 
     ))
 }
 
+/// What a worker found for one chunk, with its raw digest for the next digest map.
 enum Outcome {
-    Same,
-    Changed(ChunkRef, u64),
+    Same([u8; 16]),
+    Changed(ChunkRef, u64, [u8; 16]),
 }
 
 fn send_volume(
@@ -123,7 +128,12 @@ fn send_volume(
         n => Some(archive.merged(vol, n - 1)?),
     };
     let last = vol.last().cloned();
+    let old_digests = match (&opts.cache_dir, &last) {
+        (Some(dir), Some(l)) => DigestMap::load(dir, vid.as_str(), l, cs),
+        _ => None,
+    };
     let n = chunk_count(src.size, cs);
+    let mut digests: Vec<[u8; 16]> = Vec::with_capacity(n as usize);
     archive.begin_session(&vid)?;
     tracing::info!(
         "sending {} ({} bytes, {n} chunks) as {name}",
@@ -141,7 +151,8 @@ fn send_volume(
     for _ in 0..inflight {
         tok_tx.send(()).expect("receiver alive");
     }
-    let (job_tx, job_rx) = bounded::<(u64, Vec<u8>)>(inflight);
+    // `None`: a chunk the filesystem reports as a hole, known to be zeros without reading it.
+    let (job_tx, job_rx) = bounded::<(u64, Option<Vec<u8>>)>(inflight);
     let (res_tx, res_rx) = bounded::<Result<(u64, Outcome)>>(inflight);
 
     let mut manifest = String::new();
@@ -154,14 +165,26 @@ fn send_volume(
         let reader_res = res_tx.clone();
         let abort_r = &abort;
         s.spawn(move || {
+            // No data before this offset (from the last SEEK_DATA answer).
+            let mut data_from = 0u64;
             for idx in 0..n {
                 if tok_rx.recv().is_err() || abort_r.load(Ordering::Relaxed) {
                     break;
                 }
-                let mut buf = vec![0u8; chunk_len(idx, src.size, cs) as usize];
-                match src.read_at(&mut buf, idx * cs) {
+                let (off, len) = (idx * cs, chunk_len(idx, src.size, cs));
+                if len == cs && off + len > data_from {
+                    data_from = src.next_data(off);
+                }
+                if len == cs && off + len <= data_from {
+                    if job_tx.send((idx, None)).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                let mut buf = vec![0u8; len as usize];
+                match src.read_at(&mut buf, off) {
                     Ok(()) => {
-                        if job_tx.send((idx, buf)).is_err() {
+                        if job_tx.send((idx, Some(buf))).is_err() {
                             break;
                         }
                     }
@@ -173,32 +196,49 @@ fn send_volume(
             }
         });
         for _ in 0..workers {
-            let (job_rx, res_tx, old, abort) =
-                (job_rx.clone(), res_tx.clone(), old.as_ref(), &abort);
-            let vid = &vid;
+            let (job_rx, res_tx, abort) = (job_rx.clone(), res_tx.clone(), &abort);
+            let (old, old_digests, vid) = (old.as_ref(), old_digests.as_ref(), &vid);
             s.spawn(move || {
                 for (idx, buf) in job_rx.iter() {
                     if abort.load(Ordering::Relaxed) {
                         break;
                     }
                     let old_ref = old.and_then(|m| m.get(idx)).map(|e| e.0);
-                    let out = if buf.len() as u64 == cs && is_all_zero(&buf) {
-                        Ok(if old_ref == Some(ChunkRef::Zero) {
-                            Outcome::Same
-                        } else {
-                            Outcome::Changed(ChunkRef::Zero, 0)
-                        })
-                    } else {
-                        let enc = codec.encode_chunk(&buf);
-                        if old_ref == Some(ChunkRef::Data(enc.hash)) {
-                            Ok(Outcome::Same)
-                        } else {
-                            let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
-                            dest.write(&path, &enc.file).map(|()| {
-                                Outcome::Changed(ChunkRef::Data(enc.hash), enc.file.len() as u64)
-                            })
+                    let buf = match buf {
+                        Some(b) if !(b.len() as u64 == cs && is_all_zero(&b)) => b,
+                        // A hole, or a full chunk of zeros.
+                        _ => {
+                            let out = match old_ref {
+                                Some(ChunkRef::Zero) => Outcome::Same([0; 16]),
+                                _ => Outcome::Changed(ChunkRef::Zero, 0, [0; 16]),
+                            };
+                            if res_tx.send(Ok((idx, out))).is_err() {
+                                break;
+                            }
+                            continue;
                         }
                     };
+                    let digest = DigestMap::digest(&buf);
+                    let known = old_digests.and_then(|m| m.digests.get(idx as usize));
+                    let out =
+                        if matches!(old_ref, Some(ChunkRef::Data(_))) && known == Some(&digest) {
+                            // The same raw bytes as the newest session holds: no need to compress.
+                            Ok(Outcome::Same(digest))
+                        } else {
+                            let enc = codec.encode_chunk(&buf);
+                            if old_ref == Some(ChunkRef::Data(enc.hash)) {
+                                Ok(Outcome::Same(digest))
+                            } else {
+                                let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
+                                dest.write(&path, &enc.file).map(|()| {
+                                    Outcome::Changed(
+                                        ChunkRef::Data(enc.hash),
+                                        enc.file.len() as u64,
+                                        digest,
+                                    )
+                                })
+                            }
+                        };
                     if res_tx.send(out.map(|o| (idx, o))).is_err() {
                         break;
                     }
@@ -228,12 +268,15 @@ fn send_volume(
             }
             while let Some(out) = pending.remove(&next) {
                 let final_ref = match out {
-                    Outcome::Same => old
-                        .as_ref()
-                        .and_then(|m| m.get(next))
-                        .map(|e| e.0)
-                        .expect("Same implies an old entry"),
-                    Outcome::Changed(r, bytes) => {
+                    Outcome::Same(d) => {
+                        digests.push(d);
+                        old.as_ref()
+                            .and_then(|m| m.get(next))
+                            .map(|e| e.0)
+                            .expect("Same implies an old entry")
+                    }
+                    Outcome::Changed(r, bytes, d) => {
+                        digests.push(d);
                         push_line(&mut manifest, next, cs, &r);
                         changed += 1;
                         stored += bytes;
@@ -280,6 +323,9 @@ fn send_volume(
     };
     if !is_changed && !opts.send_unchanged {
         archive.abort_session(&vid)?;
+        if let Some(l) = &last {
+            save_digests(opts, &vid, l, cs, digests);
+        }
         return Ok(report);
     }
     let info = SessionInfo {
@@ -294,5 +340,24 @@ fn send_volume(
     };
     archive.commit_session(vol_idx, name.clone(), info, &manifest)?;
     report.session = Some(name.to_string());
+    if let Some(l) = archive.volumes[vol_idx].last() {
+        save_digests(opts, &vid, l, cs, digests);
+    }
     Ok(report)
+}
+
+/// Saves the digest map for the volume's newest session. Best effort: without it the next
+/// send compresses every chunk to compare, which is slower but just as correct.
+fn save_digests(
+    opts: &SendOptions,
+    vid: &crate::format::VolumeId,
+    last: &Session,
+    cs: u64,
+    digests: Vec<[u8; 16]>,
+) {
+    if let Some(dir) = &opts.cache_dir {
+        if let Err(e) = (DigestMap { digests }).save(dir, vid.as_str(), last, cs) {
+            tracing::warn!("could not save the digest map: {e}");
+        }
+    }
 }

@@ -1,0 +1,139 @@
+//! Data and single-core limits for `scripts/bench.sh`.
+//!
+//! ```text
+//! benchdata gen PATH SIZE_MIB          reproducible image: 30% random, 30% text, 40% holes
+//! benchdata scribble PATH PERCENT SEED rewrite PERCENT of the 4 KiB blocks at random offsets
+//! benchdata limits PATH CHUNKSIZE      single-core MiB/s: read, compress+hash, verify+decompress
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+use wyng::codec::{Compression, Compressor};
+use wyng::crypto::HashFn;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+
+    fn fill(&mut self, b: &mut [u8]) {
+        for c in b.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+fn gen(path: &str, mib: u64) {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.set_len(mib * MIB).unwrap();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut buf = vec![0u8; MIB as usize];
+    let mut line = 0u64;
+    for i in 0..mib {
+        // A fixed 10-step pattern per 10 MiB: 3 random, 3 text, 4 left as holes.
+        match i % 10 {
+            0 | 4 | 7 => {
+                rng.fill(&mut buf);
+                f.write_all_at(&buf, i * MIB).unwrap();
+            }
+            1 | 5 | 8 => {
+                let mut t = Vec::with_capacity(MIB as usize + 128);
+                while (t.len() as u64) < MIB {
+                    t.extend_from_slice(
+                        format!(
+                            "{line:010} host-{} GET /index.html?id={} 200 {}\n",
+                            line % 97,
+                            rng.next() % 100000,
+                            rng.next() % 5000
+                        )
+                        .as_bytes(),
+                    );
+                    line += 1;
+                }
+                f.write_all_at(&t[..MIB as usize], i * MIB).unwrap();
+            }
+            _ => {}
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+fn scribble(path: &str, percent: f64, seed: u64) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    let blocks = f.metadata().unwrap().len() / 4096;
+    let n = (blocks as f64 * percent / 100.0) as u64;
+    let mut rng = Rng(seed | 1);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..n {
+        rng.fill(&mut buf);
+        f.write_all_at(&buf, (rng.next() % blocks) * 4096).unwrap();
+    }
+    f.sync_all().unwrap();
+    println!("rewrote {n} of {blocks} 4 KiB blocks");
+}
+
+fn limits(path: &str, chunksize: usize) {
+    let mut f = File::open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    let mib = size as f64 / MIB as f64;
+    // Page-cache read, single thread.
+    let mut buf = vec![0u8; chunksize];
+    let t = Instant::now();
+    let mut chunks = Vec::new();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        chunks.push(buf[..n].iter().any(|&b| b != 0));
+    }
+    let read = mib / t.elapsed().as_secs_f64();
+    // Compress + hash (what send does per non-zero chunk), single core.
+    let zstd = Compressor::new(Compression::Zstd, 3).unwrap();
+    let hash = HashFn::Blake2b256;
+    let mut compressed = Vec::new();
+    let t = Instant::now();
+    for (i, nonzero) in chunks.iter().enumerate() {
+        if *nonzero {
+            let n = f.read_at(&mut buf, (i * chunksize) as u64).unwrap();
+            let z = zstd.compress(&buf[..n]);
+            std::hint::black_box(hash.hash(&z));
+            compressed.push((z, n));
+        }
+    }
+    let comp = mib / t.elapsed().as_secs_f64();
+    // Hash + decompress (what receive does per data chunk), single core.
+    let t = Instant::now();
+    for (z, n) in &compressed {
+        std::hint::black_box(hash.hash(z));
+        std::hint::black_box(zstd.decompress(z, *n).unwrap());
+    }
+    let decomp = mib / t.elapsed().as_secs_f64();
+    println!("read_mibs={read:.0} compress_hash_mibs={comp:.0} hash_decompress_mibs={decomp:.0}");
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    match a.get(1).map(String::as_str) {
+        Some("gen") => gen(&a[2], a[3].parse().unwrap()),
+        Some("scribble") => scribble(&a[2], a[3].parse().unwrap(), a[4].parse().unwrap()),
+        Some("limits") => limits(&a[2], a[3].parse().unwrap()),
+        _ => eprintln!("usage: benchdata gen PATH SIZE_MIB | scribble PATH PERCENT SEED | limits PATH CHUNKSIZE"),
+    }
+}

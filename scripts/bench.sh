@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Measures wyng on a reproducible volume image and compares with this machine's own
+# single-core limits on the same data, measured in the same run.
+# Usage: scripts/bench.sh [SIZE_MIB]   (default 1024; docs/benchmarks.md uses 4096)
+#        BENCH_DIR=/path keeps the work files there (default: a temporary dir, removed after).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib="${1:-1024}"
+cargo build --release --quiet --bin wyng --example benchdata
+W="$PWD/target/release/wyng"
+B="$PWD/target/release/examples/benchdata"
+dir="${BENCH_DIR:-$(mktemp -d /var/tmp/wyng-bench.XXXXXX)}"
+[ -n "${BENCH_DIR:-}" ] || trap 'rm -rf "$dir"' EXIT
+mkdir -p "$dir"
+img="$dir/vol.img"; ar="$dir/archive"; meta="--meta-dir=$dir/meta"
+rm -rf "$ar" "$dir/meta" "$dir/out.img"
+
+echo "== $(nproc) cores; image ${size_mib} MiB (30% random, 30% text, 40% holes); page cache warm"
+"$B" gen "$img" "$size_mib"
+cat "$img" >/dev/null
+eval "$("$B" limits "$img" 262144)"
+echo "single-core limits: read ${read_mibs} MiB/s, zstd-3 compress+hash ${compress_hash_mibs} MiB/s, hash+decompress ${hash_decompress_mibs} MiB/s"
+
+printf '\n%-18s %8s %9s %8s %9s %s\n' "operation" "wall s" "MiB/s" "CPU s" "RSS MiB" "vs limit"
+row() { # name limit_mibs -- command...
+  local name="$1" limit="$2"; shift 3
+  /usr/bin/time -f "%e %U %S %M" -o "$dir/time" "$@" >/dev/null
+  read -r wall user sys rss < "$dir/time"
+  awk -v n="$name" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v m="$size_mib" -v l="$limit" 'BEGIN {
+    if (w < 0.001) w = 0.001; rate = m / w;
+    ratio = (l > 0) ? sprintf("%.2fx", rate / l) : "";
+    printf "%-18s %8.2f %9.0f %8.2f %9.1f %s\n", n, w, rate, u + s, r / 1024, ratio }'
+}
+imp="--import-other-from=vol:|:$img"
+row "arch-init" 0 -- "$W" arch-init --encrypt=off --dest="file:$ar" $meta
+row "send (full)" "$compress_hash_mibs" -- "$W" send vol "$imp" --dest="file:$ar" $meta
+row "send (unchanged)" "$read_mibs" -- "$W" send vol "$imp" --dest="file:$ar" $meta
+"$B" scribble "$img" 1 7 >/dev/null
+cat "$img" >/dev/null
+row "send (1% changed)" "$compress_hash_mibs" -- "$W" send vol "$imp" --dest="file:$ar" $meta
+row "receive" "$hash_decompress_mibs" -- "$W" receive vol -u --save-to="$dir/out.img" --dest="file:$ar" $meta
+row "verify" "$hash_decompress_mibs" -- "$W" verify vol --dest="file:$ar" $meta
+cmp "$img" "$dir/out.img" && echo "(restored image identical)"
+echo "archive: $(du -sm "$ar" | cut -f1) MiB on disk"
+echo "ratios: send vs single-core compress+hash (target >= 1.6x), unchanged send vs single-core read"
+echo "(target: no slower than reading the volume once), receive/verify vs single-core hash+decompress (target >= 1.5x)"
