@@ -13,8 +13,13 @@
 //!
 //! `updated_at` strictly increases with every save (see `format::ini::next_updated_at`).
 
-use crate::codec::{gunzip, gzip, Codec, Compression, Compressor};
-use crate::crypto::HashFn;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::auth::Auth;
+use crate::cache;
+use crate::codec::{gunzip, Codec, Compression, Compressor};
+use crate::crypto::{self, ArchiveCipher, CipherMode, HashFn, MasterKeys, SaltFile};
 use crate::dest::Dest;
 use crate::error::{Error, Result};
 use crate::format::ini::{self, ArchiveIni};
@@ -61,20 +66,44 @@ pub struct Archive {
     pub ini: ArchiveIni,
     pub codec: Codec,
     pub volumes: Vec<Volume>,
+    /// wyng's local state for this archive (`--meta-dir`), if available.
+    pub cache_dir: Option<PathBuf>,
+    /// The salt file (encrypted archives).
+    salt: Option<SaltFile>,
 }
 
 /// Everything `arch-init` chooses.
 pub struct InitParams {
     pub compression: Compressor,
     pub chunksize: u64,
+    /// `None`: unencrypted.
+    pub cipher: Option<CipherMode>,
+}
+
+/// How to open an archive.
+pub struct OpenOptions<'a> {
+    /// Writers take the archive lock exclusively.
+    pub exclusive: bool,
+    pub auth: &'a Auth,
+    /// `--meta-dir`: local state (rollback detection, counters, digest maps).
+    pub meta_dir: Option<&'a Path>,
+    /// Accept an archive older than the last one seen here (`--force-allow-rollback`).
+    pub allow_rollback: bool,
 }
 
 /// Where a send stages its session before the commit renames it.
 pub const SESSION_TMP: &str = "S-tmp";
 
+const ROOT_MAX: u64 = (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64;
+
 impl Archive {
-    /// Creates a new, empty, unencrypted archive.
-    pub fn init(dest: Box<dyn Dest>, p: &InitParams) -> Result<Archive> {
+    /// Creates a new, empty archive.
+    pub fn init(
+        dest: Box<dyn Dest>,
+        p: &InitParams,
+        auth: &Auth,
+        meta_dir: Option<&Path>,
+    ) -> Result<Archive> {
         if dest.root_exists()? {
             if dest.exists("archive.ini")? {
                 return Err(Error::ArchiveExists {
@@ -88,22 +117,54 @@ impl Archive {
                         .into(),
                 });
             }
-        } else {
+        }
+        // Ask for the passphrase before creating anything.
+        let keys = match p.cipher {
+            Some(mode) => {
+                let pass = auth.passphrase(true)?;
+                if pass.len() < crate::auth::MIN_PASSPHRASE {
+                    return Err(Error::Usage(format!(
+                        "the passphrase must be at least {} bytes long",
+                        crate::auth::MIN_PASSPHRASE
+                    )));
+                }
+                let mut salt = SaltFile::random();
+                let keys = crypto::derive_master(&pass, &salt, mode);
+                let (cipher, _) = ArchiveCipher::new(mode, &keys, &salt, [0, 0]);
+                cipher.seal_check(&mut salt)?;
+                Some((keys, salt))
+            }
+            None => None,
+        };
+        if !dest.root_exists()? {
             dest.create_root()?;
         }
         dest.lock(true)?;
-        let uuid = uuid::Uuid::new_v4().to_string();
+        let ci = p.cipher.map_or("00", |m| m.ci()).to_string();
+        let mut var = vec![
+            ("updated_at".to_string(), ini::next_updated_at(None)),
+            ("uuid".into(), uuid::Uuid::new_v4().to_string()),
+            ("format_ver".into(), "3".into()),
+            ("chunksize".into(), p.chunksize.to_string()),
+            ("compression".into(), p.compression.kind.name().into()),
+            ("compr_level".into(), p.compression.level.to_string()),
+            (
+                "hashtype".into(),
+                if p.cipher.is_some() {
+                    "hmac-sha256"
+                } else {
+                    "blake2b"
+                }
+                .into(),
+            ),
+            ("ci_mode".into(), ci.clone()),
+        ];
+        if p.cipher.is_some() {
+            var.push(("dataci_count".into(), "0".into()));
+            var.push(("mci_count".into(), "0".into()));
+        }
         let ini = ArchiveIni {
-            var: vec![
-                ("updated_at".into(), ini::next_updated_at(None)),
-                ("uuid".into(), uuid),
-                ("format_ver".into(), "3".into()),
-                ("chunksize".into(), p.chunksize.to_string()),
-                ("compression".into(), p.compression.kind.name().into()),
-                ("compr_level".into(), p.compression.level.to_string()),
-                ("hashtype".into(), "blake2b".into()),
-                ("ci_mode".into(), "00".into()),
-            ],
+            var,
             volumes: Vec::new(),
             in_process: Vec::new(),
         };
@@ -115,58 +176,186 @@ impl Archive {
                 "destination does not support hard links; deduplication will not be available"
             );
         }
+        let (codec, salt) = match keys {
+            Some((keys, salt)) => {
+                let c = codec_for(&ini, Some((&keys, &salt)))?;
+                auth.remember(dest.url(), &keys);
+                (c, Some(salt))
+            }
+            None => (codec_for(&ini, None)?, None),
+        };
         let mut a = Archive {
             dest,
-            ci: "00".into(),
-            codec: codec_for(&ini)?,
+            ci,
+            codec,
             ini,
             volumes: Vec::new(),
+            cache_dir: None,
+            salt,
         };
+        a.attach_cache(meta_dir)?;
         a.save_root()?;
+        if let Some(salt) = &a.salt {
+            let mut salt = salt.clone();
+            salt.counters = a.counters();
+            let bytes = salt.to_bytes();
+            a.dest.write("archive.salt", &bytes)?;
+            a.dest.write("salt.bak", &SaltFile::inverted(&bytes))?;
+            a.dest.sync()?;
+        }
         Ok(a)
     }
 
     /// Opens an archive and verifies its metadata down to every session's `info`.
-    pub fn open(dest: Box<dyn Dest>, exclusive: bool) -> Result<Archive> {
+    pub fn open(dest: Box<dyn Dest>, o: &OpenOptions) -> Result<Archive> {
         if !dest.root_exists()? {
             return Err(Error::ArchiveNotFound {
                 url: dest.url().into(),
             });
         }
-        dest.lock(exclusive)?;
+        dest.lock(o.exclusive)?;
         let file = dest
-            .read(
-                "archive.ini",
-                (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64,
-            )?
+            .read("archive.ini", ROOT_MAX)?
             .ok_or_else(|| Error::ArchiveNotFound {
                 url: dest.url().into(),
             })?;
         let (ci, body) = ini::parse_header(&file)?;
-        if ci != "00" {
-            return Err(Error::Unsupported(format!(
-                "this archive is encrypted (cipher mode {ci}); this version of wyng reads unencrypted archives only"
-            )));
-        }
-        let text = gunzip(body, ini::MAX_BODY * 8).map_err(|e| Error::corrupt("archive.ini", e))?;
-        let text =
-            String::from_utf8(text).map_err(|_| Error::corrupt("archive.ini", "not UTF-8 text"))?;
-        let ini = ArchiveIni::parse(&text)?;
+        let (codec, ini, salt) = if ci == "00" {
+            let ini = ArchiveIni::parse(&gunzip_root(body)?)?;
+            (codec_for(&ini, None)?, ini, None)
+        } else {
+            let mode = CipherMode::from_ci(&ci)
+                .ok_or_else(|| Error::Unsupported(format!("cipher mode {ci}")))?;
+            let salt_bytes = dest
+                .read("archive.salt", crypto::SALT_FILE_LEN as u64)?
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        "archive.salt",
+                        "missing: an encrypted archive cannot be opened without it",
+                    )
+                })?;
+            let salt = SaltFile::parse(&salt_bytes)?;
+            let opens = |k: &MasterKeys| {
+                ArchiveCipher::new(mode, k, &salt, [0, 0])
+                    .0
+                    .decrypt_meta(body)
+                    .is_some()
+            };
+            let keys = o.auth.unlock(dest.url(), &salt, mode, &opens)?;
+            let (cipher, _) = ArchiveCipher::new(mode, &keys, &salt, [0, 0]);
+            let gz = cipher
+                .decrypt_meta(body)
+                .ok_or_else(|| Error::Auth(crate::auth::WRONG_PASSPHRASE.into()))?;
+            let ini = ArchiveIni::parse(&gunzip_root(&gz)?)?;
+            let codec = codec_for(&ini, Some((&keys, &salt)))?;
+            (codec, ini, Some(salt))
+        };
         validate_var(&ini, &ci)?;
-        let codec = codec_for(&ini)?;
         let mut a = Archive {
             dest,
             ci,
             ini,
             codec,
             volumes: Vec::new(),
+            cache_dir: None,
+            salt,
         };
+        a.attach_cache(o.meta_dir)?;
+        a.check_rollback(&file, o.allow_rollback)?;
         let vids: Vec<(VolumeId, Hash32)> = a.ini.volumes.clone();
         for (vid, h) in vids {
             let v = a.load_volume(&vid, &h)?;
             a.volumes.push(v);
         }
         Ok(a)
+    }
+
+    /// Binds the local cache directory; for encrypted archives, raises the counters to the
+    /// cached salt file's (never lowering them).
+    fn attach_cache(&mut self, meta_dir: Option<&Path>) -> Result<()> {
+        let Some(meta) = meta_dir else { return Ok(()) };
+        let dir = match cache::dir(meta, self) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("no local cache in {}: {e}", meta.display());
+                return Ok(());
+            }
+        };
+        if let (Some(salt), Some(c)) = (&self.salt, &self.codec.cipher) {
+            if let Some(cached) =
+                cache::load_salt(&dir).filter(|s| s.same_salts(salt) && c.verify_check(s))
+            {
+                c.data_counter.raise_to(cached.counters[0]);
+                c.meta_counter.raise_to(cached.counters[1]);
+            }
+        }
+        self.cache_dir = Some(dir);
+        Ok(())
+    }
+
+    /// Refuses an archive older than the last one seen from this machine (format §14.3).
+    fn check_rollback(&self, remote: &[u8], allow: bool) -> Result<()> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok(());
+        };
+        let Some(cached) = cache::load_root(dir) else {
+            return cache::save_root(dir, remote);
+        };
+        if cached == remote {
+            return Ok(());
+        }
+        let cached_time = ini::parse_header(&cached)
+            .ok()
+            .filter(|(ci, _)| *ci == self.ci)
+            .and_then(|(_, body)| self.codec.open_root(body).ok())
+            .and_then(|t| ArchiveIni::parse(&t).ok())
+            .and_then(|c| c.get("updated_at").and_then(|t| t.parse::<f64>().ok()));
+        let remote_time = self
+            .ini
+            .get("updated_at")
+            .and_then(|t| t.parse::<f64>().ok());
+        if let (Some(c), Some(r)) = (cached_time, remote_time) {
+            if c > r && !allow {
+                return Err(Error::Other(format!(
+                    "archive is older than the last one seen here: '{}' may have been replaced by an old copy of itself; check it, then use --force-allow-rollback to accept it",
+                    self.dest.url()
+                )));
+            }
+        }
+        cache::save_root(dir, remote)
+    }
+
+    /// Before a write command encrypts anything: reserve counter values in the local cache, so
+    /// that a run killed half-way can never make a later run reuse them.
+    fn reserve_counters(&self) -> Result<()> {
+        let (Some(cipher), Some(salt), Some(dir)) =
+            (&self.codec.cipher, &self.salt, &self.cache_dir)
+        else {
+            return Ok(());
+        };
+        let shared = Arc::new(parking_lot::Mutex::new(salt.clone()));
+        for slot in 0..2 {
+            let (shared, dir) = (shared.clone(), dir.clone());
+            let counter = if slot == 0 {
+                &cipher.data_counter
+            } else {
+                &cipher.meta_counter
+            };
+            counter.reserve_with(Box::new(move |limit| {
+                let mut s = shared.lock();
+                s.counters[slot] = limit;
+                cache::save_salt(&dir, &s)
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// Current counters [data, metadata], at or above every value used.
+    fn counters(&self) -> [u64; 2] {
+        match &self.codec.cipher {
+            Some(c) => [c.data_counter.high_water(), c.meta_counter.high_water()],
+            None => [0, 0],
+        }
     }
 
     pub fn uuid(&self) -> &str {
@@ -311,6 +500,7 @@ impl Archive {
     /// Removes what interrupted commands left behind and repairs a volinfo left mid-commit.
     /// Run by every write command before it changes anything.
     pub fn recover(&mut self) -> Result<()> {
+        self.reserve_counters()?;
         if !self.ini.in_process.is_empty() {
             return Err(Error::Other(
                 "archive.ini records an interrupted prune or delete ([in_process]); finish it with the original Wyng, then run this command again".into(),
@@ -393,12 +583,12 @@ impl Archive {
         info.manifest_hash = if manifest_text.is_empty() {
             None
         } else {
-            let enc = self.codec.encode_meta(manifest_text.as_bytes());
+            let enc = self.codec.encode_meta(manifest_text.as_bytes())?;
             self.dest.write(&format!("{tmp}/manifest.z"), &enc.file)?;
             Some(enc.hash)
         };
-        let enc = self.codec.encode_meta(info.to_text().as_bytes());
-        if enc.file.len() > fmt::MAX_INFO_Z {
+        let enc = self.codec.encode_meta(info.to_text().as_bytes())?;
+        if enc.file.len() as u64 > fmt::MAX_INFO_Z as u64 + self.codec.meta_overhead() {
             return Err(Error::Other(
                 "session info too large (too many or too long tags)".into(),
             ));
@@ -424,8 +614,8 @@ impl Archive {
         sessions: Vec<Session>,
     ) -> Result<()> {
         let vid = self.volumes[vol_idx].vid.clone();
-        let enc = self.codec.encode_meta(volinfo.to_text().as_bytes());
-        if enc.file.len() > fmt::MAX_VOLINFO_Z {
+        let enc = self.codec.encode_meta(volinfo.to_text().as_bytes())?;
+        if enc.file.len() as u64 > fmt::MAX_VOLINFO_Z as u64 + self.codec.meta_overhead() {
             return Err(Error::Other(format!(
                 "volume {} has too many sessions to save",
                 volinfo.name
@@ -456,6 +646,7 @@ impl Archive {
         self.dest.sync()?;
         failpoint("after-root-rename");
         self.ini = ini;
+        self.remember_root(&root);
         let v = &mut self.volumes[vol_idx];
         v.volinfo = volinfo;
         v.sessions = sessions;
@@ -471,7 +662,17 @@ impl Archive {
         self.dest.rename("archive.ini.tmp", "archive.ini")?;
         self.dest.sync()?;
         self.ini = ini;
+        self.remember_root(&root);
         self.replace_file("archive.ini.bak", &root)
+    }
+
+    /// Keeps the root just committed in the local cache (rollback detection).
+    fn remember_root(&self, root: &[u8]) {
+        if let Some(dir) = &self.cache_dir {
+            if let Err(e) = cache::save_root(dir, root) {
+                tracing::warn!("could not update the local cache: {e}");
+            }
+        }
     }
 
     fn prepare_root(&self, ini: &mut ArchiveIni) -> Result<Vec<u8>> {
@@ -479,8 +680,16 @@ impl Archive {
             "updated_at",
             ini::next_updated_at(self.ini.get("updated_at")),
         );
+        if self.codec.cipher.is_some() {
+            // Record counters at or above anything used; the root's own sealing included.
+            let [data, meta] = self.counters();
+            let old = |k: &str| ini.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let (old_data, old_meta) = (old("dataci_count"), old("mci_count"));
+            ini.set("dataci_count", data.max(old_data).to_string());
+            ini.set("mci_count", (meta + 1).max(old_meta).to_string());
+        }
         let mut file = ini::header(&self.ci);
-        file.extend_from_slice(&gzip(ini.to_text().as_bytes()));
+        file.extend_from_slice(&self.codec.seal_root(&ini.to_text())?);
         self.dest.write("archive.ini.tmp", &file)?;
         Ok(file)
     }
@@ -563,7 +772,17 @@ fn validate_var(ini: &ArchiveIni, ci: &str) -> Result<()> {
         _ => return Err(bad("bad format_ver".into())),
     }
     match get("updated_at").parse::<f64>() {
-        Ok(t) if t >= 1514782800.0 => {}
+        Ok(t) if t >= 1514782800.0 => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            if ci != "00" && t > now + 1.0 {
+                return Err(Error::Other(
+                    "the archive was updated in the future by this machine's clock: check the system time".into(),
+                ));
+            }
+        }
         _ => return Err(bad("bad updated_at".into())),
     }
     let uuid = get("uuid");
@@ -578,7 +797,8 @@ fn validate_var(ini: &ArchiveIni, ci: &str) -> Result<()> {
     Ok(())
 }
 
-fn codec_for(ini: &ArchiveIni) -> Result<Codec> {
+/// The codec an archive's `[var]` settings describe, with its cipher when keys are given.
+fn codec_for(ini: &ArchiveIni, keys: Option<(&MasterKeys, &SaltFile)>) -> Result<Codec> {
     let bad = |what: String| Error::corrupt("archive.ini", what);
     let get = |k| ini.get(k).unwrap_or("");
     let chunksize: u64 = get("chunksize")
@@ -593,11 +813,38 @@ fn codec_for(ini: &ArchiveIni) -> Result<Codec> {
         .parse()
         .map_err(|_| bad("bad compr_level".into()))?;
     let compressor = Compressor::new(kind, level).map_err(|e| bad(e.to_string()))?;
-    let h = HashFn::for_hashtype(get("hashtype"))?;
+    let counter = |k: &str| ini.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (data_hash, meta_hash, cipher) = match keys {
+        None => {
+            let h = HashFn::for_hashtype(get("hashtype"))?;
+            (h.clone(), h, None)
+        }
+        Some((keys, salt)) => {
+            let mode =
+                CipherMode::from_ci(get("ci_mode")).ok_or_else(|| bad("bad ci_mode".into()))?;
+            let counters = [
+                counter("dataci_count").max(salt.counters[0]),
+                counter("mci_count").max(salt.counters[1]),
+            ];
+            let (cipher, keyed) = ArchiveCipher::new(mode, keys, salt, counters);
+            let data_hash = match mode {
+                // Legacy archives hash chunks with the plain function their hashtype names.
+                CipherMode::Legacy30 => HashFn::for_hashtype(get("hashtype"))?,
+                _ => keyed,
+            };
+            (data_hash, HashFn::Blake2b256, Some(Arc::new(cipher)))
+        }
+    };
     Ok(Codec {
         compressor,
-        data_hash: h.clone(),
-        meta_hash: h,
+        data_hash,
+        meta_hash,
         chunksize,
+        cipher,
     })
+}
+
+fn gunzip_root(body: &[u8]) -> Result<String> {
+    let text = gunzip(body, ini::MAX_BODY * 8).map_err(|e| Error::corrupt("archive.ini", e))?;
+    String::from_utf8(text).map_err(|_| Error::corrupt("archive.ini", "not UTF-8 text"))
 }

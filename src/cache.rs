@@ -3,6 +3,8 @@
 //! uid ‖ uuid ‖ URL.
 //!
 //! * `archive.ini`: a copy of the last root seen, for rollback detection.
+//! * `archive.salt`: for encrypted archives, a copy of the salt file whose slot counters are the
+//!   working counters: a block of values is reserved here (and synced) before any is used.
 //! * `<vid>/digests`: the [`DigestMap`] of the volume's newest session.
 //!
 //! Nothing here is needed to read or restore an archive; losing it only costs speed.
@@ -13,8 +15,8 @@ use blake2::digest::consts::U20;
 use blake2::{Blake2b, Digest};
 
 use crate::archive::{Archive, Session};
+use crate::crypto::{SaltFile, SALT_FILE_LEN};
 use crate::error::{Error, Result};
-use crate::format::ini;
 
 /// The cache directory of an archive (created if missing).
 pub fn dir(meta_dir: &Path, archive: &Archive) -> Result<PathBuf> {
@@ -33,27 +35,42 @@ pub fn dir(meta_dir: &Path, archive: &Archive) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+/// Replaces a file atomically and durably (the counters depend on it).
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display().to_string(), e))?;
+        std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&tmp, data).map_err(|e| Error::io(tmp.display().to_string(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display().to_string(), e))
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
-/// Keeps a copy of the archive's current root.
-pub fn save_root(meta_dir: &Path, archive: &Archive) -> Result<()> {
-    let root = archive
-        .dest
-        .read(
-            "archive.ini",
-            (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64,
-        )?
-        .ok_or_else(|| Error::ArchiveNotFound {
-            url: archive.dest.url().into(),
-        })?;
-    write_atomic(&dir(meta_dir, archive)?.join("archive.ini"), &root)
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::io(path.display().to_string(), e)
+}
+
+/// The copy of the last root seen from this machine.
+pub fn load_root(dir: &Path) -> Option<Vec<u8>> {
+    std::fs::read(dir.join("archive.ini")).ok()
+}
+
+pub fn save_root(dir: &Path, root: &[u8]) -> Result<()> {
+    let p = dir.join("archive.ini");
+    write_atomic(&p, root).map_err(|e| io(&p, e))
+}
+
+pub fn load_salt(dir: &Path) -> Option<SaltFile> {
+    let b = std::fs::read(dir.join("archive.salt")).ok()?;
+    (b.len() == SALT_FILE_LEN)
+        .then(|| SaltFile::parse(&b).ok())
+        .flatten()
+}
+
+pub fn save_salt(dir: &Path, salt: &SaltFile) -> std::io::Result<()> {
+    write_atomic(&dir.join("archive.salt"), &salt.to_bytes())
 }
 
 /// Per-chunk digests of the raw data of a volume's newest session, as the send that made that
@@ -110,6 +127,7 @@ impl DigestMap {
         for d in &self.digests {
             data.extend_from_slice(d);
         }
-        write_atomic(&Self::path(cache_dir, vid), &data)
+        let p = Self::path(cache_dir, vid);
+        write_atomic(&p, &data).map_err(|e| io(&p, e))
     }
 }

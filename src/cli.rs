@@ -52,13 +52,29 @@ pub struct Global {
     /// Machine-readable output on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// Encrypted archives: shell command that prints the passphrase (e.g. 'pass show backup')
+    #[arg(long, global = true, value_name = "CMD")]
+    pub passcmd: Option<String>,
+    /// Encrypted archives: keep the unlocked keys for N minutes for later runs (0: don't; -1:
+    /// forget them now)
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = 5,
+        allow_negative_numbers = true
+    )]
+    pub authmin: i64,
+    /// Accept an archive older than the last one this machine saw (it may be an old copy)
+    #[arg(long, global = true)]
+    pub force_allow_rollback: bool,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Create a new archive
     #[command(
-        after_help = "Example:\n  wyng arch-init --dest=file:/mnt/usb/laptop.backup --encrypt=off --compression=zstd:3 --chunk-factor=3"
+        after_help = "Examples:\n  wyng arch-init --dest=file:/mnt/usb/laptop.backup\n  wyng arch-init --dest=file:/mnt/usb/laptop.backup --passcmd='pass show backup/laptop'\n  wyng arch-init --dest=file:/mnt/usb/plain.backup --encrypt=off --compression=zstd:3 --chunk-factor=3\n\nEncrypted archives (the default) ask for a passphrase of at least 10 characters, twice on a\nterminal; keep it safe: without it the archive cannot be read."
     )]
     ArchInit(InitArgs),
     /// Back up volumes: each send records a new session holding only what changed
@@ -87,7 +103,7 @@ pub enum Cmd {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Encryption: off (encrypted modes: xchacha20-dgr, xchacha20-msr, xchacha20-ct)
+    /// Encryption: xchacha20-dgr (default), xchacha20-msr, xchacha20-ct, or off
     #[arg(long, default_value = "xchacha20-dgr", value_name = "MODE")]
     pub encrypt: String,
     /// Compression and level: zstd[:1..22], zlib[:0..9], bz2[:1..9]

@@ -6,10 +6,12 @@
 //! [`Codec`] is the one place where this order lives; an archive cipher slots in between
 //! "store"/"file" and the hash step, so no caller ever sees unverified plaintext.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Read;
+use std::sync::Arc;
 
-use crate::crypto::HashFn;
+use crate::crypto::{ArchiveCipher, HashFn, DATA_OVERHEAD, META_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::format::Hash32;
 
@@ -202,12 +204,14 @@ pub fn gunzip(data: &[u8], max: usize) -> std::result::Result<Vec<u8>, String> {
 }
 
 /// The per-archive transformation of chunks and metadata objects.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Codec {
     pub compressor: Compressor,
     pub data_hash: HashFn,
     pub meta_hash: HashFn,
     pub chunksize: u64,
+    /// `None` for unencrypted archives.
+    pub cipher: Option<Arc<ArchiveCipher>>,
 }
 
 /// An encoded chunk: its manifest hash and the bytes of its file.
@@ -222,7 +226,10 @@ impl Codec {
         self.chunksize + self.chunksize / 64
     }
 
-    pub fn encode_chunk(&self, raw: &[u8]) -> Encoded {
+    /// Compresses and hashes a raw chunk: enough to compare it with the archive. The result
+    /// becomes a chunk file with [`Codec::seal_chunk`] only if it is to be stored, so unchanged
+    /// chunks cost no encryption and no counter values.
+    pub fn hash_chunk(&self, raw: &[u8]) -> Encoded {
         let file = self.compressor.compress(raw);
         Encoded {
             hash: self.data_hash.hash(&file),
@@ -230,27 +237,50 @@ impl Codec {
         }
     }
 
-    /// Checks a chunk file against its manifest hash and returns its (still compressed)
-    /// verified payload.
+    /// The bytes of the chunk file for a hashed chunk (encrypted in encrypted archives).
+    pub fn seal_chunk(&self, hashed: Encoded) -> Result<Encoded> {
+        match &self.cipher {
+            Some(c) => Ok(Encoded {
+                file: c.encrypt_data(&hashed.file, &hashed.hash)?,
+                hash: hashed.hash,
+            }),
+            None => Ok(hashed),
+        }
+    }
+
+    /// Checks a chunk file against its manifest hash and returns its verified, still compressed
+    /// payload.
     pub fn verify_chunk<'a>(
         &self,
         file: &'a [u8],
         expected: &Hash32,
         path: &str,
-    ) -> Result<&'a [u8]> {
-        if file.is_empty() || file.len() as u64 > self.max_chunk_file() {
+    ) -> Result<Cow<'a, [u8]>> {
+        let min = if self.cipher.is_some() {
+            DATA_OVERHEAD + 1
+        } else {
+            1
+        };
+        if file.len() < min || file.len() as u64 > self.max_chunk_file() {
             return Err(Error::corrupt(
                 path,
                 format!("chunk file has a bad size ({} bytes)", file.len()),
             ));
         }
-        if !self.data_hash.hash(file).ct_eq(expected) {
+        let payload = match &self.cipher {
+            Some(c) => Cow::Owned(
+                c.decrypt_data(file)
+                    .ok_or_else(|| Error::corrupt(path, "chunk too short"))?,
+            ),
+            None => Cow::Borrowed(file),
+        };
+        if !self.data_hash.hash(&payload).ct_eq(expected) {
             return Err(Error::corrupt(
                 path,
                 "chunk does not match its manifest hash",
             ));
         }
-        Ok(file)
+        Ok(payload)
     }
 
     /// Verifies, then decompresses a chunk file to exactly `raw_len` bytes.
@@ -264,7 +294,7 @@ impl Codec {
         let payload = self.verify_chunk(file, expected, path)?;
         let raw = self
             .compressor
-            .decompress(payload, raw_len)
+            .decompress(&payload, raw_len)
             .map_err(|e| Error::corrupt(path, format!("chunk does not decompress: {e}")))?;
         if raw.len() != raw_len {
             return Err(Error::corrupt(
@@ -278,16 +308,29 @@ impl Codec {
         Ok(raw)
     }
 
-    pub fn encode_meta(&self, text: &[u8]) -> Encoded {
-        let file = self.compressor.compress(text);
-        Encoded {
-            hash: self.meta_hash.hash(&file),
-            file,
+    /// Compresses, hashes and (in encrypted archives) seals a metadata object.
+    pub fn encode_meta(&self, text: &[u8]) -> Result<Encoded> {
+        let compressed = self.compressor.compress(text);
+        let hash = self.meta_hash.hash(&compressed);
+        let file = match &self.cipher {
+            Some(c) => c.encrypt_meta(&compressed)?,
+            None => compressed,
+        };
+        Ok(Encoded { hash, file })
+    }
+
+    /// Extra bytes a stored metadata object carries beyond its compressed text.
+    pub fn meta_overhead(&self) -> u64 {
+        if self.cipher.is_some() {
+            META_OVERHEAD as u64
+        } else {
+            0
         }
     }
 
-    /// Verifies a metadata object (volinfo, info, manifest.z) against the hash its parent holds,
-    /// then decompresses it (at most `max_text` bytes).
+    /// Verifies a metadata object (volinfo, info, manifest.z): authentication (encrypted
+    /// archives), then the hash its parent holds, then decompression (at most `max_text` bytes).
+    /// `max_file` is the format's limit for the compressed object.
     pub fn decode_meta(
         &self,
         file: &[u8],
@@ -296,21 +339,52 @@ impl Codec {
         max_text: usize,
         path: &str,
     ) -> Result<Vec<u8>> {
-        if file.is_empty() || file.len() as u64 > max_file {
+        if file.len() as u64 <= self.meta_overhead()
+            || file.len() as u64 > max_file + self.meta_overhead()
+        {
             return Err(Error::corrupt(
                 path,
                 format!("file has a bad size ({} bytes)", file.len()),
             ));
         }
-        if !self.meta_hash.hash(file).ct_eq(expected) {
+        let payload = match &self.cipher {
+            Some(c) => Cow::Owned(c.decrypt_meta(file).ok_or_else(|| {
+                Error::corrupt(path, "fails authentication (tampered or damaged)")
+            })?),
+            None => Cow::Borrowed(file),
+        };
+        if !self.meta_hash.hash(&payload).ct_eq(expected) {
             return Err(Error::corrupt(
                 path,
                 "does not match the hash recorded in its parent",
             ));
         }
         self.compressor
-            .decompress(file, max_text)
+            .decompress(&payload, max_text)
             .map_err(|e| Error::corrupt(path, format!("does not decompress: {e}")))
+    }
+
+    /// The archive.ini body for a root text: gzip, sealed in encrypted archives.
+    pub fn seal_root(&self, text: &str) -> Result<Vec<u8>> {
+        let gz = gzip(text.as_bytes());
+        match &self.cipher {
+            Some(c) => c.encrypt_meta(&gz),
+            None => Ok(gz),
+        }
+    }
+
+    /// The root text from an archive.ini body.
+    pub fn open_root(&self, body: &[u8]) -> Result<String> {
+        let gz = match &self.cipher {
+            Some(c) => Cow::Owned(
+                c.decrypt_meta(body)
+                    .ok_or_else(|| Error::Auth(crate::auth::WRONG_PASSPHRASE.into()))?,
+            ),
+            None => Cow::Borrowed(body),
+        };
+        let text = gunzip(&gz, crate::format::ini::MAX_BODY * 8)
+            .map_err(|e| Error::corrupt("archive.ini", e))?;
+        String::from_utf8(text).map_err(|_| Error::corrupt("archive.ini", "not UTF-8 text"))
     }
 }
 

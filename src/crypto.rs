@@ -1,28 +1,65 @@
-//! Hash functions of the format (§5). `H_meta` hashes metadata objects, `H_data` hashes chunks;
-//! both always run over the *compressed* plaintext. BLAKE2b-256 here is BLAKE2b with the digest
-//! size parameter 32, not a truncated BLAKE2b-512.
+//! Cryptography of the format (§5, §6): hash functions, key derivation, the per-mode ciphers and
+//! the salt file.
+//!
+//! Invariants:
+//! * Hashes are always over the *compressed* plaintext. `H_meta` is unkeyed BLAKE2b-256 (digest
+//!   size parameter 32); `H_data` is HMAC-SHA256 with `mhashkey` in encrypted archives, so a chunk
+//!   is authenticated by the (authenticated) manifest that names it.
+//! * Metadata objects are sealed with XChaCha20-Poly1305, empty AAD, stored as
+//!   nonce ‖ tag ‖ ciphertext; data chunks with XChaCha20 as nonce ‖ ciphertext.
+//! * Nonces: ct modes put (time, 10 random bytes, counter) in the nonce; msr and dgr modes derive
+//!   it with HMAC-SHA256 under a nonce subkey from 24 random bytes and the plaintext (msr) or the
+//!   chunk's raw keyed hash (dgr). Random bytes come from the OS.
+//! * Counters only go up: each is reserved ahead in local storage ([`Counter`]) before the
+//!   values are used, and every archive.ini save records them.
+//! * Keys live in [`Zeroizing`] buffers and are never printed (no `Debug` shows them).
 
-use blake2::digest::consts::U32;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use blake2::digest::consts::{U32, U64};
 use blake2::{Blake2b, Digest};
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::XChaCha20;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use sha2::{Sha256, Sha512};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::format::Hash32;
 
-#[derive(Clone, Debug)]
+/// A 32-byte key, wiped on drop.
+pub type Key32 = Zeroizing<[u8; 32]>;
+/// A 64-byte subkey, wiped on drop.
+pub type Key64 = Zeroizing<[u8; 64]>;
+
+#[derive(Clone)]
 pub enum HashFn {
     Blake2b256,
     Sha256,
+    HmacSha256(Key64),
+}
+
+impl std::fmt::Debug for HashFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HashFn::Blake2b256 => "Blake2b256",
+            HashFn::Sha256 => "Sha256",
+            HashFn::HmacSha256(_) => "HmacSha256(<key>)",
+        })
+    }
 }
 
 impl HashFn {
-    /// The hash functions for an unencrypted archive's `hashtype` (encrypted archives derive a
-    /// keyed data hash from the passphrase instead).
+    /// The plain hash named by an archive's `hashtype` (unencrypted and legacy archives).
     pub fn for_hashtype(hashtype: &str) -> Result<HashFn> {
         match hashtype {
             "blake2b" => Ok(HashFn::Blake2b256),
             "sha256" => Ok(HashFn::Sha256),
             other => Err(Error::Unsupported(format!(
-                "hashtype '{other}' on an unencrypted archive"
+                "hashtype '{other}' without a cipher"
             ))),
         }
     }
@@ -30,14 +67,447 @@ impl HashFn {
     pub fn hash(&self, data: &[u8]) -> Hash32 {
         match self {
             HashFn::Blake2b256 => Hash32(Blake2b::<U32>::digest(data).into()),
-            HashFn::Sha256 => Hash32(sha2::Sha256::digest(data).into()),
+            HashFn::Sha256 => Hash32(Sha256::digest(data).into()),
+            HashFn::HmacSha256(key) => Hash32(hmac_sha256(&key[..], &[data]).into()),
         }
+    }
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Cipher modes (the `ci` code of §6.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CipherMode {
+    /// `30`: 0.8 betas; counter nonces, no subkeys, salts truncated to 32 bytes. Read support.
+    Legacy30,
+    /// `32`: xchacha20-ct.
+    Ct,
+    /// `34`: xchacha20-msr.
+    Msr,
+    /// `35`: xchacha20-dgr, the default.
+    Dgr,
+}
+
+impl CipherMode {
+    pub fn from_ci(ci: &str) -> Option<CipherMode> {
+        match ci {
+            "30" => Some(CipherMode::Legacy30),
+            "32" => Some(CipherMode::Ct),
+            "34" => Some(CipherMode::Msr),
+            "35" => Some(CipherMode::Dgr),
+            _ => None,
+        }
+    }
+
+    /// The `--encrypt` name of a mode that arch-init can create.
+    pub fn from_name(name: &str) -> Option<CipherMode> {
+        match name {
+            "xchacha20-ct" => Some(CipherMode::Ct),
+            "xchacha20-msr" => Some(CipherMode::Msr),
+            "xchacha20-dgr" => Some(CipherMode::Dgr),
+            _ => None,
+        }
+    }
+
+    pub fn ci(self) -> &'static str {
+        match self {
+            CipherMode::Legacy30 => "30",
+            CipherMode::Ct => "32",
+            CipherMode::Msr => "34",
+            CipherMode::Dgr => "35",
+        }
+    }
+
+    /// `(data cipher, metadata cipher)` as `list --verbose` names them.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            CipherMode::Legacy30 => ("xchacha20", "xchacha20-poly1305"),
+            CipherMode::Ct => ("xchacha20-ct", "xchacha20-poly1305-ct"),
+            CipherMode::Msr => ("xchacha20-msr", "xchacha20-poly1305-msr"),
+            CipherMode::Dgr => ("xchacha20-dgr", "xchacha20-poly1305-msr"),
+        }
+    }
+
+    fn counter_nonces(self) -> bool {
+        matches!(self, CipherMode::Legacy30 | CipherMode::Ct)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// archive.salt (§6.2)
+
+pub const SALT_FILE_LEN: usize = 424;
+const SLOT: usize = 80;
+const CHECK_AT: usize = 320;
+
+/// The salts and counters file.
+#[derive(Clone)]
+pub struct SaltFile {
+    /// Slot counters: [data, metadata].
+    pub counters: [u64; 2],
+    pub salts: [[u8; 64]; 4],
+    /// nonce ‖ tag ‖ sealed BLAKE2b-512 of the four salts.
+    pub check: [u8; 104],
+}
+
+impl SaltFile {
+    pub fn random() -> SaltFile {
+        let mut salts = [[0u8; 64]; 4];
+        for s in &mut salts {
+            getrandom::getrandom(s).expect("OS random source");
+        }
+        SaltFile {
+            counters: [0, 0],
+            salts,
+            check: [0; 104],
+        }
+    }
+
+    pub fn parse(b: &[u8]) -> Result<SaltFile> {
+        let bad = |what: &str| Error::corrupt("archive.salt", what.to_string());
+        if b.len() != SALT_FILE_LEN {
+            return Err(bad("wrong size"));
+        }
+        let mut f = SaltFile {
+            counters: [0, 0],
+            salts: [[0; 64]; 4],
+            check: [0; 104],
+        };
+        for n in 0..4 {
+            let slot = &b[n * SLOT..(n + 1) * SLOT];
+            if slot[..2].iter().any(|&x| x != 0) && n < 2 {
+                return Err(bad("counter out of range"));
+            }
+            if n < 2 {
+                f.counters[n] = u64::from_be_bytes(slot[2..10].try_into().expect("8 bytes"));
+            }
+            f.salts[n].copy_from_slice(&slot[10..74]);
+        }
+        f.check.copy_from_slice(&b[CHECK_AT..]);
+        Ok(f)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = vec![0u8; SALT_FILE_LEN];
+        for n in 0..4 {
+            let slot = &mut b[n * SLOT..(n + 1) * SLOT];
+            if n < 2 {
+                slot[2..10].copy_from_slice(&self.counters[n].to_be_bytes());
+            }
+            slot[10..74].copy_from_slice(&self.salts[n]);
+        }
+        b[CHECK_AT..].copy_from_slice(&self.check);
+        b
+    }
+
+    /// `salt.bak`: every byte inverted.
+    pub fn inverted(bytes: &[u8]) -> Vec<u8> {
+        bytes.iter().map(|b| !b).collect()
+    }
+
+    fn salts_digest(&self) -> [u8; 64] {
+        let mut h = Blake2b::<U64>::new();
+        for s in &self.salts {
+            h.update(s);
+        }
+        h.finalize().into()
+    }
+
+    /// Whether two salt files are of the same archive (counters aside).
+    pub fn same_salts(&self, other: &SaltFile) -> bool {
+        self.salts == other.salts
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys (§6.3, §6.4)
+
+/// The two scrypt-derived master keys.
+pub struct MasterKeys {
+    pub data: Key32,
+    pub meta: Key32,
+}
+
+pub const SCRYPT_LOG_N: u8 = 19;
+
+/// Derives the data and metadata keys from a passphrase (two scrypt runs, in parallel: this is
+/// the one expensive step of opening an encrypted archive, done once per command).
+pub fn derive_master(passphrase: &[u8], salt: &SaltFile, mode: CipherMode) -> MasterKeys {
+    derive_master_with(passphrase, salt, mode, SCRYPT_LOG_N)
+}
+
+pub fn derive_master_with(
+    passphrase: &[u8],
+    salt: &SaltFile,
+    mode: CipherMode,
+    log_n: u8,
+) -> MasterKeys {
+    let salt_len = if mode == CipherMode::Legacy30 { 32 } else { 64 };
+    let params = scrypt::Params::new(log_n, 8, 1, 32).expect("fixed scrypt parameters");
+    let derive = |s: &[u8]| {
+        let mut k = Zeroizing::new([0u8; 32]);
+        scrypt::scrypt(passphrase, &s[..salt_len], &params, &mut k[..]).expect("32-byte output");
+        k
+    };
+    let (data, meta) = std::thread::scope(|sc| {
+        let d = sc.spawn(|| derive(&salt.salts[0]));
+        let m = derive(&salt.salts[1]);
+        (d.join().expect("scrypt thread"), m)
+    });
+    MasterKeys { data, meta }
+}
+
+/// HKDF-SHA512 subkey (§6.4): 64 bytes from output block `part` (0 or 1) of a 128-byte expansion.
+fn subkey(master: &[u8; 32], salt: &[u8; 64], info: &[u8], part: usize) -> Key64 {
+    let hk = hkdf::Hkdf::<Sha512>::new(Some(salt), master);
+    let mut okm = Zeroizing::new([0u8; 128]);
+    hk.expand(info, &mut okm[..])
+        .expect("128 bytes is a valid HKDF-SHA512 length");
+    let mut k = Zeroizing::new([0u8; 64]);
+    k.copy_from_slice(&okm[part * 64..part * 64 + 64]);
+    k
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters (§6.6)
+
+/// A message counter that never goes down, even across a crash: values are used only after a
+/// limit above them has been persisted (`persist`), a block at a time.
+pub struct Counter {
+    value: AtomicU64,
+    limit: AtomicU64,
+    persist: Mutex<Option<PersistFn>>,
+}
+
+pub type PersistFn = Box<dyn FnMut(u64) -> std::io::Result<()> + Send>;
+
+/// How far ahead counters are reserved in local storage.
+pub const COUNTER_RESERVE: u64 = 4096;
+
+impl Counter {
+    pub fn new(value: u64) -> Counter {
+        Counter {
+            value: AtomicU64::new(value),
+            limit: AtomicU64::new(u64::MAX),
+            persist: Mutex::new(None),
+        }
+    }
+
+    /// From now on, values above the persisted limit are reserved through `persist` first.
+    pub fn reserve_with(&self, mut persist: PersistFn) -> Result<()> {
+        let limit = self.value.load(Ordering::SeqCst) + COUNTER_RESERVE;
+        persist(limit).map_err(|e| Error::io("local counter store", e))?;
+        self.limit.store(limit, Ordering::SeqCst);
+        *self.persist.lock() = Some(persist);
+        Ok(())
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::SeqCst)
+    }
+
+    /// Raises the counter to at least `v` (counters never go down).
+    pub fn raise_to(&self, v: u64) {
+        self.value.fetch_max(v, Ordering::SeqCst);
+    }
+
+    /// The persisted limit (what must be recorded as the counter's floor).
+    pub fn high_water(&self) -> u64 {
+        match self.limit.load(Ordering::SeqCst) {
+            u64::MAX => self.get(),
+            l => l,
+        }
+    }
+
+    /// Advances by `step` and returns the new value.
+    fn advance(&self, step: u64) -> Result<u64> {
+        let v = self.value.fetch_add(step, Ordering::SeqCst) + step;
+        if v > self.limit.load(Ordering::SeqCst) {
+            let mut p = self.persist.lock();
+            if v > self.limit.load(Ordering::SeqCst) {
+                let new = v + COUNTER_RESERVE;
+                if let Some(f) = p.as_mut() {
+                    f(new).map_err(|e| Error::io("local counter store", e))?;
+                }
+                self.limit.store(new, Ordering::SeqCst);
+            }
+        }
+        Ok(v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The archive cipher (§6.5, §6.7)
+
+pub const META_OVERHEAD: usize = 40;
+pub const DATA_OVERHEAD: usize = 24;
+
+pub struct ArchiveCipher {
+    pub mode: CipherMode,
+    data_key: Key32,
+    meta_key: Key32,
+    data_noncekey: Option<Key64>,
+    meta_noncekey: Option<Key64>,
+    pub data_counter: Counter,
+    pub meta_counter: Counter,
+}
+
+impl ArchiveCipher {
+    /// Builds the cipher and the keyed data hash from the master keys.
+    pub fn new(
+        mode: CipherMode,
+        keys: &MasterKeys,
+        salt: &SaltFile,
+        counters: [u64; 2],
+    ) -> (ArchiveCipher, HashFn) {
+        let msr = !matches!(mode, CipherMode::Legacy30 | CipherMode::Ct);
+        let data_noncekey = msr.then(|| subkey(&keys.data, &salt.salts[2], b"Wyng_Nonces0", 0));
+        let meta_noncekey = msr.then(|| subkey(&keys.meta, &salt.salts[2], b"Wyng_Nonces1", 0));
+        let data_hash = match mode {
+            CipherMode::Legacy30 => HashFn::Blake2b256,
+            _ => HashFn::HmacSha256(subkey(
+                &keys.data,
+                &salt.salts[3],
+                b"Wyng-Manifest-Hash0",
+                1,
+            )),
+        };
+        let c = ArchiveCipher {
+            mode,
+            data_key: keys.data.clone(),
+            meta_key: keys.meta.clone(),
+            data_noncekey,
+            meta_noncekey,
+            data_counter: Counter::new(counters[0]),
+            meta_counter: Counter::new(counters[1]),
+        };
+        (c, data_hash)
+    }
+
+    fn counter_nonce(counter: u64) -> [u8; 24] {
+        let mut n = [0u8; 24];
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        n[..4].copy_from_slice(&(now.saturating_sub(1_577_880_000) as u32).to_be_bytes());
+        getrandom::getrandom(&mut n[4..14]).expect("OS random source");
+        n[16..].copy_from_slice(&counter.to_be_bytes());
+        n
+    }
+
+    fn hmac_nonce(key: &[u8], msg: &[u8]) -> [u8; 24] {
+        let mut rnd = [0u8; 24];
+        getrandom::getrandom(&mut rnd).expect("OS random source");
+        let mac = hmac_sha256(key, &[&rnd, msg]);
+        let mut n = [0u8; 24];
+        n.copy_from_slice(&mac[..24]);
+        n
+    }
+
+    /// Seals a metadata object: nonce ‖ tag ‖ ciphertext.
+    pub fn encrypt_meta(&self, pt: &[u8]) -> Result<Vec<u8>> {
+        let nonce = match &self.meta_noncekey {
+            None => Self::counter_nonce(self.meta_counter.advance(1)?),
+            Some(k) => {
+                self.meta_counter.advance(pt.len() as u64 / 16384)?;
+                Self::hmac_nonce(&k[..], pt)
+            }
+        };
+        let mut out = Vec::with_capacity(pt.len() + META_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&[0u8; 16]);
+        out.extend_from_slice(pt);
+        let aead = XChaCha20Poly1305::new((&*self.meta_key).into());
+        let tag = aead
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut out[META_OVERHEAD..])
+            .map_err(|_| Error::Other("metadata encryption failed".into()))?;
+        out[24..40].copy_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Opens a sealed metadata object; `None` if it does not authenticate.
+    pub fn decrypt_meta(&self, file: &[u8]) -> Option<Vec<u8>> {
+        if file.len() <= META_OVERHEAD {
+            return None;
+        }
+        let mut pt = file[META_OVERHEAD..].to_vec();
+        let aead = XChaCha20Poly1305::new((&*self.meta_key).into());
+        aead.decrypt_in_place_detached(
+            XNonce::from_slice(&file[..24]),
+            b"",
+            &mut pt,
+            Tag::from_slice(&file[24..40]),
+        )
+        .ok()?;
+        Some(pt)
+    }
+
+    /// Encrypts a compressed chunk whose keyed hash is `hash`: nonce ‖ ciphertext.
+    pub fn encrypt_data(&self, pt: &[u8], hash: &Hash32) -> Result<Vec<u8>> {
+        let count = self.data_counter.advance(1)?;
+        let nonce = match (&self.data_noncekey, self.mode) {
+            (Some(k), CipherMode::Dgr) => Self::hmac_nonce(&k[..], &hash.0),
+            (Some(k), _) => Self::hmac_nonce(&k[..], pt),
+            (None, _) => Self::counter_nonce(count),
+        };
+        debug_assert!(self.mode.counter_nonces() == self.data_noncekey.is_none());
+        let mut out = Vec::with_capacity(pt.len() + DATA_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(pt);
+        XChaCha20::new((&*self.data_key).into(), (&nonce).into())
+            .apply_keystream(&mut out[DATA_OVERHEAD..]);
+        Ok(out)
+    }
+
+    /// Decrypts a chunk file (not authenticated here: the caller checks the keyed hash).
+    pub fn decrypt_data(&self, file: &[u8]) -> Option<Vec<u8>> {
+        if file.len() <= DATA_OVERHEAD {
+            return None;
+        }
+        let mut pt = file[DATA_OVERHEAD..].to_vec();
+        let nonce: [u8; 24] = file[..24].try_into().expect("24 bytes");
+        XChaCha20::new((&*self.data_key).into(), (&nonce).into()).apply_keystream(&mut pt);
+        Some(pt)
+    }
+
+    /// Seals the salt file's check block.
+    pub fn seal_check(&self, salt: &mut SaltFile) -> Result<()> {
+        let sealed = self.encrypt_meta(&salt.salts_digest())?;
+        salt.check.copy_from_slice(&sealed);
+        Ok(())
+    }
+
+    /// Verifies the salt file's check block with these keys.
+    pub fn verify_check(&self, salt: &SaltFile) -> bool {
+        self.decrypt_meta(&salt.check)
+            .is_some_and(|d| d[..] == salt.salts_digest()[..])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn test_salt() -> SaltFile {
+        let mut s = SaltFile::random();
+        for (n, salt) in s.salts.iter_mut().enumerate() {
+            for (i, b) in salt.iter_mut().enumerate() {
+                *b = (n * 64 + i) as u8;
+            }
+        }
+        s
+    }
 
     #[test]
     fn known_answers() {
@@ -46,5 +516,89 @@ mod tests {
             HashFn::Blake2b256.hash(b"abc").to_b64(),
             "vd2BPGNCOXIxce8_7phXm5SWTjuxyz5CcmLIwGjVIxk="
         );
+        let salt = test_salt();
+        let k = derive_master(b"correct-horse-battery", &salt, CipherMode::Dgr);
+        assert_eq!(
+            hex(&k.data[..]),
+            "41ce08dab04d4dc068df1212e18ecd3ae4388cb4b430b614392ae5156b0e4a6e"
+        );
+        let nk = subkey(&k.data, &salt.salts[1], b"Wyng_Nonces0", 0);
+        assert!(hex(&nk[..])
+            .starts_with("beb512488f25f8804837d663c86064c1bc1e8af94ddfcf54aa0ef76e67c06e24"));
+        let mhk = subkey(&k.data, &salt.salts[2], b"Wyng-Manifest-Hash0", 1);
+        assert!(hex(&mhk[..])
+            .starts_with("f3132c63a8ae60c9d320ad76d698e0af12e4c750cf1e5f743e4c5d43a45ac747"));
+        assert_eq!(
+            HashFn::HmacSha256(mhk).hash(b"abc").to_b64(),
+            "GqG22kU0MHc0OAJhv8Rt1o6DdifulnjehMk7i6wNN5g="
+        );
+        let mut abc = *b"abc";
+        XChaCha20::new((&*k.data).into(), (&[0u8; 24]).into()).apply_keystream(&mut abc);
+        assert_eq!(hex(&abc), "89b75c");
+        let mut abc = *b"abc";
+        let tag = XChaCha20Poly1305::new((&*k.data).into())
+            .encrypt_in_place_detached(XNonce::from_slice(&[0u8; 24]), b"", &mut abc)
+            .unwrap();
+        assert_eq!(hex(&abc), "0a0969");
+        assert_eq!(hex(&tag), "09d6e19a3b8d522745e96e4e02012eff");
+    }
+
+    #[test]
+    fn seal_open_every_mode() {
+        let salt = test_salt();
+        let keys = derive_master_with(b"0123456789", &salt, CipherMode::Dgr, 4);
+        for mode in [
+            CipherMode::Legacy30,
+            CipherMode::Ct,
+            CipherMode::Msr,
+            CipherMode::Dgr,
+        ] {
+            let (c, h) = ArchiveCipher::new(mode, &keys, &salt, [0, 0]);
+            let m = c.encrypt_meta(b"metadata").unwrap();
+            assert_eq!(c.decrypt_meta(&m).unwrap(), b"metadata");
+            let mut bad = m.clone();
+            bad[44] ^= 1;
+            assert!(c.decrypt_meta(&bad).is_none(), "{mode:?}");
+            let hash = h.hash(b"chunk");
+            let d = c.encrypt_data(b"chunk", &hash).unwrap();
+            assert_eq!(d.len(), 5 + DATA_OVERHEAD);
+            assert_eq!(c.decrypt_data(&d).unwrap(), b"chunk");
+            let mut s = salt.clone();
+            c.seal_check(&mut s).unwrap();
+            assert!(c.verify_check(&s));
+            // Nonces never repeat, even for the same plaintext.
+            assert_ne!(c.encrypt_data(b"chunk", &hash).unwrap()[..24], d[..24]);
+        }
+    }
+
+    #[test]
+    fn salt_file_layout() {
+        let s = test_salt();
+        let b = s.to_bytes();
+        assert_eq!(b.len(), SALT_FILE_LEN);
+        assert_eq!(&b[10..74], &s.salts[0][..]);
+        assert_eq!(&b[74..80], &[0u8; 6]);
+        let p = SaltFile::parse(&b).unwrap();
+        assert!(p.same_salts(&s));
+        assert_eq!(SaltFile::inverted(&b)[0], 0xff);
+    }
+
+    #[test]
+    fn counters_reserve_ahead() {
+        let c = Counter::new(10);
+        let persisted = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let p2 = persisted.clone();
+        c.reserve_with(Box::new(move |v| {
+            p2.lock().push(v);
+            Ok(())
+        }))
+        .unwrap();
+        for _ in 0..COUNTER_RESERVE + 5 {
+            c.advance(1).unwrap();
+        }
+        let p = persisted.lock().clone();
+        assert_eq!(p[0], 10 + COUNTER_RESERVE);
+        assert!(p.len() == 2 && p[1] > c.get());
+        assert!(c.high_water() >= c.get());
     }
 }

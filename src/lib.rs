@@ -6,6 +6,7 @@
 //! changes come from), [`ops`] (one module per command).
 
 pub mod archive;
+pub mod auth;
 pub mod cache;
 pub mod codec;
 pub mod crypto;

@@ -51,6 +51,26 @@ fn init_logging(g: &cli::Global) {
         .init();
 }
 
+fn auth(g: &cli::Global) -> wyng::auth::Auth {
+    wyng::auth::Auth {
+        passcmd: g.passcmd.clone(),
+        authmin: g.authmin,
+    }
+}
+
+fn open_archive(g: &cli::Global, exclusive: bool) -> Result<Archive> {
+    let auth = auth(g);
+    Archive::open(
+        open_dest(g)?,
+        &wyng::archive::OpenOptions {
+            exclusive,
+            auth: &auth,
+            meta_dir: Some(&g.meta_dir),
+            allow_rollback: g.force_allow_rollback,
+        },
+    )
+}
+
 fn open_dest(g: &cli::Global) -> Result<Box<dyn wyng::dest::Dest>> {
     let url = g.dest.as_deref().ok_or_else(|| {
         Error::Usage("--dest is required, e.g. --dest=file:/mnt/usb/laptop.backup".into())
@@ -113,10 +133,16 @@ fn run(cli: Cli) -> Result<()> {
                     chunk_factor: a.chunk_factor,
                     hashtype: a.hashtype,
                 },
+                &auth(g),
+                Some(&g.meta_dir),
             )?;
-            remember(g, &archive);
+            let cipher = archive
+                .codec
+                .cipher
+                .as_ref()
+                .map_or("unencrypted", |c| c.mode.names().0);
             say(format!(
-                "Created archive {}: unencrypted, {} KiB chunks, {}:{} compression.",
+                "Created archive {}: {cipher}, {} KiB chunks, {}:{} compression.",
                 archive.dest.url(),
                 archive.chunksize() / 1024,
                 archive.codec.compressor.kind.name(),
@@ -160,16 +186,8 @@ fn run(cli: Cli) -> Result<()> {
             if tags.len() > wyng::format::info::MAX_TAGS {
                 return Err(Error::Usage("at most 5 tags per session".into()));
             }
-            let mut archive = Archive::open(open_dest(g)?, true)?;
-            let cache_dir = match wyng::cache::dir(&g.meta_dir, &archive) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::warn!(
-                        "no local cache ({e}): every chunk will be compressed to compare"
-                    );
-                    None
-                }
-            };
+            let mut archive = open_archive(g, true)?;
+            let cache_dir = archive.cache_dir.clone();
             let opts = ops::send::SendOptions {
                 send_unchanged: a.send_unchanged,
                 tags,
@@ -177,7 +195,6 @@ fn run(cli: Cli) -> Result<()> {
                 cache_dir,
             };
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
-            remember(g, &archive);
             if g.json {
                 return print_json(&reports);
             }
@@ -203,7 +220,7 @@ fn run(cli: Cli) -> Result<()> {
                 )
             })?;
             let sel = session_sel(&a.session)?;
-            let archive = Archive::open(open_dest(g)?, false)?;
+            let archive = open_archive(g, false)?;
             let r = ops::receive::receive(
                 &archive,
                 &a.volume,
@@ -227,7 +244,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Verify(a) => {
             let sel = session_sel(&a.session)?;
-            let archive = Archive::open(open_dest(g)?, false)?;
+            let archive = open_archive(g, false)?;
             let names: Vec<String> = if a.all {
                 archive
                     .volumes
@@ -261,7 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::List(a) => {
-            let archive = Archive::open(open_dest(g)?, false)?;
+            let archive = open_archive(g, false)?;
             if g.json {
                 return print_json(&ops::list::json(&archive, &a.volumes)?);
             }
@@ -282,16 +299,5 @@ fn run(cli: Cli) -> Result<()> {
             let _ = out.write_all(text.as_bytes());
             Ok(())
         }
-    }
-}
-
-/// Keeps a copy of the archive's root in --meta-dir, the original's local cache layout
-/// (format §14.1), so that a later run can notice an archive replaced by an older copy.
-fn remember(g: &cli::Global, archive: &Archive) {
-    if let Err(e) = wyng::cache::save_root(&g.meta_dir, archive) {
-        tracing::warn!(
-            "could not update the local cache in {}: {e}",
-            g.meta_dir.display()
-        );
     }
 }

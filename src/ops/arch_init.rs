@@ -1,7 +1,11 @@
 //! `arch-init`: create a new archive.
 
+use std::path::Path;
+
 use crate::archive::{Archive, InitParams};
+use crate::auth::Auth;
 use crate::codec::{Compression, Compressor};
+use crate::crypto::CipherMode;
 use crate::dest::Dest;
 use crate::error::{Error, Result};
 
@@ -33,21 +37,20 @@ pub fn parse_compression(s: &str) -> Result<Compressor> {
     Compressor::new(kind, level)
 }
 
-pub fn run(dest: Box<dyn Dest>, o: &InitOptions) -> Result<Archive> {
-    match o.encrypt.as_str() {
-        "off" => {}
-        "xchacha20-dgr" | "xchacha20-msr" | "xchacha20-ct" => {
-            return Err(Error::Usage(format!(
-                "encryption ({}) is not available in this version of wyng; create an unencrypted archive with --encrypt=off",
-                o.encrypt
-            )))
-        }
-        other => {
-            return Err(Error::Usage(format!(
-                "unknown --encrypt mode '{other}': use off, xchacha20-dgr, xchacha20-msr or xchacha20-ct"
-            )))
-        }
-    }
+pub fn run(
+    dest: Box<dyn Dest>,
+    o: &InitOptions,
+    auth: &Auth,
+    meta_dir: Option<&Path>,
+) -> Result<Archive> {
+    let cipher = match o.encrypt.as_str() {
+        "off" => None,
+        name => Some(CipherMode::from_name(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "unknown --encrypt mode '{name}': use xchacha20-dgr (default), xchacha20-msr, xchacha20-ct or off"
+            ))
+        })?),
+    };
     if let Some(h) = &o.hashtype {
         // The original validates --hashtype and then stores the hash its cipher mode implies.
         if !["blake2b", "hmac-sha256"].contains(&h.as_str()) {
@@ -65,6 +68,7 @@ pub fn run(dest: Box<dyn Dest>, o: &InitOptions) -> Result<Archive> {
     let params = InitParams {
         compression: parse_compression(&o.compression)?,
         chunksize: 32768u64 << o.chunk_factor,
+        cipher,
     };
-    Archive::init(dest, &params)
+    Archive::init(dest, &params, auth, meta_dir)
 }

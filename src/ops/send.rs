@@ -225,17 +225,19 @@ fn send_volume(
                             // The same raw bytes as the newest session holds: no need to compress.
                             Ok(Outcome::Same(digest))
                         } else {
-                            let enc = codec.encode_chunk(&buf);
-                            if old_ref == Some(ChunkRef::Data(enc.hash)) {
+                            let hashed = codec.hash_chunk(&buf);
+                            if old_ref == Some(ChunkRef::Data(hashed.hash)) {
                                 Ok(Outcome::Same(digest))
                             } else {
                                 let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
-                                dest.write(&path, &enc.file).map(|()| {
-                                    Outcome::Changed(
-                                        ChunkRef::Data(enc.hash),
-                                        enc.file.len() as u64,
-                                        digest,
-                                    )
+                                codec.seal_chunk(hashed).and_then(|enc| {
+                                    dest.write(&path, &enc.file).map(|()| {
+                                        Outcome::Changed(
+                                            ChunkRef::Data(enc.hash),
+                                            enc.file.len() as u64,
+                                            digest,
+                                        )
+                                    })
                                 })
                             }
                         };
