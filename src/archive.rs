@@ -358,6 +358,11 @@ impl Archive {
         }
     }
 
+    /// The largest stored size of a metadata object whose compressed text may be `max` bytes.
+    fn meta_limit(&self, max: u64) -> u64 {
+        max + self.codec.meta_overhead()
+    }
+
     pub fn uuid(&self) -> &str {
         self.ini.get("uuid").unwrap_or("")
     }
@@ -372,7 +377,7 @@ impl Archive {
         let read = |p: &str| -> Result<Vec<u8>> {
             let f = self
                 .dest
-                .read(p, limit)?
+                .read(p, self.meta_limit(limit))?
                 .ok_or_else(|| Error::corrupt(p, "missing"))?;
             self.codec.decode_meta(&f, hash, limit, 8 << 20, p)
         };
@@ -393,7 +398,7 @@ impl Archive {
             let p = format!("{vid}/{name}/info");
             let f = self
                 .dest
-                .read(&p, fmt::MAX_INFO_Z as u64)?
+                .read(&p, self.meta_limit(fmt::MAX_INFO_Z as u64))?
                 .ok_or_else(|| Error::corrupt(&p, "missing"))?;
             let t = self
                 .codec
@@ -449,7 +454,7 @@ impl Archive {
         let max_file = fmt::max_manifest_z(s.info.volsize, cs);
         let f = self
             .dest
-            .read(&p, max_file)?
+            .read(&p, self.meta_limit(max_file))?
             .ok_or_else(|| Error::corrupt(&p, "missing"))?;
         let max_text =
             (chunk_count(s.info.volsize, cs).saturating_add(1)).saturating_mul(manifest::MAX_LINE);
@@ -536,12 +541,15 @@ impl Archive {
                     self.dest.remove_all(&format!("{vid}/{name}"))?;
                 }
             }
-            self.refresh_bak(&format!("{vid}/volinfo"), fmt::MAX_VOLINFO_Z as u64)?;
+            self.refresh_bak(
+                &format!("{vid}/volinfo"),
+                self.meta_limit(fmt::MAX_VOLINFO_Z as u64),
+            )?;
             if self.volumes[i].restored_from_bak {
                 let bak = format!("{vid}/volinfo.bak");
                 let data = self
                     .dest
-                    .read(&bak, fmt::MAX_VOLINFO_Z as u64)?
+                    .read(&bak, self.meta_limit(fmt::MAX_VOLINFO_Z as u64))?
                     .ok_or_else(|| Error::corrupt(&bak, "missing"))?;
                 self.dest.write(&format!("{vid}/volinfo.tmp"), &data)?;
                 self.dest.sync()?;
@@ -632,7 +640,10 @@ impl Archive {
         // The fallback for the window between the volinfo and archive.ini renames must be the
         // volinfo the current root refers to, whatever earlier runs left in volinfo.bak.
         let volinfo_path = format!("{vid}/volinfo");
-        if let Some(current) = self.dest.read(&volinfo_path, fmt::MAX_VOLINFO_Z as u64)? {
+        if let Some(current) = self
+            .dest
+            .read(&volinfo_path, self.meta_limit(fmt::MAX_VOLINFO_Z as u64))?
+        {
             self.replace_file(&format!("{volinfo_path}.bak"), &current)?;
         }
         self.dest.sync()?;

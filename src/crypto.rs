@@ -68,7 +68,7 @@ impl HashFn {
         match self {
             HashFn::Blake2b256 => Hash32(Blake2b::<U32>::digest(data).into()),
             HashFn::Sha256 => Hash32(Sha256::digest(data).into()),
-            HashFn::HmacSha256(key) => Hash32(hmac_sha256(&key[..], &[data]).into()),
+            HashFn::HmacSha256(key) => Hash32(hmac_sha256(&key[..], &[data])),
         }
     }
 }

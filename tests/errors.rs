@@ -68,6 +68,7 @@ fn bad_urls_and_options() {
         let w = Wyng {
             dest: url.into(),
             meta: t.path().join("m"),
+            pass: None,
         };
         let err = w.fails(&["list"], 9);
         assert!(one_line(&err).contains(what), "{url}: {err}");

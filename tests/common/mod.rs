@@ -71,6 +71,8 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub struct Wyng {
     pub dest: String,
     pub meta: PathBuf,
+    /// Passphrase fed on standard input (encrypted archives).
+    pub pass: Option<String>,
 }
 
 impl Wyng {
@@ -78,6 +80,14 @@ impl Wyng {
         Wyng {
             dest: format!("file:{}", archive.display()),
             meta: meta.to_path_buf(),
+            pass: None,
+        }
+    }
+
+    pub fn with_pass(archive: &Path, meta: &Path, pass: &str) -> Wyng {
+        Wyng {
+            pass: Some(pass.to_string()),
+            ..Wyng::new(archive, meta)
         }
     }
 
@@ -91,7 +101,22 @@ impl Wyng {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        let mut c = self.cmd(args);
+        match &self.pass {
+            None => c.output().unwrap(),
+            Some(p) => {
+                use std::io::Write;
+                let mut child = c
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                // The passphrase is read only when no cached keys exist: ignore a closed pipe.
+                let _ = writeln!(child.stdin.take().unwrap(), "{p}");
+                child.wait_with_output().unwrap()
+            }
+        }
     }
 
     /// Runs and asserts success; returns stdout.
@@ -177,14 +202,20 @@ pub fn checker() -> Option<PathBuf> {
 
 /// Runs the checker in strict mode (no errors, no warnings) and returns its JSON report.
 pub fn check_strict(archive: &Path) -> Option<serde_json::Value> {
+    check_strict_with(archive, None)
+}
+
+/// The same for an encrypted archive.
+pub fn check_strict_with(archive: &Path, pass: Option<&str>) -> Option<serde_json::Value> {
     let c = checker()?;
-    let o = Command::new("python3")
-        .arg(&c)
-        .arg(archive)
-        .arg("--strict")
-        .arg("--json")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(&c).arg(archive).arg("--strict").arg("--json");
+    if let Some(p) = pass {
+        cmd.arg("--passphrase-env")
+            .arg("WYNG_TEST_PASS")
+            .env("WYNG_TEST_PASS", p);
+    }
+    let o = cmd.output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
         panic!(
             "checker output: {}\n{}",
