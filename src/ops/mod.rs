@@ -80,12 +80,17 @@ impl SessionSel {
     }
 }
 
-/// Number of worker threads for the data pipelines: one per core.
+/// Number of worker threads for the data pipelines: one per core, or `WYNG_WORKERS`.
 pub fn workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .max(1)
+    std::env::var("WYNG_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| (1..=256).contains(&n))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
 }
 
 /// True if every byte is zero (written so the compiler vectorises it).
