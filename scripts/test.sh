@@ -4,4 +4,4 @@
 # machine without them, except under CI=true where they must run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --locked --all-targets "$@"
+exec cargo test --workspace --locked --all-targets "$@"

@@ -97,8 +97,42 @@ pub enum Cmd {
         after_help = "Examples:\n  wyng list --dest=file:/mnt/usb/laptop.backup\n  wyng list vm1.img --verbose --dest=...\n  wyng list --json --dest=... | jq ."
     )]
     List(ListArgs),
+    /// Show every volume and session as a read-only sparse image file (FUSE)
+    #[command(
+        after_help = "Examples:\n  wyng mount /mnt/wyng --dest=file:/mnt/usb/laptop.backup\n  ls /mnt/wyng/vm1.img/            # S_20261101-020000.img ... latest.img -> newest, by-tag/\n  losetup -r -f --show -P /mnt/wyng/vm1.img/S_20261101-020000.img   # then mount -o ro,noload\n  dd if=/mnt/wyng/vm1.img/latest.img of=/dev/vg/vm1 bs=4M conv=sparse\n  wyng umount /mnt/wyng\n\nEvery chunk read is verified; a damaged chunk is an I/O error for that read, never wrong\nbytes. The mount runs in the background (logging to <meta-dir>/mount.log) until `wyng umount`,\nSIGTERM or SIGINT. Loop-mounting a guest filesystem makes your kernel parse untrusted data:\nsee docs/mount.md."
+    )]
+    Mount(MountArgs),
+    /// Unmount a `wyng mount`
+    Umount(UmountArgs),
     /// Print the version
     Version,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An empty directory to mount on
+    pub mountpoint: PathBuf,
+    /// Only this volume
+    #[arg(long, value_name = "NAME")]
+    pub volume: Option<String>,
+    /// Only this session of each volume: date-time YYYYMMDD-HHMMSS, or ^TAG
+    #[arg(long, value_name = "WHEN")]
+    pub session: Option<String>,
+    /// Memory for decoded chunks
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub cache: String,
+    /// Stay in the foreground (logs on stderr)
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users read the files (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    /// Where a `wyng mount` is mounted
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -277,6 +277,38 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Mount(a) => {
+            ops::mount::preflight(&a.mountpoint)?;
+            let session = a
+                .session
+                .as_deref()
+                .map(|s| SessionSel::parse(Some(s), true))
+                .transpose()?;
+            let cache_bytes = ops::mount::parse_size(&a.cache)?;
+            std::fs::create_dir_all(&g.meta_dir)
+                .map_err(|e| Error::local(&g.meta_dir, e.to_string()))?;
+            let archive = open_archive(g, false)?;
+            let o = ops::mount::MountOptions {
+                mountpoint: a.mountpoint.clone(),
+                volume: a.volume,
+                session,
+                cache_bytes,
+                foreground: a.foreground,
+                allow_other: a.allow_other,
+                log_file: g.meta_dir.join("mount.log"),
+            };
+            ops::mount::run(archive, &o)?;
+            if !a.foreground {
+                say(format!(
+                    "Mounted {} at {}; `wyng umount {}` to unmount.",
+                    g.dest.as_deref().unwrap_or(""),
+                    a.mountpoint.display(),
+                    a.mountpoint.display()
+                ));
+            }
+            Ok(())
+        }
+        Cmd::Umount(a) => ops::mount::umount(&a.mountpoint),
         Cmd::List(a) => {
             let archive = open_archive(g, false)?;
             if g.json {

@@ -213,4 +213,8 @@ impl Dest for FileDest {
         *self.lock.lock() = Some(f);
         Ok(())
     }
+
+    fn unlock(&self) {
+        *self.lock.lock() = None;
+    }
 }

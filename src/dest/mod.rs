@@ -34,6 +34,8 @@ pub trait Dest: Send + Sync {
     fn sync(&self) -> Result<()>;
     /// Takes the archive lock (exclusive for writers, shared for readers) for this process.
     fn lock(&self, exclusive: bool) -> Result<()>;
+    /// Releases the lock (a long-lived reader such as a mount, which must not block sends).
+    fn unlock(&self);
 }
 
 /// Opens a destination URL (behaviour notes §4.1).

@@ -3,6 +3,7 @@
 
 pub mod arch_init;
 pub mod list;
+pub mod mount;
 pub mod receive;
 pub mod send;
 
