@@ -4,6 +4,7 @@
 //! benchdata gen PATH SIZE_MIB          reproducible image: 30% random, 30% text, 40% holes
 //! benchdata scribble PATH PERCENT SEED rewrite PERCENT of the 4 KiB blocks at random offsets
 //! benchdata limits PATH CHUNKSIZE      single-core MiB/s: read, compress+hash, verify+decompress
+//! benchdata randread PATH COUNT SEED   random 4 KiB reads per second (one thread)
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -128,12 +129,26 @@ fn limits(path: &str, chunksize: usize) {
     println!("read_mibs={read:.0} compress_hash_mibs={comp:.0} hash_decompress_mibs={decomp:.0}");
 }
 
+fn randread(path: &str, count: u64, seed: u64) {
+    let f = File::open(path).unwrap();
+    let blocks = f.metadata().unwrap().len() / 4096;
+    let mut rng = Rng(seed | 1);
+    let mut buf = vec![0u8; 4096];
+    let t = Instant::now();
+    for _ in 0..count {
+        f.read_exact_at(&mut buf, (rng.next() % blocks) * 4096)
+            .unwrap();
+    }
+    println!("{:.0}", count as f64 / t.elapsed().as_secs_f64());
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     match a.get(1).map(String::as_str) {
         Some("gen") => gen(&a[2], a[3].parse().unwrap()),
         Some("scribble") => scribble(&a[2], a[3].parse().unwrap(), a[4].parse().unwrap()),
         Some("limits") => limits(&a[2], a[3].parse().unwrap()),
+        Some("randread") => randread(&a[2], a[3].parse().unwrap(), a[4].parse().unwrap()),
         _ => eprintln!("usage: benchdata gen PATH SIZE_MIB | scribble PATH PERCENT SEED | limits PATH CHUNKSIZE"),
     }
 }

@@ -40,8 +40,38 @@ row "send (unchanged)" "$read_mibs" -- "$W" send vol "$imp" --dest="file:$ar" $m
 cat "$img" >/dev/null
 row "send (1% changed)" "$compress_hash_mibs" -- "$W" send vol "$imp" --dest="file:$ar" $meta
 row "receive" "$hash_decompress_mibs" -- "$W" receive vol -u --save-to="$dir/out.img" --dest="file:$ar" $meta
+receive_wall=$(awk '{print $1}' "$dir/time")
 row "verify" "$hash_decompress_mibs" -- "$W" verify vol --dest="file:$ar" $meta
 cmp "$img" "$dir/out.img" && echo "(restored image identical)"
+
+# wyng mount: sequential and random reads of the newest session, cold (fresh mount) and warm.
+mnt="$dir/mnt"; mkdir -p "$mnt"
+mount_up() { "$W" mount "$mnt" --dest="file:$ar" $meta >/dev/null; }
+mount_up
+t0=$(date +%s.%N); dd if="$mnt/vol/latest.img" of=/dev/null bs=1M status=none; t1=$(date +%s.%N)
+"$W" umount "$mnt"
+awk -v a="$t0" -v b="$t1" -v m="$size_mib" -v r="$receive_wall" 'BEGIN {
+  w = b - a; printf "%-22s %8.2f %9.0f %8s %9s %.2fx of receive\n", "mount: dd bs=1M", w, m / w, "", "", r / w }'
+mount_up
+cold=$("$B" randread "$mnt/vol/latest.img" 4000 42)
+warm=$("$B" randread "$mnt/vol/latest.img" 4000 42)
+pid=$(pgrep -f "wyng mount $mnt" | head -1)
+rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+"$W" umount "$mnt"
+echo "$cold $warm $rss" | awk '{ printf "%-22s random 4 KiB reads/s: %s cold, %s warm; mount peak RSS %.1f MiB (cache 256 MiB)\n", "mount: random", $1, $2, $3 / 1024 }'
+
+# Time to the first byte of a session, with 50 sessions in the archive.
+for i in $(seq 1 48); do
+  "$B" scribble "$img" 0.001 "$((i * 2 + 1))" >/dev/null
+  "$W" send vol "$imp" --dest="file:$ar" $meta -q
+done
+sessions=$("$W" list vol --dest="file:$ar" $meta | grep -c '^[0-9]')
+t0=$(date +%s.%N)
+mount_up
+head -c 1 "$mnt/vol/latest.img" >/dev/null
+t1=$(date +%s.%N)
+"$W" umount "$mnt"
+awk -v a="$t0" -v b="$t1" -v n="$sessions" 'BEGIN { printf "%-22s %.3f s from `wyng mount` to the first byte (%d sessions)\n", "mount: first byte", b - a, n }'
 
 # The same on an encrypted archive (xchacha20-dgr). The passphrase comes from --passcmd and the
 # keys stay in the kernel keyring, so only arch-init pays for the key derivation.

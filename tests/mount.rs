@@ -400,3 +400,52 @@ fn foreground_mount_stops_on_sigterm_and_refuses_busy_mountpoints() {
     assert!(err.contains("nosuch"), "{err}");
     assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
 }
+
+/// Many readers at once, at random offsets and sizes, across chunk boundaries: all correct.
+#[test]
+fn parallel_random_readers_get_correct_data() {
+    if !can_run() {
+        return;
+    }
+    let t = tmp();
+    let ar = t.path().join("a");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let mut img = Image::new(11);
+    img.random(6 << 20)
+        .zeros(3 << 20)
+        .text(5 << 20)
+        .random(12345);
+    let src = t.path().join("s.img");
+    img.write(&src);
+    w.send("v", &src, &[]);
+    let mnt = t.path().join("mnt");
+    let _g = mount(&w, &mnt, &["--cache=1M"]);
+    let file = mnt.join("v/latest.img");
+    let data = std::sync::Arc::new(img.data);
+    std::thread::scope(|s| {
+        for k in 0..8u64 {
+            let (data, file) = (data.clone(), file.clone());
+            s.spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(&file).unwrap();
+                let mut seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k + 1);
+                for _ in 0..150 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let off = (seed % data.len() as u64) as usize;
+                    let len = ((seed >> 40) % 300_000) as usize + 1;
+                    let end = (off + len).min(data.len());
+                    let mut buf = vec![0u8; end - off];
+                    f.read_exact_at(&mut buf, off as u64).unwrap();
+                    assert!(
+                        buf == data[off..end],
+                        "reader {k}: wrong bytes at {off}+{}",
+                        end - off
+                    );
+                }
+            });
+        }
+    });
+}
