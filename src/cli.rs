@@ -26,7 +26,8 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct Global {
-    /// Archive location: file:/path/to/archive
+    /// Archive location: file:/path, ssh://[user@]host[:port]/path, qubes://vm/path or
+    /// qubes-ssh://vm:[user@]host[:port]/path
     #[arg(long, global = true, value_name = "URL")]
     pub dest: Option<String>,
     /// Directory for wyng's local state about archives (created if missing)
@@ -68,6 +69,10 @@ pub struct Global {
     /// Accept an archive older than the last one this machine saw (it may be an old copy)
     #[arg(long, global = true)]
     pub force_allow_rollback: bool,
+    /// ssh options replacing wyng's defaults, e.g. --opt-ssh='-F ~/.ssh/backup_config'
+    /// (repeatable; each value is split at spaces)
+    #[arg(long, global = true, value_name = "OPTS", allow_hyphen_values = true)]
+    pub opt_ssh: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

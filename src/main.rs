@@ -75,7 +75,13 @@ fn open_dest(g: &cli::Global) -> Result<Box<dyn wyng::dest::Dest>> {
     let url = g.dest.as_deref().ok_or_else(|| {
         Error::Usage("--dest is required, e.g. --dest=file:/mnt/usb/laptop.backup".into())
     })?;
-    wyng::dest::open(url)
+    let ssh_opts = (!g.opt_ssh.is_empty()).then(|| {
+        g.opt_ssh
+            .iter()
+            .flat_map(|o| o.split_whitespace().map(str::to_string))
+            .collect()
+    });
+    wyng::dest::open_with(url, &wyng::dest::DestOptions { ssh_opts })
 }
 
 fn session_sel(a: &cli::SessionArgs) -> Result<SessionSel> {

@@ -6,8 +6,10 @@
 //! target atomically, and `sync` makes everything written so far durable.
 
 mod file;
+pub mod remote;
 
 pub use file::FileDest;
+pub use remote::RemoteDest;
 
 use crate::error::{Error, Result};
 
@@ -19,9 +21,23 @@ pub trait Dest: Send + Sync {
     fn create_root(&self) -> Result<()>;
     /// Reads a whole file. `Ok(None)` if it does not exist; an error if larger than `max`.
     fn read(&self, rel: &str, max: u64) -> Result<Option<Vec<u8>>>;
+    /// Reads several files (in the order given).
+    fn read_many(&self, rels: &[String], max: u64) -> Result<Vec<Option<Vec<u8>>>> {
+        rels.iter().map(|r| self.read(r, max)).collect()
+    }
+    /// Whether [`Dest::read_many`] is much cheaper than reading files one by one (a remote
+    /// destination, where each request is a round trip).
+    fn batch_reads(&self) -> bool {
+        false
+    }
     /// Creates or replaces a file (parent directories are created as needed). Not atomic:
     /// callers write to a temporary name and [`Dest::rename`] it.
     fn write(&self, rel: &str, data: &[u8]) -> Result<()>;
+    /// Writes a chunk file of a session being staged. Destinations may stream these (they are
+    /// only read after a later [`Dest::sync`]).
+    fn write_chunk(&self, rel: &str, data: &[u8]) -> Result<()> {
+        self.write(rel, data)
+    }
     fn rename(&self, from: &str, to: &str) -> Result<()>;
     fn hard_link(&self, from: &str, to: &str) -> Result<()>;
     fn mkdir_all(&self, rel: &str) -> Result<()>;
@@ -36,10 +52,24 @@ pub trait Dest: Send + Sync {
     fn lock(&self, exclusive: bool) -> Result<()>;
     /// Releases the lock (a long-lived reader such as a mount, which must not block sends).
     fn unlock(&self);
+    /// In a child process after `fork`: let go of connections that belong to the parent
+    /// (without closing them for the parent); new ones are made on first use.
+    fn detach_after_fork(&self) {}
+}
+
+/// Options for destinations.
+#[derive(Clone, Debug, Default)]
+pub struct DestOptions {
+    /// Replaces the default ssh options (`--opt-ssh`).
+    pub ssh_opts: Option<Vec<String>>,
 }
 
 /// Opens a destination URL (behaviour notes §4.1).
 pub fn open(url: &str) -> Result<Box<dyn Dest>> {
+    open_with(url, &DestOptions::default())
+}
+
+pub fn open_with(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
     if url.chars().any(char::is_control) {
         return Err(Error::Usage(format!(
             "--dest '{url}' contains control characters"
@@ -63,12 +93,11 @@ pub fn open(url: &str) -> Result<Box<dyn Dest>> {
         }
         return Ok(Box::new(FileDest::new(url, path)?));
     }
-    for scheme in ["ssh://", "qubes://", "qubes-ssh://"] {
-        if url.starts_with(scheme) {
-            return Err(Error::Usage(format!(
-                "--dest '{url}': {scheme} destinations are not supported by this version of wyng; use a file: destination (for example on a mounted network share)"
-            )));
-        }
+    if ["ssh://", "qubes://", "qubes-ssh://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        return Ok(Box::new(RemoteDest::new(url, o.ssh_opts.clone())?));
     }
     Err(Error::Usage(format!(
         "--dest '{url}' is not a destination URL; use file:/path/to/archive (or ssh://user@host/path, qubes://vm/path)"
@@ -87,5 +116,6 @@ mod tests {
         assert!(open("file:").is_err());
         assert!(open("/tmp/x").is_err());
         assert!(open("http://x").is_err());
+        assert!(open("ssh://host/x").is_ok());
     }
 }

@@ -201,6 +201,7 @@ pub fn run(archive: Archive, o: &MountOptions) -> Result<()> {
         }
         nix::unistd::ForkResult::Child => {
             drop(r);
+            archive.dest.detach_after_fork();
             let _ = nix::unistd::setsid();
             detach_stdio(&o.log_file);
             let mut w = Some(std::fs::File::from(w));

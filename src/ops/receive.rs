@@ -49,36 +49,109 @@ where
     let first_err = parking_lot::Mutex::new(None);
     let progress = Progress::bytes(merged.volsize, label);
     let max_file = archive.codec.max_chunk_file();
+    // Remote destinations: one fetcher pulls chunk files in batches (a round trip per batch, not
+    // per chunk) while the workers verify, decompress and write.
+    let batched = archive.dest.batch_reads();
+    let (tx, rx) = crossbeam_channel::bounded::<(u64, Result<Option<Vec<u8>>>)>(workers() * 16);
+    // Verifies and hands on one chunk; `fetched` is its file if the fetcher already read it.
+    let process = |idx: u64, fetched: Option<Result<Option<Vec<u8>>>>| -> Result<()> {
+        let len = chunk_len(idx, merged.volsize, cs);
+        let (r, origin) = merged.entries[idx as usize];
+        let res = match r {
+            ChunkRef::Zero => sink(idx * cs, None),
+            ChunkRef::Data(h) => {
+                let path = archive.chunk_path(vol, origin, idx);
+                data_chunks.fetch_add(1, Ordering::Relaxed);
+                fetched
+                    .unwrap_or_else(|| archive.dest.read(&path, max_file))
+                    .and_then(|f| f.ok_or_else(|| Error::corrupt(&path, "chunk file is missing")))
+                    .and_then(|f| archive.codec.decode_chunk(&f, &h, len as usize, &path))
+                    .and_then(|raw| sink(idx * cs, Some(raw)))
+            }
+        };
+        progress.inc(len);
+        res
+    };
     std::thread::scope(|s| {
-        for _ in 0..workers() {
-            s.spawn(|| loop {
-                let idx = next.fetch_add(1, Ordering::Relaxed);
-                if idx >= n || failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let len = chunk_len(idx, merged.volsize, cs);
-                let (r, origin) = merged.entries[idx as usize];
-                let res = match r {
-                    ChunkRef::Zero => sink(idx * cs, None),
-                    ChunkRef::Data(h) => {
-                        let path = archive.chunk_path(vol, origin, idx);
-                        data_chunks.fetch_add(1, Ordering::Relaxed);
-                        archive
-                            .dest
-                            .read(&path, max_file)
-                            .and_then(|f| {
-                                f.ok_or_else(|| Error::corrupt(&path, "chunk file is missing"))
-                            })
-                            .and_then(|f| archive.codec.decode_chunk(&f, &h, len as usize, &path))
-                            .and_then(|raw| sink(idx * cs, Some(raw)))
+        if batched {
+            let tx = tx.clone();
+            let (failed, first_err) = (&failed, &first_err);
+            s.spawn(move || {
+                const BATCH_BYTES: u64 = 16 << 20;
+                let per_batch = (BATCH_BYTES / cs).clamp(1, 256) as usize;
+                let data: Vec<u64> = (0..n)
+                    .filter(|&i| matches!(merged.entries[i as usize].0, ChunkRef::Data(_)))
+                    .collect();
+                for batch in data.chunks(per_batch) {
+                    if failed.load(Ordering::Relaxed) {
+                        return;
                     }
-                };
-                if let Err(e) = res {
-                    failed.store(true, Ordering::Relaxed);
-                    first_err.lock().get_or_insert(e);
-                    break;
+                    let paths: Vec<String> = batch
+                        .iter()
+                        .map(|&i| archive.chunk_path(vol, merged.entries[i as usize].1, i))
+                        .collect();
+                    match archive.dest.read_many(&paths, max_file) {
+                        Ok(files) => {
+                            for (&i, f) in batch.iter().zip(files) {
+                                // Workers stop on the first error and no longer drain the
+                                // channel: never block on it without watching for that.
+                                let mut item = (i, Ok(f));
+                                loop {
+                                    match tx
+                                        .send_timeout(item, std::time::Duration::from_millis(50))
+                                    {
+                                        Ok(()) => break,
+                                        Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                                            if failed.load(Ordering::Relaxed) {
+                                                return;
+                                            }
+                                            item = back;
+                                        }
+                                        Err(crossbeam_channel::SendTimeoutError::Disconnected(
+                                            _,
+                                        )) => return,
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            first_err.lock().get_or_insert(e);
+                            return;
+                        }
+                    }
                 }
-                progress.inc(len);
+            });
+        }
+        drop(tx);
+        for _ in 0..workers() {
+            s.spawn(|| {
+                // Zero chunks (and, for local destinations, every chunk) come from the counter;
+                // fetched data chunks from the channel.
+                loop {
+                    let idx = next.fetch_add(1, Ordering::Relaxed);
+                    if idx >= n || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if batched && matches!(merged.entries[idx as usize].0, ChunkRef::Data(_)) {
+                        continue;
+                    }
+                    if let Err(e) = process(idx, None) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_err.lock().get_or_insert(e);
+                        return;
+                    }
+                }
+                for (idx, f) in rx.iter() {
+                    if failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(e) = process(idx, Some(f)) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_err.lock().get_or_insert(e);
+                        break;
+                    }
+                }
             });
         }
     });

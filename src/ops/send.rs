@@ -231,7 +231,7 @@ fn send_volume(
                             } else {
                                 let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
                                 codec.seal_chunk(hashed).and_then(|enc| {
-                                    dest.write(&path, &enc.file).map(|()| {
+                                    dest.write_chunk(&path, &enc.file).map(|()| {
                                         Outcome::Changed(
                                             ChunkRef::Data(enc.hash),
                                             enc.file.len() as u64,

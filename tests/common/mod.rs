@@ -73,6 +73,10 @@ pub struct Wyng {
     pub meta: PathBuf,
     /// Passphrase fed on standard input (encrypted archives).
     pub pass: Option<String>,
+    /// Extra arguments for every command (e.g. `--opt-ssh`).
+    pub extra: Vec<String>,
+    /// Extra environment for every command.
+    pub env: Vec<(String, String)>,
 }
 
 impl Wyng {
@@ -81,6 +85,8 @@ impl Wyng {
             dest: format!("file:{}", archive.display()),
             meta: meta.to_path_buf(),
             pass: None,
+            extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -96,6 +102,8 @@ impl Wyng {
         c.args(args)
             .arg(format!("--dest={}", self.dest))
             .arg(format!("--meta-dir={}", self.meta.display()))
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null());
         c
     }
