@@ -73,6 +73,31 @@ t1=$(date +%s.%N)
 "$W" umount "$mnt"
 awk -v a="$t0" -v b="$t1" -v n="$sessions" 'BEGIN { printf "%-22s %.3f s from `wyng mount` to the first byte (%d sessions)\n", "mount: first byte", b - a, n }'
 
+# Over ssh to a private sshd on 127.0.0.1 (only when this machine has one and we are root).
+if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ]; then
+  sd="$dir/sshd"; rm -rf "$sd"; mkdir -p "$sd" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$sd/host"; ssh-keygen -q -t ed25519 -N '' -f "$sd/user"
+  cp "$sd/user.pub" "$sd/authorized_keys"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf 'Port %s\nListenAddress 127.0.0.1\nHostKey %s/host\nPidFile %s/pid\nAuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n' "$port" "$sd" "$sd" "$sd" > "$sd/sshd_config"
+  printf 'Host *\n  IdentityFile %s/user\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  Ciphers aes128-gcm@openssh.com\n' "$sd" > "$sd/ssh_config"
+  /usr/sbin/sshd -D -e -f "$sd/sshd_config" 2>/dev/null & sshd_pid=$!
+  trap 'kill $sshd_pid 2>/dev/null; [ -n "${BENCH_DIR:-}" ] || rm -rf "$dir"' EXIT
+  sleep 0.5
+  sshdest="ssh://root@127.0.0.1:$port$dir/archive-ssh"
+  sopt="--opt-ssh=-F $sd/ssh_config"
+  rm -rf "$dir/archive-ssh"
+  "$W" arch-init --encrypt=off --dest="$sshdest" "$sopt" $meta >/dev/null
+  row "ssh send (full)" "$compress_hash_mibs" -- "$W" send vol "$imp" --dest="$sshdest" "$sopt" $meta
+  row "ssh receive" "$hash_decompress_mibs" -- "$W" receive vol -u --save-to="$dir/out.img" --dest="$sshdest" "$sopt" $meta
+  cmp "$img" "$dir/out.img" && echo "(restored image identical)"
+  "$W" mount "$mnt" --dest="$sshdest" "$sopt" $meta >/dev/null
+  t0=$(date +%s.%N); dd if="$mnt/vol/latest.img" of=/dev/null bs=1M status=none; t1=$(date +%s.%N)
+  "$W" umount "$mnt"
+  awk -v a="$t0" -v b="$t1" -v m="$size_mib" 'BEGIN { w = b - a; printf "%-22s %8.2f %9.0f\n", "ssh mount: dd bs=1M", w, m / w }'
+  kill $sshd_pid 2>/dev/null
+fi
+
 # The same on an encrypted archive (xchacha20-dgr). The passphrase comes from --passcmd and the
 # keys stay in the kernel keyring, so only arch-init pays for the key derivation.
 "$B" gen "$img" "$size_mib"

@@ -54,12 +54,20 @@ pub struct ArchiveView {
     chunks: Mutex<LruCache<crate::format::Hash32, Arc<Vec<u8>>>>,
     /// Where the last read of each file ended: a read starting there is sequential.
     last_end: Mutex<HashMap<NodeId, u64>>,
-    prefetch: crossbeam_channel::Sender<(usize, usize, u64)>,
-    prefetch_rx: crossbeam_channel::Receiver<(usize, usize, u64)>,
+    /// Chunks being fetched or decoded right now, so that no one fetches them twice.
+    pending: Mutex<std::collections::HashSet<crate::format::Hash32>>,
+    pending_done: parking_lot::Condvar,
+    /// One transfer at a time from a remote destination (they share one connection).
+    transfer: Mutex<()>,
+    /// (volume, session, first chunk, chunks): read-ahead work.
+    prefetch: crossbeam_channel::Sender<(usize, usize, u64, u64)>,
+    prefetch_rx: crossbeam_channel::Receiver<(usize, usize, u64, u64)>,
 }
 
 /// Chunks fetched ahead of a sequential reader.
 const READ_AHEAD: u64 = 8;
+/// Chunks fetched per request from a remote destination when reading sequentially.
+const REMOTE_WINDOW: u64 = 32;
 
 fn session_time(name: &SessionName) -> SystemTime {
     chrono::NaiveDateTime::parse_from_str(name.date(), "%Y%m%d-%H%M%S")
@@ -174,6 +182,9 @@ impl ArchiveView {
                 NonZeroUsize::new(chunks).expect("at least 16"),
             )),
             last_end: Mutex::new(HashMap::new()),
+            pending: Mutex::new(std::collections::HashSet::new()),
+            pending_done: parking_lot::Condvar::new(),
+            transfer: Mutex::new(()),
             prefetch,
             prefetch_rx,
         })
@@ -184,9 +195,9 @@ impl ArchiveView {
         for _ in 0..threads {
             let me = self.clone();
             std::thread::spawn(move || {
-                for (vol, ses, idx) in me.prefetch_rx.clone() {
+                for (vol, ses, idx, count) in me.prefetch_rx.clone() {
                     if let Ok(m) = me.merged_for(vol, ses) {
-                        let _ = me.chunk(vol, &m, idx);
+                        let _ = me.fetch_window(vol, &m, idx, count);
                     }
                 }
             });
@@ -214,12 +225,83 @@ impl ArchiveView {
         Ok(m)
     }
 
+    /// Fetches and caches the data chunks among `count` chunks from `first` that are not cached
+    /// yet, in one request to the destination.
+    fn fetch_window(&self, vol: usize, m: &Merged, first: u64, count: u64) -> io::Result<()> {
+        let v = &self.archive.volumes[vol];
+        let end = (first + count).min(m.entries.len() as u64);
+        let transfer = self.transfer.lock();
+        let mut want = Vec::new();
+        {
+            let cache = self.chunks.lock();
+            let mut pending = self.pending.lock();
+            for idx in first..end {
+                if let Some((ChunkRef::Data(h), origin)) = m.get(idx) {
+                    if !cache.contains(h) && pending.insert(*h) {
+                        want.push((idx, *h, *origin));
+                    }
+                }
+            }
+        }
+        if want.is_empty() {
+            return Ok(());
+        }
+        // Whatever happens below, these are no longer pending afterwards.
+        let _done = PendingGuard(self, want.iter().map(|w| w.1).collect());
+        let paths: Vec<String> = want
+            .iter()
+            .map(|(idx, _, origin)| self.archive.chunk_path(v, *origin, *idx))
+            .collect();
+        let files = self
+            .archive
+            .dest
+            .read_many(&paths, self.archive.codec.max_chunk_file())
+            .map_err(eio)?;
+        // Decoding can overlap the next transfer.
+        drop(transfer);
+        let jobs: Vec<_> = want.iter().zip(&paths).zip(files).collect();
+        // Decode on two threads: the transfer is done, this is CPU work.
+        let half = jobs.len().div_ceil(2);
+        std::thread::scope(|s| {
+            let mut results = Vec::new();
+            for part in jobs.chunks(half.max(1)) {
+                results.push(s.spawn(move || -> io::Result<()> {
+                    for (((idx, h, _), path), file) in part {
+                        let len = crate::format::manifest::chunk_len(*idx, m.volsize, m.chunksize)
+                            as usize;
+                        let data = file
+                            .as_ref()
+                            .ok_or_else(|| Error::corrupt(path.as_str(), "chunk file is missing"))
+                            .and_then(|f| self.archive.codec.decode_chunk(f, h, len, path))
+                            .map_err(eio)?;
+                        self.chunks.lock().put(*h, Arc::new(data));
+                    }
+                    Ok(())
+                }));
+            }
+            results.into_iter().try_for_each(|r| {
+                r.join()
+                    .unwrap_or_else(|_| Err(eio("decoder thread failed")))
+            })
+        })
+    }
+
     /// The decoded, verified chunk `idx` of a merged view (zero chunks never get here).
     fn chunk(&self, vol: usize, m: &Merged, idx: u64) -> io::Result<Arc<Vec<u8>>> {
         let (r, origin) = *m.get(idx).ok_or_else(|| eio("chunk index out of range"))?;
         let ChunkRef::Data(h) = r else {
             return Err(eio("zero chunk requested as data"));
         };
+        if let Some(c) = self.chunks.lock().get(&h) {
+            return Ok(c.clone());
+        }
+        // Being fetched by another thread: wait for it rather than fetch it again.
+        {
+            let mut pending = self.pending.lock();
+            while pending.contains(&h) {
+                self.pending_done.wait(&mut pending);
+            }
+        }
         if let Some(c) = self.chunks.lock().get(&h) {
             return Ok(c.clone());
         }
@@ -236,6 +318,19 @@ impl ArchiveView {
         let data = Arc::new(data);
         self.chunks.lock().put(h, data.clone());
         Ok(data)
+    }
+}
+
+/// Clears chunks from the pending set (and wakes waiters) when a fetch ends, however it ends.
+struct PendingGuard<'a>(&'a ArchiveView, Vec<crate::format::Hash32>);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.0.pending.lock();
+        for h in &self.1 {
+            pending.remove(h);
+        }
+        self.0.pending_done.notify_all();
     }
 }
 
@@ -339,6 +434,15 @@ impl SparseTree for ArchiveView {
         }
         let n = ((m.volsize - offset) as usize).min(buf.len());
         let cs = m.chunksize;
+        let sequential = offset == 0 || self.last_end.lock().get(&node) == Some(&offset);
+        if sequential && self.archive.dest.batch_reads() {
+            // Remote: one request for this chunk and the following ones, not one per chunk.
+            if let Some((ChunkRef::Data(h), _)) = m.get(offset / cs) {
+                if !self.chunks.lock().contains(h) && !self.pending.lock().contains(h) {
+                    self.fetch_window(vol, &m, offset / cs, REMOTE_WINDOW)?;
+                }
+            }
+        }
         let mut done = 0usize;
         while done < n {
             let pos = offset + done as u64;
@@ -358,13 +462,25 @@ impl SparseTree for ArchiveView {
         }
         // Sequential reader: fetch the next chunks in the background.
         let end = offset + n as u64;
-        let sequential = self.last_end.lock().insert(node, end) == Some(offset);
+        self.last_end.lock().insert(node, end);
         if sequential {
             let last = (end - 1) / cs;
-            for idx in last + 1..=(last + READ_AHEAD).min(m.entries.len() as u64 - 1) {
-                if let Some((ChunkRef::Data(h), _)) = m.get(idx) {
-                    if !self.chunks.lock().contains(h) {
-                        let _ = self.prefetch.try_send((vol, ses, idx));
+            if self.archive.dest.batch_reads() {
+                // Keep a window ahead: on entering a window, ask for the next one.
+                let first = offset / cs;
+                if first % REMOTE_WINDOW == 0 || last / REMOTE_WINDOW != first / REMOTE_WINDOW {
+                    // Two windows ahead: one transfers while the other decodes.
+                    let next = (last / REMOTE_WINDOW + 1) * REMOTE_WINDOW;
+                    for w in [next, next + REMOTE_WINDOW] {
+                        let _ = self.prefetch.try_send((vol, ses, w, REMOTE_WINDOW));
+                    }
+                }
+            } else {
+                for idx in last + 1..=(last + READ_AHEAD).min(m.entries.len() as u64 - 1) {
+                    if let Some((ChunkRef::Data(h), _)) = m.get(idx) {
+                        if !self.chunks.lock().contains(h) {
+                            let _ = self.prefetch.try_send((vol, ses, idx, 1));
+                        }
                     }
                 }
             }

@@ -52,7 +52,10 @@ where
     // Remote destinations: one fetcher pulls chunk files in batches (a round trip per batch, not
     // per chunk) while the workers verify, decompress and write.
     let batched = archive.dest.batch_reads();
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, Result<Option<Vec<u8>>>)>(workers() * 16);
+    // Room for two batches, so the next one is fetched while this one is decoded.
+    let per_batch = ((16u64 << 20) / cs).clamp(1, 256) as usize;
+    let (tx, rx) =
+        crossbeam_channel::bounded::<(u64, Result<Option<Vec<u8>>>)>((2 * per_batch).max(32));
     // Verifies and hands on one chunk; `fetched` is its file if the fetcher already read it.
     let process = |idx: u64, fetched: Option<Result<Option<Vec<u8>>>>| -> Result<()> {
         let len = chunk_len(idx, merged.volsize, cs);
@@ -77,8 +80,6 @@ where
             let tx = tx.clone();
             let (failed, first_err) = (&failed, &first_err);
             s.spawn(move || {
-                const BATCH_BYTES: u64 = 16 << 20;
-                let per_batch = (BATCH_BYTES / cs).clamp(1, 256) as usize;
                 let data: Vec<u64> = (0..n)
                     .filter(|&i| matches!(merged.entries[i as usize].0, ChunkRef::Data(_)))
                     .collect();
