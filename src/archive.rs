@@ -262,12 +262,57 @@ impl Archive {
         };
         a.attach_cache(o.meta_dir)?;
         a.check_rollback(&file, o.allow_rollback)?;
-        let vids: Vec<(VolumeId, Hash32)> = a.ini.volumes.clone();
-        for (vid, h) in vids {
-            let v = a.load_volume(&vid, &h)?;
-            a.volumes.push(v);
-        }
+        a.reload()?;
         Ok(a)
+    }
+
+    /// Rereads archive.ini from the destination (after a transaction replaced it), refreshes
+    /// the `.bak` copies, and reloads every volume.
+    pub(crate) fn reload_all(&mut self) -> Result<()> {
+        let file =
+            self.dest
+                .read("archive.ini", ROOT_MAX)?
+                .ok_or_else(|| Error::ArchiveNotFound {
+                    url: self.dest.url().into(),
+                })?;
+        let (_, body) = ini::parse_header(&file)?;
+        self.ini = ArchiveIni::parse(&self.codec.open_root(body)?)?;
+        self.remember_root(&file);
+        self.refresh_bak("archive.ini", ROOT_MAX)?;
+        for (vid, _) in self.ini.volumes.clone() {
+            self.refresh_bak(
+                &format!("{vid}/volinfo"),
+                self.meta_limit(fmt::MAX_VOLINFO_Z as u64),
+            )?;
+        }
+        self.reload()
+    }
+
+    /// (Re)loads every volume from the destination. While a transaction is pending, the
+    /// volume it concerns may be half-moved: it is left out (with a warning) until a write
+    /// command finishes the transaction.
+    pub(crate) fn reload(&mut self) -> Result<()> {
+        let pending = self
+            .ini
+            .in_process
+            .get(1)
+            .and_then(|(_, v)| VolumeId::parse(v));
+        self.volumes.clear();
+        for (vid, h) in self.ini.volumes.clone() {
+            match self.load_volume(&vid, &h) {
+                Ok(v) => self.volumes.push(v),
+                Err(e) if pending.as_ref() == Some(&vid) => {
+                    tracing::warn!("volume {vid} is in an interrupted prune or delete and cannot be read until a write command (such as `wyng prune`) finishes it: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(v) = pending {
+            tracing::warn!(
+                "an interrupted transaction on {v} is pending; the next write command finishes it"
+            );
+        }
+        Ok(())
     }
 
     /// Binds the local cache directory; for encrypted archives, raises the counters to the
@@ -506,11 +551,7 @@ impl Archive {
     /// Run by every write command before it changes anything.
     pub fn recover(&mut self) -> Result<()> {
         self.reserve_counters()?;
-        if !self.ini.in_process.is_empty() {
-            return Err(Error::Other(
-                "archive.ini records an interrupted prune or delete ([in_process]); finish it with the original Wyng, then run this command again".into(),
-            ));
-        }
+        self.finish_in_process()?;
         for name in self.dest.list("")? {
             if name.ends_with(".tmp") {
                 self.dest.remove_all(&name)?;
@@ -530,6 +571,7 @@ impl Archive {
             for name in self.dest.list(vid.as_str())? {
                 let stray = name == SESSION_TMP
                     || name.ends_with(".tmp")
+                    || name.starts_with("merge")
                     || (SessionName::parse(&name).is_some()
                         && !self.volumes[i]
                             .volinfo
@@ -678,7 +720,7 @@ impl Archive {
     }
 
     /// Keeps the root just committed in the local cache (rollback detection).
-    fn remember_root(&self, root: &[u8]) {
+    pub(crate) fn remember_root(&self, root: &[u8]) {
         if let Some(dir) = &self.cache_dir {
             if let Err(e) = cache::save_root(dir, root) {
                 tracing::warn!("could not update the local cache: {e}");
@@ -686,7 +728,7 @@ impl Archive {
         }
     }
 
-    fn prepare_root(&self, ini: &mut ArchiveIni) -> Result<Vec<u8>> {
+    pub(crate) fn prepare_root(&self, ini: &mut ArchiveIni) -> Result<Vec<u8>> {
         ini.set(
             "updated_at",
             ini::next_updated_at(self.ini.get("updated_at")),

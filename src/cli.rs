@@ -109,8 +109,60 @@ pub enum Cmd {
     Mount(MountArgs),
     /// Unmount a `wyng mount`
     Umount(UmountArgs),
+    /// Remove sessions; what they hold is merged into the sessions after them
+    #[command(
+        after_help = "Examples:\n  wyng prune vm1.img --session=20261101-020000 --dest=...           # one session\n  wyng prune --session=20261101-000000,20261130-235959 --dest=...    # a range, every volume\n  wyng prune vm1.img --session=^daily --keep=^monthly --dest=...\n  wyng prune --all-before --session=20261001-000000 --dry-run --dest=...\n\nThe newest session of a volume is always kept. Chunk files are moved, not rewritten, and an\ninterrupted prune is finished (or rolled back) by the next write command."
+    )]
+    Prune(PruneArgs),
+    /// Delete a volume and all its sessions from the archive
+    Delete(DeleteArgs),
+    /// Rename a volume
+    Rename(RenameArgs),
+    /// Add a volume (with no sessions yet)
+    Add(AddArgs),
     /// Print the version
     Version,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Volumes to prune (none: every volume)
+    pub volumes: Vec<String>,
+    /// What to remove: DATE, ^TAG, or a range FROM,TO (dates and/or ^tags)
+    #[arg(long, value_name = "WHEN")]
+    pub session: Option<String>,
+    /// Remove every session before --session's date
+    #[arg(long)]
+    pub all_before: bool,
+    /// Never remove this session (DATE) or sessions with this tag (^TAG); repeatable
+    #[arg(long, value_name = "WHEN")]
+    pub keep: Vec<String>,
+    /// Only show what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The volume to delete
+    pub volume: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RenameArgs {
+    pub old: String,
+    pub new: String,
+    /// New description (a rename without it clears the description, as the original does)
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub volume_desc: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    pub volumes: Vec<String>,
+    /// Description of the new volumes
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub volume_desc: String,
 }
 
 #[derive(Args, Debug)]

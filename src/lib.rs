@@ -16,6 +16,7 @@ pub mod format;
 pub mod ops;
 pub mod progress;
 pub mod source;
+pub mod txn;
 pub mod view;
 
 pub use error::{Error, Result};

@@ -103,6 +103,24 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Asks before destructive work: on a terminal, y/N; otherwise refuse (use -u).
+fn confirm(question: &str) -> Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "{question} Add -u to confirm when not on a terminal."
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let mut a = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut a);
+    if matches!(a.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Usage("cancelled; nothing was changed".into()))
+    }
+}
+
 fn human(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
@@ -315,6 +333,66 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Umount(a) => ops::mount::umount(&a.mountpoint),
+        Cmd::Prune(a) => {
+            let o = ops::prune::PruneOptions {
+                session: a.session,
+                all_before: a.all_before,
+                keep: a.keep,
+                dry_run: a.dry_run,
+            };
+            let mut archive = open_archive(g, !o.dry_run)?;
+            if !o.dry_run && !g.unattended {
+                confirm("Prune the selected sessions?")?;
+            }
+            let reports = ops::prune::run(&mut archive, &a.volumes, &o)?;
+            if g.json {
+                return print_json(&reports);
+            }
+            for r in reports {
+                let verb = if o.dry_run { "would remove" } else { "removed" };
+                if r.removed.is_empty() {
+                    say(format!("{}: no session selected.", r.volume));
+                } else {
+                    let names: Vec<&str> = r.removed.iter().map(|s| &s[2..]).collect();
+                    say(format!(
+                        "{}: {verb} {} session(s): {}",
+                        r.volume,
+                        r.removed.len(),
+                        names.join(" ")
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Cmd::Delete(a) => {
+            let mut archive = open_archive(g, true)?;
+            if !g.unattended {
+                confirm(&format!(
+                    "Delete volume '{}' and all its sessions?",
+                    a.volume
+                ))?;
+            }
+            ops::prune::delete(&mut archive, &a.volume)?;
+            say(format!("Deleted volume '{}'.", a.volume));
+            Ok(())
+        }
+        Cmd::Rename(a) => {
+            let mut archive = open_archive(g, true)?;
+            ops::prune::rename(&mut archive, &a.old, &a.new, &a.volume_desc)?;
+            say(format!("Renamed '{}' to '{}'.", a.old, a.new));
+            Ok(())
+        }
+        Cmd::Add(a) => {
+            if a.volumes.is_empty() {
+                return Err(Error::Usage("name the volumes to add".into()));
+            }
+            let mut archive = open_archive(g, true)?;
+            for v in &a.volumes {
+                ops::prune::add(&mut archive, v, &a.volume_desc)?;
+                say(format!("Added volume '{v}'."));
+            }
+            Ok(())
+        }
         Cmd::List(a) => {
             let archive = open_archive(g, false)?;
             if g.json {

@@ -4,6 +4,7 @@
 pub mod arch_init;
 pub mod list;
 pub mod mount;
+pub mod prune;
 pub mod receive;
 pub mod send;
 

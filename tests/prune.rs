@@ -1,0 +1,342 @@
+//! prune, delete, rename, add: surviving sessions stay byte-exact, pruned ones are gone, the
+//! archive stays valid for the original (checker, strict), and a crash at any step of the
+//! journaled protocol is finished or rolled back by the next write command.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Sends `count` random versions of a volume (writes, zeroing, growth, shrink, tags); returns
+/// session name → sha256 of the image sent.
+fn random_history(w: &Wyng, t: &Path, rng: &mut Rng, count: usize) -> BTreeMap<String, String> {
+    let src = t.join("src.img");
+    let mut img = Image::new(rng.next());
+    img.random(300_000).zeros(200_000).text(100_000);
+    let mut out = BTreeMap::new();
+    for i in 0..count {
+        if i > 0 {
+            match rng.below(5) {
+                0 => {
+                    let off = rng.below(img.data.len() as u64) as usize;
+                    img.scribble(off, 70_000);
+                }
+                1 => {
+                    let off = rng.below(img.data.len() as u64 - 1) as usize;
+                    let end = (off + 150_000).min(img.data.len());
+                    img.data[off..end].fill(0);
+                }
+                2 => {
+                    img.random(rng.below(200_000) as usize + 1);
+                }
+                3 => {
+                    let n = img.data.len() * 3 / 4;
+                    img.data.truncate(n.max(1));
+                }
+                _ => {
+                    let off = rng.below(img.data.len() as u64) as usize;
+                    img.scribble(off, 10);
+                }
+            }
+        }
+        img.write(&src);
+        let tag = format!("--tag=t{},tag {i}", i % 3);
+        let r = w.send("vol", &src, &[&tag, "--send-unchanged"]);
+        out.insert(r["session"].as_str().unwrap().to_string(), img.sha256());
+    }
+    out
+}
+
+fn check_all(w: &Wyng, t: &Path, live: &BTreeMap<String, String>, ar: &Path) {
+    let list = w.json(&["list"]);
+    let got: Vec<String> = list["volumes"]["vol"]["sessions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let want: Vec<String> = live.keys().cloned().collect();
+    assert_eq!(got, want, "surviving sessions");
+    let out = t.join("out.img");
+    for (s, sha) in live {
+        w.receive("vol", Some(s), &out);
+        assert_eq!(&sha256_file(&out), sha, "session {s}");
+    }
+    if let Some(report) = check_strict(ar) {
+        let hashes = checker_hashes(&report, "vol");
+        assert_eq!(
+            hashes,
+            live.iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn random_histories_and_selections() {
+    for seed in [3u64, 17, 101] {
+        let t = tmp();
+        let ar = t.path().join("a");
+        let w = Wyng::new(&ar, &t.path().join("meta"));
+        w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+        let mut rng = Rng(seed * 0x9E37_79B9 + 1);
+        let mut live = random_history(&w, t.path(), &mut rng, 8);
+        for _round in 0..3 {
+            let names: Vec<String> = live.keys().cloned().collect();
+            if names.len() < 3 {
+                break;
+            }
+            let n = names.len() as u64;
+            let a = rng.below(n - 1) as usize;
+            let b = a + rng.below(n - 1 - a as u64) as usize;
+            let (spec, mut expect): (String, Vec<String>) = match rng.below(3) {
+                0 => (names[a][2..].to_string(), vec![names[a].clone()]),
+                1 => (
+                    format!("{},{}", &names[a][2..], &names[b][2..]),
+                    names[a..=b].to_vec(),
+                ),
+                _ => (names[b][2..].to_string(), names[..b].to_vec()),
+            };
+            let mut args = vec![
+                "prune".to_string(),
+                "vol".into(),
+                format!("--session={spec}"),
+                "-u".into(),
+                "--json".into(),
+            ];
+            if !spec.contains(',') && expect.len() != 1 {
+                args.push("--all-before".into());
+            }
+            // Keep one of them, sometimes.
+            if expect.len() > 1 && rng.below(2) == 0 {
+                let k = expect.remove(0);
+                args.push(format!("--keep={}", &k[2..]));
+            }
+            expect.retain(|s| s != names.last().unwrap());
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = w.ok(&argv);
+            let r: serde_json::Value = serde_json::from_str(&o).unwrap();
+            let removed: Vec<String> = r[0]["removed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(removed, expect, "seed {seed}: prune {args:?}");
+            for s in &removed {
+                live.remove(s);
+            }
+            check_all(&w, t.path(), &live, &ar);
+        }
+    }
+}
+
+#[test]
+fn tags_keep_and_dry_run() {
+    let t = tmp();
+    let ar = t.path().join("a");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let mut rng = Rng(7);
+    let live = random_history(&w, t.path(), &mut rng, 6);
+    let names: Vec<&String> = live.keys().collect();
+    // Dry run changes nothing.
+    let r: serde_json::Value =
+        serde_json::from_str(&w.ok(&["prune", "vol", "--session=^t0", "--dry-run", "--json"]))
+            .unwrap();
+    assert_eq!(
+        r[0]["removed"].as_array().unwrap().len(),
+        2,
+        "t0 on sessions 0 and 3 (not the newest)"
+    );
+    assert_eq!(
+        w.json(&["list"])["volumes"]["vol"]["sessions"]
+            .as_object()
+            .unwrap()
+            .len(),
+        6
+    );
+    // ^tag with a kept date.
+    let keep = format!("--keep={}", &names[3][2..]);
+    let r: serde_json::Value =
+        serde_json::from_str(&w.ok(&["prune", "vol", "--session=^t0", &keep, "-u", "--json"]))
+            .unwrap();
+    assert_eq!(r[0]["removed"], serde_json::json!([names[0]]));
+    let mut live2 = live.clone();
+    live2.remove(names[0].as_str());
+    check_all(&w, t.path(), &live2, &ar);
+    // The newest session is never pruned; a confirmation is needed off a terminal.
+    let newest = format!("--session={}", &names[5][2..]);
+    let r: serde_json::Value =
+        serde_json::from_str(&w.ok(&["prune", "vol", &newest, "-u", "--json"])).unwrap();
+    assert_eq!(r[0]["removed"].as_array().unwrap().len(), 0);
+    w.fails(&["prune", "vol", "--session=^t1"], 9);
+}
+
+#[test]
+fn original_archives_prune_and_stay_valid() {
+    let all = expected();
+    for (name, vol) in [
+        ("f-multisession", "multi.img"),
+        ("h-tags", "tagged"),
+        ("g-dedup", "vol-a"),
+    ] {
+        let exp = &all["archives"][name];
+        let t = tmp();
+        let ar = copy_fixture(name, t.path());
+        let w = Wyng::new(&ar, &t.path().join("meta"));
+        let vol = if exp["volumes"].get(vol).is_some() {
+            vol.to_string()
+        } else {
+            exp["volumes"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap()
+                .clone()
+        };
+        let sessions = exp["volumes"][&vol]["sessions"].as_array().unwrap();
+        let links_before = count_links(&ar);
+        let first = &sessions[0]["name"].as_str().unwrap()[2..];
+        w.ok(&["prune", &vol, &format!("--session={first}"), "-u"]);
+        let out = t.path().join("o.img");
+        for s in &sessions[1..] {
+            w.receive(&vol, Some(s["name"].as_str().unwrap()), &out);
+            assert_eq!(
+                sha256_file(&out),
+                s["sha256"].as_str().unwrap(),
+                "{name} {vol} {}",
+                s["name"]
+            );
+        }
+        if name == "g-dedup" {
+            // Chunks are moved by rename: hard links survive.
+            assert!(count_links(&ar) > 0 && links_before > 0);
+        }
+        check_strict(&ar);
+    }
+}
+
+fn count_links(ar: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = 0;
+    let mut stack = vec![ar.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with('x')
+                && e.metadata().unwrap().nlink() > 1
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_crash_at_any_step_is_finished_or_rolled_back() {
+    for point in [
+        "merge-journaled",
+        "merge-init",
+        "merge-moving",
+        "merge-moved",
+        "merge-finalizing",
+    ] {
+        let t = tmp();
+        let ar = t.path().join("a");
+        let w = Wyng::new(&ar, &t.path().join("meta"));
+        w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+        let mut rng = Rng(11);
+        let live = random_history(&w, t.path(), &mut rng, 5);
+        let names: Vec<String> = live.keys().cloned().collect();
+        let spec = format!("--session={},{}", &names[1][2..], &names[2][2..]);
+        let o = w
+            .cmd(&["prune", "vol", &spec, "-u"])
+            .env("WYNG_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{point}");
+        // Any write command finishes the job first.
+        w.ok(&["prune", "vol", "--session=newest", "-u"]);
+        let mut expect = live.clone();
+        let rolled_back = matches!(point, "merge-journaled" | "merge-init");
+        if !rolled_back {
+            expect.remove(&names[1]);
+            expect.remove(&names[2]);
+        }
+        check_all(&w, t.path(), &expect, &ar);
+        assert!(!ar
+            .join(format!(
+                "{}/merge",
+                w.json(&["list"])["volumes"]["vol"]["vid"].as_str().unwrap()
+            ))
+            .exists());
+    }
+}
+
+#[test]
+fn delete_rename_add() {
+    let t = tmp();
+    let ar = t.path().join("a");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off"]);
+    let src = t.path().join("s");
+    Image::new(1).random(100_000).write(&src);
+    w.send("one", &src, &[]);
+    w.send("two", &src, &[]);
+    w.ok(&["add", "empty/vol", "--volume-desc=nothing yet"]);
+    w.ok(&["rename", "one", "renamed/one", "--volume-desc=Renamed"]);
+    let list = w.json(&["list"]);
+    assert_eq!(list["volumes"]["renamed/one"]["desc"], "Renamed");
+    assert!(list["volumes"]["empty/vol"].is_object());
+    w.fails(&["rename", "two", "renamed/one"], 9);
+    w.fails(&["rename", "nosuch", "x"], 2);
+    w.fails(&["delete", "two"], 9); // needs confirmation off a terminal
+                                    // A delete killed after its journal is finished by the next write command.
+    let o = w
+        .cmd(&["delete", "two", "-u"])
+        .env("WYNG_FAILPOINT", "delete-journaled")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    w.ok(&["add", "another"]);
+    let list = w.json(&["list"]);
+    assert!(list["volumes"].get("two").is_none(), "{list}");
+    let out = t.path().join("o");
+    w.receive("renamed/one", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    w.ok(&["delete", "renamed/one", "-u"]);
+    assert_eq!(
+        std::fs::read_dir(&ar)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("Vol_"))
+            .count(),
+        2
+    );
+    check_strict(&ar);
+}
