@@ -111,7 +111,7 @@ pub enum Cmd {
     Umount(UmountArgs),
     /// Remove sessions; what they hold is merged into the sessions after them
     #[command(
-        after_help = "Examples:\n  wyng prune vm1.img --session=20261101-020000 --dest=...           # one session\n  wyng prune --session=20261101-000000,20261130-235959 --dest=...    # a range, every volume\n  wyng prune vm1.img --session=^daily --keep=^monthly --dest=...\n  wyng prune --all-before --session=20261001-000000 --dry-run --dest=...\n\nThe newest session of a volume is always kept. Chunk files are moved, not rewritten, and an\ninterrupted prune is finished (or rolled back) by the next write command."
+        after_help = "Examples:\n  wyng prune vm1.img --session=20261101-020000 --dest=...           # one session\n  wyng prune --session=20261101-000000,20261130-235959 --dest=...    # a range, every volume\n  wyng prune vm1.img --session=^daily --keep=^monthly --dest=...\n  wyng prune --all-before --session=20261001-000000 --dry-run --dest=...\n  wyng prune --keep-daily=7 --keep-weekly=4 --keep-monthly=12 --keep=^release --dry-run --dest=...\n\nThe newest session of a volume is always kept. Chunk files are moved, not rewritten, and an\ninterrupted prune is finished (or rolled back) by the next write command."
     )]
     Prune(PruneArgs),
     /// Delete a volume and all its sessions from the archive
@@ -137,9 +137,27 @@ pub struct PruneArgs {
     /// Never remove this session (DATE) or sessions with this tag (^TAG); repeatable
     #[arg(long, value_name = "WHEN")]
     pub keep: Vec<String>,
-    /// Only show what would be removed
+    /// Only show what would be removed, and why every other session stays
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep the N newest sessions
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the newest session of each of the last N hours that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: usize,
+    /// ... of each of the last N days that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: usize,
+    /// ... of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// ... of each of the last N months that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// ... of each of the last N years that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: usize,
 }
 
 #[derive(Args, Debug)]

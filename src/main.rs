@@ -339,6 +339,14 @@ fn run(cli: Cli) -> Result<()> {
                 all_before: a.all_before,
                 keep: a.keep,
                 dry_run: a.dry_run,
+                policy: ops::prune::Policy {
+                    last: a.keep_last,
+                    hourly: a.keep_hourly,
+                    daily: a.keep_daily,
+                    weekly: a.keep_weekly,
+                    monthly: a.keep_monthly,
+                    yearly: a.keep_yearly,
+                },
             };
             let mut archive = open_archive(g, !o.dry_run)?;
             if !o.dry_run && !g.unattended {
@@ -350,7 +358,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             for r in reports {
                 let verb = if o.dry_run { "would remove" } else { "removed" };
-                if r.removed.is_empty() {
+                if o.dry_run {
+                    for (s, why) in &r.kept {
+                        say(format!(
+                            "{}: keep   {}  ({})",
+                            r.volume,
+                            &s[2..],
+                            why.join(", ")
+                        ));
+                    }
+                    for s in &r.removed {
+                        say(format!("{}: remove {}", r.volume, &s[2..]));
+                    }
+                } else if r.removed.is_empty() {
                     say(format!("{}: no session selected.", r.volume));
                 } else {
                     let names: Vec<&str> = r.removed.iter().map(|s| &s[2..]).collect();

@@ -340,3 +340,54 @@ fn delete_rename_add() {
     );
     check_strict(&ar);
 }
+
+#[test]
+fn retention_policy_with_dry_run_reasons() {
+    let t = tmp();
+    let ar = t.path().join("a");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let mut rng = Rng(5);
+    let mut live = random_history(&w, t.path(), &mut rng, 6);
+    let names: Vec<String> = live.keys().cloned().collect();
+    // Tags t0,t1,t2 repeat: t0 is on sessions 0 and 3. Keep the 2 newest and every t0.
+    let out = w.ok(&["prune", "vol", "--keep-last=2", "--keep=^t0", "--dry-run"]);
+    assert!(
+        out.contains(&format!("keep   {}  (newest, last)", &names[5][2..])),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("keep   {}  (keep ^t0)", &names[0][2..])),
+        "{out}"
+    );
+    assert!(out.contains(&format!("remove {}", &names[1][2..])), "{out}");
+    assert_eq!(
+        w.json(&["list"])["volumes"]["vol"]["sessions"]
+            .as_object()
+            .unwrap()
+            .len(),
+        6,
+        "dry run"
+    );
+    w.fails(&["prune", "vol"], 9);
+    let r: serde_json::Value = serde_json::from_str(&w.ok(&[
+        "prune",
+        "vol",
+        "--keep-last=2",
+        "--keep=^t0",
+        "-u",
+        "--json",
+    ]))
+    .unwrap();
+    let removed: Vec<&str> = r[0]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(removed, [names[1].as_str(), names[2].as_str()]);
+    for s in &removed {
+        live.remove(*s);
+    }
+    check_all(&w, t.path(), &live, &ar);
+}

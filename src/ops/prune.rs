@@ -6,6 +6,12 @@
 //! inclusive); `--all-before --session=D` every session before D. `--keep` (dates or `^tag`)
 //! excludes sessions, and the newest session is always kept. Each run of consecutive selected
 //! sessions is merged into the session after it, as one journaled transaction.
+//!
+//! Retention policies (`--keep-last/-hourly/-daily/-weekly/-monthly/-yearly=N`), as restic,
+//! borg and PBS users know them: going from the newest session back, each policy keeps the
+//! newest session of each new hour/day/ISO week/month/year until it has N; `last` keeps the N
+//! newest. A session any policy keeps stays; with policies and no `--session`, every other
+//! session is pruned (with `--session`, only those it selects).
 
 use crate::archive::{Archive, Volume};
 use crate::error::{Error, Result};
@@ -20,6 +26,72 @@ pub struct PruneOptions {
     pub keep: Vec<String>,
     /// Only report what would be removed.
     pub dry_run: bool,
+    pub policy: Policy,
+}
+
+/// Bucket retention policy: how many of each to keep (0: that rule is off).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub last: usize,
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+    pub yearly: usize,
+}
+
+type BucketKey = fn(&chrono::NaiveDateTime) -> String;
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        *self == Policy::default()
+    }
+
+    /// For each session (sequence order), the rules that keep it.
+    pub fn reasons(&self, names: &[&SessionName]) -> Vec<Vec<&'static str>> {
+        let mut out = vec![Vec::new(); names.len()];
+        let dates: Vec<Option<chrono::NaiveDateTime>> = names
+            .iter()
+            .map(|n| chrono::NaiveDateTime::parse_from_str(n.date(), "%Y%m%d-%H%M%S").ok())
+            .collect();
+        // Newest first by time (the name), the order the rules count in.
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        order.sort_by(|&a, &b| names[b].cmp(names[a]));
+        for &i in order.iter().take(self.last) {
+            out[i].push("last");
+        }
+        let rules: [(&'static str, usize, BucketKey); 5] = [
+            ("hourly", self.hourly, |d| d.format("%Y%m%d%H").to_string()),
+            ("daily", self.daily, |d| d.format("%Y%m%d").to_string()),
+            ("weekly", self.weekly, |d| {
+                use chrono::Datelike;
+                let w = d.iso_week();
+                format!("{}-{:02}", w.year(), w.week())
+            }),
+            ("monthly", self.monthly, |d| d.format("%Y%m").to_string()),
+            ("yearly", self.yearly, |d| d.format("%Y").to_string()),
+        ];
+        for (label, n, key) in rules {
+            if n == 0 {
+                continue;
+            }
+            let mut last_key: Option<String> = None;
+            let mut kept = 0;
+            for &i in &order {
+                if kept == n {
+                    break;
+                }
+                let Some(d) = &dates[i] else { continue };
+                let k = key(d);
+                if last_key.as_ref() != Some(&k) {
+                    out[i].push(label);
+                    kept += 1;
+                    last_key = Some(k);
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -27,6 +99,8 @@ pub struct PruneReport {
     pub volume: String,
     /// Sessions removed (or, with `--dry-run`, that would be).
     pub removed: Vec<String>,
+    /// Sessions kept, with why (`newest`, `--keep`, or the retention rules that keep them).
+    pub kept: Vec<(String, Vec<String>)>,
 }
 
 enum Point {
@@ -50,15 +124,61 @@ fn has_tag(vol: &Volume, i: usize, tag: &str) -> bool {
         || (tag == "all" && !vol.sessions[i].info.tags.is_empty())
 }
 
-/// Indices (sequence order) of the sessions a prune removes from `vol`.
-pub fn select(vol: &Volume, o: &PruneOptions) -> Result<Vec<usize>> {
-    let spec = o.session.as_deref().ok_or_else(|| {
-        Error::Usage("prune needs --session=DATE, --session=^TAG or --session=FROM,TO".into())
-    })?;
+/// What a prune does to one volume: sessions (indices in sequence order) to remove, and the
+/// others with the reasons they stay.
+pub struct Selection {
+    pub remove: Vec<usize>,
+    pub keep: Vec<(usize, Vec<String>)>,
+}
+
+/// Decides which sessions of `vol` a prune removes, and why each other session stays.
+pub fn select(vol: &Volume, o: &PruneOptions) -> Result<Selection> {
+    let n = vol.sessions.len();
+    let mut chosen = match o.session.as_deref() {
+        Some(spec) => select_spec(vol, spec, o.all_before)?,
+        None if !o.policy.is_empty() => (0..n).collect(),
+        None => return Err(Error::Usage(
+            "prune needs --session=DATE|^TAG|FROM,TO, or a retention policy such as --keep-daily=7"
+                .into(),
+        )),
+    };
+    let mut why: Vec<Vec<String>> = vec![Vec::new(); n];
+    if n > 0 {
+        why[n - 1].push("newest".into());
+    }
+    for k in &o.keep {
+        let hit: Vec<usize> = match point(k)? {
+            Point::Date(d) => (0..n).filter(|&i| vol.sessions[i].name == d).collect(),
+            Point::Tag(t) => (0..n).filter(|&i| has_tag(vol, i, &t)).collect(),
+        };
+        for i in hit {
+            why[i].push(format!("keep {k}"));
+        }
+    }
+    let names: Vec<&SessionName> = vol.sessions.iter().map(|s| &s.name).collect();
+    for (i, rules) in o.policy.reasons(&names).into_iter().enumerate() {
+        why[i].extend(rules.into_iter().map(String::from));
+    }
+    chosen.retain(|&i| why[i].is_empty());
+    let kept = (0..n)
+        .filter(|i| !chosen.contains(i))
+        .map(|i| (i, std::mem::take(&mut why[i])))
+        .collect();
+    Ok(Selection {
+        remove: chosen,
+        keep: kept,
+    })
+}
+
+fn select_spec(vol: &Volume, spec: &str, all_before: bool) -> Result<Vec<usize>> {
+    let o = PruneOptions {
+        all_before,
+        ..Default::default()
+    };
     let items: Vec<&str> = spec.split(',').collect();
     let n = vol.sessions.len();
     let name = |i: usize| &vol.sessions[i].name;
-    let mut chosen: Vec<usize> = match items.as_slice() {
+    let chosen: Vec<usize> = match items.as_slice() {
         ["newest"] => (n > 0).then(|| n - 1).into_iter().collect(),
         [one] if o.all_before => match point(one)? {
             Point::Date(d) => (0..n).filter(|&i| *name(i) < d).collect(),
@@ -103,14 +223,6 @@ pub fn select(vol: &Volume, o: &PruneOptions) -> Result<Vec<usize>> {
             )))
         }
     };
-    // The newest session is always kept.
-    chosen.retain(|&i| i + 1 < n);
-    for k in &o.keep {
-        match point(k)? {
-            Point::Date(d) => chosen.retain(|&i| *name(i) != d),
-            Point::Tag(t) => chosen.retain(|&i| !has_tag(vol, i, &t)),
-        }
-    }
     Ok(chosen)
 }
 
@@ -134,10 +246,18 @@ pub fn run(archive: &mut Archive, names: &[String], o: &PruneOptions) -> Result<
     let mut reports = Vec::new();
     for name in names {
         let vi = archive.volume_index(&name).expect("checked");
-        let chosen = select(&archive.volumes[vi], o)?;
+        let Selection {
+            remove: chosen,
+            keep: kept,
+        } = select(&archive.volumes[vi], o)?;
+        let vol = &archive.volumes[vi];
         let removed: Vec<String> = chosen
             .iter()
-            .map(|&i| archive.volumes[vi].sessions[i].name.to_string())
+            .map(|&i| vol.sessions[i].name.to_string())
+            .collect();
+        let kept = kept
+            .into_iter()
+            .map(|(i, why)| (vol.sessions[i].name.to_string(), why))
             .collect();
         if !o.dry_run {
             // Runs of consecutive sessions, newest run first so earlier indices stay valid.
@@ -155,6 +275,7 @@ pub fn run(archive: &mut Archive, names: &[String], o: &PruneOptions) -> Result<
         reports.push(PruneReport {
             volume: name,
             removed,
+            kept,
         });
     }
     Ok(reports)
@@ -206,4 +327,93 @@ fn check_desc(desc: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed calendar (2026-11-02 is a Monday, ISO week 45), checked by hand.
+    const CAL: [&str; 8] = [
+        "S_20261025-120000", // 0 Sun, week 43, October
+        "S_20261101-010000", // 1 Sun, week 44
+        "S_20261101-230000", // 2 Sun, week 44
+        "S_20261102-080000", // 3 Mon, week 45
+        "S_20261102-090000", // 4 Mon, week 45, hour 09
+        "S_20261102-093000", // 5 Mon, week 45, hour 09 (newer)
+        "S_20261130-100000", // 6 Mon, week 49, November
+        "S_20261201-100000", // 7 Tue, week 49, December
+    ];
+
+    fn kept(p: Policy) -> Vec<(usize, Vec<&'static str>)> {
+        let names: Vec<SessionName> = CAL.iter().map(|n| SessionName::parse(n).unwrap()).collect();
+        let refs: Vec<&SessionName> = names.iter().collect();
+        p.reasons(&refs)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn bucket_policies_on_a_fixed_calendar() {
+        assert_eq!(
+            kept(Policy {
+                last: 2,
+                ..Default::default()
+            }),
+            vec![(6, vec!["last"]), (7, vec!["last"])]
+        );
+        assert_eq!(
+            kept(Policy {
+                daily: 3,
+                weekly: 2,
+                ..Default::default()
+            }),
+            vec![
+                (5, vec!["daily", "weekly"]),
+                (6, vec!["daily"]),
+                (7, vec!["daily", "weekly"])
+            ]
+        );
+        // Two sessions in hour 09 of Nov 2: only the newer one counts for that hour.
+        assert_eq!(
+            kept(Policy {
+                hourly: 4,
+                ..Default::default()
+            }),
+            vec![
+                (3, vec!["hourly"]),
+                (5, vec!["hourly"]),
+                (6, vec!["hourly"]),
+                (7, vec!["hourly"])
+            ]
+        );
+        assert_eq!(
+            kept(Policy {
+                monthly: 3,
+                yearly: 1,
+                ..Default::default()
+            }),
+            vec![
+                (0, vec!["monthly"]),
+                (6, vec!["monthly"]),
+                (7, vec!["monthly", "yearly"])
+            ]
+        );
+        // Weeks 49, 45, 44, 43: the newest of each.
+        assert_eq!(
+            kept(Policy {
+                weekly: 10,
+                ..Default::default()
+            }),
+            vec![
+                (0, vec!["weekly"]),
+                (2, vec!["weekly"]),
+                (5, vec!["weekly"]),
+                (7, vec!["weekly"])
+            ]
+        );
+        assert!(kept(Policy::default()).is_empty());
+    }
 }
