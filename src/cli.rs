@@ -116,6 +116,8 @@ pub enum Cmd {
     Prune(PruneArgs),
     /// Delete a volume and all its sessions from the archive
     Delete(DeleteArgs),
+    /// Replace duplicate chunk files in the archive by hard links to one copy
+    ArchDeduplicate,
     /// Rename a volume
     Rename(RenameArgs),
     /// Add a volume (with no sessions yet)
@@ -242,6 +244,9 @@ pub struct SendArgs {
     /// Description for volumes this send adds to the archive
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub volume_desc: String,
+    /// Store chunks the archive already holds (in any volume) as hard links
+    #[arg(short = 'd', long)]
+    pub dedup: bool,
 }
 
 #[derive(Args, Debug)]

@@ -216,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 send_unchanged: a.send_unchanged,
                 tags,
                 volume_desc: a.volume_desc,
+                dedup: a.dedup,
                 cache_dir,
             };
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
@@ -382,6 +383,20 @@ fn run(cli: Cli) -> Result<()> {
                     ));
                 }
             }
+            Ok(())
+        }
+        Cmd::ArchDeduplicate => {
+            let mut archive = open_archive(g, true)?;
+            let r = ops::dedup::arch_deduplicate(&mut archive)?;
+            if g.json {
+                return print_json(&r);
+            }
+            say(format!(
+                "{} of {} chunk files replaced by hard links; {} saved.",
+                r.linked,
+                r.chunk_files,
+                human(r.bytes_saved)
+            ));
             Ok(())
         }
         Cmd::Delete(a) => {

@@ -190,6 +190,12 @@ fn round_trip(sshd: &Sshd, pass: Option<&str>) {
         assert_eq!(&sha256_file(&out), sha);
     }
     w.ok(&["verify", "disk", "-q"]);
+    // Dedup over ssh: the copy's chunks arrive as hard-link members of the tar stream.
+    let src = t.path().join("src.img");
+    let r = w.send("copy", &src, &["--dedup"]);
+    assert!(r["chunks_linked"].as_u64().unwrap() > 10, "{r}");
+    w.receive("copy", None, &out);
+    assert_eq!(sha256_file(&out), recorded.last().unwrap().1);
     // Mount over ssh.
     if Path::new("/dev/fuse").exists() {
         let mnt = t.path().join("mnt");

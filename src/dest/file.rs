@@ -148,6 +148,18 @@ impl Dest for FileDest {
         fs::hard_link(self.path(from), self.path(to)).map_err(|e| self.err(to, e))
     }
 
+    fn stat(&self, rel: &str) -> Result<Option<super::FileStat>> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(self.path(rel)) {
+            Ok(m) => Ok(Some(super::FileStat {
+                size: m.len(),
+                id: (m.dev(), m.ino()),
+            })),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
     fn mkdir_all(&self, rel: &str) -> Result<()> {
         fs::create_dir_all(self.path(rel)).map_err(|e| self.err(rel, e))
     }

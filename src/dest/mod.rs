@@ -40,6 +40,16 @@ pub trait Dest: Send + Sync {
     }
     fn rename(&self, from: &str, to: &str) -> Result<()>;
     fn hard_link(&self, from: &str, to: &str) -> Result<()>;
+    /// Makes `to` (a chunk of a session being staged) a hard link to the existing `from`;
+    /// like [`Dest::write_chunk`], it may be streamed.
+    fn link_chunk(&self, from: &str, to: &str) -> Result<()> {
+        if let Some((dir, _)) = to.rsplit_once('/') {
+            self.mkdir_all(dir)?;
+        }
+        self.hard_link(from, to)
+    }
+    /// Size and identity (device, inode) of a file, `None` if it does not exist.
+    fn stat(&self, rel: &str) -> Result<Option<FileStat>>;
     fn mkdir_all(&self, rel: &str) -> Result<()>;
     /// Removes a file or a whole tree; nothing to remove is fine.
     fn remove_all(&self, rel: &str) -> Result<()>;
@@ -55,6 +65,13 @@ pub trait Dest: Send + Sync {
     /// In a child process after `fork`: let go of connections that belong to the parent
     /// (without closing them for the parent); new ones are made on first use.
     fn detach_after_fork(&self) {}
+}
+
+/// What [`Dest::stat`] tells: two paths with the same `id` are hard links of one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub id: (u64, u64),
 }
 
 /// Options for destinations.

@@ -585,6 +585,43 @@ impl Dest for RemoteDest {
         Ok(())
     }
 
+    /// A hard-link member in the same tar stream: no round trip, and ordered after the file
+    /// it links to (which is already on the remote, or earlier in the stream).
+    fn link_chunk(&self, from: &str, to: &str) -> Result<()> {
+        let mut up = self.upload.lock();
+        if up.is_none() {
+            *up = Some(self.start_upload()?);
+        }
+        let u = up.as_mut().expect("set above");
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Link);
+        if let Err(e) = u.tar.append_link(&mut h, to, from) {
+            drop(up);
+            return Err(self
+                .finish_upload()
+                .err()
+                .unwrap_or_else(|| self.unavailable(format!("upload failed: {e}"))));
+        }
+        Ok(())
+    }
+
+    fn stat(&self, rel: &str) -> Result<Option<super::FileStat>> {
+        let r = self.path(rel);
+        let out = self.run(&format!(
+            "if [ -f {r} ]; then stat -L -c '%s %d %i' -- {r}; fi"
+        ))?;
+        let v: Vec<u64> = out
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        Ok((v.len() == 3).then(|| super::FileStat {
+            size: v[0],
+            id: (v[1], v[2]),
+        }))
+    }
+
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.run(&format!("mv -f -- {} {}", self.path(from), self.path(to)))
             .map(drop)

@@ -34,6 +34,8 @@ pub struct SendOptions {
     pub tags: Vec<Tag>,
     /// Description for volumes this send creates.
     pub volume_desc: String,
+    /// Hard-link chunks the archive already holds instead of storing them again.
+    pub dedup: bool,
     /// wyng's cache directory for this archive, where the digest maps live (see
     /// [`DigestMap`]). Without it every chunk is compressed to compare.
     pub cache_dir: Option<PathBuf>,
@@ -49,6 +51,8 @@ pub struct VolumeReport {
     pub chunks_changed: u64,
     pub bytes_read: u64,
     pub bytes_stored: u64,
+    /// Changed chunks stored as hard links to identical chunks already in the archive.
+    pub chunks_linked: u64,
 }
 
 pub fn run(
@@ -72,13 +76,29 @@ pub fn run(
         .map(|r| Source::open(&r.source))
         .collect::<Result<Vec<_>>>()?;
     let name = session_name(archive, reqs)?;
+    let index = if opts.dedup {
+        crate::ops::dedup::check_hard_links(archive)?;
+        let idx = crate::ops::dedup::DedupIndex::build(archive)?;
+        tracing::info!("dedup index: {} distinct chunks", idx.len());
+        Some(idx)
+    } else {
+        None
+    };
     let mut reports = Vec::new();
     for (req, src) in reqs.iter().zip(&sources) {
         let idx = match archive.volume_index(&req.volume) {
             Some(i) => i,
             None => archive.new_volume(&req.volume, &opts.volume_desc)?,
         };
-        reports.push(send_volume(archive, idx, src, &name, opts, Scan::Full)?);
+        reports.push(send_volume(
+            archive,
+            idx,
+            src,
+            &name,
+            opts,
+            Scan::Full,
+            index.as_ref(),
+        )?);
     }
     Ok(reports)
 }
@@ -118,6 +138,7 @@ fn send_volume(
     name: &SessionName,
     opts: &SendOptions,
     scan: Scan,
+    index: Option<&crate::ops::dedup::DedupIndex>,
 ) -> Result<VolumeReport> {
     let Scan::Full = scan;
     let vol = &archive.volumes[vol_idx];
@@ -143,6 +164,8 @@ fn send_volume(
 
     let dest = &*archive.dest;
     let codec = &archive.codec;
+    let shared: &Archive = archive;
+    let linked = std::sync::atomic::AtomicU64::new(0);
     let progress = Progress::bytes(src.size, "send");
     let workers = workers();
     let inflight = workers * 4;
@@ -198,6 +221,7 @@ fn send_volume(
         for _ in 0..workers {
             let (job_rx, res_tx, abort) = (job_rx.clone(), res_tx.clone(), &abort);
             let (old, old_digests, vid) = (old.as_ref(), old_digests.as_ref(), &vid);
+            let linked = &linked;
             s.spawn(move || {
                 for (idx, buf) in job_rx.iter() {
                     if abort.load(Ordering::Relaxed) {
@@ -220,18 +244,32 @@ fn send_volume(
                     };
                     let digest = DigestMap::digest(&buf);
                     let known = old_digests.and_then(|m| m.digests.get(idx as usize));
-                    let out =
-                        if matches!(old_ref, Some(ChunkRef::Data(_))) && known == Some(&digest) {
-                            // The same raw bytes as the newest session holds: no need to compress.
+                    let out = if matches!(old_ref, Some(ChunkRef::Data(_)))
+                        && known == Some(&digest)
+                    {
+                        // The same raw bytes as the newest session holds: no need to compress.
+                        Ok(Outcome::Same(digest))
+                    } else {
+                        let hashed = codec.hash_chunk(&buf);
+                        if old_ref == Some(ChunkRef::Data(hashed.hash)) {
                             Ok(Outcome::Same(digest))
                         } else {
-                            let hashed = codec.hash_chunk(&buf);
-                            if old_ref == Some(ChunkRef::Data(hashed.hash)) {
-                                Ok(Outcome::Same(digest))
+                            let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
+                            let existing = index
+                                .and_then(|x| x.path(shared, &hashed.hash, vol_idx, name.as_str()));
+                            if let Some(existing) = existing {
+                                // Already in the archive: a hard link, nothing stored.
+                                linked.fetch_add(1, Ordering::Relaxed);
+                                dest.link_chunk(&existing, &path).map(|()| {
+                                    Outcome::Changed(ChunkRef::Data(hashed.hash), 0, digest)
+                                })
                             } else {
-                                let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
+                                let h = hashed.hash;
                                 codec.seal_chunk(hashed).and_then(|enc| {
                                     dest.write_chunk(&path, &enc.file).map(|()| {
+                                        if let Some(x) = index {
+                                            x.insert_staged(h, vol_idx, idx);
+                                        }
                                         Outcome::Changed(
                                             ChunkRef::Data(enc.hash),
                                             enc.file.len() as u64,
@@ -240,7 +278,8 @@ fn send_volume(
                                     })
                                 })
                             }
-                        };
+                        }
+                    };
                     if res_tx.send(out.map(|o| (idx, o))).is_err() {
                         break;
                     }
@@ -314,6 +353,7 @@ fn send_volume(
         chunks_changed: changed,
         bytes_read: src.size,
         bytes_stored: stored,
+        chunks_linked: linked.into_inner(),
     };
     let is_changed = match &last {
         None => true,

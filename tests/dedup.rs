@@ -1,0 +1,123 @@
+//! Deduplication: shared chunks are stored once (hard links), every session still receives
+//! exactly, and the archive stays valid for the original.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+
+/// (chunk files, distinct inodes among them).
+fn chunk_inodes(ar: &Path) -> (usize, usize) {
+    let mut files = 0;
+    let mut inodes = HashSet::new();
+    let mut stack = vec![ar.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with('x') {
+                files += 1;
+                inodes.insert(e.metadata().unwrap().ino());
+            }
+        }
+    }
+    (files, inodes.len())
+}
+
+fn shared_images(t: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>, Vec<u8>) {
+    let mut common = Image::new(1);
+    common.random(1 << 20);
+    let mut a = Image::new(2);
+    a.random(256 << 10);
+    a.data.extend_from_slice(&common.data);
+    let mut b = Image::new(3);
+    b.data.extend_from_slice(&common.data);
+    b.random(128 << 10);
+    // And repetition inside one volume.
+    let block = b.data[..65536].to_vec();
+    b.data.extend_from_slice(&block);
+    let (pa, pb) = (t.join("a.img"), t.join("b.img"));
+    a.write(&pa);
+    b.write(&pb);
+    (pa, pb, a.data, b.data)
+}
+
+fn dedup_send(pass: Option<&str>) {
+    let t = tmp();
+    let ar = t.path().join("archive");
+    let w = match pass {
+        Some(p) => Wyng::with_pass(&ar, &t.path().join("meta"), p),
+        None => Wyng::new(&ar, &t.path().join("meta")),
+    };
+    match pass {
+        Some(_) => w.ok(&["arch-init", "--chunk-factor=1"]),
+        None => w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]),
+    };
+    let (pa, pb, da, db) = shared_images(t.path());
+    let ra = w.send("a", &pa, &["--dedup"]);
+    assert_eq!(ra["chunks_linked"], 0);
+    let rb = w.send("b", &pb, &["--dedup"]);
+    // 16 shared 64 KiB chunks with a, and one repeated inside b.
+    assert_eq!(rb["chunks_linked"], 17, "{rb}");
+    let (files, inodes) = chunk_inodes(&ar);
+    assert_eq!(files - inodes, 17, "{files} files, {inodes} inodes");
+    let out = t.path().join("o");
+    w.receive("a", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), da);
+    w.receive("b", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), db);
+    check_strict_with(&ar, pass);
+}
+
+#[test]
+fn send_dedup_links_shared_chunks() {
+    dedup_send(None);
+}
+
+#[test]
+fn send_dedup_on_an_encrypted_archive() {
+    dedup_send(Some("dedup passphrase"));
+}
+
+#[test]
+fn arch_deduplicate_links_what_was_sent_twice() {
+    let t = tmp();
+    let ar = t.path().join("archive");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let (pa, pb, da, db) = shared_images(t.path());
+    w.send("a", &pa, &[]);
+    w.send("b", &pb, &[]);
+    let (files, inodes) = chunk_inodes(&ar);
+    assert_eq!(files, inodes, "no links without --dedup");
+    let r = w.json(&["arch-deduplicate"]);
+    assert_eq!(r["linked"], 17, "{r}");
+    assert!(r["bytes_saved"].as_u64().unwrap() > 17 * 60_000);
+    let (files, inodes) = chunk_inodes(&ar);
+    assert_eq!(files - inodes, 17);
+    // Idempotent.
+    assert_eq!(w.json(&["arch-deduplicate"])["linked"], 0);
+    let out = t.path().join("o");
+    w.receive("a", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), da);
+    w.receive("b", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), db);
+    check_strict(&ar);
+    // A pruned (merged) volume keeps its links valid.
+    w.send("b", &pa, &["--dedup"]);
+    let first = w.json(&["list"])["volumes"]["b"]["sessions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    w.ok(&["prune", "b", &format!("--session={}", &first[2..]), "-u"]);
+    w.receive("b", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), da);
+    check_strict(&ar);
+}
