@@ -118,6 +118,11 @@ pub enum Cmd {
     Delete(DeleteArgs),
     /// Replace duplicate chunk files in the archive by hard links to one copy
     ArchDeduplicate,
+    /// Check the whole archive: metadata, manifests, and every chunk file once
+    #[command(
+        after_help = "Examples:\n  wyng arch-check --dest=file:/mnt/usb/laptop.backup\n  wyng arch-check vm1.img --session=newest --dest=...\n  wyng arch-check --clean --dest=...          # first remove leftovers of interrupted commands\n\nEvery problem found is listed; the exit status is 1 if there was any."
+    )]
+    ArchCheck(ArchCheckArgs),
     /// Rename a volume
     Rename(RenameArgs),
     /// Add a volume (with no sessions yet)
@@ -160,6 +165,21 @@ pub struct PruneArgs {
     /// ... of each of the last N years that have one
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_yearly: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ArchCheckArgs {
+    /// Volumes to check (none: all)
+    pub volumes: Vec<String>,
+    /// `newest` (only the newest session's own chunks) or a date-time
+    #[arg(long, value_name = "WHEN")]
+    pub session: Option<String>,
+    /// Remove leftovers of interrupted commands first
+    #[arg(long)]
+    pub clean: bool,
+    /// Give the archive a new UUID (for a copy that must not be confused with its original)
+    #[arg(long)]
+    pub change_uuid: bool,
 }
 
 #[derive(Args, Debug)]

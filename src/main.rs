@@ -385,6 +385,53 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::ArchCheck(a) => {
+            let mut archive = open_archive(g, a.clean || a.change_uuid)?;
+            if a.change_uuid {
+                if !g.unattended {
+                    confirm("Give this archive a new UUID?")?;
+                }
+                let uuid = ops::check::change_uuid(&mut archive)?;
+                say(format!("New archive UUID: {uuid}"));
+                return Ok(());
+            }
+            let reports = ops::check::run(
+                &mut archive,
+                &a.volumes,
+                &ops::check::CheckOptions {
+                    session: a.session,
+                    clean: a.clean,
+                },
+            )?;
+            let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
+            if g.json {
+                print_json(&reports)?;
+            } else {
+                for r in &reports {
+                    for p in &r.problems {
+                        eprintln!("{}: {p}", r.volume);
+                    }
+                    say(format!(
+                        "{}: {} sessions, {} chunk files checked, {}.",
+                        r.volume,
+                        r.sessions,
+                        r.chunks,
+                        if r.problems.is_empty() {
+                            "no problems".to_string()
+                        } else {
+                            format!("{} problem(s)", r.problems.len())
+                        }
+                    ));
+                }
+            }
+            if problems > 0 {
+                return Err(Error::corrupt(
+                    g.dest.clone().unwrap_or_default(),
+                    format!("arch-check found {problems} problem(s)"),
+                ));
+            }
+            Ok(())
+        }
         Cmd::ArchDeduplicate => {
             let mut archive = open_archive(g, true)?;
             let r = ops::dedup::arch_deduplicate(&mut archive)?;

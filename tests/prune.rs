@@ -391,3 +391,111 @@ fn retention_policy_with_dry_run_reasons() {
     }
     check_all(&w, t.path(), &live, &ar);
 }
+
+/// kill -9 at random moments of prune, delete and arch-deduplicate: the next write command
+/// leaves a complete, valid archive, and nothing that was not selected is lost.
+#[test]
+fn kill_9_during_prune_delete_and_dedup() {
+    use std::time::{Duration, Instant};
+    let t = tmp();
+    let base = t.path().join("base");
+    let w = Wyng::new(&base, &t.path().join("meta-base"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let src = t.path().join("s.img");
+    let mut img = Image::new(9);
+    img.random(12 << 20);
+    let mut live = BTreeMap::new();
+    for i in 0..5 {
+        img.scribble(i * (2 << 20), 3 << 20);
+        img.write(&src);
+        let r = w.send("vol", &src, &[]);
+        live.insert(r["session"].as_str().unwrap().to_string(), img.sha256());
+    }
+    // A second volume, a copy of the first's data, for delete and dedup.
+    w.send("other", &src, &[]);
+    let names: Vec<String> = live.keys().cloned().collect();
+    let spec = format!("--session={},{}", &names[0][2..], &names[2][2..]);
+    // How long a full prune takes, to spread the kills over it.
+    let probe = t.path().join("probe");
+    copy_dir(&base, &probe);
+    let wp = Wyng::new(&probe, &t.path().join("meta-probe"));
+    let started = Instant::now();
+    wp.ok(&["prune", "vol", &spec, "-u"]);
+    let span = started.elapsed().as_micros() as u64 + 1;
+
+    let mut seed = 0xDEAD_BEEFu64;
+    for round in 0..8 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ar = t.path().join(format!("r{round}"));
+        copy_dir(&base, &ar);
+        let w = Wyng::new(&ar, &t.path().join(format!("meta{round}")));
+        let args: Vec<String> = match round % 3 {
+            0 | 1 => vec!["prune".into(), "vol".into(), spec.clone(), "-u".into()],
+            _ => vec!["arch-deduplicate".into()],
+        };
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = w
+            .cmd(&argv)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros((seed >> 20) % span));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Recovery by any write command.
+        w.ok(&["add", "recovery-trigger"]);
+        let list = w.json(&["list"]);
+        let got: Vec<String> = list["volumes"]["vol"]["sessions"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let mut expect = live.clone();
+        if round % 3 != 2 && got.len() < names.len() {
+            // Finished: exactly the selected sessions are gone.
+            for n in &names[0..3] {
+                expect.remove(n);
+            }
+        }
+        let want: Vec<String> = expect.keys().cloned().collect();
+        assert_eq!(got, want, "round {round}: all or nothing");
+        let out = t.path().join("o.img");
+        for (s, sha) in &expect {
+            w.receive("vol", Some(s), &out);
+            assert_eq!(&sha256_file(&out), sha, "round {round} {s}");
+        }
+        w.receive("other", None, &out);
+        assert_eq!(sha256_file(&out), img.sha256());
+        check_strict(&ar);
+    }
+    // delete killed at a random moment: the volume is either whole or gone.
+    for round in 0..3 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ar = t.path().join(format!("d{round}"));
+        copy_dir(&base, &ar);
+        let w = Wyng::new(&ar, &t.path().join(format!("dmeta{round}")));
+        let mut child = w
+            .cmd(&["delete", "other", "-u"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros((seed >> 20) % 30_000));
+        let _ = child.kill();
+        let _ = child.wait();
+        w.ok(&["add", "recovery-trigger"]);
+        let list = w.json(&["list"]);
+        if list["volumes"].get("other").is_some() {
+            let out = t.path().join("o.img");
+            w.receive("other", None, &out);
+            assert_eq!(sha256_file(&out), img.sha256());
+        }
+        check_strict(&ar);
+    }
+}

@@ -2,6 +2,7 @@
 //! destination) and plain option structs, does the work, and returns a report the binary prints.
 
 pub mod arch_init;
+pub mod check;
 pub mod dedup;
 pub mod list;
 pub mod mount;
