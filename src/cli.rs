@@ -10,6 +10,7 @@ use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 #[command(
     name = "wyng",
     version,
+    args_override_self = true,
     about = "Fast incremental backup of disk images and block devices, compatible with Wyng archive format V3",
     long_about = "Fast incremental backup of disk images and block devices into Wyng V3 archives.\n\n\
 An archive holds volumes; every `send` of a volume records a session (a point-in-time copy)\n\
@@ -69,6 +70,10 @@ pub struct Global {
     /// Accept an archive older than the last one this machine saw (it may be an old copy)
     #[arg(long, global = true)]
     pub force_allow_rollback: bool,
+    /// Configuration file (default /etc/wyng/wyng.ini): defaults for options, section
+    /// [var-global-default], keys are option names without "--"
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// ssh options replacing wyng's defaults, e.g. --opt-ssh='-F ~/.ssh/backup_config'
     /// (repeatable; each value is split at spaces)
     #[arg(long, global = true, value_name = "OPTS", allow_hyphen_values = true)]
@@ -308,6 +313,112 @@ pub struct ListArgs {
     /// Only volumes having this session (date-time or ^TAG)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
+}
+
+/// Keys the original ignores in the configuration file (behaviour notes §1.1).
+const CONFIG_IGNORED: &[&str] = &[
+    "config",
+    "debug",
+    "force",
+    "save-to",
+    "session",
+    "unattended",
+    "volume-desc",
+    "tag",
+    "all",
+    "all-before",
+    "vols-from",
+    "import-other-from",
+    "upgrade-format",
+    "help",
+    "skip-corrupt-chunks",
+    "force-retry",
+];
+
+/// Inserts the configuration file's defaults (`--config FILE`, or /etc/wyng/wyng.ini if it
+/// exists) right after the command word, where the command line's own options, coming later,
+/// override them. Follows the original's rules: flags take 1/0, list options one item per line,
+/// some keys are ignored (with a message), an unknown key is an error. Expects normalised args.
+pub fn apply_config(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let strs: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let explicit = strs.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--config=").map(str::to_string).or_else(|| {
+            (a == "--config")
+                .then(|| strs.get(i + 1).cloned())
+                .flatten()
+        })
+    });
+    let path = explicit
+        .clone()
+        .unwrap_or_else(|| "/etc/wyng/wyng.ini".into());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(_) if explicit.is_none() => return Ok(args),
+        Err(e) => return Err(format!("cannot read --config {path}: {e}")),
+    };
+    let sections =
+        wyng::format::ini::parse_configparser(&text).map_err(|e| format!("{path}: {e}"))?;
+    let Some((_, items)) = sections
+        .into_iter()
+        .find(|(s, _)| s == "var-global-default")
+    else {
+        return Ok(args);
+    };
+    let cmd = Cli::command();
+    let sub_name = strs.get(1).cloned().unwrap_or_default();
+    let Some(sub) = cmd.get_subcommands().find(|s| s.get_name() == sub_name) else {
+        return Ok(args);
+    };
+    let mut inject: Vec<OsString> = Vec::new();
+    for (key, value) in items {
+        if CONFIG_IGNORED.contains(&key.as_str()) {
+            eprintln!("Ignoring config item: {key}");
+            continue;
+        }
+        let find = |c: &clap::Command| {
+            c.get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .cloned()
+        };
+        let arg = find(sub).or_else(|| find(&cmd));
+        let Some(arg) = arg else {
+            if cmd.get_subcommands().any(|s| find(s).is_some()) {
+                continue; // an option of another command
+            }
+            return Err(format!("{path}: unknown configuration item '{key}'"));
+        };
+        match arg.get_action() {
+            ArgAction::SetTrue => {
+                let on = value
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("{path}: '{key}' takes 1 or 0"))?;
+                if on != 0 {
+                    inject.push(format!("--{key}").into());
+                }
+            }
+            ArgAction::Count => {
+                let n = value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("{path}: '{key}' takes a number"))?;
+                inject.extend(std::iter::repeat_n(OsString::from(format!("--{key}")), n));
+            }
+            ArgAction::Append => {
+                for line in value.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    inject.push(format!("--{key}={line}").into());
+                }
+            }
+            _ => inject.push(format!("--{key}={value}").into()),
+        }
+    }
+    let mut out = args[..2.min(args.len())].to_vec();
+    out.extend(inject);
+    out.extend_from_slice(&args[2.min(args.len())..]);
+    Ok(out)
 }
 
 /// Moves options given before the command word to after it, so that `wyng --save-to=x receive

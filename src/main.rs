@@ -13,7 +13,14 @@ use wyng::ops::{self, SessionSel};
 use wyng::{Error, Result};
 
 fn main() {
-    let cli = match Cli::try_parse_from(cli::normalize_args(std::env::args_os().collect())) {
+    let args = match cli::apply_config(cli::normalize_args(std::env::args_os().collect())) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wyng: error: {e}");
+            std::process::exit(9);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 9 } else { 0 };
