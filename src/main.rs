@@ -291,21 +291,42 @@ fn run(cli: Cli) -> Result<()> {
                     "name the volumes to verify, or use --all".into(),
                 ));
             }
+            // Every volume is checked; failures are reported together at the end, as the
+            // original does ("Error on volumes"): exit 1 if any was damaged, else 2.
             let mut reports = Vec::new();
+            let mut failed: Vec<(String, Error)> = Vec::new();
             for n in &names {
-                let r = ops::receive::verify(&archive, n, &sel)?;
-                say(format!(
-                    "{}: session {} verified: {} chunks ({} with data), {}.",
-                    r.volume,
-                    &r.session[2..],
-                    r.chunks,
-                    r.data_chunks,
-                    human(r.volsize)
-                ));
-                reports.push(r);
+                match ops::receive::verify(&archive, n, &sel) {
+                    Ok(r) => {
+                        say(format!(
+                            "{}: session {} verified: {} chunks ({} with data), {}.",
+                            r.volume,
+                            &r.session[2..],
+                            r.chunks,
+                            r.data_chunks,
+                            human(r.volsize)
+                        ));
+                        reports.push(r);
+                    }
+                    Err(e) if names.len() == 1 => return Err(e),
+                    Err(e) => {
+                        eprintln!("wyng: error: {e}");
+                        failed.push((n.clone(), e));
+                    }
+                }
             }
             if g.json {
-                return print_json(&reports);
+                print_json(&reports)?;
+            }
+            if !failed.is_empty() {
+                let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+                let damaged = failed.iter().any(|(_, e)| e.exit_code() != 2);
+                let msg = format!("verification failed for volumes: {}", names.join(", "));
+                return Err(if damaged {
+                    Error::Other(msg)
+                } else {
+                    Error::Selection(msg)
+                });
             }
             Ok(())
         }

@@ -285,3 +285,45 @@ fn corrupt_metadata_is_an_error() {
         );
     }
 }
+
+#[test]
+fn verify_checks_every_volume_and_reports_all_failures() {
+    let t = tmp();
+    let ar = copy_fixture("i-two-volumes", t.path());
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    // Damage a chunk of root.img only: vms/disk1.img must still be verified and reported OK.
+    let list = w.json(&["list"]);
+    let vid = list["volumes"]["root.img"]["vid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last = list["volumes"]["root.img"]["last"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = ar.join(&vid).join(&last).join("000000000");
+    let f = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut b = std::fs::read(&f).unwrap();
+    b[0] ^= 1;
+    std::fs::write(&f, &b).unwrap();
+    let o = w.run(&["verify", "--all"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        out.contains("vms/disk1.img: session"),
+        "the other volume is still verified: {out}"
+    );
+    assert!(
+        err.contains("verification failed for volumes: root.img"),
+        "{err}"
+    );
+    // Only a missing volume among others: exit 2.
+    let o = w.run(&["verify", "vms/disk1.img", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2));
+}
