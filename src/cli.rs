@@ -113,6 +113,9 @@ pub enum Cmd {
     )]
     Mount(MountArgs),
     /// Unmount a `wyng mount`
+    #[command(
+        after_help = "Example:\n  wyng umount /mnt/wyng          # same as fusermount3 -u /mnt/wyng"
+    )]
     Umount(UmountArgs),
     /// Remove sessions; what they hold is merged into the sessions after them
     #[command(
@@ -120,8 +123,14 @@ pub enum Cmd {
     )]
     Prune(PruneArgs),
     /// Delete a volume and all its sessions from the archive
+    #[command(
+        after_help = "Example:\n  wyng delete old-vm.img -u --dest=file:/mnt/usb/laptop.backup\n\nThe deletion is journaled: if it is interrupted, the next write command finishes it."
+    )]
     Delete(DeleteArgs),
     /// Replace duplicate chunk files in the archive by hard links to one copy
+    #[command(
+        after_help = "Example:\n  wyng arch-deduplicate --dest=file:/mnt/usb/laptop.backup\n\nNeeds a destination with hard links. `wyng send --dedup` does the same while sending."
+    )]
     ArchDeduplicate,
     /// Check the whole archive: metadata, manifests, and every chunk file once
     #[command(
@@ -129,8 +138,14 @@ pub enum Cmd {
     )]
     ArchCheck(ArchCheckArgs),
     /// Rename a volume
+    #[command(
+        after_help = "Example:\n  wyng rename vm1.img vms/web.img --volume-desc='web server' --dest=..."
+    )]
     Rename(RenameArgs),
     /// Add a volume (with no sessions yet)
+    #[command(
+        after_help = "Example:\n  wyng add vms/new.img --volume-desc='not sent yet' --dest=..."
+    )]
     Add(AddArgs),
     /// Print the version
     Version,

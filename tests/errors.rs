@@ -327,3 +327,67 @@ fn verify_checks_every_volume_and_reports_all_failures() {
     let o = w.run(&["verify", "vms/disk1.img", "nosuch"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A destination that runs out of space: a clear error (exit 5), earlier sessions intact, and
+/// once there is room again the next send succeeds. Uses a small real ext4 filesystem.
+#[test]
+fn full_destination_disk() {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !root || !std::path::Path::new("/dev/loop-control").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: this test needs root and loop devices"
+        );
+        return;
+    }
+    let t = tmp();
+    let img = t.path().join("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+    assert!(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&img)
+        .status()
+        .unwrap()
+        .success());
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    let ar = mnt.join("archive");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let small = t.path().join("small.img");
+    Image::new(1).random(2 << 20).write(&small);
+    w.send("vol", &small, &[]);
+    let big = t.path().join("big.img");
+    Image::new(2).random(40 << 20).write(&big);
+    let imp = format!("--import-other-from=vol:|:{}", big.display());
+    let err = w.fails(&["send", "vol", &imp], 5);
+    assert!(err.contains("destination is full"), "{err}");
+    // The earlier session is intact, and the archive is valid once the failed send is cleaned.
+    let out = t.path().join("o.img");
+    w.receive("vol", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&small).unwrap());
+    std::fs::write(&big, &std::fs::read(&small).unwrap()[..1 << 20]).unwrap();
+    w.send("vol", &big, &[]);
+    check_strict(&ar);
+}
