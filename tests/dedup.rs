@@ -11,21 +11,12 @@ use common::*;
 
 /// (chunk files, distinct inodes among them).
 fn chunk_inodes(ar: &Path) -> (usize, usize) {
-    let mut files = 0;
-    let mut inodes = HashSet::new();
-    let mut stack = vec![ar.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.file_name().to_string_lossy().starts_with('x') {
-                files += 1;
-                inodes.insert(e.metadata().unwrap().ino());
-            }
-        }
-    }
-    (files, inodes.len())
+    let files = chunk_files(ar);
+    let inodes: HashSet<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().ino())
+        .collect();
+    (files.len(), inodes.len())
 }
 
 fn shared_images(t: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>, Vec<u8>) {

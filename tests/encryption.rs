@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::*;
-use wyng::archive::{Archive, OpenOptions};
-use wyng::auth::Auth;
 
 const ENCRYPTED: &[&str] = &["d-enc-dgr", "e1-enc-msr", "e2-enc-ct"];
 
@@ -117,26 +115,6 @@ fn every_mode_we_write_passes_the_checker() {
     }
 }
 
-fn snapshot(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push((
-                    e.path().display().to_string(),
-                    std::fs::read(e.path()).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn wrong_passphrase_is_exit_3_and_changes_nothing() {
     let t = tmp();
@@ -177,19 +155,16 @@ fn tampering_is_detected_and_named() {
     let ar = copy_fixture("e1-enc-msr", t.path());
     let w = Wyng::with_pass(&ar, &t.path().join("meta"), &pass);
     w.ok(&["verify", "v", "-q"]);
-    let files: Vec<(String, Vec<u8>)> = snapshot(&ar);
+    let files: Vec<String> = files_under(&ar)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let chunk = files
         .iter()
-        .find(|(p, _)| p.contains("/x0000000000000000"))
+        .find(|p| p.contains("/x0000000000000000"))
         .unwrap()
-        .0
         .clone();
-    let info = files
-        .iter()
-        .find(|(p, _)| p.ends_with("/info"))
-        .unwrap()
-        .0
-        .clone();
+    let info = files.iter().find(|p| p.ends_with("/info")).unwrap().clone();
     for (path, expect) in [
         (chunk.as_str(), "manifest hash"),
         (info.as_str(), "authentication"),
@@ -228,20 +203,7 @@ fn tampering_is_detected_and_named() {
 
 /// Reads the counters and updated_at of an archive's root through the library.
 fn root_state(ar: &Path, pass: &str) -> (u64, u64, f64) {
-    let auth = Auth {
-        passcmd: Some(format!("printf %s '{pass}'")),
-        authmin: 5,
-    };
-    let a = Archive::open(
-        wyng::dest::open(&format!("file:{}", ar.display())).unwrap(),
-        &OpenOptions {
-            exclusive: false,
-            auth: &auth,
-            meta_dir: None,
-            allow_rollback: true,
-        },
-    )
-    .unwrap();
+    let a = open_library(ar, Some(pass));
     let get = |k: &str| a.ini.get(k).unwrap().parse::<f64>().unwrap();
     (
         get("dataci_count") as u64,
@@ -258,6 +220,7 @@ fn nonces(
     chunk_nonces: &mut std::collections::HashSet<Vec<u8>>,
 ) {
     for (path, bytes) in snapshot(ar) {
+        let path = path.display().to_string();
         let name = Path::new(&path)
             .file_name()
             .unwrap()

@@ -2,29 +2,7 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-
-fn tree_snapshot(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push((
-                    e.path().display().to_string(),
-                    std::fs::read(e.path()).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// The first error line is the whole message: one line, naming what to do.
 fn one_line(err: &str) -> &str {
@@ -49,11 +27,11 @@ fn missing_archive() {
 fn arch_init_refuses_existing_archive() {
     let t = tmp();
     let ar = copy_fixture("a-plain-zstd", t.path());
-    let before = tree_snapshot(&ar);
+    let before = snapshot(&ar);
     let w = Wyng::new(&ar, &t.path().join("meta"));
     let err = w.fails(&["arch-init", "--encrypt=off"], 5);
     assert!(one_line(&err).contains("already exists"), "{err}");
-    assert_eq!(tree_snapshot(&ar), before);
+    assert_eq!(snapshot(&ar), before);
 }
 
 #[test]
@@ -134,7 +112,7 @@ fn missing_volume_and_session() {
 fn unreadable_source_changes_nothing() {
     let t = tmp();
     let ar = copy_fixture("a-plain-zstd", t.path());
-    let before = tree_snapshot(&ar);
+    let before = snapshot(&ar);
     let w = Wyng::new(&ar, &t.path().join("meta"));
     let err = w.fails(
         &[
@@ -148,7 +126,7 @@ fn unreadable_source_changes_nothing() {
     w.fails(&["send", "--import-other-from=x:|:/etc"], 7);
     w.fails(&["send", "vol1"], 9);
     w.fails(&["send", "--import-other-from=no-separator"], 9);
-    assert_eq!(tree_snapshot(&ar), before);
+    assert_eq!(snapshot(&ar), before);
 }
 
 #[test]
@@ -173,28 +151,11 @@ fn existing_target_needs_confirmation() {
     assert_ne!(std::fs::read(&out).unwrap(), b"keep me");
 }
 
-fn first_chunk(ar: &Path) -> std::path::PathBuf {
-    let mut stack = vec![ar.to_path_buf()];
-    let mut found = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.file_name().to_string_lossy().starts_with('x') {
-                found.push(e.path());
-            }
-        }
-    }
-    found.sort();
-    found.into_iter().next().unwrap()
-}
-
 #[test]
 fn corrupt_chunk_is_an_error_and_never_reaches_the_target() {
     let t = tmp();
     let ar = copy_fixture("a-plain-zstd", t.path());
-    let chunk = first_chunk(&ar);
+    let chunk = chunk_files(&ar).remove(0);
     let mut bytes = std::fs::read(&chunk).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -332,16 +293,7 @@ fn verify_checks_every_volume_and_reports_all_failures() {
 /// once there is room again the next send succeeds. Uses a small real ext4 filesystem.
 #[test]
 fn full_destination_disk() {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    if !root || !std::path::Path::new("/dev/loop-control").exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: this test needs root and loop devices"
-        );
+    if !can_run_privileged(&["/dev/loop-control"]) {
         return;
     }
     let t = tmp();
@@ -365,13 +317,7 @@ fn full_destination_disk() {
         .status()
         .unwrap();
     assert!(st.success());
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Umount(mnt.clone());
+    let _u = MountGuard(mnt.clone());
     let ar = mnt.join("archive");
     let w = Wyng::new(&ar, &t.path().join("meta"));
     w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);

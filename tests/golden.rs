@@ -138,20 +138,10 @@ fn dedup_fixture_has_real_hard_links_and_reads() {
     use std::os::unix::fs::MetadataExt;
     let t = tmp();
     let ar = copy_fixture("g-dedup", t.path());
-    let mut linked = 0;
-    let mut stack = vec![ar.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.file_name().to_string_lossy().starts_with('x')
-                && e.metadata().unwrap().nlink() > 1
-            {
-                linked += 1;
-            }
-        }
-    }
+    let linked = chunk_files(&ar)
+        .iter()
+        .filter(|f| std::fs::metadata(f).unwrap().nlink() > 1)
+        .count();
     assert!(linked > 0, "the tarball should carry hard-linked chunks");
     let w = Wyng::new(&ar, &t.path().join("meta"));
     w.ok(&["verify", "--all", "-q"]);

@@ -9,41 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use wyng::archive::{Archive, OpenOptions};
-use wyng::auth::Auth;
 use wyng::format::ChunkRef;
-
-fn can_run() -> bool {
-    let ok = Path::new("/dev/fuse").exists() && nix_root();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: mount tests need root and /dev/fuse"
-        );
-        eprintln!("skipping: needs root and /dev/fuse");
-    }
-    ok
-}
-
-fn nix_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
-}
-
-/// Unmounts on drop, whatever happened in the test.
-struct MountGuard(PathBuf);
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
 
 fn mount(w: &Wyng, mnt: &Path, extra: &[&str]) -> MountGuard {
     std::fs::create_dir_all(mnt).unwrap();
@@ -60,26 +26,9 @@ fn seek(f: &std::fs::File, off: u64, whence: i32) -> Option<u64> {
     (r >= 0).then_some(r as u64)
 }
 
-fn open_archive(ar: &Path, pass: Option<&str>) -> Archive {
-    let auth = Auth {
-        passcmd: pass.map(|p| format!("printf %s '{p}'")),
-        authmin: 5,
-    };
-    Archive::open(
-        wyng::dest::open(&format!("file:{}", ar.display())).unwrap(),
-        &OpenOptions {
-            exclusive: false,
-            auth: &auth,
-            meta_dir: None,
-            allow_rollback: true,
-        },
-    )
-    .unwrap()
-}
-
 #[test]
 fn every_fixture_session_reads_exactly_with_its_holes() {
-    if !can_run() {
+    if !can_run_privileged(&["/dev/fuse"]) {
         return;
     }
     let all = expected();
@@ -93,7 +42,7 @@ fn every_fixture_session_reads_exactly_with_its_holes() {
         };
         let mnt = t.path().join("mnt");
         let _g = mount(&w, &mnt, &[]);
-        let archive = open_archive(&ar, pass);
+        let archive = open_library(&ar, pass);
         for (vol, ev) in exp["volumes"].as_object().unwrap() {
             let sessions = ev["sessions"].as_array().unwrap();
             for s in sessions {
@@ -158,7 +107,7 @@ fn every_fixture_session_reads_exactly_with_its_holes() {
 
 #[test]
 fn read_only_tags_sparse_copy_and_damage() {
-    if !can_run() {
+    if !can_run_privileged(&["/dev/fuse"]) {
         return;
     }
     let t = tmp();
@@ -213,7 +162,7 @@ fn read_only_tags_sparse_copy_and_damage() {
     w.ok(&["umount", &mnt.display().to_string()]);
 
     // A damaged chunk: EIO for reads that touch it, the rest reads fine.
-    let chunk = first_chunk(&ar);
+    let chunk = chunk_files(&ar).remove(0);
     let mut b = std::fs::read(&chunk).unwrap();
     let i = b.len() / 2;
     b[i] ^= 4;
@@ -245,35 +194,11 @@ fn read_only_tags_sparse_copy_and_damage() {
     );
 }
 
-fn first_chunk(ar: &Path) -> PathBuf {
-    let mut stack = vec![ar.to_path_buf()];
-    let mut found = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.file_name().to_string_lossy().starts_with('x') {
-                found.push(e.path());
-            }
-        }
-    }
-    found.sort();
-    found.into_iter().next().unwrap()
-}
-
-struct LoopGuard(String);
-impl Drop for LoopGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 /// The use case: back up a disk image holding a filesystem, then loop-mount an old session from
 /// the FUSE mount and read a file out of it.
 #[test]
 fn loop_mount_an_old_session_and_recover_a_file() {
-    if !can_run() {
+    if !can_run_privileged(&["/dev/fuse"]) {
         return;
     }
     if Command::new("mkfs.ext4").arg("-V").output().is_err() {
@@ -356,7 +281,7 @@ fn loop_mount_an_old_session_and_recover_a_file() {
 
 #[test]
 fn foreground_mount_stops_on_sigterm_and_refuses_busy_mountpoints() {
-    if !can_run() {
+    if !can_run_privileged(&["/dev/fuse"]) {
         return;
     }
     let t = tmp();
@@ -404,7 +329,7 @@ fn foreground_mount_stops_on_sigterm_and_refuses_busy_mountpoints() {
 /// Many readers at once, at random offsets and sizes, across chunk boundaries: all correct.
 #[test]
 fn parallel_random_readers_get_correct_data() {
-    if !can_run() {
+    if !can_run_privileged(&["/dev/fuse"]) {
         return;
     }
     let t = tmp();

@@ -236,21 +236,10 @@ fn original_archives_prune_and_stay_valid() {
 
 fn count_links(ar: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
-    let mut n = 0;
-    let mut stack = vec![ar.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.file_name().to_string_lossy().starts_with('x')
-                && e.metadata().unwrap().nlink() > 1
-            {
-                n += 1;
-            }
-        }
-    }
-    n
+    chunk_files(ar)
+        .iter()
+        .filter(|f| std::fs::metadata(f).unwrap().nlink() > 1)
+        .count()
 }
 
 #[test]

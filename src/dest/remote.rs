@@ -436,6 +436,26 @@ impl RemoteDest {
         })
     }
 
+    /// Appends an entry to the chunk stream (started on first use). If the stream broke, the
+    /// error is the remote's reason.
+    fn append_upload(
+        &self,
+        append: impl FnOnce(&mut tar::Builder<ChildStdin>) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut up = self.upload.lock();
+        if up.is_none() {
+            *up = Some(self.start_upload()?);
+        }
+        if let Err(e) = append(&mut up.as_mut().expect("set above").tar) {
+            drop(up);
+            return Err(self
+                .finish_upload()
+                .err()
+                .unwrap_or_else(|| self.unavailable(format!("upload failed: {e}"))));
+        }
+        Ok(())
+    }
+
     /// Reads several files: one request for their sizes, one for their bytes.
     fn fetch(&self, rels: &[String], max: u64) -> Result<Vec<Option<Vec<u8>>>> {
         let mut out: Vec<Option<Vec<u8>>> = vec![None; rels.len()];
@@ -559,11 +579,6 @@ impl Dest for RemoteDest {
 
     /// Chunk files stream through one `tar -x` (closed by the next other operation).
     fn write_chunk(&self, rel: &str, data: &[u8]) -> Result<()> {
-        let mut up = self.upload.lock();
-        if up.is_none() {
-            *up = Some(self.start_upload()?);
-        }
-        let u = up.as_mut().expect("set above");
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -574,37 +589,17 @@ impl Dest for RemoteDest {
                 .unwrap_or(0),
         );
         h.set_entry_type(tar::EntryType::Regular);
-        if let Err(e) = u.tar.append_data(&mut h, rel, data) {
-            // The stream broke: collect the remote's reason.
-            drop(up);
-            return Err(self
-                .finish_upload()
-                .err()
-                .unwrap_or_else(|| self.unavailable(format!("upload failed: {e}"))));
-        }
-        Ok(())
+        self.append_upload(|tar| tar.append_data(&mut h, rel, data))
     }
 
     /// A hard-link member in the same tar stream: no round trip, and ordered after the file
     /// it links to (which is already on the remote, or earlier in the stream).
     fn link_chunk(&self, from: &str, to: &str) -> Result<()> {
-        let mut up = self.upload.lock();
-        if up.is_none() {
-            *up = Some(self.start_upload()?);
-        }
-        let u = up.as_mut().expect("set above");
         let mut h = tar::Header::new_gnu();
         h.set_size(0);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Link);
-        if let Err(e) = u.tar.append_link(&mut h, to, from) {
-            drop(up);
-            return Err(self
-                .finish_upload()
-                .err()
-                .unwrap_or_else(|| self.unavailable(format!("upload failed: {e}"))));
-        }
-        Ok(())
+        self.append_upload(|tar| tar.append_link(&mut h, to, from))
     }
 
     fn stat(&self, rel: &str) -> Result<Option<super::FileStat>> {

@@ -328,3 +328,101 @@ impl Image {
         hex(&Sha256::digest(&self.data))
     }
 }
+
+/// Every regular file under `dir`, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Chunk files (`x<16 hex>`) under `dir`, sorted.
+pub fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('x'))
+        .collect()
+}
+
+/// Every file under `dir` with its content (to show that nothing changed).
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let c = std::fs::read(&p).unwrap();
+            (p, c)
+        })
+        .collect()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a test that needs root and these device nodes or programs can run here. Under
+/// CI=true it must: a missing capability fails the test instead of skipping it.
+pub fn can_run_privileged(needs: &[&str]) -> bool {
+    let missing: Vec<&&str> = needs.iter().filter(|p| !Path::new(p).exists()).collect();
+    let ok = is_root() && missing.is_empty();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: this test needs root and {needs:?} (missing: {missing:?})"
+        );
+        eprintln!("skipping: needs root and {needs:?}");
+    }
+    ok
+}
+
+/// Unmounts (lazily, so a busy mount cannot hang the test) when dropped.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Detaches a loop device this test attached, when dropped.
+pub struct LoopGuard(pub String);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// Opens an archive through the library (read-only, no local cache), for tests that inspect
+/// what the command line does not show. The passphrase, if any, comes from a `--passcmd`.
+pub fn open_library(ar: &Path, pass: Option<&str>) -> wyng::archive::Archive {
+    let auth = wyng::auth::Auth {
+        passcmd: pass.map(|p| format!("printf %s '{p}'")),
+        authmin: 5,
+    };
+    wyng::archive::Archive::open(
+        wyng::dest::open(&format!("file:{}", ar.display())).unwrap(),
+        &wyng::archive::OpenOptions {
+            exclusive: false,
+            auth: &auth,
+            meta_dir: None,
+            allow_rollback: true,
+        },
+    )
+    .unwrap()
+}
