@@ -287,6 +287,10 @@ pub struct SendArgs {
     /// Store chunks the archive already holds (in any volume) as hard links
     #[arg(short = 'd', long)]
     pub dedup: bool,
+    /// Directory on a reflink filesystem (Btrfs, or XFS with reflink) holding the volumes as
+    /// files: sends read only what changed since the last send, from copy-on-write snapshots
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -192,13 +192,29 @@ fn run(cli: Cli) -> Result<()> {
                 reqs.push(ops::send::SendRequest {
                     volume: name.to_string(),
                     source: PathBuf::from(path),
+                    reflink: false,
                 });
             }
+            let store = a
+                .local
+                .as_deref()
+                .map(wyng::source::reflink::ReflinkStore::open)
+                .transpose()?;
             for v in &a.volumes {
-                if !reqs.iter().any(|r| &r.volume == v) {
-                    return Err(Error::Usage(format!(
-                        "volume '{v}' has no source: give --import-other-from='{v}:|:/path/to/image'"
-                    )));
+                if reqs.iter().any(|r| &r.volume == v) {
+                    continue;
+                }
+                match &store {
+                    Some(st) => reqs.push(ops::send::SendRequest {
+                        volume: v.clone(),
+                        source: st.volume_path(v)?,
+                        reflink: true,
+                    }),
+                    None => {
+                        return Err(Error::Usage(format!(
+                            "volume '{v}' has no source: give --local=DIR (a Btrfs or XFS reflink directory holding it) or --import-other-from='{v}:|:/path/to/image'"
+                        )))
+                    }
                 }
             }
             if reqs.is_empty() {

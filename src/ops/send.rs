@@ -24,7 +24,10 @@ use crate::source::{Scan, Source};
 
 pub struct SendRequest {
     pub volume: String,
+    /// The volume's file or block device.
     pub source: PathBuf,
+    /// On a reflink filesystem (`--local`): send from a snapshot, incrementally when paired.
+    pub reflink: bool,
 }
 
 #[derive(Default)]
@@ -75,6 +78,11 @@ pub fn run(
         .iter()
         .map(|r| Source::open(&r.source))
         .collect::<Result<Vec<_>>>()?;
+    if reqs.iter().any(|r| r.reflink) && opts.cache_dir.is_none() {
+        tracing::warn!(
+            "no local cache: snapshot pairing cannot be recorded, every send is a full scan"
+        );
+    }
     let name = session_name(archive, reqs)?;
     let index = if opts.dedup {
         crate::ops::dedup::check_hard_links(archive)?;
@@ -90,6 +98,17 @@ pub fn run(
             Some(i) => i,
             None => archive.new_volume(&req.volume, &opts.volume_desc)?,
         };
+        if req.reflink {
+            reports.push(send_reflink(
+                archive,
+                idx,
+                req,
+                &name,
+                opts,
+                index.as_ref(),
+            )?);
+            continue;
+        }
         reports.push(send_volume(
             archive,
             idx,
@@ -101,6 +120,127 @@ pub fn run(
         )?);
     }
     Ok(reports)
+}
+
+/// The local record that a volume's baseline snapshot holds what its newest session holds.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct Pairing {
+    session: String,
+    sequence: u64,
+    ino: u64,
+    mtime_ns: i128,
+    size: u64,
+}
+
+impl Pairing {
+    fn of(snap: &std::path::Path, last: &crate::archive::Session) -> Option<Pairing> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(snap).ok()?;
+        Some(Pairing {
+            session: last.name.to_string(),
+            sequence: last.info.sequence,
+            ino: md.ino(),
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            size: md.len(),
+        })
+    }
+}
+
+/// Sends a volume of a reflink store: snapshot it (`.wyng2`), compare extent maps with the
+/// paired baseline (`.wyng1`) when there is one, send from the snapshot, then make it the
+/// baseline. Without a valid pairing, a full scan (reported in the log).
+fn send_reflink(
+    archive: &mut Archive,
+    vol_idx: usize,
+    req: &SendRequest,
+    name: &SessionName,
+    opts: &SendOptions,
+    index: Option<&crate::ops::dedup::DedupIndex>,
+) -> Result<VolumeReport> {
+    use crate::source::reflink;
+    let vid = archive.volumes[vol_idx].vid.to_string();
+    let dir = req
+        .source
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let (snap1, snap2) = (
+        dir.join(format!("sn{}_{vid}.wyng1", archive.uuid())),
+        dir.join(format!("sn{}_{vid}.wyng2", archive.uuid())),
+    );
+    let pair_file = opts
+        .cache_dir
+        .as_ref()
+        .map(|d| d.join(&vid).join("pairing.json"));
+    reflink::snapshot(&req.source, &snap2)?;
+    let result = (|| {
+        let mut src = Source::open(&snap2)?;
+        // The session records the volume's own attributes, not the read-only snapshot's.
+        let vol_src = Source::open(&req.source)?;
+        src.permissions = vol_src.permissions.clone();
+        src.mtime_ns = vol_src.mtime_ns;
+        let last = archive.volumes[vol_idx].last().cloned();
+        let recorded: Option<Pairing> = pair_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let paired = match (&last, &recorded) {
+            (Some(l), Some(r)) => Pairing::of(&snap1, l).as_ref() == Some(r),
+            _ => false,
+        };
+        let scan = if paired {
+            let old = reflink::extents(&snap1)?;
+            let new = reflink::extents(&snap2)?;
+            let old_size = recorded.as_ref().map_or(0, |r| r.size);
+            let chunks =
+                reflink::changed_chunks(&old, &new, old_size, src.size, archive.chunksize());
+            tracing::info!(
+                "{}: {} chunks changed according to the extent maps",
+                req.volume,
+                chunks.len()
+            );
+            Scan::Chunks(chunks)
+        } else {
+            if last.is_some() {
+                tracing::warn!(
+                    "{}: no paired snapshot for its newest session: full scan",
+                    req.volume
+                );
+            }
+            Scan::Full
+        };
+        send_volume(archive, vol_idx, &src, name, opts, scan, index)
+    })();
+    match result {
+        Ok(report) => {
+            std::fs::rename(&snap2, &snap1)
+                .map_err(|e| crate::error::Error::local(&snap2, e.to_string()))?;
+            if let (Some(p), Some(last)) = (&pair_file, archive.volumes[vol_idx].last()) {
+                if let Some(pairing) = Pairing::of(&snap1, last) {
+                    let tmp = p.with_extension("tmp");
+                    let saved = p
+                        .parent()
+                        .map(std::fs::create_dir_all)
+                        .transpose()
+                        .and_then(|_| {
+                            std::fs::write(
+                                &tmp,
+                                serde_json::to_vec(&pairing).expect("serializable"),
+                            )?;
+                            std::fs::rename(&tmp, p)
+                        });
+                    if let Err(e) = saved {
+                        tracing::warn!("could not record the snapshot pairing (the next send is a full scan): {e}");
+                    }
+                }
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&snap2);
+            Err(e)
+        }
+    }
 }
 
 /// The session name for this run: the local time, shared by all volumes (format §3.3). If a
@@ -125,6 +265,15 @@ fn session_name(archive: &Archive, reqs: &[SendRequest]) -> Result<SessionName> 
     ))
 }
 
+/// What the reader hands a worker.
+enum Job {
+    /// A hole in the source: zeros, not read.
+    Hole,
+    Data(Vec<u8>),
+    /// Left out by the change map: as the newest session has it.
+    Unchanged,
+}
+
 /// What a worker found for one chunk, with its raw digest for the next digest map.
 enum Outcome {
     Same([u8; 16]),
@@ -140,7 +289,12 @@ fn send_volume(
     scan: Scan,
     index: Option<&crate::ops::dedup::DedupIndex>,
 ) -> Result<VolumeReport> {
-    let Scan::Full = scan;
+    // Chunks the change map leaves out are taken as they are in the newest session.
+    let marked: Option<Vec<u64>> = match scan {
+        Scan::Full => None,
+        Scan::Chunks(v) => Some(v),
+    };
+    let read_count = std::sync::atomic::AtomicU64::new(0);
     let vol = &archive.volumes[vol_idx];
     let vid = vol.vid.clone();
     let cs = archive.chunksize();
@@ -175,7 +329,7 @@ fn send_volume(
         tok_tx.send(()).expect("receiver alive");
     }
     // `None`: a chunk the filesystem reports as a hole, known to be zeros without reading it.
-    let (job_tx, job_rx) = bounded::<(u64, Option<Vec<u8>>)>(inflight);
+    let (job_tx, job_rx) = bounded::<(u64, Job)>(inflight);
     let (res_tx, res_rx) = bounded::<Result<(u64, Outcome)>>(inflight);
 
     let mut manifest = String::new();
@@ -187,27 +341,43 @@ fn send_volume(
     std::thread::scope(|s| {
         let reader_res = res_tx.clone();
         let abort_r = &abort;
+        let (marked, old_r, read_count) = (marked.as_deref(), old.as_ref(), &read_count);
         s.spawn(move || {
             // No data before this offset (from the last SEEK_DATA answer).
             let mut data_from = 0u64;
+            let mut next_marked = 0usize;
             for idx in 0..n {
                 if tok_rx.recv().is_err() || abort_r.load(Ordering::Relaxed) {
                     break;
+                }
+                if let Some(m) = marked {
+                    while next_marked < m.len() && m[next_marked] < idx {
+                        next_marked += 1;
+                    }
+                    let is_marked = m.get(next_marked) == Some(&idx);
+                    // Unmarked and known to the archive: not read at all.
+                    if !is_marked && old_r.and_then(|o| o.get(idx)).is_some() {
+                        if job_tx.send((idx, Job::Unchanged)).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                 }
                 let (off, len) = (idx * cs, chunk_len(idx, src.size, cs));
                 if len == cs && off + len > data_from {
                     data_from = src.next_data(off);
                 }
                 if len == cs && off + len <= data_from {
-                    if job_tx.send((idx, None)).is_err() {
+                    if job_tx.send((idx, Job::Hole)).is_err() {
                         break;
                     }
                     continue;
                 }
                 let mut buf = vec![0u8; len as usize];
+                read_count.fetch_add(1, Ordering::Relaxed);
                 match src.read_at(&mut buf, off) {
                     Ok(()) => {
-                        if job_tx.send((idx, Some(buf))).is_err() {
+                        if job_tx.send((idx, Job::Data(buf))).is_err() {
                             break;
                         }
                     }
@@ -223,13 +393,23 @@ fn send_volume(
             let (old, old_digests, vid) = (old.as_ref(), old_digests.as_ref(), &vid);
             let linked = &linked;
             s.spawn(move || {
-                for (idx, buf) in job_rx.iter() {
+                for (idx, job) in job_rx.iter() {
                     if abort.load(Ordering::Relaxed) {
                         break;
                     }
                     let old_ref = old.and_then(|m| m.get(idx)).map(|e| e.0);
-                    let buf = match buf {
-                        Some(b) if !(b.len() as u64 == cs && is_all_zero(&b)) => b,
+                    let buf = match job {
+                        Job::Unchanged => {
+                            let d = old_digests
+                                .and_then(|m| m.digests.get(idx as usize))
+                                .copied()
+                                .unwrap_or([0; 16]);
+                            if res_tx.send(Ok((idx, Outcome::Same(d)))).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Job::Data(b) if !(b.len() as u64 == cs && is_all_zero(&b)) => b,
                         // A hole, or a full chunk of zeros.
                         _ => {
                             let out = match old_ref {
@@ -349,7 +529,7 @@ fn send_volume(
         volume: archive.volumes[vol_idx].name().to_string(),
         session: None,
         volsize: src.size,
-        chunks_read: n,
+        chunks_read: read_count.into_inner(),
         chunks_changed: changed,
         bytes_read: src.size,
         bytes_stored: stored,

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+pub mod reflink;
+
 pub struct Source {
     pub path: PathBuf,
     file: File,
@@ -85,6 +87,9 @@ impl Source {
 pub enum Scan {
     /// Read every chunk; unchanged ones are found by hash comparison with the archive.
     Full,
+    /// Read only these chunk indices (sorted): copy-on-write metadata says the others are as
+    /// the archive's newest session has them.
+    Chunks(Vec<u64>),
 }
 
 fn permissions_of(md: &std::fs::Metadata) -> String {
