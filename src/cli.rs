@@ -291,6 +291,12 @@ pub struct SendArgs {
     /// files: sends read only what changed since the last send, from copy-on-write snapshots
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
+    /// With --local: every volume the archive holds
+    #[arg(short, long)]
+    pub all: bool,
+    /// Report how much would be sent; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

@@ -200,7 +200,21 @@ fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(wyng::source::reflink::ReflinkStore::open)
                 .transpose()?;
-            for v in &a.volumes {
+            let mut volumes = a.volumes.clone();
+            if a.all {
+                if store.is_none() {
+                    return Err(Error::Usage("send --all needs --local=DIR".into()));
+                }
+                // Every archive volume (its names only: the archive is opened again below).
+                let archive = open_archive(g, false)?;
+                let more: Vec<String> = archive
+                    .volumes
+                    .iter()
+                    .map(|v| v.name().to_string())
+                    .collect();
+                volumes.extend(more.into_iter().filter(|n| !a.volumes.contains(n)));
+            }
+            for v in &volumes {
                 if reqs.iter().any(|r| &r.volume == v) {
                     continue;
                 }
@@ -240,6 +254,7 @@ fn run(cli: Cli) -> Result<()> {
                 tags,
                 volume_desc: a.volume_desc,
                 dedup: a.dedup,
+                dry_run: a.dry_run,
                 cache_dir,
             };
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
@@ -247,6 +262,16 @@ fn run(cli: Cli) -> Result<()> {
                 return print_json(&reports);
             }
             for r in reports {
+                if a.dry_run {
+                    say(format!(
+                        "{}: would store {} changed chunks, {} ({} chunks read).",
+                        r.volume,
+                        r.chunks_changed,
+                        human(r.bytes_stored),
+                        r.chunks_read
+                    ));
+                    continue;
+                }
                 match &r.session {
                     Some(s) => say(format!(
                         "{}: session {} recorded: {} chunks changed, {} stored ({} read).",

@@ -117,6 +117,29 @@ fn incremental_on(kind: &str) {
     assert!(r["chunks_read"].as_u64().unwrap() <= 40, "{kind}: {r}");
     sessions.push((r["session"].as_str().unwrap().to_string(), sha()));
 
+    // A dry run reports and writes nothing; the baseline stays paired.
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(&vol).unwrap();
+        f.write_all_at(&[0x77; 3000], 9 << 20).unwrap();
+    }
+    let before = files_under(&ar).len();
+    let dry = w.json(&["send", "vms/disk.img", &loc, "--dry-run"])[0].clone();
+    assert!(
+        dry["session"].is_null() && dry["chunks_changed"].as_u64().unwrap() >= 1,
+        "{kind}: {dry}"
+    );
+    assert_eq!(
+        files_under(&ar).len(),
+        before,
+        "{kind}: a dry run writes nothing"
+    );
+    let r = send();
+    assert!(
+        r["chunks_read"].as_u64().unwrap() <= 40,
+        "{kind}: still incremental after a dry run: {r}"
+    );
+    sessions.push((r["session"].as_str().unwrap().to_string(), sha()));
+
     // Nothing changed: nothing read, no session.
     let r = send();
     assert_eq!(r["chunks_read"], 0, "{kind}: {r}");
@@ -136,6 +159,11 @@ fn incremental_on(kind: &str) {
     let r = send();
     assert!(r["chunks_read"].as_u64().unwrap() > 300, "{kind}: {r}");
     sessions.push((r["session"].as_str().unwrap().to_string(), sha()));
+
+    // send -a: every volume of the archive, from the same directory.
+    let r = w.json(&["send", "-a", &loc]);
+    assert_eq!(r.as_array().unwrap().len(), 1);
+    assert_eq!(r[0]["chunks_read"], 0, "{kind}: {r}");
 
     let out = t.path().join("out.img");
     for (s, sha) in &sessions {

@@ -39,6 +39,8 @@ pub struct SendOptions {
     pub volume_desc: String,
     /// Hard-link chunks the archive already holds instead of storing them again.
     pub dedup: bool,
+    /// Compute and report what would be sent; write nothing (snapshots are not rotated).
+    pub dry_run: bool,
     /// wyng's cache directory for this archive, where the digest maps live (see
     /// [`DigestMap`]). Without it every chunk is compressed to compare.
     pub cache_dir: Option<PathBuf>,
@@ -63,7 +65,9 @@ pub fn run(
     reqs: &[SendRequest],
     opts: &SendOptions,
 ) -> Result<Vec<VolumeReport>> {
-    archive.recover()?;
+    if !opts.dry_run {
+        archive.recover()?;
+    }
     let mut seen = std::collections::HashSet::new();
     for r in reqs {
         if !seen.insert(&r.volume) {
@@ -85,7 +89,9 @@ pub fn run(
     }
     let name = session_name(archive, reqs)?;
     let index = if opts.dedup {
-        crate::ops::dedup::check_hard_links(archive)?;
+        if !opts.dry_run {
+            crate::ops::dedup::check_hard_links(archive)?;
+        }
         let idx = crate::ops::dedup::DedupIndex::build(archive)?;
         tracing::info!("dedup index: {} distinct chunks", idx.len());
         Some(idx)
@@ -212,6 +218,11 @@ fn send_reflink(
         send_volume(archive, vol_idx, &src, name, opts, scan, index)
     })();
     match result {
+        Ok(report) if opts.dry_run => {
+            // The baseline must keep describing what the archive holds.
+            let _ = std::fs::remove_file(&snap2);
+            Ok(report)
+        }
         Ok(report) => {
             std::fs::rename(&snap2, &snap1)
                 .map_err(|e| crate::error::Error::local(&snap2, e.to_string()))?;
@@ -309,7 +320,10 @@ fn send_volume(
     };
     let n = chunk_count(src.size, cs);
     let mut digests: Vec<[u8; 16]> = Vec::with_capacity(n as usize);
-    archive.begin_session(&vid)?;
+    if !opts.dry_run {
+        archive.begin_session(&vid)?;
+    }
+    let dry = opts.dry_run;
     tracing::info!(
         "sending {} ({} bytes, {n} chunks) as {name}",
         vol.name(),
@@ -437,7 +451,16 @@ fn send_volume(
                             let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
                             let existing = index
                                 .and_then(|x| x.path(shared, &hashed.hash, vol_idx, name.as_str()));
-                            if let Some(existing) = existing {
+                            if dry {
+                                // Only counting: what it would store (or link).
+                                let bytes = if existing.is_some() {
+                                    linked.fetch_add(1, Ordering::Relaxed);
+                                    0
+                                } else {
+                                    hashed.file.len() as u64
+                                };
+                                Ok(Outcome::Changed(ChunkRef::Data(hashed.hash), bytes, digest))
+                            } else if let Some(existing) = existing {
                                 // Already in the archive: a hard link, nothing stored.
                                 linked.fetch_add(1, Ordering::Relaxed);
                                 dest.link_chunk(&existing, &path).map(|()| {
@@ -543,6 +566,9 @@ fn send_volume(
                 || l.info.permissions != src.permissions
         }
     };
+    if opts.dry_run {
+        return Ok(report);
+    }
     if !is_changed && !opts.send_unchanged {
         archive.abort_session(&vid)?;
         if let Some(l) = &last {
