@@ -316,6 +316,13 @@ pub struct ReceiveArgs {
     /// Where to write the volume: a file path or an existing block device
     #[arg(long, value_name = "PATH")]
     pub save_to: Option<PathBuf>,
+    /// Restore into this reflink directory (Btrfs/XFS) as the volume's file, paired again for
+    /// incremental sends when it is the newest session
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
+    /// With --local: restore the newest session instantly from its paired snapshot
+    #[arg(long)]
+    pub use_snapshot: bool,
     #[command(flatten)]
     pub session: SessionArgs,
 }

@@ -287,10 +287,35 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Receive(a) => {
+            if let (None, Some(dir)) = (&a.save_to, &a.local) {
+                let sel = session_sel(&a.session)?;
+                let store = wyng::source::reflink::ReflinkStore::open(dir)?;
+                let archive = open_archive(g, false)?;
+                let r = ops::receive::receive_local(
+                    &archive,
+                    &a.volume,
+                    &sel,
+                    &store,
+                    &ops::receive::ReceiveOptions {
+                        save_to: PathBuf::new(),
+                        unattended: g.unattended,
+                    },
+                    a.use_snapshot,
+                    archive.cache_dir.as_deref(),
+                )?;
+                if g.json {
+                    return print_json(&r);
+                }
+                say(format!(
+                    "{}: session {} received into {}.",
+                    r.volume,
+                    &r.session[2..],
+                    dir.display()
+                ));
+                return Ok(());
+            }
             let save_to = a.save_to.ok_or_else(|| {
-                Error::Usage(
-                    "receive needs --save-to=PATH (a file, or an existing block device)".into(),
-                )
+                Error::Usage("receive needs --save-to=PATH (a file or an existing block device) or --local=DIR".into())
             })?;
             let sel = session_sel(&a.session)?;
             let archive = open_archive(g, false)?;

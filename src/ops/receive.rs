@@ -426,3 +426,76 @@ fn apply_metadata(f: &File, path: &Path, perms: &str, localtime: i128) {
         let _ = f.set_modified(t);
     }
 }
+
+/// `receive --local=DIR`: restores a volume file in a reflink directory. With
+/// `--use-snapshot`, the newest session comes instantly from its paired baseline snapshot
+/// (a reflink copy, nothing read from the archive). After the newest session, the volume is
+/// paired again, so the next send is incremental.
+pub fn receive_local(
+    archive: &Archive,
+    name: &str,
+    sel: &SessionSel,
+    store: &crate::source::reflink::ReflinkStore,
+    o: &ReceiveOptions,
+    use_snapshot: bool,
+    cache_dir: Option<&Path>,
+) -> Result<ReadReport> {
+    use crate::source::reflink::{self, Pairing};
+    let vol = volume(archive, name)?;
+    let idx = sel.select(vol)?;
+    let newest = idx + 1 == vol.sessions.len();
+    let session = &vol.sessions[idx];
+    let target = store.volume_path(name)?;
+    let (snap1, _) = reflink::snapshot_paths(&target, archive.uuid(), vol.vid.as_str());
+    let pair_file = cache_dir.map(|d| reflink::pairing_file(d, vol.vid.as_str()));
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(|e| Error::local(parent, e.to_string()))?;
+    }
+    let paired = newest
+        && pair_file
+            .as_ref()
+            .is_some_and(|p| Pairing::holds(p, &snap1, session));
+    let report = if use_snapshot && paired {
+        if target.exists() {
+            confirm_overwrite(&target, o.unattended)?;
+        }
+        let tmp = target.with_extension("wyng-partial");
+        reflink::snapshot(&snap1, &tmp)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| Error::local(&tmp, e.to_string()))?;
+        apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
+        fs::rename(&tmp, &target).map_err(|e| Error::local(&target, e.to_string()))?;
+        tracing::info!("{name}: restored from the paired snapshot");
+        ReadReport {
+            volume: name.into(),
+            session: session.name.to_string(),
+            volsize: session.info.volsize,
+            chunks: session.info.volsize.div_ceil(archive.chunksize()),
+            data_chunks: 0,
+        }
+    } else {
+        if use_snapshot {
+            tracing::warn!(
+                "{name}: no paired snapshot for this session; receiving from the archive"
+            );
+        }
+        receive(
+            archive,
+            name,
+            sel,
+            &ReceiveOptions {
+                save_to: target.clone(),
+                unattended: o.unattended,
+            },
+        )?
+    };
+    if newest {
+        reflink::snapshot(&target, &snap1)?;
+        if let Some(p) = &pair_file {
+            reflink::pair(&snap1, session, p);
+        }
+    }
+    Ok(report)
+}

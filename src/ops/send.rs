@@ -128,30 +128,6 @@ pub fn run(
     Ok(reports)
 }
 
-/// The local record that a volume's baseline snapshot holds what its newest session holds.
-#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
-struct Pairing {
-    session: String,
-    sequence: u64,
-    ino: u64,
-    mtime_ns: i128,
-    size: u64,
-}
-
-impl Pairing {
-    fn of(snap: &std::path::Path, last: &crate::archive::Session) -> Option<Pairing> {
-        use std::os::unix::fs::MetadataExt;
-        let md = std::fs::metadata(snap).ok()?;
-        Some(Pairing {
-            session: last.name.to_string(),
-            sequence: last.info.sequence,
-            ino: md.ino(),
-            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-            size: md.len(),
-        })
-    }
-}
-
 /// Sends a volume of a reflink store: snapshot it (`.wyng2`), compare extent maps with the
 /// paired baseline (`.wyng1`) when there is one, send from the snapshot, then make it the
 /// baseline. Without a valid pairing, a full scan (reported in the log).
@@ -163,21 +139,13 @@ fn send_reflink(
     opts: &SendOptions,
     index: Option<&crate::ops::dedup::DedupIndex>,
 ) -> Result<VolumeReport> {
-    use crate::source::reflink;
+    use crate::source::reflink::{self, Pairing};
     let vid = archive.volumes[vol_idx].vid.to_string();
-    let dir = req
-        .source
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_default();
-    let (snap1, snap2) = (
-        dir.join(format!("sn{}_{vid}.wyng1", archive.uuid())),
-        dir.join(format!("sn{}_{vid}.wyng2", archive.uuid())),
-    );
+    let (snap1, snap2) = reflink::snapshot_paths(&req.source, archive.uuid(), &vid);
     let pair_file = opts
         .cache_dir
         .as_ref()
-        .map(|d| d.join(&vid).join("pairing.json"));
+        .map(|d| reflink::pairing_file(d, &vid));
     reflink::snapshot(&req.source, &snap2)?;
     let result = (|| {
         let mut src = Source::open(&snap2)?;
@@ -186,10 +154,7 @@ fn send_reflink(
         src.permissions = vol_src.permissions.clone();
         src.mtime_ns = vol_src.mtime_ns;
         let last = archive.volumes[vol_idx].last().cloned();
-        let recorded: Option<Pairing> = pair_file
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let recorded = pair_file.as_ref().and_then(|p| Pairing::load(p));
         let paired = match (&last, &recorded) {
             (Some(l), Some(r)) => Pairing::of(&snap1, l).as_ref() == Some(r),
             _ => false,
@@ -227,23 +192,7 @@ fn send_reflink(
             std::fs::rename(&snap2, &snap1)
                 .map_err(|e| crate::error::Error::local(&snap2, e.to_string()))?;
             if let (Some(p), Some(last)) = (&pair_file, archive.volumes[vol_idx].last()) {
-                if let Some(pairing) = Pairing::of(&snap1, last) {
-                    let tmp = p.with_extension("tmp");
-                    let saved = p
-                        .parent()
-                        .map(std::fs::create_dir_all)
-                        .transpose()
-                        .and_then(|_| {
-                            std::fs::write(
-                                &tmp,
-                                serde_json::to_vec(&pairing).expect("serializable"),
-                            )?;
-                            std::fs::rename(&tmp, p)
-                        });
-                    if let Err(e) = saved {
-                        tracing::warn!("could not record the snapshot pairing (the next send is a full scan): {e}");
-                    }
-                }
+                reflink::pair(&snap1, last, p);
             }
             Ok(report)
         }

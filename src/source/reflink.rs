@@ -52,16 +52,6 @@ impl ReflinkStore {
         crate::format::ids::check_volume_name(name)?;
         Ok(self.dir.join(name))
     }
-
-    /// The baseline (`.wyng1`) and new (`.wyng2`) snapshot paths of a volume.
-    pub fn snapshots(&self, name: &str, uuid: &str, vid: &str) -> Result<(PathBuf, PathBuf)> {
-        let vol = self.volume_path(name)?;
-        let dir = vol.parent().unwrap_or(&self.dir);
-        Ok((
-            dir.join(format!("sn{uuid}_{vid}.wyng1")),
-            dir.join(format!("sn{uuid}_{vid}.wyng2")),
-        ))
-    }
 }
 
 /// Makes `dst` a read-only reflink snapshot of `src`, with its mtime and mode.
@@ -89,6 +79,78 @@ pub fn snapshot(src: &Path, dst: &Path) -> Result<()> {
     )
     .map_err(|e| Error::local(dst, e.to_string()))?;
     Ok(())
+}
+
+/// The baseline (`.wyng1`) and new (`.wyng2`) snapshot paths of a volume file: beside it,
+/// named after the archive's UUID and the volume id (format §14.5).
+pub fn snapshot_paths(volume_file: &Path, uuid: &str, vid: &str) -> (PathBuf, PathBuf) {
+    let dir = volume_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    (
+        dir.join(format!("sn{uuid}_{vid}.wyng1")),
+        dir.join(format!("sn{uuid}_{vid}.wyng2")),
+    )
+}
+
+/// Where the pairing record of a volume lives in the local cache.
+pub fn pairing_file(cache_dir: &Path, vid: &str) -> PathBuf {
+    cache_dir.join(vid).join("pairing.json")
+}
+
+/// The local record that a volume's baseline snapshot holds exactly what its newest session
+/// holds: it is trusted only while all of these still match.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq, Debug)]
+pub struct Pairing {
+    pub session: String,
+    pub sequence: u64,
+    pub ino: u64,
+    pub mtime_ns: i128,
+    pub size: u64,
+}
+
+impl Pairing {
+    /// The record `snap` would have as the baseline of `last`.
+    pub fn of(snap: &Path, last: &crate::archive::Session) -> Option<Pairing> {
+        let md = std::fs::metadata(snap).ok()?;
+        Some(Pairing {
+            session: last.name.to_string(),
+            sequence: last.info.sequence,
+            ino: md.ino(),
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            size: md.len(),
+        })
+    }
+
+    pub fn load(file: &Path) -> Option<Pairing> {
+        serde_json::from_slice(&std::fs::read(file).ok()?).ok()
+    }
+
+    /// Whether `snap` is the paired baseline of `last`.
+    pub fn holds(file: &Path, snap: &Path, last: &crate::archive::Session) -> bool {
+        matches!((Pairing::load(file), Pairing::of(snap, last)), (Some(a), Some(b)) if a == b)
+    }
+}
+
+/// Records `snap` as the baseline of `last` (best effort: without it the next send is a full
+/// scan, which is slower but just as correct).
+pub fn pair(snap: &Path, last: &crate::archive::Session, file: &Path) {
+    let Some(p) = Pairing::of(snap, last) else {
+        return;
+    };
+    let tmp = file.with_extension("tmp");
+    let saved = file
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| {
+            std::fs::write(&tmp, serde_json::to_vec(&p).expect("serializable"))?;
+            std::fs::rename(&tmp, file)
+        });
+    if let Err(e) = saved {
+        tracing::warn!("could not record the snapshot pairing (the next send is a full scan): {e}");
+    }
 }
 
 /// One extent of a file's mapping.
