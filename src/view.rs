@@ -334,6 +334,26 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+impl ArchiveView {
+    /// The first offset at or after `offset` in a chunk matching `pred` (holes are zero chunks).
+    fn next_where(
+        &self,
+        node: NodeId,
+        offset: u64,
+        pred: impl Fn(&ChunkRef) -> bool,
+    ) -> io::Result<Option<u64>> {
+        let (vol, ses) = self.session_of(node)?;
+        let m = self.merged_for(vol, ses)?;
+        let first = offset / m.chunksize;
+        Ok(m.entries
+            .iter()
+            .enumerate()
+            .skip(first as usize)
+            .find(|(_, (r, _))| pred(r))
+            .map(|(i, _)| (i as u64 * m.chunksize).max(offset)))
+    }
+}
+
 fn add_child(nodes: &mut [(Node, SystemTime)], dir: NodeId, name: OsString, id: NodeId) {
     if let (Node::Dir { children }, _) = &mut nodes[dir as usize - 1] {
         children.push((name, id));
@@ -489,26 +509,14 @@ impl SparseTree for ArchiveView {
     }
 
     fn next_data(&self, node: NodeId, offset: u64) -> io::Result<Option<u64>> {
-        let (vol, ses) = self.session_of(node)?;
-        let m = self.merged_for(vol, ses)?;
-        let first = offset / m.chunksize;
-        Ok(m.entries
-            .iter()
-            .enumerate()
-            .skip(first as usize)
-            .find(|(_, (r, _))| matches!(r, ChunkRef::Data(_)))
-            .map(|(i, _)| (i as u64 * m.chunksize).max(offset)))
+        self.next_where(node, offset, |r| matches!(r, ChunkRef::Data(_)))
     }
 
     fn next_hole(&self, node: NodeId, offset: u64) -> io::Result<u64> {
         let (vol, ses) = self.session_of(node)?;
-        let m = self.merged_for(vol, ses)?;
-        let first = offset / m.chunksize;
-        Ok(m.entries
-            .iter()
-            .enumerate()
-            .skip(first as usize)
-            .find(|(_, (r, _))| matches!(r, ChunkRef::Zero))
-            .map_or(m.volsize, |(i, _)| (i as u64 * m.chunksize).max(offset)))
+        let size = self.merged_for(vol, ses)?.volsize;
+        Ok(self
+            .next_where(node, offset, |r| matches!(r, ChunkRef::Zero))?
+            .unwrap_or(size))
     }
 }

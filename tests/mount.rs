@@ -251,18 +251,8 @@ fn loop_mount_an_old_session_and_recover_a_file() {
     let mnt = t.path().join("mnt");
     let _g = mount(&w, &mnt, &[]);
     let session_file = mnt.join("disk.img").join(format!("{first}.img"));
-    let out = Command::new("losetup")
-        .args(["-r", "-f", "--show"])
-        .arg(&session_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let _l = LoopGuard(dev.clone());
+    let l = attach_loop(&session_file, true);
+    let dev = l.0.clone();
     let fsmnt = t.path().join("fs");
     std::fs::create_dir(&fsmnt).unwrap();
     let st = Command::new("mount")

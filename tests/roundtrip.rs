@@ -260,18 +260,8 @@ fn receive_to_block_device() {
     // A loop device over a file pre-filled with garbage: zero chunks must be written as zeros.
     let backing = t.path().join("dev.img");
     std::fs::write(&backing, vec![0x55u8; 4 << 20]).unwrap();
-    let out = std::process::Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&backing)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let _guard = LoopGuard(dev.clone());
+    let l = attach_loop(&backing, false);
+    let dev = l.0.clone();
     w.ok(&["receive", "disk", "-u", "-q", &format!("--save-to={dev}")]);
     let got = std::fs::read(&backing).unwrap();
     assert_eq!(&got[..img.data.len()], &img.data[..]);

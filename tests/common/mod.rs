@@ -402,6 +402,21 @@ impl Drop for MountGuard {
 /// Detaches a loop device this test attached, when dropped.
 pub struct LoopGuard(pub String);
 
+/// Attaches `file` to a free loop device (read-only if asked); detached when the guard drops.
+pub fn attach_loop(file: &Path, read_only: bool) -> LoopGuard {
+    let mut c = Command::new("losetup");
+    if read_only {
+        c.arg("-r");
+    }
+    let out = c.args(["-f", "--show"]).arg(file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    LoopGuard(String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
+
 impl Drop for LoopGuard {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
