@@ -112,6 +112,11 @@ pub enum Cmd {
         after_help = "Examples:\n  wyng mount /mnt/wyng --dest=file:/mnt/usb/laptop.backup\n  ls /mnt/wyng/vm1.img/            # S_20261101-020000.img ... latest.img -> newest, by-tag/\n  losetup -r -f --show -P /mnt/wyng/vm1.img/S_20261101-020000.img   # then mount -o ro,noload\n  dd if=/mnt/wyng/vm1.img/latest.img of=/dev/vg/vm1 bs=4M conv=sparse\n  wyng umount /mnt/wyng\n\nEvery chunk read is verified; a damaged chunk is an I/O error for that read, never wrong\nbytes. The mount runs in the background (logging to <meta-dir>/mount.log) until `wyng umount`,\nSIGTERM or SIGINT. Loop-mounting a guest filesystem makes your kernel parse untrusted data:\nsee docs/mount.md."
     )]
     Mount(MountArgs),
+    /// Compare a local volume with its newest session in the archive
+    #[command(
+        after_help = "Examples:\n  wyng diff vms/disk.img --local=/var/lib/images --dest=...\n  wyng diff vm1.img --file=/dev/vg/vm1 --quick --dest=...\n\nExit status 0 if identical, 2 if they differ (the first differing offset is printed)."
+    )]
+    Diff(DiffArgs),
     /// Unmount a `wyng mount`
     #[command(
         after_help = "Example:\n  wyng umount /mnt/wyng          # same as fusermount3 -u /mnt/wyng"
@@ -185,6 +190,20 @@ pub struct PruneArgs {
     /// ... of each of the last N years that have one
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_yearly: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    pub volume: String,
+    /// The directory holding the volume file
+    #[arg(long, value_name = "DIR", conflicts_with = "file")]
+    pub local: Option<PathBuf>,
+    /// The volume's file or block device
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Compare hashes of recompressed local chunks with the manifest; read nothing from the archive
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(Args, Debug)]

@@ -428,6 +428,36 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Umount(a) => ops::mount::umount(&a.mountpoint),
+        Cmd::Diff(a) => {
+            let local = match (&a.local, &a.file) {
+                (Some(dir), None) => {
+                    wyng::format::ids::check_volume_name(&a.volume)?;
+                    dir.join(&a.volume)
+                }
+                (None, Some(f)) => f.clone(),
+                _ => return Err(Error::Usage("diff needs --local=DIR or --file=PATH".into())),
+            };
+            let archive = open_archive(g, false)?;
+            let r = ops::receive::diff(&archive, &a.volume, &local, a.quick)?;
+            if g.json {
+                print_json(&r)?;
+            }
+            match r.first_difference {
+                None => {
+                    say(format!(
+                        "{}: identical to session {}.",
+                        r.volume,
+                        &r.session[2..]
+                    ));
+                    Ok(())
+                }
+                Some(off) => Err(Error::Selection(format!(
+                    "{}: differs from session {} (first difference at byte {off})",
+                    r.volume,
+                    &r.session[2..]
+                ))),
+            }
+        }
         Cmd::Prune(a) => {
             let o = ops::prune::PruneOptions {
                 session: a.session,
