@@ -231,16 +231,12 @@ fn several_volumes_share_a_session_and_selection_works() {
     check_strict(&ar);
 }
 
-/// A session name one second later (same day; tests run well away from midnight edge cases
-/// because only the seconds field changes when it is below 59).
+/// The date-time one second after a session's.
 fn bump(name: &str) -> String {
-    let date = &name[2..];
-    let secs: u32 = date[13..].parse().unwrap();
-    if secs < 59 {
-        format!("{}{:02}", &date[..13], secs + 1)
-    } else {
-        date.to_string()
-    }
+    let t = chrono::NaiveDateTime::parse_from_str(&name[2..], "%Y%m%d-%H%M%S").unwrap();
+    (t + chrono::Duration::seconds(1))
+        .format("%Y%m%d-%H%M%S")
+        .to_string()
 }
 
 #[test]

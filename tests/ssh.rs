@@ -221,17 +221,21 @@ fn link_loss_during_send_and_receive_leaves_a_valid_archive() {
     w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
     let recorded = history(&w, t.path());
 
-    // A big change, and the link cut while it is being sent.
+    // A big change, and the link cut while it is being sent (cut again and again until the
+    // send ends, so a fast machine cannot finish it in between).
     let src = t.path().join("big.img");
-    Image::new(77).random(96 << 20).write(&src);
+    Image::new(77).random(160 << 20).write(&src);
     let imp = format!("--import-other-from=disk:|:{}", src.display());
-    let child = w
+    let mut child = w
         .cmd(&["send", "disk", &imp, "-q"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    sshd.cut_links();
+    std::thread::sleep(Duration::from_millis(300));
+    while child.try_wait().unwrap().is_none() {
+        sshd.cut_links();
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
