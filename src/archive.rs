@@ -480,6 +480,11 @@ impl Archive {
         })
     }
 
+    /// Every volume's name, in the archive's order.
+    pub fn volume_names(&self) -> Vec<String> {
+        self.volumes.iter().map(|v| v.name().to_string()).collect()
+    }
+
     pub fn volume(&self, name: &str) -> Option<&Volume> {
         self.volumes.iter().find(|v| v.name() == name)
     }

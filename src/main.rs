@@ -200,19 +200,34 @@ fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(wyng::source::reflink::ReflinkStore::open)
                 .transpose()?;
+            let tags = a
+                .tag
+                .iter()
+                .map(|t| {
+                    let (id, desc) = t.split_once(',').unwrap_or((t, ""));
+                    Tag::new(id, desc).map_err(Error::Usage)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if tags.len() > wyng::format::info::MAX_TAGS {
+                return Err(Error::Usage("at most 5 tags per session".into()));
+            }
+            if a.all && store.is_none() {
+                return Err(Error::Usage("send --all needs --local=DIR".into()));
+            }
+            if !a.all && a.volumes.is_empty() && reqs.is_empty() {
+                return Err(Error::Usage(
+                    "nothing to send: name a volume and its --import-other-from source".into(),
+                ));
+            }
+            let mut archive = open_archive(g, true)?;
             let mut volumes = a.volumes.clone();
             if a.all {
-                if store.is_none() {
-                    return Err(Error::Usage("send --all needs --local=DIR".into()));
-                }
-                // Every archive volume (its names only: the archive is opened again below).
-                let archive = open_archive(g, false)?;
-                let more: Vec<String> = archive
-                    .volumes
-                    .iter()
-                    .map(|v| v.name().to_string())
-                    .collect();
-                volumes.extend(more.into_iter().filter(|n| !a.volumes.contains(n)));
+                volumes.extend(
+                    archive
+                        .volume_names()
+                        .into_iter()
+                        .filter(|n| !a.volumes.contains(n)),
+                );
             }
             for v in &volumes {
                 if reqs.iter().any(|r| &r.volume == v) {
@@ -233,21 +248,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if reqs.is_empty() {
                 return Err(Error::Usage(
-                    "nothing to send: name a volume and its --import-other-from source".into(),
+                    "nothing to send: the archive has no volumes yet".into(),
                 ));
             }
-            let tags = a
-                .tag
-                .iter()
-                .map(|t| {
-                    let (id, desc) = t.split_once(',').unwrap_or((t, ""));
-                    Tag::new(id, desc).map_err(Error::Usage)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if tags.len() > wyng::format::info::MAX_TAGS {
-                return Err(Error::Usage("at most 5 tags per session".into()));
-            }
-            let mut archive = open_archive(g, true)?;
             let cache_dir = archive.cache_dir.clone();
             let opts = ops::send::SendOptions {
                 send_unchanged: a.send_unchanged,
@@ -344,11 +347,7 @@ fn run(cli: Cli) -> Result<()> {
             let sel = session_sel(&a.session)?;
             let archive = open_archive(g, false)?;
             let names: Vec<String> = if a.all {
-                archive
-                    .volumes
-                    .iter()
-                    .map(|v| v.name().to_string())
-                    .collect()
+                archive.volume_names()
             } else {
                 a.volumes.clone()
             };

@@ -7,13 +7,11 @@
 //! decryption, decompression, length) exactly once. It reports every problem it finds, not just
 //! the first.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::format::manifest::chunk_len;
 use crate::format::{chunk_rel_path, ChunkRef, Hash32, SessionName};
-use crate::ops::workers;
+use crate::ops::parallel;
 use crate::progress::Progress;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -82,30 +80,22 @@ pub fn run(archive: &mut Archive, names: &[String], o: &CheckOptions) -> Result<
             }
         }
         r.chunks = jobs.len() as u64;
-        let next = AtomicUsize::new(0);
         let problems = parking_lot::Mutex::new(Vec::new());
         let progress = Progress::bytes(jobs.iter().map(|j| j.2 as u64).sum(), "check");
-        std::thread::scope(|s| {
-            for _ in 0..workers() {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((path, h, len)) = jobs.get(i) else {
-                        break;
-                    };
-                    let res = archive
-                        .dest
-                        .read(path, archive.codec.max_chunk_file())
-                        .and_then(|f| {
-                            f.ok_or_else(|| Error::corrupt(path, "chunk file is missing"))
-                        })
-                        .and_then(|f| archive.codec.decode_chunk(&f, h, *len, path));
-                    if let Err(e) = res {
-                        problems.lock().push(e.to_string());
-                    }
-                    progress.inc(*len as u64);
-                });
+        // Every problem is collected: a damaged chunk does not stop the check.
+        parallel(jobs.len(), |i| {
+            let (path, h, len) = &jobs[i];
+            let res = archive
+                .dest
+                .read(path, archive.codec.max_chunk_file())
+                .and_then(|f| f.ok_or_else(|| Error::corrupt(path, "chunk file is missing")))
+                .and_then(|f| archive.codec.decode_chunk(&f, h, *len, path));
+            if let Err(e) = res {
+                problems.lock().push(e.to_string());
             }
-        });
+            progress.inc(*len as u64);
+            Ok(())
+        })?;
         progress.finish();
         r.problems.extend(problems.into_inner());
         reports.push(r);

@@ -97,6 +97,31 @@ pub fn workers() -> usize {
         })
 }
 
+/// Runs `f(0..n)` on one worker per core, each taking the next index; stops at the first error
+/// and returns it. (Receive has its own loop: it also has a batched mode for remote reads.)
+pub fn parallel(n: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_err = parking_lot::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers() {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Err(e) = f(i) {
+                    failed.store(true, Ordering::Relaxed);
+                    first_err.lock().get_or_insert(e);
+                    break;
+                }
+            });
+        }
+    });
+    first_err.into_inner().map_or(Ok(()), Err)
+}
+
 /// True if every byte is zero (written so the compiler vectorises it).
 pub fn is_all_zero(b: &[u8]) -> bool {
     let mut chunks = b.chunks_exact(64);

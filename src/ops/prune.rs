@@ -230,11 +230,7 @@ fn select_spec(vol: &Volume, spec: &str, all_before: bool) -> Result<Vec<usize>>
 pub fn run(archive: &mut Archive, names: &[String], o: &PruneOptions) -> Result<Vec<PruneReport>> {
     archive.recover()?;
     let names: Vec<String> = if names.is_empty() {
-        archive
-            .volumes
-            .iter()
-            .map(|v| v.name().to_string())
-            .collect()
+        archive.volume_names()
     } else {
         for n in names {
             if archive.volume(n).is_none() {

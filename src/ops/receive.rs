@@ -530,39 +530,22 @@ pub fn diff(archive: &Archive, name: &str, local: &Path, quick: bool) -> Result<
         Ok(buf)
     };
     if quick {
-        let next = AtomicU64::new(0);
-        let err = parking_lot::Mutex::new(None);
-        let n = merged.entries.len() as u64;
-        std::thread::scope(|s| {
-            for _ in 0..workers() {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n || i * cs >= src.size {
-                        break;
-                    }
-                    let len = chunk_len(i, merged.volsize, cs) as usize;
-                    let local = match local_chunk(i * cs, len.min((src.size - i * cs) as usize)) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            err.lock().get_or_insert(e);
-                            break;
-                        }
-                    };
-                    let same = match merged.entries[i as usize].0 {
-                        ChunkRef::Zero => is_all_zero(&local),
-                        ChunkRef::Data(h) => {
-                            local.len() == len && archive.codec.hash_chunk(&local).hash == h
-                        }
-                    };
-                    if !same {
-                        note(i * cs);
-                    }
-                });
+        let n = merged.entries.len().min(src.size.div_ceil(cs) as usize);
+        crate::ops::parallel(n, |i| {
+            let i = i as u64;
+            let len = chunk_len(i, merged.volsize, cs) as usize;
+            let local = local_chunk(i * cs, len.min((src.size - i * cs) as usize))?;
+            let same = match merged.entries[i as usize].0 {
+                ChunkRef::Zero => is_all_zero(&local),
+                ChunkRef::Data(h) => {
+                    local.len() == len && archive.codec.hash_chunk(&local).hash == h
+                }
+            };
+            if !same {
+                note(i * cs);
             }
-        });
-        if let Some(e) = err.into_inner() {
-            return Err(e);
-        }
+            Ok(())
+        })?;
     } else {
         read_session(archive, vol, &merged, "diff", |off, data| {
             if off >= src.size {
