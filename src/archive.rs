@@ -810,7 +810,7 @@ impl Archive {
 
 /// Crash injection for tests: `WYNG_FAILPOINT=<name>` aborts the process at that step of a
 /// commit, exactly as a power cut or `kill -9` would (no destructors, no cleanup).
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     if std::env::var("WYNG_FAILPOINT").is_ok_and(|v| v == name) {
         std::process::abort();
     }

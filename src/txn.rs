@@ -20,19 +20,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::archive::{Archive, Session};
+use crate::archive::{failpoint, Archive, Session};
 use crate::codec::{gunzip, gzip};
 use crate::error::{Error, Result};
 use crate::format::manifest::{chunk_count, lines_to_text, SessionLines};
 use crate::format::volinfo::sessions_json;
 use crate::format::{ChunkRef, SessionInfo, SessionName, VolumeId};
-
-/// Crash injection for tests (see `archive::failpoint`).
-fn failpoint(name: &str) {
-    if std::env::var("WYNG_FAILPOINT").is_ok_and(|v| v == name) {
-        std::process::abort();
-    }
-}
 
 fn chunk_name(idx: u64, cs: u64) -> String {
     let addr = idx * cs;

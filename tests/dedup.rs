@@ -40,14 +40,8 @@ fn shared_images(t: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>, 
 fn dedup_send(pass: Option<&str>) {
     let t = tmp();
     let ar = t.path().join("archive");
-    let w = match pass {
-        Some(p) => Wyng::with_pass(&ar, &t.path().join("meta"), p),
-        None => Wyng::new(&ar, &t.path().join("meta")),
-    };
-    match pass {
-        Some(_) => w.ok(&["arch-init", "--chunk-factor=1"]),
-        None => w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]),
-    };
+    let w = Wyng::maybe_pass(&ar, &t.path().join("meta"), pass);
+    w.init(&["--chunk-factor=1"]);
     let (pa, pb, da, db) = shared_images(t.path());
     let ra = w.send("a", &pa, &["--dedup"]);
     assert_eq!(ra["chunks_linked"], 0);

@@ -7,14 +7,8 @@ use common::*;
 fn case(pass: Option<&str>) {
     let t = tmp();
     let ar = t.path().join("a");
-    let w = match pass {
-        Some(p) => Wyng::with_pass(&ar, &t.path().join("meta"), p),
-        None => Wyng::new(&ar, &t.path().join("meta")),
-    };
-    match pass {
-        Some(_) => w.ok(&["arch-init", "--chunk-factor=1"]),
-        None => w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]),
-    };
+    let w = Wyng::maybe_pass(&ar, &t.path().join("meta"), pass);
+    w.init(&["--chunk-factor=1"]);
     let src = t.path().join("v.img");
     let mut img = Image::new(4);
     img.random(500_000).zeros(300_000).text(200_123);

@@ -36,10 +36,7 @@ fn every_fixture_session_reads_exactly_with_its_holes() {
         let t = tmp();
         let ar = copy_fixture(name, t.path());
         let pass = exp["passphrase"].as_str();
-        let w = match pass {
-            Some(p) => Wyng::with_pass(&ar, &t.path().join("meta"), p),
-            None => Wyng::new(&ar, &t.path().join("meta")),
-        };
+        let w = Wyng::maybe_pass(&ar, &t.path().join("meta"), pass);
         let mnt = t.path().join("mnt");
         let _g = mount(&w, &mnt, &[]);
         let archive = open_library(&ar, pass);

@@ -114,10 +114,7 @@ impl Sshd {
             "meta-{}",
             remote.file_name().unwrap().to_string_lossy()
         ));
-        let mut w = match pass {
-            Some(p) => Wyng::with_pass(Path::new("/unused"), &meta, p),
-            None => Wyng::new(Path::new("/unused"), &meta),
-        };
+        let mut w = Wyng::maybe_pass(Path::new("/unused"), &meta, pass);
         w.dest = format!("ssh://root@127.0.0.1:{}{}", self.port, remote.display());
         w.extra = vec![format!(
             "--opt-ssh=-F {}",
@@ -161,10 +158,7 @@ fn round_trip(sshd: &Sshd, pass: Option<&str>) {
     let t = tmp();
     let remote = t.path().join("remote-archive");
     let w = sshd.wyng(&remote, pass);
-    match pass {
-        Some(_) => w.ok(&["arch-init", "--chunk-factor=1"]),
-        None => w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]),
-    };
+    w.init(&["--chunk-factor=1"]);
     let recorded = history(&w, t.path());
     let list = w.json(&["list"]);
     assert_eq!(

@@ -489,9 +489,7 @@ fn send_volume(
         drop(tok_tx);
     });
     progress.finish();
-    if std::env::var("WYNG_FAILPOINT").is_ok_and(|v| v == "chunks-written") {
-        std::process::abort();
-    }
+    crate::archive::failpoint("chunks-written");
     if let Some(e) = first_err {
         let _ = archive.abort_session(&vid);
         return Err(e);

@@ -97,6 +97,24 @@ impl Wyng {
         }
     }
 
+    /// With the passphrase if there is one (encrypted archive), without otherwise.
+    pub fn maybe_pass(archive: &Path, meta: &Path, pass: Option<&str>) -> Wyng {
+        Wyng {
+            pass: pass.map(str::to_string),
+            ..Wyng::new(archive, meta)
+        }
+    }
+
+    /// `arch-init`: encrypted (the default mode) if this helper has a passphrase, else plain.
+    pub fn init(&self, args: &[&str]) {
+        let mut a = vec!["arch-init"];
+        if self.pass.is_none() {
+            a.push("--encrypt=off");
+        }
+        a.extend_from_slice(args);
+        self.ok(&a);
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_wyng"));
         c.args(args)
