@@ -112,6 +112,11 @@ pub enum Cmd {
         after_help = "Examples:\n  wyng mount /mnt/wyng --dest=file:/mnt/usb/laptop.backup\n  ls /mnt/wyng/vm1.img/            # S_20261101-020000.img ... latest.img -> newest, by-tag/\n  losetup -r -f --show -P /mnt/wyng/vm1.img/S_20261101-020000.img   # then mount -o ro,noload\n  dd if=/mnt/wyng/vm1.img/latest.img of=/dev/vg/vm1 bs=4M conv=sparse\n  wyng umount /mnt/wyng\n\nEvery chunk read is verified; a damaged chunk is an I/O error for that read, never wrong\nbytes. The mount runs in the background (logging to <meta-dir>/mount.log) until `wyng umount`,\nSIGTERM or SIGINT. Loop-mounting a guest filesystem makes your kernel parse untrusted data:\nsee docs/mount.md."
     )]
     Mount(MountArgs),
+    /// Record what changed since the last send and rotate snapshots, without sending
+    #[command(
+        after_help = "Examples:\n  wyng monitor -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  */20 * * * *  wyng monitor -a -q --local=/var/lib/images --dest=...   # crontab\n\nEach paired volume gets a fresh snapshot; the chunks that changed since the last one are\nadded to its delta map and the old snapshot is released, so copy-on-write overhead stays\nsmall between sends. The next send reads only the chunks recorded. Volumes without a paired\nsnapshot (never sent from --local) are skipped. The archive is not changed."
+    )]
+    Monitor(MonitorArgs),
     /// Compare a local volume with its newest session in the archive
     #[command(
         after_help = "Examples:\n  wyng diff vms/disk.img --local=/var/lib/images --dest=...\n  wyng diff vm1.img --file=/dev/vg/vm1 --quick --dest=...\n\nExit status 0 if identical, 2 if they differ (the first differing offset is printed)."
@@ -224,7 +229,33 @@ pub struct ArchCheckArgs {
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
     /// The volume to delete
-    pub volume: String,
+    pub volume: Option<String>,
+    /// Also remove the volume's snapshots in this reflink directory; with --clean, the
+    /// directory to clean
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
+    /// Remove wyng's leftover snapshots in --local: those of volumes this archive no longer has
+    #[arg(long)]
+    pub clean: bool,
+    /// With --clean: every wyng snapshot in --local (any archive) and this archive's delta maps
+    #[arg(short, long, requires = "clean")]
+    pub all: bool,
+    /// With --clean: also remove other archives' snapshots (other), or all of this archive's
+    /// (full; the next sends are full scans)
+    #[arg(long, value_name = "other|full", requires = "clean")]
+    pub purge: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// Volumes to watch (paths relative to --local)
+    pub volumes: Vec<String>,
+    /// Every volume the archive holds
+    #[arg(short, long)]
+    pub all: bool,
+    /// Reflink directory (Btrfs, or XFS with reflink) holding the volumes
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -339,9 +370,22 @@ pub struct ReceiveArgs {
     /// incremental sends when it is the newest session
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
-    /// With --local: restore the newest session instantly from its paired snapshot
+    /// Keep the existing target; fetch only chunks whose local content differs (by hash) and
+    /// write only those
+    #[arg(long, conflicts_with = "sparse_write")]
+    pub sparse: bool,
+    /// Keep the existing target; fetch every chunk, write only those that differ, punch holes
+    /// for zero chunks
     #[arg(long)]
+    pub sparse_write: bool,
+    /// With --local: restore the newest session instantly from its paired snapshot; an older
+    /// one starts from the snapshot and rewrites what differs
+    #[arg(long, conflicts_with = "use_snapshot_diff")]
     pub use_snapshot: bool,
+    /// With --local: restore an older session as the paired snapshot plus only the chunks that
+    /// later sessions changed
+    #[arg(long)]
+    pub use_snapshot_diff: bool,
     #[command(flatten)]
     pub session: SessionArgs,
 }

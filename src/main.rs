@@ -110,6 +110,20 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+fn receive_summary(r: &ops::receive::ReadReport, to: &str) -> String {
+    let mut s = format!(
+        "{}: session {} received to {} ({}",
+        r.volume,
+        &r.session[2..],
+        to,
+        human(r.volsize)
+    );
+    if let Some(w) = r.chunks_written {
+        s += &format!("; {} chunks fetched, {w} rewritten", r.data_chunks);
+    }
+    s + ")."
+}
+
 /// Asks before destructive work: on a terminal, y/N; otherwise refuse (use -u).
 fn confirm(question: &str) -> Result<()> {
     use std::io::{BufRead, IsTerminal};
@@ -233,6 +247,12 @@ fn run(cli: Cli) -> Result<()> {
                 if reqs.iter().any(|r| &r.volume == v) {
                     continue;
                 }
+                if let (true, false, Some(st)) = (a.all, a.volumes.contains(v), &store) {
+                    if !st.volume_path(v)?.is_file() {
+                        tracing::warn!("{v}: not in {}; skipped", st.dir.display());
+                        continue;
+                    }
+                }
                 match &store {
                     Some(st) => reqs.push(ops::send::SendRequest {
                         volume: v.clone(),
@@ -258,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
                 volume_desc: a.volume_desc,
                 dedup: a.dedup,
                 dry_run: a.dry_run,
+                local: store,
                 cache_dir,
             };
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
@@ -290,10 +311,25 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Receive(a) => {
+            let mode = match (a.sparse, a.sparse_write) {
+                (true, _) => ops::receive::Mode::Sparse,
+                (_, true) => ops::receive::Mode::SparseWrite,
+                _ => ops::receive::Mode::Full,
+            };
+            let snapshot_use = match (a.use_snapshot, a.use_snapshot_diff) {
+                (true, _) => ops::receive::SnapshotUse::Snapshot,
+                (_, true) => ops::receive::SnapshotUse::SnapshotDiff,
+                _ => ops::receive::SnapshotUse::No,
+            };
+            if snapshot_use != ops::receive::SnapshotUse::No && a.local.is_none() {
+                return Err(Error::Usage(
+                    "--use-snapshot and --use-snapshot-diff restore into --local=DIR".into(),
+                ));
+            }
             if let (None, Some(dir)) = (&a.save_to, &a.local) {
                 let sel = session_sel(&a.session)?;
                 let store = wyng::source::reflink::ReflinkStore::open(dir)?;
-                let archive = open_archive(g, false)?;
+                let archive = open_archive(g, true)?;
                 let r = ops::receive::receive_local(
                     &archive,
                     &a.volume,
@@ -302,19 +338,15 @@ fn run(cli: Cli) -> Result<()> {
                     &ops::receive::ReceiveOptions {
                         save_to: PathBuf::new(),
                         unattended: g.unattended,
+                        mode,
                     },
-                    a.use_snapshot,
+                    snapshot_use,
                     archive.cache_dir.as_deref(),
                 )?;
                 if g.json {
                     return print_json(&r);
                 }
-                say(format!(
-                    "{}: session {} received into {}.",
-                    r.volume,
-                    &r.session[2..],
-                    dir.display()
-                ));
+                say(receive_summary(&r, &dir.display().to_string()));
                 return Ok(());
             }
             let save_to = a.save_to.ok_or_else(|| {
@@ -329,18 +361,50 @@ fn run(cli: Cli) -> Result<()> {
                 &ops::receive::ReceiveOptions {
                     save_to: save_to.clone(),
                     unattended: g.unattended,
+                    mode,
                 },
             )?;
             if g.json {
                 return print_json(&r);
             }
-            say(format!(
-                "{}: session {} received to {} ({}).",
-                r.volume,
-                &r.session[2..],
-                save_to.display(),
-                human(r.volsize)
-            ));
+            say(receive_summary(&r, &save_to.display().to_string()));
+            Ok(())
+        }
+        Cmd::Monitor(a) => {
+            let dir = a.local.as_deref().ok_or_else(|| {
+                Error::Usage(
+                    "monitor needs --local=DIR (the reflink directory holding the volumes)".into(),
+                )
+            })?;
+            let store = wyng::source::reflink::ReflinkStore::open(dir)?;
+            if !a.all && a.volumes.is_empty() {
+                return Err(Error::Usage(
+                    "name the volumes to monitor, or use --all".into(),
+                ));
+            }
+            let archive = open_archive(g, true)?;
+            let mut names = a.volumes.clone();
+            if a.all {
+                names.extend(
+                    archive
+                        .volume_names()
+                        .into_iter()
+                        .filter(|n| !a.volumes.contains(n)),
+                );
+            }
+            let reports = ops::monitor::run(&archive, &store, &names)?;
+            if g.json {
+                return print_json(&reports);
+            }
+            for r in reports {
+                match r.state {
+                    "rotated" => say(format!(
+                        "{}: {} chunks changed ({} recorded since the last send).",
+                        r.volume, r.changed_chunks, r.recorded_chunks
+                    )),
+                    state => say(format!("{}: {state}.", r.volume)),
+                }
+            }
             Ok(())
         }
         Cmd::Verify(a) => {
@@ -571,14 +635,47 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Delete(a) => {
             let mut archive = open_archive(g, true)?;
-            if !g.unattended {
-                confirm(&format!(
-                    "Delete volume '{}' and all its sessions?",
-                    a.volume
-                ))?;
+            if a.clean {
+                if a.volume.is_some() {
+                    return Err(Error::Usage("delete --clean takes no volume name".into()));
+                }
+                let local = a
+                    .local
+                    .as_deref()
+                    .ok_or_else(|| Error::Usage("delete --clean needs --local=DIR".into()))?;
+                let purge = ops::clean::Purge::parse(a.all, a.purge.as_deref())?;
+                let found = ops::clean::select(&archive, local, purge);
+                if !g.unattended && (!found.is_empty() || purge == ops::clean::Purge::All) {
+                    confirm(&format!(
+                        "Remove {} wyng snapshot(s) from {}?",
+                        found.len(),
+                        local.display()
+                    ))?;
+                }
+                let removed = ops::clean::remove(&archive, &found, purge)?;
+                if g.json {
+                    return print_json(&removed);
+                }
+                for p in &removed {
+                    say(format!("Removed {}", p.display()));
+                }
+                say(format!("{} snapshot(s) removed.", removed.len()));
+                return Ok(());
             }
-            ops::prune::delete(&mut archive, &a.volume)?;
-            say(format!("Deleted volume '{}'.", a.volume));
+            let volume = a
+                .volume
+                .ok_or_else(|| Error::Usage("name the volume to delete (or use --clean)".into()))?;
+            let vid = archive.volume(&volume).map(|v| v.vid.to_string());
+            if !g.unattended {
+                confirm(&format!("Delete volume '{volume}' and all its sessions?"))?;
+            }
+            ops::prune::delete(&mut archive, &volume)?;
+            if let (Some(local), Some(vid)) = (&a.local, vid) {
+                for p in ops::clean::remove_volume(&archive, local, &vid)? {
+                    say(format!("Removed {}", p.display()));
+                }
+            }
+            say(format!("Deleted volume '{volume}'."));
             Ok(())
         }
         Cmd::Rename(a) => {

@@ -3,8 +3,10 @@
 
 pub mod arch_init;
 pub mod check;
+pub mod clean;
 pub mod dedup;
 pub mod list;
+pub mod monitor;
 pub mod mount;
 pub mod prune;
 pub mod receive;

@@ -26,15 +26,20 @@ pub struct ReadReport {
     pub session: String,
     pub volsize: u64,
     pub chunks: u64,
+    /// Data chunks read from the archive.
     pub data_chunks: u64,
+    /// In the sparse modes: chunks whose local content differed and were rewritten (or punched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks_written: Option<u64>,
 }
 
-/// Reads, verifies and decodes every chunk of `merged`, handing data to `sink(offset, bytes)`
-/// (zero chunks are passed as `None`).
+/// Reads, verifies and decodes every chunk of `merged` (or those `only` selects), handing data
+/// to `sink(offset, bytes)` (zero chunks are passed as `None`).
 fn read_session<F>(
     archive: &Archive,
     vol: &Volume,
     merged: &Merged,
+    only: Option<&[bool]>,
     label: &str,
     sink: F,
 ) -> Result<u64>
@@ -43,6 +48,7 @@ where
 {
     let cs = archive.chunksize();
     let n = merged.entries.len() as u64;
+    let wanted = |i: u64| only.is_none_or(|o| o.get(i as usize) == Some(&true));
     let next = AtomicU64::new(0);
     let data_chunks = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
@@ -81,7 +87,9 @@ where
             let (failed, first_err) = (&failed, &first_err);
             s.spawn(move || {
                 let data: Vec<u64> = (0..n)
-                    .filter(|&i| matches!(merged.entries[i as usize].0, ChunkRef::Data(_)))
+                    .filter(|&i| {
+                        wanted(i) && matches!(merged.entries[i as usize].0, ChunkRef::Data(_))
+                    })
                     .collect();
                 for batch in data.chunks(per_batch) {
                     if failed.load(Ordering::Relaxed) {
@@ -134,7 +142,9 @@ where
                     if idx >= n || failed.load(Ordering::Relaxed) {
                         break;
                     }
-                    if batched && matches!(merged.entries[idx as usize].0, ChunkRef::Data(_)) {
+                    if !wanted(idx)
+                        || batched && matches!(merged.entries[idx as usize].0, ChunkRef::Data(_))
+                    {
                         continue;
                     }
                     if let Err(e) = process(idx, None) {
@@ -174,13 +184,14 @@ pub fn verify(archive: &Archive, name: &str, sel: &SessionSel) -> Result<ReadRep
     let vol = volume(archive, name)?;
     let idx = sel.select(vol)?;
     let merged = archive.merged(vol, idx)?;
-    let data = read_session(archive, vol, &merged, "verify", |_, _| Ok(()))?;
+    let data = read_session(archive, vol, &merged, None, "verify", |_, _| Ok(()))?;
     Ok(ReadReport {
         volume: name.into(),
         session: vol.sessions[idx].name.to_string(),
         volsize: merged.volsize,
         chunks: merged.entries.len() as u64,
         data_chunks: data,
+        chunks_written: None,
     })
 }
 
@@ -188,6 +199,20 @@ pub struct ReceiveOptions {
     pub save_to: PathBuf,
     /// Overwrite an existing target without asking (`-u`).
     pub unattended: bool,
+    pub mode: Mode,
+}
+
+/// How an existing target is brought to the session (behaviour §7.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Recreate the target from every chunk.
+    #[default]
+    Full,
+    /// Keep the target; fetch only chunks whose local content hashes differently
+    /// (`--sparse`), write only what differs.
+    Sparse,
+    /// Keep the target; fetch every chunk, write only what differs (`--sparse-write`).
+    SparseWrite,
 }
 
 /// `receive --save-to`: restore the selected session into a file or an existing block device.
@@ -219,6 +244,26 @@ pub fn receive(
     let block = existing
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());
+    if existing.is_some() && o.mode != Mode::Full {
+        let (data_chunks, written) = if block {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(target)
+                .map_err(|e| Error::local(target, format!("cannot open for writing: {e}")))?;
+            update_in_place(archive, vol, &merged, &f, target, true, None, o.mode)?
+        } else {
+            update_file(archive, vol, &merged, target, target, None, o.mode, session)?
+        };
+        return Ok(ReadReport {
+            volume: name.into(),
+            session: session.name.to_string(),
+            volsize: merged.volsize,
+            chunks: merged.entries.len() as u64,
+            data_chunks,
+            chunks_written: Some(written),
+        });
+    }
     let data_chunks = if block {
         receive_to_device(archive, vol, &merged, target)?
     } else {
@@ -243,6 +288,7 @@ pub fn receive(
         volsize: merged.volsize,
         chunks: merged.entries.len() as u64,
         data_chunks,
+        chunks_written: None,
     })
 }
 
@@ -316,13 +362,20 @@ fn receive_to_file(
                 }
                 Ok(())
             });
-            let read = read_session(archive, vol, merged, "receive", |off, data| match data {
-                // Zero chunks, and data that is all zeros, stay holes.
-                Some(d) if !is_all_zero(&d) => tx
-                    .send((off, d))
-                    .map_err(|_| Error::local(&tmp, "write failed")),
-                _ => Ok(()),
-            });
+            let read = read_session(
+                archive,
+                vol,
+                merged,
+                None,
+                "receive",
+                |off, data| match data {
+                    // Zero chunks, and data that is all zeros, stay holes.
+                    Some(d) if !is_all_zero(&d) => tx
+                        .send((off, d))
+                        .map_err(|_| Error::local(&tmp, "write failed")),
+                    _ => Ok(()),
+                },
+            );
             drop(tx);
             let written = writer
                 .join()
@@ -367,7 +420,7 @@ fn receive_to_device(
         ));
     }
     let zeros = vec![0u8; archive.chunksize() as usize];
-    let data = read_session(archive, vol, merged, "receive", |off, data| {
+    let data = read_session(archive, vol, merged, None, "receive", |off, data| {
         let buf = match &data {
             Some(d) => &d[..],
             None => &zeros[..(merged.volsize - off).min(zeros.len() as u64) as usize],
@@ -376,6 +429,174 @@ fn receive_to_device(
     })?;
     f.sync_all().map_err(|e| write_err(target, e))?;
     Ok(data)
+}
+
+/// Brings a copy of `base` up to `merged` and renames it over `target` (`base` may be the
+/// target itself, or a snapshot). The copy is a reflink, so only changed blocks cost space and
+/// a failure leaves the target as it was; where reflinks are impossible the target is updated
+/// in place (an interrupted receive then leaves it partly updated, as the original does).
+#[allow(clippy::too_many_arguments)]
+fn update_file(
+    archive: &Archive,
+    vol: &Volume,
+    merged: &Merged,
+    base: &Path,
+    target: &Path,
+    only: Option<&[bool]>,
+    mode: Mode,
+    session: &crate::archive::Session,
+) -> Result<(u64, u64)> {
+    let fname = target
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{fname}.wyng-partial-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let (work, staged) = match reflink_copy::reflink(base, &tmp) {
+        Ok(()) => (tmp.as_path(), true),
+        Err(e) if base == target => {
+            tracing::warn!(
+                "{}: no reflink copy possible ({e}); updating in place",
+                target.display()
+            );
+            (target, false)
+        }
+        Err(e) => {
+            return Err(Error::local(
+                base,
+                format!("cannot make a reflink copy: {e}"),
+            ))
+        }
+    };
+    let result = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(work)
+            .map_err(|e| Error::local(work, format!("cannot open for writing: {e}")))?;
+        let counts = update_in_place(archive, vol, merged, &f, work, false, only, mode)?;
+        apply_metadata(&f, work, &session.info.permissions, session.info.localtime);
+        if staged {
+            fs::rename(work, target)
+                .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
+        }
+        if let Some(d) = target.parent().and_then(|p| File::open(p).ok()) {
+            let _ = d.sync_all();
+        }
+        Ok(counts)
+    })();
+    if result.is_err() && staged {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes an open file or device hold `merged`, touching only chunks whose content differs:
+/// zero chunks that are not zero locally are punched (files) or zeroed (devices); data chunks
+/// are fetched (all of them, or with [`Mode::Sparse`] only those whose local content hashes
+/// differently) and written if they differ. `only` limits the work to some chunks (the rest
+/// are known to be right). Returns (chunks fetched, chunks written).
+#[allow(clippy::too_many_arguments)]
+fn update_in_place(
+    archive: &Archive,
+    vol: &Volume,
+    merged: &Merged,
+    f: &File,
+    path: &Path,
+    block: bool,
+    only: Option<&[bool]>,
+    mode: Mode,
+) -> Result<(u64, u64)> {
+    let cs = archive.chunksize();
+    let volsize = merged.volsize;
+    if block {
+        let size = (&*f)
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::local(path, e.to_string()))?;
+        if size < volsize {
+            return Err(Error::local(
+                path,
+                format!("device is {size} bytes, smaller than the volume's {volsize} bytes"),
+            ));
+        }
+    } else {
+        f.set_len(volsize)
+            .map_err(|e| Error::local(path, e.to_string()))?;
+    }
+    let n = merged.entries.len();
+    let written = AtomicU64::new(0);
+    let read_local = |off: u64, len: usize| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off)
+            .map_err(|e| Error::local(path, format!("read error at offset {off}: {e}")))?;
+        Ok(buf)
+    };
+    let zero_range = |off: u64, len: usize| -> Result<()> {
+        if !block {
+            let punched = nix::fcntl::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(f),
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                off as i64,
+                len as i64,
+            );
+            if punched.is_ok() {
+                return Ok(());
+            }
+        }
+        f.write_all_at(&vec![0u8; len], off)
+            .map_err(|e| write_err(path, e))
+    };
+    // First pass, local only: zero chunks, and which data chunks must come from the archive.
+    let fetch: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
+    crate::ops::parallel(n, |i| {
+        if only.is_some_and(|o| !o[i]) {
+            return Ok(());
+        }
+        let idx = i as u64;
+        let len = chunk_len(idx, volsize, cs) as usize;
+        match merged.entries[i].0 {
+            ChunkRef::Zero => {
+                let off = idx * cs;
+                // Holes are zeros: skip reading them.
+                if !block && crate::source::seek_data(f, off) >= off + len as u64 {
+                    return Ok(());
+                }
+                if !is_all_zero(&read_local(off, len)?) {
+                    zero_range(off, len)?;
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            ChunkRef::Data(h) => {
+                let needed = mode != Mode::Sparse || {
+                    let local = read_local(idx * cs, len)?;
+                    is_all_zero(&local) || archive.codec.hash_chunk(&local).hash != h
+                };
+                fetch[i].store(needed, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    })?;
+    let fetch: Vec<bool> = fetch.into_iter().map(AtomicBool::into_inner).collect();
+    let fetched = read_session(
+        archive,
+        vol,
+        merged,
+        Some(&fetch),
+        "receive",
+        |off, data| {
+            let Some(d) = data else {
+                return Ok(());
+            };
+            if read_local(off, d.len())? != d {
+                f.write_all_at(&d, off).map_err(|e| write_err(path, e))?;
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        },
+    )?;
+    f.sync_all().map_err(|e| write_err(path, e))?;
+    Ok((fetched, written.into_inner()))
 }
 
 /// Starts writeback of a range now, so the disk works while we decode and the final sync has
@@ -427,77 +648,137 @@ fn apply_metadata(f: &File, path: &Path, perms: &str, localtime: i128) {
     }
 }
 
-/// `receive --local=DIR`: restores a volume file in a reflink directory. With
-/// `--use-snapshot`, the newest session comes instantly from its paired baseline snapshot
-/// (a reflink copy, nothing read from the archive). After the newest session, the volume is
-/// paired again, so the next send is incremental.
+/// How `receive --local` may use the paired baseline snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotUse {
+    #[default]
+    No,
+    /// `--use-snapshot`: the newest session instantly from the baseline; an older one starts
+    /// from the baseline and rewrites what differs.
+    Snapshot,
+    /// `--use-snapshot-diff`: an older session from the baseline plus only the chunks that
+    /// sessions after it changed.
+    SnapshotDiff,
+}
+
+/// `receive --local=DIR`: restores a volume file in a reflink directory (behaviour §7.3).
+/// After the newest session, the volume is paired again, so the next send is incremental.
 pub fn receive_local(
     archive: &Archive,
     name: &str,
     sel: &SessionSel,
     store: &crate::source::reflink::ReflinkStore,
     o: &ReceiveOptions,
-    use_snapshot: bool,
+    use_snapshot: SnapshotUse,
     cache_dir: Option<&Path>,
 ) -> Result<ReadReport> {
-    use crate::source::reflink::{self, Pairing};
+    use crate::source::deltamap::{DeltaMap, Pairing};
+    use crate::source::reflink::{self, VolumeSnaps};
     let vol = volume(archive, name)?;
     let idx = sel.select(vol)?;
     let newest = idx + 1 == vol.sessions.len();
     let session = &vol.sessions[idx];
     let target = store.volume_path(name)?;
-    let (snap1, _) = reflink::snapshot_paths(&target, archive.uuid(), vol.vid.as_str());
-    let pair_file = cache_dir.map(|d| reflink::pairing_file(d, vol.vid.as_str()));
+    let snaps = VolumeSnaps::new(&target, archive.uuid(), vol.vid.as_str(), cache_dir);
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::local(parent, e.to_string()))?;
     }
-    let paired = newest
-        && pair_file
-            .as_ref()
-            .is_some_and(|p| Pairing::holds(p, &snap1, session));
-    let report = if use_snapshot && paired {
-        if target.exists() {
-            confirm_overwrite(&target, o.unattended)?;
-        }
+    let exists = fs::symlink_metadata(&target).is_ok();
+    if exists {
+        confirm_overwrite(&target, o.unattended)?;
+    }
+    // The baseline holds exactly the newest session only when paired without changes.
+    let baseline = use_snapshot != SnapshotUse::No && snaps.pairing(vol.last()) == Pairing::Paired;
+    if use_snapshot != SnapshotUse::No && !baseline {
+        tracing::warn!("{name}: no paired snapshot; receiving from the archive");
+    }
+    let report = |data_chunks: u64, written: Option<u64>| ReadReport {
+        volume: name.into(),
+        session: session.name.to_string(),
+        volsize: session.info.volsize,
+        chunks: session.info.volsize.div_ceil(archive.chunksize()),
+        data_chunks,
+        chunks_written: written,
+    };
+    let r = if baseline && newest {
         let tmp = target.with_extension("wyng-partial");
-        reflink::snapshot(&snap1, &tmp)?;
+        reflink::snapshot(&snaps.snap1, &tmp)?;
         let f = OpenOptions::new()
             .write(true)
             .open(&tmp)
             .map_err(|e| Error::local(&tmp, e.to_string()))?;
         apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
         fs::rename(&tmp, &target).map_err(|e| Error::local(&target, e.to_string()))?;
-        tracing::info!("{name}: restored from the paired snapshot");
-        ReadReport {
-            volume: name.into(),
-            session: session.name.to_string(),
-            volsize: session.info.volsize,
-            chunks: session.info.volsize.div_ceil(archive.chunksize()),
-            data_chunks: 0,
-        }
+        tracing::info!("{name}: snapshot retrieved");
+        report(0, Some(0))
+    } else if baseline {
+        // An older session, starting from the baseline (the newest session).
+        let merged = archive.merged(vol, idx)?;
+        let only = (use_snapshot == SnapshotUse::SnapshotDiff)
+            .then(|| changed_after(archive, vol, idx))
+            .transpose()?;
+        let (fetched, written) = update_file(
+            archive,
+            vol,
+            &merged,
+            &snaps.snap1,
+            &target,
+            only.as_deref(),
+            Mode::SparseWrite,
+            session,
+        )?;
+        report(fetched, Some(written))
+    } else if exists && o.mode != Mode::Full {
+        let merged = archive.merged(vol, idx)?;
+        let (fetched, written) = update_file(
+            archive, vol, &merged, &target, &target, None, o.mode, session,
+        )?;
+        report(fetched, Some(written))
     } else {
-        if use_snapshot {
-            tracing::warn!(
-                "{name}: no paired snapshot for this session; receiving from the archive"
-            );
-        }
         receive(
             archive,
             name,
             sel,
             &ReceiveOptions {
                 save_to: target.clone(),
-                unattended: o.unattended,
+                unattended: true,
+                mode: Mode::Full,
             },
         )?
     };
     if newest {
-        reflink::snapshot(&target, &snap1)?;
-        if let Some(p) = &pair_file {
-            reflink::pair(&snap1, session, p);
+        // Pair again: the restored file is the baseline of the newest session.
+        snaps.unpair();
+        reflink::snapshot(&target, &snaps.snap1)?;
+        if let (Some(map), Some(t)) = (
+            snaps.map_path(session),
+            crate::source::deltamap::mtime_ns(&snaps.snap1),
+        ) {
+            DeltaMap::blank(session.info.volsize, archive.chunksize()).save(&map, t)?;
         }
     }
-    Ok(report)
+    Ok(r)
+}
+
+/// Chunks that may differ between session `idx` and the newest one: every address a later
+/// session recorded, and everything past the smallest later size (truncated and regrown).
+fn changed_after(archive: &Archive, vol: &Volume, idx: usize) -> Result<Vec<bool>> {
+    let cs = archive.chunksize();
+    let n = vol.sessions[idx].info.volsize.div_ceil(cs) as usize;
+    let mut only = vec![false; n];
+    let mut min_size = u64::MAX;
+    for later in idx + 1..vol.sessions.len() {
+        min_size = min_size.min(vol.sessions[later].info.volsize);
+        for (i, _) in archive.session_lines(vol, later)? {
+            if let Some(b) = only.get_mut(i as usize) {
+                *b = true;
+            }
+        }
+    }
+    for b in only.iter_mut().skip((min_size / cs) as usize) {
+        *b = true;
+    }
+    Ok(only)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -547,7 +828,7 @@ pub fn diff(archive: &Archive, name: &str, local: &Path, quick: bool) -> Result<
             Ok(())
         })?;
     } else {
-        read_session(archive, vol, &merged, "diff", |off, data| {
+        read_session(archive, vol, &merged, None, "diff", |off, data| {
             if off >= src.size {
                 return Ok(());
             }

@@ -20,6 +20,8 @@ use crate::format::manifest::{chunk_count, chunk_len, push_line};
 use crate::format::{chunk_rel_path, ChunkRef, Merged, SessionInfo, SessionName, Tag};
 use crate::ops::{is_all_zero, workers};
 use crate::progress::Progress;
+use crate::source::deltamap::DeltaMap;
+use crate::source::reflink::{self, Plan, PrepareVolume, Prepared, ReflinkStore};
 use crate::source::{Scan, Source};
 
 pub struct SendRequest {
@@ -41,6 +43,8 @@ pub struct SendOptions {
     pub dedup: bool,
     /// Compute and report what would be sent; write nothing (snapshots are not rotated).
     pub dry_run: bool,
+    /// The reflink directory (`--local`) holding the volumes of requests marked `reflink`.
+    pub local: Option<ReflinkStore>,
     /// wyng's cache directory for this archive, where the digest maps live (see
     /// [`DigestMap`]). Without it every chunk is compressed to compare.
     pub cache_dir: Option<PathBuf>,
@@ -98,109 +102,127 @@ pub fn run(
     } else {
         None
     };
-    let mut reports = Vec::new();
-    for (req, src) in reqs.iter().zip(&sources) {
-        let idx = match archive.volume_index(&req.volume) {
+    let mut idxs = Vec::new();
+    for req in reqs {
+        idxs.push(match archive.volume_index(&req.volume) {
             Some(i) => i,
             None => archive.new_volume(&req.volume, &opts.volume_desc)?,
-        };
-        if req.reflink {
-            reports.push(send_reflink(
-                archive,
-                idx,
-                req,
-                &name,
-                opts,
-                index.as_ref(),
-            )?);
-            continue;
-        }
-        reports.push(send_volume(
-            archive,
-            idx,
-            src,
-            &name,
-            opts,
-            Scan::Full,
-            index.as_ref(),
-        )?);
+        });
     }
-    Ok(reports)
+    // Volumes in local storage: snapshot them all and read what changed in one scan.
+    let mut prepared = match &opts.local {
+        Some(store) => {
+            let vols: Vec<PrepareVolume> = reqs
+                .iter()
+                .zip(&idxs)
+                .filter(|(r, _)| r.reflink)
+                .map(|(r, &i)| PrepareVolume {
+                    name: &r.volume,
+                    file: r.source.clone(),
+                    vid: archive.volumes[i].vid.to_string(),
+                    last: archive.volumes[i].last(),
+                })
+                .collect();
+            reflink::prepare(
+                store,
+                &vols,
+                archive.uuid(),
+                opts.cache_dir.as_deref(),
+                archive.chunksize(),
+                false,
+            )?
+        }
+        None => Vec::new(),
+    }
+    .into_iter();
+    let mut reports = Vec::new();
+    let mut pending: Vec<Prepared> = Vec::new();
+    let mut result = Ok(());
+    for ((req, src), &idx) in reqs.iter().zip(&sources).zip(&idxs) {
+        let r = if req.reflink {
+            match prepared.next() {
+                Some(p) => {
+                    let r = send_local(archive, idx, req, &p, &name, opts, index.as_ref());
+                    if r.is_err() {
+                        pending.push(p);
+                    }
+                    r
+                }
+                None => Err(Error::local(&req.source, "needs --local")),
+            }
+        } else {
+            send_volume(archive, idx, src, &name, opts, Scan::Full, index.as_ref())
+        };
+        match r {
+            Ok(rep) => reports.push(rep),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    // Snapshots taken for volumes that were not sent (an earlier one failed) are dropped.
+    pending
+        .iter()
+        .chain(prepared.as_slice())
+        .for_each(|p| p.snaps.drop_snap2());
+    result.map(|()| reports)
 }
 
-/// Sends a volume of a reflink store: snapshot it (`.wyng2`), compare extent maps with the
-/// paired baseline (`.wyng1`) when there is one, send from the snapshot, then make it the
-/// baseline. Without a valid pairing, a full scan (reported in the log).
-fn send_reflink(
+/// Sends a volume of a reflink store from its `.wyng2` snapshot as planned by
+/// [`reflink::prepare`], then moves the baseline (behaviour §7.1 step 7): after a new session
+/// `.wyng2` becomes the paired baseline with a blank map; when nothing changed it becomes the
+/// baseline all the same (it holds what the newest session holds); a dry run keeps the changes
+/// it found in the map, as monitor does.
+fn send_local(
     archive: &mut Archive,
     vol_idx: usize,
     req: &SendRequest,
+    prep: &Prepared,
     name: &SessionName,
     opts: &SendOptions,
     index: Option<&crate::ops::dedup::DedupIndex>,
 ) -> Result<VolumeReport> {
-    use crate::source::reflink::{self, Pairing};
-    let vid = archive.volumes[vol_idx].vid.to_string();
-    let (snap1, snap2) = reflink::snapshot_paths(&req.source, archive.uuid(), &vid);
-    let pair_file = opts
-        .cache_dir
-        .as_ref()
-        .map(|d| reflink::pairing_file(d, &vid));
-    reflink::snapshot(&req.source, &snap2)?;
-    let result = (|| {
-        let mut src = Source::open(&snap2)?;
-        // The session records the volume's own attributes, not the read-only snapshot's.
-        let vol_src = Source::open(&req.source)?;
-        src.permissions = vol_src.permissions.clone();
-        src.mtime_ns = vol_src.mtime_ns;
-        let last = archive.volumes[vol_idx].last().cloned();
-        let recorded = pair_file.as_ref().and_then(|p| Pairing::load(p));
-        let paired = match (&last, &recorded) {
-            (Some(l), Some(r)) => Pairing::of(&snap1, l).as_ref() == Some(r),
-            _ => false,
-        };
-        let scan = if paired {
-            let old = reflink::extents(&snap1)?;
-            let new = reflink::extents(&snap2)?;
-            let old_size = recorded.as_ref().map_or(0, |r| r.size);
-            let chunks =
-                reflink::changed_chunks(&old, &new, old_size, src.size, archive.chunksize());
+    let snaps = &prep.snaps;
+    let cs = archive.chunksize();
+    let (scan, read_from) = match &prep.plan {
+        Plan::Nocow => (Scan::Full, &req.source),
+        Plan::Full | Plan::Skip => (Scan::Full, &snaps.snap2),
+        Plan::Incremental(map) => {
+            let size = std::fs::metadata(&snaps.snap2)
+                .map_err(|e| Error::local(&snaps.snap2, e.to_string()))?
+                .len();
+            let chunks = map.chunks(chunk_count(size, cs));
             tracing::info!(
                 "{}: {} chunks changed according to the extent maps",
                 req.volume,
                 chunks.len()
             );
-            Scan::Chunks(chunks)
-        } else {
-            if last.is_some() {
-                tracing::warn!(
-                    "{}: no paired snapshot for its newest session: full scan",
-                    req.volume
-                );
-            }
-            Scan::Full
-        };
-        send_volume(archive, vol_idx, &src, name, opts, scan, index)
-    })();
-    match result {
-        Ok(report) if opts.dry_run => {
-            // The baseline must keep describing what the archive holds.
-            let _ = std::fs::remove_file(&snap2);
-            Ok(report)
+            (Scan::Chunks(chunks), &snaps.snap2)
         }
-        Ok(report) => {
-            std::fs::rename(&snap2, &snap1)
-                .map_err(|e| crate::error::Error::local(&snap2, e.to_string()))?;
-            if let (Some(p), Some(last)) = (&pair_file, archive.volumes[vol_idx].last()) {
-                reflink::pair(&snap1, last, p);
-            }
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&snap2);
-            Err(e)
-        }
+    };
+    let mut src = Source::open(read_from)?;
+    // The session records the volume's own attributes, not the read-only snapshot's.
+    let vol_src = Source::open(&req.source)?;
+    src.permissions = vol_src.permissions.clone();
+    let last_before = archive.volumes[vol_idx].last().cloned();
+    let report = send_volume(archive, vol_idx, &src, name, opts, scan, index)?;
+    if matches!(prep.plan, Plan::Nocow) {
+        return Ok(report);
     }
+    let last = archive.volumes[vol_idx].last().cloned();
+    match (&report.session, &last, &last_before) {
+        (Some(_), Some(l), _) => snaps.rotate_after_send(l, cs)?,
+        // A dry run: keep what was found, as monitor does.
+        (None, _, Some(l)) if opts.dry_run => match &prep.plan {
+            Plan::Incremental(map) => snaps.rotate_with(l, map)?,
+            _ => snaps.drop_snap2(),
+        },
+        // No session: `.wyng2` holds what the newest session holds.
+        (None, Some(l), _) => snaps.rotate_with(l, &DeltaMap::blank(l.info.volsize, cs))?,
+        _ => snaps.drop_snap2(),
+    }
+    Ok(report)
 }
 
 /// The session name for this run: the local time, shared by all volumes (format §3.3). If a
@@ -255,6 +277,7 @@ fn send_volume(
         Scan::Chunks(v) => Some(v),
     };
     let read_count = std::sync::atomic::AtomicU64::new(0);
+    let read_bytes = std::sync::atomic::AtomicU64::new(0);
     let vol = &archive.volumes[vol_idx];
     let vid = vol.vid.clone();
     let cs = archive.chunksize();
@@ -304,7 +327,8 @@ fn send_volume(
     std::thread::scope(|s| {
         let reader_res = res_tx.clone();
         let abort_r = &abort;
-        let (marked, old_r, read_count) = (marked.as_deref(), old.as_ref(), &read_count);
+        let (marked, old_r, read_count, read_bytes) =
+            (marked.as_deref(), old.as_ref(), &read_count, &read_bytes);
         s.spawn(move || {
             // No data before this offset (from the last SEEK_DATA answer).
             let mut data_from = 0u64;
@@ -338,6 +362,7 @@ fn send_volume(
                 }
                 let mut buf = vec![0u8; len as usize];
                 read_count.fetch_add(1, Ordering::Relaxed);
+                read_bytes.fetch_add(len, Ordering::Relaxed);
                 match src.read_at(&mut buf, off) {
                     Ok(()) => {
                         if job_tx.send((idx, Job::Data(buf))).is_err() {
@@ -501,7 +526,7 @@ fn send_volume(
         volsize: src.size,
         chunks_read: read_count.into_inner(),
         chunks_changed: changed,
-        bytes_read: src.size,
+        bytes_read: read_bytes.into_inner(),
         bytes_stored: stored,
         chunks_linked: linked.into_inner(),
     };

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+pub mod deltamap;
 pub mod reflink;
 
 pub struct Source {
@@ -56,22 +57,7 @@ impl Source {
     /// filesystems) everything counts as data, which is always safe: holes only let a send skip
     /// reading ranges that are zeros by definition.
     pub fn next_data(&self, offset: u64) -> u64 {
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscall on an open descriptor; no memory is passed.
-        let r = unsafe {
-            libc::lseek(
-                self.file.as_raw_fd(),
-                offset as libc::off_t,
-                libc::SEEK_DATA,
-            )
-        };
-        if r >= 0 {
-            r as u64
-        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-            u64::MAX
-        } else {
-            offset
-        }
+        seek_data(&self.file, offset)
     }
 
     /// Reads `buf.len()` bytes at `offset`.
@@ -79,6 +65,21 @@ impl Source {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| Error::local(&self.path, format!("read error at offset {offset}: {e}")))
+    }
+}
+
+/// The offset of the first data at or after `offset` in an open file (`SEEK_DATA`): `u64::MAX`
+/// if there is none, `offset` itself if the filesystem cannot tell.
+pub fn seek_data(f: &File, offset: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+    if r >= 0 {
+        r as u64
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+        u64::MAX
+    } else {
+        offset
     }
 }
 

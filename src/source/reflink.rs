@@ -3,22 +3,31 @@
 //! volume.
 //!
 //! Invariants:
-//! * A send reads from `sn<uuid>_<vid>.wyng2`, a reflink snapshot of the volume taken when the
-//!   send starts (a consistent point in time, whatever writes the volume meanwhile). After the
-//!   send it becomes `.wyng1`, the baseline of the next one (names as the original's, format
-//!   §14.5).
-//! * The baseline is trusted only if the local cache records it as paired with the archive's
-//!   newest session (name, sequence, inode, mtime); anything else means a full scan.
+//! * A send reads from `sn<uuid>_<vid>.wyng2`, a read-only reflink snapshot of the volume taken
+//!   when the send starts (a consistent point in time, whatever writes the volume meanwhile).
+//!   After the send it becomes `.wyng1`, the baseline of the next one (names as the original's,
+//!   format §14.5). `monitor` does the same without sending, accumulating the changes in the
+//!   volume's delta map (see [`super::deltamap`]).
+//! * The baseline is trusted only while the delta map of the newest session is paired with it
+//!   (same mtime, behaviour §5.2); anything else means a full scan, reported.
 //! * Extents are compared by logical offset, physical offset and length (and the flags that
 //!   describe data); any byte in a differing extent of either snapshot marks its chunks, as does
 //!   everything past the old size and the old partial last chunk. Extents the filesystem cannot
 //!   place (inline, delalloc, unknown) are always treated as changed.
+//! * The two extent maps must describe one moment of the filesystem's block layout: on a Btrfs
+//!   subvolume they are read inside a read-only subvolume snapshot whose generation must not
+//!   move during the scan (a balance relocating extents would), elsewhere both maps are read
+//!   twice and must agree. Otherwise the scan is retried after 3, 6 and 12 s, then fails.
+//! * NOCOW files (`chattr +C`) are overwritten in place, so their extent maps say nothing: they
+//!   are sent by a full scan of the live file and get no snapshots.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::deltamap::{self, DeltaMap, Pairing};
+use crate::archive::Session;
 use crate::error::{Error, Result};
 
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
@@ -27,6 +36,7 @@ const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
 /// A directory on a reflink-capable filesystem holding volumes as files (`--local`).
 pub struct ReflinkStore {
     pub dir: PathBuf,
+    btrfs: bool,
 }
 
 impl ReflinkStore {
@@ -45,12 +55,71 @@ impl ReflinkStore {
         }
         Ok(ReflinkStore {
             dir: dir.to_path_buf(),
+            btrfs: magic == BTRFS_SUPER_MAGIC,
         })
     }
 
     pub fn volume_path(&self, name: &str) -> Result<PathBuf> {
         crate::format::ids::check_volume_name(name)?;
         Ok(self.dir.join(name))
+    }
+
+    /// A Btrfs subvolume root (inode 256) can be frozen with a read-only snapshot.
+    fn is_btrfs_subvolume(&self) -> bool {
+        self.btrfs && std::fs::metadata(&self.dir).is_ok_and(|m| m.ino() == 256)
+    }
+
+    /// Removes a freeze snapshot left by an interrupted run (behaviour §5.1).
+    pub fn release_stale_freeze(&self) {
+        let p = self.dir.join(FREEZE_NAME);
+        if self.btrfs && p.exists() {
+            tracing::info!("removing a stale {}", p.display());
+            delete_subvolume(&p);
+        }
+    }
+
+    /// Freezes the subvolume for a consistent scan; `None` where that is not possible (not a
+    /// Btrfs subvolume root, no `btrfs` command, a balance running), in which case the caller
+    /// checks consistency by reading twice.
+    fn freeze(&self) -> Result<Option<Freeze>> {
+        if !self.is_btrfs_subvolume() {
+            return Ok(None);
+        }
+        self.release_stale_freeze();
+        let fs_uuid = fs_uuid(&self.dir);
+        if let Some(op) = exclusive_operation(fs_uuid.as_deref()) {
+            tracing::info!("btrfs is busy ({op}); reading extent maps twice instead");
+            return Ok(None);
+        }
+        let path = self.dir.join(FREEZE_NAME);
+        let made = btrfs(&[
+            "subvolume".as_ref(),
+            "snapshot".as_ref(),
+            "-r".as_ref(),
+            self.dir.as_os_str(),
+            path.as_os_str(),
+        ]);
+        if let Err(e) = made {
+            tracing::warn!(
+                "cannot freeze {} ({e}); reading extent maps twice instead",
+                self.dir.display()
+            );
+            return Ok(None);
+        }
+        match subvolume_generation(&path) {
+            Ok(generation) => Ok(Some(Freeze {
+                path,
+                generation,
+                fs_uuid,
+            })),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the freeze generation ({e}); reading extent maps twice instead"
+                );
+                delete_subvolume(&path);
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -94,63 +163,478 @@ pub fn snapshot_paths(volume_file: &Path, uuid: &str, vid: &str) -> (PathBuf, Pa
     )
 }
 
-/// Where the pairing record of a volume lives in the local cache.
-pub fn pairing_file(cache_dir: &Path, vid: &str) -> PathBuf {
-    cache_dir.join(vid).join("pairing.json")
+/// The snapshots and delta map of one volume file.
+pub struct VolumeSnaps {
+    pub file: PathBuf,
+    /// The baseline: what the newest session (plus the map's changes) holds.
+    pub snap1: PathBuf,
+    /// The snapshot this run reads from.
+    pub snap2: PathBuf,
+    /// The volume's directory in the local cache (where its delta maps live).
+    pub cache: Option<PathBuf>,
 }
 
-/// The local record that a volume's baseline snapshot holds exactly what its newest session
-/// holds: it is trusted only while all of these still match.
-#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq, Debug)]
-pub struct Pairing {
-    pub session: String,
-    pub sequence: u64,
-    pub ino: u64,
-    pub mtime_ns: i128,
-    pub size: u64,
+impl VolumeSnaps {
+    pub fn new(file: &Path, uuid: &str, vid: &str, cache_dir: Option<&Path>) -> VolumeSnaps {
+        let (snap1, snap2) = snapshot_paths(file, uuid, vid);
+        VolumeSnaps {
+            file: file.to_path_buf(),
+            snap1,
+            snap2,
+            cache: cache_dir.map(|d| d.join(vid)),
+        }
+    }
+
+    /// The delta map of the session `last`.
+    pub fn map_path(&self, last: &Session) -> Option<PathBuf> {
+        self.cache
+            .as_ref()
+            .map(|c| deltamap::path(c, last.name.as_str(), last.info.sequence))
+    }
+
+    /// Whether the baseline is paired with the newest session `last` (behaviour §5.2).
+    pub fn pairing(&self, last: Option<&Session>) -> Pairing {
+        match last.and_then(|l| self.map_path(l)) {
+            Some(map) => deltamap::pairing(&map, &self.snap1),
+            None => Pairing::Unpaired,
+        }
+    }
+
+    /// Forgets the baseline: removes `.wyng1` and every delta map, so nothing stale can pair.
+    pub fn unpair(&self) {
+        let _ = std::fs::remove_file(&self.snap1);
+        if let Some(c) = &self.cache {
+            deltamap::remove_others(c, None);
+        }
+    }
+
+    pub fn take_snap2(&self) -> Result<()> {
+        snapshot(&self.file, &self.snap2)
+    }
+
+    pub fn drop_snap2(&self) {
+        let _ = std::fs::remove_file(&self.snap2);
+    }
+
+    /// After `last` was committed from `.wyng2`: it becomes the baseline, with a blank map.
+    /// Until the new map exists nothing pairs, so a crash in between costs a full scan only.
+    pub fn rotate_after_send(&self, last: &Session, chunksize: u64) -> Result<()> {
+        self.rename_snap2()?;
+        let (Some(map), Some(t)) = (self.map_path(last), deltamap::mtime_ns(&self.snap1)) else {
+            return Ok(());
+        };
+        DeltaMap::blank(last.info.volsize, chunksize).save(&map, t)?;
+        if let Some(c) = &self.cache {
+            deltamap::remove_others(c, Some(&map));
+        }
+        Ok(())
+    }
+
+    /// Moves the baseline to `.wyng2` while the map of `last` becomes `map` (the changes from
+    /// `last` to `.wyng2`). The map is first written as a superset of the old and new changes
+    /// while still paired with the old baseline, then the baseline moves, then the map gets its
+    /// final content and mtime: whenever it crashes, a paired map misses no change.
+    pub fn rotate_with(&self, last: &Session, map: &DeltaMap) -> Result<()> {
+        let Some(path) = self.map_path(last) else {
+            return Ok(());
+        };
+        let old_t = deltamap::mtime_ns(&self.snap1).unwrap_or(0);
+        let mut union = DeltaMap::load(&path).unwrap_or_default();
+        for c in map.chunks(u64::MAX) {
+            union.mark(c);
+        }
+        union.save(&path, old_t)?;
+        self.rename_snap2()?;
+        let t = deltamap::mtime_ns(&self.snap1)
+            .ok_or_else(|| Error::local(&self.snap1, "baseline snapshot vanished"))?;
+        map.save(&path, t)
+    }
+
+    fn rename_snap2(&self) -> Result<()> {
+        std::fs::rename(&self.snap2, &self.snap1)
+            .map_err(|e| Error::local(&self.snap2, format!("cannot rotate snapshots: {e}")))?;
+        if let Some(d) = self.snap1.parent().and_then(|p| File::open(p).ok()) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
 }
 
-impl Pairing {
-    /// The record `snap` would have as the baseline of `last`.
-    pub fn of(snap: &Path, last: &crate::archive::Session) -> Option<Pairing> {
-        let md = std::fs::metadata(snap).ok()?;
-        Some(Pairing {
-            session: last.name.to_string(),
-            sequence: last.info.sequence,
-            ino: md.ino(),
-            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-            size: md.len(),
-        })
-    }
-
-    pub fn load(file: &Path) -> Option<Pairing> {
-        serde_json::from_slice(&std::fs::read(file).ok()?).ok()
-    }
-
-    /// Whether `snap` is the paired baseline of `last`.
-    pub fn holds(file: &Path, snap: &Path, last: &crate::archive::Session) -> bool {
-        matches!((Pairing::load(file), Pairing::of(snap, last)), (Some(a), Some(b)) if a == b)
-    }
+/// What a run does with one volume of a reflink store.
+pub enum Plan {
+    /// NOCOW file: a full scan of the live file, no snapshots.
+    Nocow,
+    /// No paired baseline (or no session yet): a full scan of `.wyng2`.
+    Full,
+    /// Read only these chunks of `.wyng2`: the map of the newest session plus this scan's
+    /// changes, sized for the new volume.
+    Incremental(DeltaMap),
+    /// monitor only: nothing to do for this volume (the reason is logged).
+    Skip,
 }
 
-/// Records `snap` as the baseline of `last` (best effort: without it the next send is a full
-/// scan, which is slower but just as correct).
-pub fn pair(snap: &Path, last: &crate::archive::Session, file: &Path) {
-    let Some(p) = Pairing::of(snap, last) else {
-        return;
-    };
-    let tmp = file.with_extension("tmp");
-    let saved = file
-        .parent()
-        .map(std::fs::create_dir_all)
-        .transpose()
-        .and_then(|_| {
-            std::fs::write(&tmp, serde_json::to_vec(&p).expect("serializable"))?;
-            std::fs::rename(&tmp, file)
+pub struct Prepared {
+    pub snaps: VolumeSnaps,
+    pub plan: Plan,
+    /// Chunks this scan found changed between the baseline and `.wyng2`.
+    pub found: u64,
+}
+
+/// One volume to prepare: its file, volume id and newest session.
+pub struct PrepareVolume<'a> {
+    pub name: &'a str,
+    pub file: PathBuf,
+    pub vid: String,
+    pub last: Option<&'a Session>,
+}
+
+/// Snapshots every volume (`.wyng2`), decides how each is scanned, and reads what changed for
+/// the paired ones in one consistent scan (behaviour §5.3, §5.5). `monitor` leaves unpaired
+/// volumes alone instead of planning a full scan. On error no `.wyng2` is left behind.
+pub fn prepare(
+    store: &ReflinkStore,
+    vols: &[PrepareVolume],
+    uuid: &str,
+    cache_dir: Option<&Path>,
+    chunksize: u64,
+    monitor: bool,
+) -> Result<Vec<Prepared>> {
+    store.release_stale_freeze();
+    let mut out: Vec<Prepared> = Vec::new();
+    let cleanup = |out: &[Prepared]| out.iter().for_each(|p| p.snaps.drop_snap2());
+    for v in vols {
+        let snaps = VolumeSnaps::new(&v.file, uuid, &v.vid, cache_dir);
+        let plan = if !v.file.is_file() && monitor {
+            tracing::warn!(
+                "{}: no such volume in {}; skipped",
+                v.name,
+                store.dir.display()
+            );
+            Plan::Skip
+        } else if !v.file.is_file() {
+            cleanup(&out);
+            return Err(Error::local(
+                &v.file,
+                format!(
+                    "volume '{}' is not a file in {}",
+                    v.name,
+                    store.dir.display()
+                ),
+            ));
+        } else if is_nocow(&v.file) {
+            tracing::warn!(
+                "{}: NOCOW file (chattr +C): its extents cannot show changes, full scan",
+                v.name
+            );
+            snaps.unpair();
+            if monitor {
+                Plan::Skip
+            } else {
+                Plan::Nocow
+            }
+        } else {
+            match snaps.pairing(v.last) {
+                Pairing::Unpaired => {
+                    if v.last.is_some() {
+                        if monitor {
+                            tracing::warn!("{}: no paired snapshot; skipped", v.name);
+                        } else {
+                            tracing::warn!("{}: no paired snapshot: queuing full scan", v.name);
+                        }
+                    } else if monitor {
+                        tracing::warn!("{}: no data in the archive yet; skipped", v.name);
+                    }
+                    snaps.unpair();
+                    if monitor {
+                        Plan::Skip
+                    } else {
+                        Plan::Full
+                    }
+                }
+                paired => {
+                    let map = match (paired, v.last.and_then(|l| snaps.map_path(l))) {
+                        (Pairing::PairedWithChanges, Some(p)) => DeltaMap::load(&p),
+                        _ => Ok(DeltaMap::default()),
+                    };
+                    match map {
+                        Ok(m) => Plan::Incremental(m),
+                        Err(e) => {
+                            cleanup(&out);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        };
+        if matches!(plan, Plan::Full | Plan::Incremental(_)) {
+            if let Err(e) = snaps.take_snap2() {
+                cleanup(&out);
+                return Err(e);
+            }
+        }
+        out.push(Prepared {
+            snaps,
+            plan,
+            found: 0,
         });
-    if let Err(e) = saved {
-        tracing::warn!("could not record the snapshot pairing (the next send is a full scan): {e}");
     }
+    let jobs: Vec<DeltaJob> = out
+        .iter()
+        .filter(|p| matches!(p.plan, Plan::Incremental(_)))
+        .map(|p| DeltaJob {
+            snap1: p.snaps.snap1.clone(),
+            snap2: p.snaps.snap2.clone(),
+        })
+        .collect();
+    let found = match deltas(store, &jobs, chunksize) {
+        Ok(f) => f,
+        Err(e) => {
+            cleanup(&out);
+            return Err(e);
+        }
+    };
+    let mut found = found.into_iter();
+    for p in out.iter_mut() {
+        if let Plan::Incremental(map) = &mut p.plan {
+            let size = std::fs::metadata(&p.snaps.snap2).map_or(0, |m| m.len());
+            map.cover(size, chunksize);
+            let changed = found.next().unwrap_or_default();
+            p.found = changed.len() as u64;
+            for c in changed {
+                map.mark(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A wyng snapshot found on the local filesystem: `sn<uuid>_<vid>.wyng1|2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundSnapshot {
+    pub path: PathBuf,
+    pub uuid: String,
+    pub vid: String,
+}
+
+/// Parses a snapshot file name (format §14.5).
+pub fn parse_snapshot_name(name: &str) -> Option<(String, String)> {
+    let stem = name
+        .strip_suffix(".wyng1")
+        .or_else(|| name.strip_suffix(".wyng2"))?;
+    let rest = stem.strip_prefix("sn")?;
+    let (uuid, vid) = rest.split_at_checked(36)?;
+    let vid = vid.strip_prefix('_')?;
+    let uuid_ok = uuid
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| matches!(i, 8 | 13 | 18 | 23) && b == b'-' || b.is_ascii_hexdigit());
+    (uuid_ok && crate::format::VolumeId::parse(vid).is_some())
+        .then(|| (uuid.to_string(), vid.to_string()))
+}
+
+/// Every wyng snapshot under `dir` (not following symlinks, not entering the freeze snapshot).
+pub fn find_snapshots(dir: &Path) -> Vec<FoundSnapshot> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ft.is_dir() && name != FREEZE_NAME {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                if let Some((uuid, vid)) = parse_snapshot_name(&name) {
+                    out.push(FoundSnapshot {
+                        path: e.path(),
+                        uuid,
+                        vid,
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
+nix::ioctl_read!(fs_ioc_getflags, b'f', 1, libc::c_long);
+
+/// Whether a file is NOCOW (`chattr +C`): written in place, so extent maps cannot show change.
+pub fn is_nocow(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long into `flags`.
+    match unsafe { fs_ioc_getflags(f.as_raw_fd(), &mut flags) } {
+        Ok(_) => flags & FS_NOCOW_FL != 0,
+        Err(_) => false,
+    }
+}
+
+/// What the change scan compares for one volume.
+pub struct DeltaJob {
+    pub snap1: PathBuf,
+    pub snap2: PathBuf,
+}
+
+/// Name of the read-only subvolume snapshot that freezes a Btrfs `--local` during a scan.
+pub const FREEZE_NAME: &str = "wyng_snapshot_tmp";
+
+/// Chunk indices changed between each job's snapshots, read from one consistent moment of the
+/// filesystem's block layout (see the module invariants).
+pub fn deltas(store: &ReflinkStore, jobs: &[DeltaJob], chunksize: u64) -> Result<Vec<Vec<u64>>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let delays = [3u64, 6, 12];
+    for attempt in 0..=delays.len() {
+        if let Some(maps) = consistent_maps(store, jobs)? {
+            return Ok(maps
+                .into_iter()
+                .map(|(old, new, old_size, new_size)| {
+                    changed_chunks(&old, &new, old_size, new_size, chunksize)
+                })
+                .collect());
+        }
+        if let Some(d) = delays.get(attempt) {
+            tracing::warn!(
+                "the filesystem's block layout moved during the scan; retrying in {d} s"
+            );
+            std::thread::sleep(std::time::Duration::from_secs(*d));
+        }
+    }
+    Err(Error::local(
+        &store.dir,
+        "the filesystem's block layout kept moving during the change scan (a balance or \
+         defragmentation?); try again when it is done",
+    ))
+}
+
+type Maps = (Vec<Extent>, Vec<Extent>, u64, u64);
+
+/// One attempt: the extent maps of every job, or `None` if they may not be consistent.
+fn consistent_maps(store: &ReflinkStore, jobs: &[DeltaJob]) -> Result<Option<Vec<Maps>>> {
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|e| Error::local(p, e.to_string()))
+    };
+    let read_all = |root: Option<&Path>| -> Result<Vec<Maps>> {
+        jobs.iter()
+            .map(|j| {
+                let at = |p: &Path| match root {
+                    Some(r) => p
+                        .strip_prefix(&store.dir)
+                        .map(|rel| r.join(rel))
+                        .ok()
+                        .filter(|q| q.exists())
+                        .unwrap_or_else(|| p.to_path_buf()),
+                    None => p.to_path_buf(),
+                };
+                Ok((
+                    extents(&at(&j.snap1))?,
+                    extents(&at(&j.snap2))?,
+                    size(&j.snap1)?,
+                    size(&j.snap2)?,
+                ))
+            })
+            .collect()
+    };
+    match store.freeze()? {
+        Some(freeze) => {
+            let maps = read_all(Some(&freeze.path));
+            let stable = freeze.stable();
+            freeze.release();
+            let maps = maps?;
+            Ok(stable.then_some(maps))
+        }
+        None => {
+            let first = read_all(None)?;
+            let again = read_all(None)?;
+            Ok((first == again).then_some(first))
+        }
+    }
+}
+
+/// A read-only subvolume snapshot of a Btrfs `--local` held during a change scan.
+pub struct Freeze {
+    pub path: PathBuf,
+    generation: u64,
+    fs_uuid: Option<String>,
+}
+
+impl Freeze {
+    /// Whether nothing relocated extents while the freeze was held.
+    fn stable(&self) -> bool {
+        let gen = subvolume_generation(&self.path);
+        let busy = exclusive_operation(self.fs_uuid.as_deref()).is_some();
+        tracing::debug!(
+            "freeze generation {} -> {gen:?}, busy: {busy}",
+            self.generation
+        );
+        gen.ok() == Some(self.generation) && !busy
+    }
+
+    fn release(self) {
+        delete_subvolume(&self.path);
+    }
+}
+
+fn btrfs(args: &[&std::ffi::OsStr]) -> std::io::Result<String> {
+    let out = std::process::Command::new("btrfs")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn subvolume_generation(path: &Path) -> std::io::Result<u64> {
+    let out = btrfs(&["subvolume".as_ref(), "show".as_ref(), path.as_os_str()])?;
+    parse_generation(&out).ok_or_else(|| std::io::Error::other("no generation in output"))
+}
+
+/// The `Generation:` line of `btrfs subvolume show`.
+fn parse_generation(out: &str) -> Option<u64> {
+    out.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once(':')?;
+        (k.trim() == "Generation").then(|| v.trim().parse().ok())?
+    })
+}
+
+fn delete_subvolume(path: &Path) {
+    if let Err(e) = btrfs(&["subvolume".as_ref(), "delete".as_ref(), path.as_os_str()]) {
+        tracing::warn!("could not delete {}: {e}", path.display());
+    }
+}
+
+/// The exclusive operation (balance, device replace, ...) running on a Btrfs filesystem, from
+/// sysfs; `None` when idle or unknown.
+fn exclusive_operation(fs_uuid: Option<&str>) -> Option<String> {
+    let p = format!("/sys/fs/btrfs/{}/exclusive_operation", fs_uuid?);
+    let op = std::fs::read_to_string(p).ok()?;
+    let op = op.trim();
+    (op != "none" && !op.is_empty()).then(|| op.to_string())
+}
+
+/// The UUID of the filesystem holding `dir` (for its sysfs directory).
+fn fs_uuid(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("findmnt")
+        .args(["-n", "-o", "UUID", "--target"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    let u = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !u.is_empty()).then_some(u)
 }
 
 /// One extent of a file's mapping.
@@ -363,5 +847,24 @@ mod tests {
         let mut inline = old.clone();
         inline[1].flags = FIEMAP_EXTENT_DATA_INLINE;
         assert_eq!(changed_chunks(&inline, &inline, 500, 500, cs), vec![3, 4]);
+    }
+
+    #[test]
+    fn generation_from_subvolume_show() {
+        let out = "wyng_snapshot_tmp\n\tName: \t\t\twyng_snapshot_tmp\n\tUUID: \t\t\t1b2c\n\tGeneration: \t\t42\n\tGen at creation: \t41\n";
+        assert_eq!(parse_generation(out), Some(42));
+        assert_eq!(parse_generation("Name: x\n"), None);
+    }
+
+    #[test]
+    fn snapshot_names() {
+        let u = "0b5e4f3a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(
+            parse_snapshot_name(&format!("sn{u}_Vol_1a2b3c.wyng1")),
+            Some((u.to_string(), "Vol_1a2b3c".to_string()))
+        );
+        assert!(parse_snapshot_name(&format!("sn{u}_Vol_1a2b3c.wyng3")).is_none());
+        assert!(parse_snapshot_name("snxyz_Vol_1a2b3c.wyng1").is_none());
+        assert!(parse_snapshot_name(&format!("sn{u}_../x.wyng1")).is_none());
     }
 }

@@ -1,0 +1,248 @@
+//! The delta map: which chunks of a volume changed since its newest session, accumulated from
+//! copy-on-write metadata by `send` and `monitor` (format notes §14.4, behaviour §5.2, §5.6).
+//!
+//! Invariants, shared with the original Wyng so a machine can switch tools without a rescan:
+//! * One bit per chunk index `i`: byte `i >> 3`, bit `1 << (i & 7)`; the file is
+//!   `volsize / chunksize / 8 + 1` bytes, grown with the volume.
+//! * It lives in the volume's cache directory as `S_<newest session>_<its sequence>.deltamap`,
+//!   so a session written from another machine (or lost) unpairs it.
+//! * Its mtime (ns) equals the baseline snapshot's mtime: that is the pairing. Every change to
+//!   the map is written *before* the baseline moves, and the mtime is set *after*, so a crash in
+//!   between leaves either a superset of the changes or an unpaired map (a full scan), never a
+//!   map that misses a change.
+//! * A map of all zeros is written sparse (no allocated blocks): "no change recorded".
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+
+/// The bitmap of changed chunks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeltaMap {
+    bytes: Vec<u8>,
+}
+
+/// How a baseline snapshot relates to the newest session (behaviour §5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Pairing {
+    /// Paired and no change recorded: the baseline holds exactly the newest session.
+    Paired,
+    /// Paired, with changes recorded since the newest session.
+    PairedWithChanges,
+    /// No usable baseline: the next send is a full scan.
+    Unpaired,
+}
+
+impl DeltaMap {
+    /// An empty map sized for a volume.
+    pub fn blank(volsize: u64, chunksize: u64) -> DeltaMap {
+        DeltaMap {
+            bytes: vec![0; map_len(volsize, chunksize)],
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<DeltaMap> {
+        let bytes = fs::read(path).map_err(|e| Error::local(path, e.to_string()))?;
+        Ok(DeltaMap { bytes })
+    }
+
+    /// Grows the map to cover a volume of `volsize` (never shrinks: marks past the end are
+    /// ignored by [`DeltaMap::chunks`]).
+    pub fn cover(&mut self, volsize: u64, chunksize: u64) {
+        let len = map_len(volsize, chunksize);
+        if self.bytes.len() < len {
+            self.bytes.resize(len, 0);
+        }
+    }
+
+    pub fn mark(&mut self, chunk: u64) {
+        let byte = (chunk >> 3) as usize;
+        if self.bytes.len() <= byte {
+            self.bytes.resize(byte + 1, 0);
+        }
+        self.bytes[byte] |= 1 << (chunk & 7);
+    }
+
+    pub fn is_marked(&self, chunk: u64) -> bool {
+        self.bytes
+            .get((chunk >> 3) as usize)
+            .is_some_and(|b| b & (1 << (chunk & 7)) != 0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.iter().all(|&b| b == 0)
+    }
+
+    /// Marked chunk indices below `count`, sorted. Runs of zero bytes are skipped a word at a
+    /// time, so a large quiet map costs little.
+    pub fn chunks(&self, count: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut i = 0usize;
+        let bytes = &self.bytes;
+        while i < bytes.len() {
+            if i % 8 == 0 && i + 8 <= bytes.len() && bytes[i..i + 8] == [0; 8] {
+                i += 8;
+                continue;
+            }
+            let b = bytes[i];
+            for bit in 0..8 {
+                let c = (i as u64) * 8 + bit;
+                if b & (1 << bit) != 0 && c < count {
+                    out.push(c);
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Writes the map under a temporary name and renames it into place, with `mtime_ns` as
+    /// its mtime. An all-zero map is written sparse.
+    pub fn save(&self, path: &Path, mtime_ns: i128) -> Result<()> {
+        let io = |e: std::io::Error| Error::local(path, format!("cannot write the delta map: {e}"));
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("deltamap.tmp");
+        let mut f = File::create(&tmp).map_err(io)?;
+        if self.is_empty() {
+            f.set_len(self.bytes.len() as u64).map_err(io)?;
+        } else {
+            f.write_all(&self.bytes).map_err(io)?;
+        }
+        f.set_modified(time_of(mtime_ns)).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io)?;
+        sync_dir(path);
+        Ok(())
+    }
+}
+
+fn map_len(volsize: u64, chunksize: u64) -> usize {
+    (volsize / chunksize / 8 + 1) as usize
+}
+
+fn time_of(ns: i128) -> std::time::SystemTime {
+    let ns = ns.max(0) as u128;
+    UNIX_EPOCH + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(d) = path.parent().and_then(|p| File::open(p).ok()) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The map file of a volume whose newest session is `session` (`S_…`) with `sequence`.
+pub fn path(vol_cache_dir: &Path, session: &str, sequence: u64) -> PathBuf {
+    vol_cache_dir.join(format!("{session}_{sequence}.deltamap"))
+}
+
+/// The mtime of a file in nanoseconds (how snapshots and maps are paired).
+pub fn mtime_ns(path: &Path) -> Option<i128> {
+    let md = fs::symlink_metadata(path).ok()?;
+    Some(md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128)
+}
+
+/// Sets a map's mtime to its new baseline's (the last step of a rotation).
+pub fn stamp(path: &Path, mtime_ns: i128) -> Result<()> {
+    let f = File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::local(path, e.to_string()))?;
+    f.set_modified(time_of(mtime_ns))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::local(path, format!("cannot stamp the delta map: {e}")))
+}
+
+/// Whether `snap1` is the paired baseline of the session whose map is `map` (behaviour §5.2).
+pub fn pairing(map: &Path, snap1: &Path) -> Pairing {
+    let (Some(snap_t), Ok(md)) = (mtime_ns(snap1), fs::metadata(map)) else {
+        return Pairing::Unpaired;
+    };
+    let map_t = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+    if map_t != snap_t {
+        return Pairing::Unpaired;
+    }
+    // No allocated blocks: sparse, all zeros. Otherwise look (a map written by another tool
+    // may hold zeros in allocated blocks).
+    if md.blocks() == 0 || DeltaMap::load(map).is_ok_and(|m| m.is_empty()) {
+        Pairing::Paired
+    } else {
+        Pairing::PairedWithChanges
+    }
+}
+
+/// Removes every delta map of a volume except `keep`.
+pub fn remove_others(vol_cache_dir: &Path, keep: Option<&Path>) {
+    let Ok(rd) = fs::read_dir(vol_cache_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if (name.ends_with(".deltamap") || name.ends_with(".deltamap.tmp"))
+            && Some(p.as_path()) != keep
+        {
+            let _ = fs::remove_file(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_are_lsb_first_and_sized_like_the_original() {
+        let mut m = DeltaMap::blank(10 * 65536, 65536);
+        assert_eq!(m.bytes.len(), 2);
+        m.mark(0);
+        m.mark(9);
+        assert_eq!(m.bytes, vec![0b0000_0001, 0b0000_0010]);
+        assert_eq!(m.chunks(10), vec![0, 9]);
+        assert_eq!(m.chunks(9), vec![0]);
+        m.mark(100);
+        assert!(m.is_marked(100) && !m.is_marked(99));
+        assert_eq!(m.chunks(1000), vec![0, 9, 100]);
+    }
+
+    #[test]
+    fn pairing_follows_the_mtime_and_the_content() {
+        let d = tempfile::tempdir().unwrap();
+        let snap = d.path().join("snap");
+        fs::write(&snap, b"x").unwrap();
+        let t = mtime_ns(&snap).unwrap();
+        let map = path(d.path(), "S_20261101-020000", 3);
+        assert_eq!(pairing(&map, &snap), Pairing::Unpaired);
+        DeltaMap::blank(1 << 30, 65536).save(&map, t).unwrap();
+        assert_eq!(fs::metadata(&map).unwrap().blocks(), 0);
+        assert_eq!(pairing(&map, &snap), Pairing::Paired);
+        let mut m = DeltaMap::load(&map).unwrap();
+        m.mark(5);
+        m.save(&map, t).unwrap();
+        assert_eq!(pairing(&map, &snap), Pairing::PairedWithChanges);
+        stamp(&map, t + 1).unwrap();
+        assert_eq!(pairing(&map, &snap), Pairing::Unpaired);
+        remove_others(d.path(), None);
+        assert!(!map.exists() && snap.exists());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunks_lists_exactly_the_marks(marks in proptest::collection::btree_set(0u64..5000, 0..200)) {
+            let mut m = DeltaMap::blank(0, 1);
+            for &c in &marks {
+                m.mark(c);
+            }
+            let want: Vec<u64> = marks.iter().copied().collect();
+            proptest::prop_assert_eq!(m.chunks(u64::MAX), want);
+        }
+    }
+}
