@@ -18,6 +18,22 @@ struct Fs {
     dir: std::path::PathBuf,
 }
 
+/// A Btrfs subvolume (so scans freeze it) or a plain directory, as `--local`.
+fn local_dir(fs: &Fs, kind: &str) -> std::path::PathBuf {
+    let local = fs.dir.join("pool");
+    if kind == "btrfs" {
+        assert!(Command::new("btrfs")
+            .args(["-q", "subvolume", "create"])
+            .arg(&local)
+            .status()
+            .unwrap()
+            .success());
+    } else {
+        std::fs::create_dir(&local).unwrap();
+    }
+    local
+}
+
 fn make_fs(t: &Path, kind: &str) -> Option<Fs> {
     let mkfs = format!("/usr/sbin/mkfs.{kind}");
     if !can_run_privileged(&["/dev/loop-control", &mkfs]) {
@@ -230,6 +246,472 @@ fn local_must_be_reflink_capable() {
         7,
     );
     assert!(err.contains("reflink"), "{err}");
+}
+
+/// What the test knows the volume holds, and which chunks it touched since the last send.
+struct Model {
+    path: std::path::PathBuf,
+    data: Vec<u8>,
+    touched: std::collections::BTreeSet<u64>,
+}
+
+impl Model {
+    fn touch(&mut self, from: u64, to: u64) {
+        if to > from {
+            self.touched.extend(from / CS..=(to - 1) / CS);
+        }
+    }
+
+    fn file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap()
+    }
+
+    fn write(&mut self, off: u64, bytes: &[u8]) {
+        self.file().write_all_at(bytes, off).unwrap();
+        let end = off as usize + bytes.len();
+        if self.data.len() < end {
+            self.touch(self.data.len() as u64, end as u64);
+            self.data.resize(end, 0);
+        }
+        self.data[off as usize..end].copy_from_slice(bytes);
+        self.touch(off, end as u64);
+    }
+
+    fn resize(&mut self, len: u64) {
+        self.file().set_len(len).unwrap();
+        let old = self.data.len() as u64;
+        self.touch(old.min(len) / CS * CS, old.max(len));
+        self.data.resize(len as usize, 0);
+    }
+
+    fn punch(&mut self, off: u64, len: u64) {
+        let end = (off + len).min(self.data.len() as u64);
+        if end <= off {
+            return;
+        }
+        punch_hole(&self.file(), off, end - off);
+        self.data[off as usize..end as usize].fill(0);
+        self.touch(off, end);
+    }
+
+    fn sha(&self) -> String {
+        let got = sha256_file(&self.path);
+        let mut img = Image::new(0);
+        img.data = self.data.clone();
+        assert_eq!(got, img.sha256(), "the model tracks the file");
+        got
+    }
+}
+
+/// Random writes, growth, shrinks and holes, with monitor runs between some of them; every
+/// send reads no more chunks than were touched, and every session receives exactly.
+fn randomized_on(kind: &str, seed: u64, rounds: usize) {
+    let t = tmp();
+    let Some(fs) = make_fs(t.path(), kind) else {
+        return;
+    };
+    let local = local_dir(&fs, kind);
+    let mut rng = Image::new(seed);
+    let mut init = Image::new(seed + 1);
+    init.random(6 << 20).zeros(1 << 20).random(1 << 20);
+    let path = local.join("vol.img");
+    init.write(&path);
+    let mut m = Model {
+        path,
+        data: init.data.clone(),
+        touched: Default::default(),
+    };
+    let ar = t.path().join("archive");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let loc = format!("--local={}", local.display());
+    let mut sessions = Vec::new();
+    let r = w.json(&["send", "vol.img", &loc])[0].clone();
+    sessions.push((r["session"].as_str().unwrap().to_string(), m.sha()));
+    m.touched.clear();
+    let mut monitors = 0;
+    for round in 0..rounds {
+        for _ in 0..1 + rng.next() % 4 {
+            let size = m.data.len() as u64;
+            match rng.next() % 8 {
+                0 => {
+                    let grow = 1 + rng.next() % (2 << 20);
+                    if rng.next() % 2 == 0 {
+                        m.resize(size + grow); // sparse growth
+                    } else {
+                        let mut b = Image::new(rng.next());
+                        b.random(grow as usize);
+                        m.write(size, &b.data);
+                    }
+                }
+                1 if size > 3 << 20 => m.resize(size - rng.next() % (size / 3)),
+                2 => {
+                    let off = rng.next() % size / 4096 * 4096;
+                    m.punch(off, 4096 * (1 + rng.next() % 40));
+                }
+                _ => {
+                    let len = 1 + rng.next() % 200_000;
+                    let off = rng.next() % size.saturating_sub(len).max(1);
+                    let mut b = Image::new(rng.next());
+                    b.random(len as usize);
+                    m.write(off, &b.data);
+                }
+            }
+        }
+        if rng.next() % 3 == 0 {
+            let r = w.json(&["monitor", "vol.img", &loc]);
+            // "no change" is right when the operations rewrote nothing (a hole punched in a hole).
+            assert_ne!(r[0]["state"], "skipped", "{kind} round {round}: {r}");
+            monitors += (r[0]["state"] == "rotated") as usize;
+            continue;
+        }
+        let r = w.json(&["send", "vol.img", &loc])[0].clone();
+        let read = r["chunks_read"].as_u64().unwrap();
+        assert!(
+            read <= m.touched.len() as u64,
+            "{kind} round {round}: read {read} chunks, touched {}: {r}",
+            m.touched.len()
+        );
+        if let Some(s) = r["session"].as_str() {
+            sessions.push((s.to_string(), m.sha()));
+        }
+        m.touched.clear();
+    }
+    // The last changes, harvested by monitor only, then sent.
+    let r = w.json(&["send", "vol.img", &loc])[0].clone();
+    assert!(r["chunks_read"].as_u64().unwrap() <= m.touched.len() as u64, "{r}");
+    if let Some(s) = r["session"].as_str() {
+        sessions.push((s.to_string(), m.sha()));
+    }
+    let unchanged = w.json(&["monitor", "vol.img", &loc]);
+    assert_eq!(unchanged[0]["state"], "no change", "{unchanged}");
+    assert!(sessions.len() > 2 && monitors > 0, "{kind}: too few steps");
+    let out = t.path().join("out.img");
+    for (s, sha) in &sessions {
+        w.receive("vol.img", Some(s), &out);
+        assert_eq!(&sha256_file(&out), sha, "{kind} {s}");
+    }
+    if let Some(report) = check_strict(&ar) {
+        assert_eq!(checker_hashes(&report, "vol.img"), sessions);
+    }
+    assert!(!local.join("wyng_snapshot_tmp").exists());
+}
+
+#[test]
+fn btrfs_randomized_with_monitor() {
+    for seed in [1, 2] {
+        randomized_on("btrfs", seed, 14);
+    }
+}
+
+#[test]
+fn xfs_randomized_with_monitor() {
+    randomized_on("xfs", 3, 14);
+}
+
+/// One volume sent once from a fresh Btrfs subvolume.
+struct Setup {
+    t: tempfile::TempDir,
+    _fs: Fs,
+    local: std::path::PathBuf,
+    ar: std::path::PathBuf,
+    w: Wyng,
+    loc: String,
+}
+
+impl Setup {
+    fn new(kind: &str, volume: &[u8]) -> Option<Setup> {
+        let t = tmp();
+        let fs = make_fs(t.path(), kind)?;
+        let local = local_dir(&fs, kind);
+        std::fs::write(local.join("vol.img"), volume).unwrap();
+        let ar = t.path().join("archive");
+        let w = Wyng::new(&ar, &t.path().join("meta"));
+        w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+        let loc = format!("--local={}", local.display());
+        Some(Setup {
+            t,
+            _fs: fs,
+            local,
+            ar,
+            w,
+            loc,
+        })
+    }
+
+    fn send(&self) -> serde_json::Value {
+        self.w.json(&["send", "vol.img", &self.loc])[0].clone()
+    }
+
+    fn vol(&self) -> std::path::PathBuf {
+        self.local.join("vol.img")
+    }
+
+    fn scribble(&self, off: u64, b: &[u8]) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.vol())
+            .unwrap()
+            .write_all_at(b, off)
+            .unwrap();
+    }
+
+    fn snapshots(&self) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&self.local)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.to_string_lossy();
+                n.ends_with(".wyng1") || n.ends_with(".wyng2")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn maps(&self) -> Vec<std::path::PathBuf> {
+        files_under(&self.t.path().join("meta"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".deltamap"))
+            .collect()
+    }
+
+    fn check_newest(&self) {
+        let out = self.t.path().join("check.img");
+        self.w.receive("vol.img", None, &out);
+        assert_eq!(sha256_file(&out), sha256_file(&self.vol()));
+    }
+}
+
+/// 8 MiB of data: 128 chunks of 64 KiB.
+fn eight_mib(seed: u64) -> Vec<u8> {
+    let mut i = Image::new(seed);
+    i.random(8 << 20);
+    i.data.clone()
+}
+
+#[test]
+fn lost_state_means_a_correct_full_scan() {
+    let Some(s) = Setup::new("btrfs", &eight_mib(5)) else {
+        return;
+    };
+    s.send();
+    assert_eq!(s.snapshots().len(), 1, "{:?}", s.snapshots());
+    assert_eq!(s.maps().len(), 1, "{:?}", s.maps());
+    s.scribble(1 << 20, b"one");
+    assert_eq!(s.send()["chunks_read"], 1);
+
+    // The delta map deleted: a full scan, and pairing restored.
+    s.maps().iter().for_each(|m| std::fs::remove_file(m).unwrap());
+    s.scribble(2 << 20, b"two");
+    let r = s.send();
+    assert_eq!(r["chunks_read"], 128, "{r}");
+    assert_eq!(r["chunks_changed"], 1, "{r}");
+    s.check_newest();
+    s.scribble(3 << 20, b"three");
+    assert_eq!(s.send()["chunks_read"], 1);
+
+    // The baseline snapshot deleted behind wyng's back.
+    s.snapshots().iter().for_each(|m| std::fs::remove_file(m).unwrap());
+    s.scribble(4 << 20, b"four");
+    assert_eq!(s.send()["chunks_read"], 128);
+    s.check_newest();
+
+    // The volume replaced by a different file of the same name: every chunk differs in the
+    // extent maps, so every chunk is read.
+    let other = s.local.join("other.img");
+    let mut img = eight_mib(6);
+    img[..10].copy_from_slice(b"replaced!!");
+    std::fs::write(&other, &img).unwrap();
+    std::fs::rename(&other, s.vol()).unwrap();
+    let r = s.send();
+    assert_eq!(r["chunks_read"], 128, "{r}");
+    assert_eq!(r["chunks_changed"], 128, "{r}");
+    s.check_newest();
+
+    // The map lost after a monitor recorded changes: a full scan still finds them.
+    s.scribble(5 << 20, b"five");
+    let m = s.w.json(&["monitor", "-a", &s.loc]);
+    assert_eq!(m[0]["state"], "rotated", "{m}");
+    s.maps().iter().for_each(|m| std::fs::remove_file(m).unwrap());
+    let r = s.send();
+    assert_eq!((r["chunks_read"].as_u64(), r["chunks_changed"].as_u64()), (Some(128), Some(1)));
+    s.check_newest();
+
+    // A freeze snapshot left by a killed run is removed; the scan still works.
+    assert!(Command::new("btrfs")
+        .args(["-q", "subvolume", "snapshot", "-r"])
+        .arg(&s.local)
+        .arg(s.local.join("wyng_snapshot_tmp"))
+        .status()
+        .unwrap()
+        .success());
+    s.scribble(6 << 20, b"six");
+    assert_eq!(s.send()["chunks_read"], 1);
+    assert!(!s.local.join("wyng_snapshot_tmp").exists());
+    s.check_newest();
+    check_strict(&s.ar);
+}
+
+#[test]
+fn monitor_accumulates_changes_for_the_next_send() {
+    let Some(s) = Setup::new("xfs", &eight_mib(7)) else {
+        return;
+    };
+    // Not sent yet: nothing to monitor.
+    s.w.ok(&["add", "vol.img"]);
+    let m = s.w.json(&["monitor", "vol.img", &s.loc]);
+    assert_eq!(m[0]["state"], "skipped", "{m}");
+    s.send();
+    let m = s.w.json(&["monitor", "vol.img", &s.loc]);
+    assert_eq!(m[0]["state"], "no change", "{m}");
+    let snaps = s.snapshots();
+    for (i, off) in [0u64, 3 << 20, 7 << 20].iter().enumerate() {
+        s.scribble(*off, b"monitored");
+        let m = s.w.json(&["monitor", "-a", &s.loc]);
+        assert_eq!(m[0]["state"], "rotated", "{m}");
+        assert_eq!(m[0]["changed_chunks"], 1, "{m}");
+        assert_eq!(m[0]["recorded_chunks"], i as u64 + 1, "{m}");
+    }
+    assert_eq!(s.snapshots().len(), 1, "monitor keeps one baseline");
+    assert_ne!(
+        std::fs::metadata(&snaps[0]).unwrap().modified().ok(),
+        None
+    );
+    // The map holds the three chunks in the original's layout: bit i of byte i/8, LSB first.
+    let map = std::fs::read(&s.maps()[0]).unwrap();
+    assert_eq!(map.len(), 128 / 8 + 1);
+    assert_eq!((map[0], map[6], map[14]), (0b1, 0b1, 0b1), "{map:?}");
+    let r = s.send();
+    assert_eq!(r["chunks_read"], 3, "{r}");
+    assert_eq!(r["chunks_changed"], 3, "{r}");
+    s.check_newest();
+    // The next session starts with a blank map.
+    let map = &s.maps()[0];
+    assert!(std::fs::read(map).unwrap().iter().all(|&b| b == 0));
+}
+
+#[test]
+fn nocow_files_get_full_scans_without_snapshots() {
+    let Some(s) = Setup::new("btrfs", b"") else {
+        return;
+    };
+    // +C takes effect only on an empty file.
+    assert!(Command::new("chattr")
+        .arg("+C")
+        .arg(s.vol())
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(s.vol(), eight_mib(8)).unwrap();
+    let out = s.w.cmd(&["send", "vol.img", &s.loc, "--json"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOCOW"));
+    s.scribble(100, b"nocow write");
+    let r = s.send();
+    assert_eq!(r["chunks_read"], 128, "a full scan: {r}");
+    assert_eq!(r["chunks_changed"], 1, "{r}");
+    assert!(s.snapshots().is_empty(), "{:?}", s.snapshots());
+    s.check_newest();
+}
+
+#[test]
+fn receive_modes_touch_only_what_differs() {
+    let Some(s) = Setup::new("btrfs", &eight_mib(9)) else {
+        return;
+    };
+    let mut shas = Vec::new();
+    let mut names = Vec::new();
+    let r = s.send();
+    names.push(r["session"].as_str().unwrap().to_string());
+    shas.push(sha256_file(&s.vol()));
+    for (i, off) in [1u64 << 20, 5 << 20].iter().enumerate() {
+        s.scribble(*off, format!("session {i}").as_bytes());
+        let r = s.send();
+        names.push(r["session"].as_str().unwrap().to_string());
+        shas.push(sha256_file(&s.vol()));
+    }
+    let sess = |i: usize| format!("--session={}", &names[i][2..]);
+    let newest = shas[2].clone();
+
+    // The volume damaged locally in 3 chunks, one of them zeroed: --sparse fetches only the
+    // damaged data chunks and rewrites those 3.
+    s.scribble(0, b"damage");
+    s.scribble(6 << 20, b"damage");
+    s.scribble(2 << 20, &vec![0u8; 65536]);
+    let r = s.w.json(&["receive", "vol.img", &s.loc, "--sparse", "-u"]);
+    assert_eq!(r["data_chunks"], 3, "{r}");
+    assert_eq!(r["chunks_written"], 3, "{r}");
+    assert_eq!(sha256_file(&s.vol()), newest);
+    // Nothing differs now.
+    let r = s.w.json(&["receive", "vol.img", &s.loc, "--sparse", "-u"]);
+    assert_eq!((r["data_chunks"].as_u64(), r["chunks_written"].as_u64()), (Some(0), Some(0)));
+
+    // --sparse-write fetches everything and writes what differs; a zero session chunk is
+    // punched.
+    s.scribble(4 << 20, b"damage");
+    let r = s.w.json(&["receive", "vol.img", &s.loc, "--sparse-write", "-u"]);
+    assert_eq!(r["data_chunks"], 128, "{r}");
+    assert_eq!(r["chunks_written"], 1, "{r}");
+    assert_eq!(sha256_file(&s.vol()), newest);
+
+    // An older session from the paired snapshot plus only what later sessions changed.
+    let r = s.w.json(&["receive", "vol.img", &s.loc, &sess(0), "--use-snapshot-diff", "-u"]);
+    assert_eq!(r["data_chunks"], 2, "{r}");
+    assert_eq!(sha256_file(&s.vol()), shas[0]);
+    let r = s.w.json(&["receive", "vol.img", &s.loc, &sess(1), "--use-snapshot", "-u"]);
+    assert_eq!(r["chunks_written"], 1, "{r}");
+    assert_eq!(sha256_file(&s.vol()), shas[1]);
+    // Back to the newest, instantly.
+    let r = s.w.json(&["receive", "vol.img", &s.loc, "--use-snapshot", "-u"]);
+    assert_eq!(r["data_chunks"], 0, "{r}");
+    assert_eq!(sha256_file(&s.vol()), newest);
+    // --sparse to a --save-to file (not in --local) works the same way.
+    let out = s.t.path().join("copy.img");
+    s.w.receive("vol.img", Some(&names[0]), &out);
+    let save = format!("--save-to={}", out.display());
+    let r = s.w.json(&["receive", "vol.img", &save, "--sparse", "-u"]);
+    assert_eq!(r["data_chunks"], 2, "{r}");
+    assert_eq!(sha256_file(&out), newest);
+    // After all that the volume is still paired: the next send is incremental.
+    s.scribble(0, b"later");
+    assert_eq!(s.send()["chunks_read"], 1);
+}
+
+#[test]
+fn delete_clean_removes_only_what_it_should() {
+    let Some(s) = Setup::new("xfs", &eight_mib(10)) else {
+        return;
+    };
+    s.send();
+    let ours = s.snapshots()[0].clone();
+    let name = ours.file_name().unwrap().to_string_lossy().into_owned();
+    let uuid = &name[2..38];
+    let orphan = s.local.join(format!("sn{uuid}_Vol_00dead.wyng1"));
+    let other = s
+        .local
+        .join("sub/sn00000000-1111-2222-3333-444444444444_Vol_abcdef.wyng1");
+    std::fs::create_dir(s.local.join("sub")).unwrap();
+    std::fs::write(&orphan, b"x").unwrap();
+    std::fs::write(&other, b"x").unwrap();
+    let unrelated = s.local.join("snapshot-notes.wyng1.txt");
+    std::fs::write(&unrelated, b"x").unwrap();
+
+    s.w.fails(&["delete", "--clean", &s.loc], 9); // not on a terminal: needs -u
+    s.w.ok(&["delete", "--clean", &s.loc, "-u"]);
+    assert!(!orphan.exists() && other.exists() && ours.exists());
+    s.w.ok(&["delete", "--clean", "--purge=other", &s.loc, "-u"]);
+    assert!(!other.exists() && ours.exists() && unrelated.exists());
+    // Still paired: incremental.
+    s.scribble(0, b"x");
+    assert_eq!(s.send()["chunks_read"], 1);
+    // delete with --local removes the volume's snapshots and maps too.
+    s.w.ok(&["delete", "vol.img", &s.loc, "-u"]);
+    assert!(s.snapshots().is_empty() && s.maps().is_empty());
+    assert!(unrelated.exists() && s.vol().exists());
 }
 
 fn nix_statfs_type(p: &Path) -> i64 {

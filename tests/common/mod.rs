@@ -287,7 +287,7 @@ impl Image {
         }
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         // xorshift64*: fast and reproducible; quality does not matter here.
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
