@@ -212,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             let store = a
                 .local
                 .as_deref()
-                .map(wyng::source::reflink::ReflinkStore::open)
+                .map(wyng::source::LocalStorage::open)
                 .transpose()?;
             let tags = a
                 .tag
@@ -248,8 +248,8 @@ fn run(cli: Cli) -> Result<()> {
                     continue;
                 }
                 if let (true, false, Some(st)) = (a.all, a.volumes.contains(v), &store) {
-                    if !st.volume_path(v)?.is_file() {
-                        tracing::warn!("{v}: not in {}; skipped", st.dir.display());
+                    if !st.volume_path(v)?.exists() {
+                        tracing::warn!("{v}: not in --local; skipped");
                         continue;
                     }
                 }
@@ -328,13 +328,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let (None, Some(dir)) = (&a.save_to, &a.local) {
                 let sel = session_sel(&a.session)?;
-                let store = wyng::source::reflink::ReflinkStore::open(dir)?;
+                let local = wyng::source::LocalStorage::open(dir)?;
+                let store = local.reflink("receive --local")?;
                 let archive = open_archive(g, true)?;
                 let r = ops::receive::receive_local(
                     &archive,
                     &a.volume,
                     &sel,
-                    &store,
+                    store,
                     &ops::receive::ReceiveOptions {
                         save_to: PathBuf::new(),
                         unattended: g.unattended,
@@ -376,7 +377,7 @@ fn run(cli: Cli) -> Result<()> {
                     "monitor needs --local=DIR (the reflink directory holding the volumes)".into(),
                 )
             })?;
-            let store = wyng::source::reflink::ReflinkStore::open(dir)?;
+            let store = wyng::source::LocalStorage::open(dir)?;
             if !a.all && a.volumes.is_empty() {
                 return Err(Error::Usage(
                     "name the volumes to monitor, or use --all".into(),
@@ -492,15 +493,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Umount(a) => ops::mount::umount(&a.mountpoint),
         Cmd::Diff(a) => {
+            let archive = open_archive(g, false)?;
             let local = match (&a.local, &a.file) {
                 (Some(dir), None) => {
-                    wyng::format::ids::check_volume_name(&a.volume)?;
-                    dir.join(&a.volume)
+                    let store = wyng::source::LocalStorage::open(dir)?;
+                    ops::receive::diff_source(&archive, &a.volume, &store)?
                 }
                 (None, Some(f)) => f.clone(),
                 _ => return Err(Error::Usage("diff needs --local=DIR or --file=PATH".into())),
             };
-            let archive = open_archive(g, false)?;
             let r = ops::receive::diff(&archive, &a.volume, &local, a.quick)?;
             if g.json {
                 print_json(&r)?;

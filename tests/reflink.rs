@@ -382,7 +382,10 @@ fn randomized_on(kind: &str, seed: u64, rounds: usize) {
     }
     // The last changes, harvested by monitor only, then sent.
     let r = w.json(&["send", "vol.img", &loc])[0].clone();
-    assert!(r["chunks_read"].as_u64().unwrap() <= m.touched.len() as u64, "{r}");
+    assert!(
+        r["chunks_read"].as_u64().unwrap() <= m.touched.len() as u64,
+        "{r}"
+    );
     if let Some(s) = r["session"].as_str() {
         sessions.push((s.to_string(), m.sha()));
     }
@@ -505,7 +508,9 @@ fn lost_state_means_a_correct_full_scan() {
     assert_eq!(s.send()["chunks_read"], 1);
 
     // The delta map deleted: a full scan, and pairing restored.
-    s.maps().iter().for_each(|m| std::fs::remove_file(m).unwrap());
+    s.maps()
+        .iter()
+        .for_each(|m| std::fs::remove_file(m).unwrap());
     s.scribble(2 << 20, b"two");
     let r = s.send();
     assert_eq!(r["chunks_read"], 128, "{r}");
@@ -515,7 +520,9 @@ fn lost_state_means_a_correct_full_scan() {
     assert_eq!(s.send()["chunks_read"], 1);
 
     // The baseline snapshot deleted behind wyng's back.
-    s.snapshots().iter().for_each(|m| std::fs::remove_file(m).unwrap());
+    s.snapshots()
+        .iter()
+        .for_each(|m| std::fs::remove_file(m).unwrap());
     s.scribble(4 << 20, b"four");
     assert_eq!(s.send()["chunks_read"], 128);
     s.check_newest();
@@ -536,9 +543,14 @@ fn lost_state_means_a_correct_full_scan() {
     s.scribble(5 << 20, b"five");
     let m = s.w.json(&["monitor", "-a", &s.loc]);
     assert_eq!(m[0]["state"], "rotated", "{m}");
-    s.maps().iter().for_each(|m| std::fs::remove_file(m).unwrap());
+    s.maps()
+        .iter()
+        .for_each(|m| std::fs::remove_file(m).unwrap());
     let r = s.send();
-    assert_eq!((r["chunks_read"].as_u64(), r["chunks_changed"].as_u64()), (Some(128), Some(1)));
+    assert_eq!(
+        (r["chunks_read"].as_u64(), r["chunks_changed"].as_u64()),
+        (Some(128), Some(1))
+    );
     s.check_newest();
 
     // A freeze snapshot left by a killed run is removed; the scan still works.
@@ -577,18 +589,22 @@ fn monitor_accumulates_changes_for_the_next_send() {
         assert_eq!(m[0]["recorded_chunks"], i as u64 + 1, "{m}");
     }
     assert_eq!(s.snapshots().len(), 1, "monitor keeps one baseline");
-    assert_ne!(
-        std::fs::metadata(&snaps[0]).unwrap().modified().ok(),
-        None
-    );
+    assert_ne!(std::fs::metadata(&snaps[0]).unwrap().modified().ok(), None);
     // The map holds the three chunks in the original's layout: bit i of byte i/8, LSB first.
     let map = std::fs::read(&s.maps()[0]).unwrap();
     assert_eq!(map.len(), 128 / 8 + 1);
     assert_eq!((map[0], map[6], map[14]), (0b1, 0b1, 0b1), "{map:?}");
+    // diff --local compares the volume while changes are recorded since the send...
+    let d = s.w.fails(&["diff", "vol.img", &s.loc], 2);
+    assert!(d.contains("comparing the volume"), "{d}");
     let r = s.send();
     assert_eq!(r["chunks_read"], 3, "{r}");
     assert_eq!(r["chunks_changed"], 3, "{r}");
     s.check_newest();
+    // ... and the paired snapshot once the baseline holds exactly the newest session.
+    let d = s.w.run(&["diff", "vol.img", &s.loc, "--quick"]);
+    assert!(d.status.success(), "{d:?}");
+    assert!(String::from_utf8_lossy(&d.stderr).contains("paired snapshot"));
     // The next session starts with a blank map.
     let map = &s.maps()[0];
     assert!(std::fs::read(map).unwrap().iter().all(|&b| b == 0));
@@ -607,7 +623,10 @@ fn nocow_files_get_full_scans_without_snapshots() {
         .unwrap()
         .success());
     std::fs::write(s.vol(), eight_mib(8)).unwrap();
-    let out = s.w.cmd(&["send", "vol.img", &s.loc, "--json"]).output().unwrap();
+    let out =
+        s.w.cmd(&["send", "vol.img", &s.loc, "--json"])
+            .output()
+            .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOCOW"));
     s.scribble(100, b"nocow write");
@@ -648,25 +667,44 @@ fn receive_modes_touch_only_what_differs() {
     assert_eq!(sha256_file(&s.vol()), newest);
     // Nothing differs now.
     let r = s.w.json(&["receive", "vol.img", &s.loc, "--sparse", "-u"]);
-    assert_eq!((r["data_chunks"].as_u64(), r["chunks_written"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (r["data_chunks"].as_u64(), r["chunks_written"].as_u64()),
+        (Some(0), Some(0))
+    );
 
     // --sparse-write fetches everything and writes what differs; a zero session chunk is
     // punched.
     s.scribble(4 << 20, b"damage");
-    let r = s.w.json(&["receive", "vol.img", &s.loc, "--sparse-write", "-u"]);
+    let r =
+        s.w.json(&["receive", "vol.img", &s.loc, "--sparse-write", "-u"]);
     assert_eq!(r["data_chunks"], 128, "{r}");
     assert_eq!(r["chunks_written"], 1, "{r}");
     assert_eq!(sha256_file(&s.vol()), newest);
 
     // An older session from the paired snapshot plus only what later sessions changed.
-    let r = s.w.json(&["receive", "vol.img", &s.loc, &sess(0), "--use-snapshot-diff", "-u"]);
+    let r = s.w.json(&[
+        "receive",
+        "vol.img",
+        &s.loc,
+        &sess(0),
+        "--use-snapshot-diff",
+        "-u",
+    ]);
     assert_eq!(r["data_chunks"], 2, "{r}");
     assert_eq!(sha256_file(&s.vol()), shas[0]);
-    let r = s.w.json(&["receive", "vol.img", &s.loc, &sess(1), "--use-snapshot", "-u"]);
+    let r = s.w.json(&[
+        "receive",
+        "vol.img",
+        &s.loc,
+        &sess(1),
+        "--use-snapshot",
+        "-u",
+    ]);
     assert_eq!(r["chunks_written"], 1, "{r}");
     assert_eq!(sha256_file(&s.vol()), shas[1]);
     // Back to the newest, instantly.
-    let r = s.w.json(&["receive", "vol.img", &s.loc, "--use-snapshot", "-u"]);
+    let r =
+        s.w.json(&["receive", "vol.img", &s.loc, "--use-snapshot", "-u"]);
     assert_eq!(r["data_chunks"], 0, "{r}");
     assert_eq!(sha256_file(&s.vol()), newest);
     // --sparse to a --save-to file (not in --local) works the same way.
@@ -712,6 +750,17 @@ fn delete_clean_removes_only_what_it_should() {
     s.w.ok(&["delete", "vol.img", &s.loc, "-u"]);
     assert!(s.snapshots().is_empty() && s.maps().is_empty());
     assert!(unrelated.exists() && s.vol().exists());
+}
+
+#[test]
+fn thin_pool_spec_needs_lvm() {
+    // device-mapper is absent here: a vg/pool --local is recognised and refused clearly.
+    let t = tmp();
+    let w = Wyng::new(&t.path().join("archive"), &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off"]);
+    let err = w.fails(&["send", "vm-work", "--local=qubes_dom0/pool00"], 7);
+    assert!(err.contains("LVM"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 fn nix_statfs_type(p: &Path) -> i64 {

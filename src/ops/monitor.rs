@@ -8,7 +8,8 @@
 
 use crate::archive::Archive;
 use crate::error::Result;
-use crate::source::reflink::{self, Plan, PrepareVolume, ReflinkStore};
+use crate::source::reflink::PrepareVolume;
+use crate::source::{LocalStorage, Plan};
 
 #[derive(Debug, serde::Serialize)]
 pub struct MonitorReport {
@@ -23,7 +24,7 @@ pub struct MonitorReport {
 
 pub fn run(
     archive: &Archive,
-    store: &ReflinkStore,
+    store: &LocalStorage,
     volumes: &[String],
 ) -> Result<Vec<MonitorReport>> {
     let mut vols = Vec::new();
@@ -39,8 +40,7 @@ pub fn run(
         });
     }
     let cs = archive.chunksize();
-    let prepared = reflink::prepare(
-        store,
+    let prepared = store.prepare(
         &vols,
         archive.uuid(),
         archive.cache_dir.as_deref(),

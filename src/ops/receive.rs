@@ -789,6 +789,41 @@ pub struct DiffReport {
     pub first_difference: Option<u64>,
 }
 
+/// What `diff --local` compares with the newest session (behaviour §7.3): the paired baseline
+/// snapshot when there is one (it is what the next incremental send builds on), else the
+/// volume itself.
+pub fn diff_source(
+    archive: &Archive,
+    name: &str,
+    store: &crate::source::LocalStorage,
+) -> Result<PathBuf> {
+    use crate::source::deltamap::Pairing;
+    let path = store.volume_path(name)?;
+    let vol = volume(archive, name)?;
+    if let (crate::source::LocalStorage::Reflink(_), Some(cache)) = (store, &archive.cache_dir) {
+        let snaps = crate::source::reflink::VolumeSnaps::new(
+            &path,
+            archive.uuid(),
+            vol.vid.as_str(),
+            Some(cache),
+        );
+        match snaps.pairing(vol.last()) {
+            Pairing::Paired => {
+                tracing::warn!(
+                    "{name}: comparing the paired snapshot {}",
+                    snaps.snap1.display()
+                );
+                return Ok(snaps.snap1);
+            }
+            Pairing::PairedWithChanges => {
+                tracing::warn!("{name}: changed since the last send (monitor recorded changes); comparing the volume")
+            }
+            Pairing::Unpaired => tracing::warn!("{name}: not paired; comparing the volume"),
+        }
+    }
+    Ok(path)
+}
+
 /// `diff`: compares a local volume with the archive's newest session. `quick` compares the
 /// hash of each recompressed local chunk with the manifest (nothing is read from the archive);
 /// otherwise every chunk is read, verified, and compared byte for byte.

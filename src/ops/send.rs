@@ -21,14 +21,15 @@ use crate::format::{chunk_rel_path, ChunkRef, Merged, SessionInfo, SessionName, 
 use crate::ops::{is_all_zero, workers};
 use crate::progress::Progress;
 use crate::source::deltamap::DeltaMap;
-use crate::source::reflink::{self, Plan, PrepareVolume, Prepared, ReflinkStore};
+use crate::source::reflink::PrepareVolume;
+use crate::source::{LocalStorage, Plan, Prepared};
 use crate::source::{Scan, Source};
 
 pub struct SendRequest {
     pub volume: String,
     /// The volume's file or block device.
     pub source: PathBuf,
-    /// On a reflink filesystem (`--local`): send from a snapshot, incrementally when paired.
+    /// In local storage (`--local`): send from a snapshot, incrementally when paired.
     pub reflink: bool,
 }
 
@@ -43,8 +44,8 @@ pub struct SendOptions {
     pub dedup: bool,
     /// Compute and report what would be sent; write nothing (snapshots are not rotated).
     pub dry_run: bool,
-    /// The reflink directory (`--local`) holding the volumes of requests marked `reflink`.
-    pub local: Option<ReflinkStore>,
+    /// The local storage (`--local`) holding the volumes of requests marked `reflink`.
+    pub local: Option<LocalStorage>,
     /// wyng's cache directory for this archive, where the digest maps live (see
     /// [`DigestMap`]). Without it every chunk is compressed to compare.
     pub cache_dir: Option<PathBuf>,
@@ -123,8 +124,7 @@ pub fn run(
                     last: archive.volumes[i].last(),
                 })
                 .collect();
-            reflink::prepare(
-                store,
+            store.prepare(
                 &vols,
                 archive.uuid(),
                 opts.cache_dir.as_deref(),
@@ -170,7 +170,7 @@ pub fn run(
 }
 
 /// Sends a volume of a reflink store from its `.wyng2` snapshot as planned by
-/// [`reflink::prepare`], then moves the baseline (behaviour §7.1 step 7): after a new session
+/// [`LocalStorage::prepare`], then moves the baseline (behaviour §7.1 step 7): after a new session
 /// `.wyng2` becomes the paired baseline with a blank map; when nothing changed it becomes the
 /// baseline all the same (it holds what the newest session holds); a dry run keeps the changes
 /// it found in the map, as monitor does.
@@ -186,19 +186,17 @@ fn send_local(
     let snaps = &prep.snaps;
     let cs = archive.chunksize();
     let (scan, read_from) = match &prep.plan {
-        Plan::Nocow => (Scan::Full, &req.source),
-        Plan::Full | Plan::Skip => (Scan::Full, &snaps.snap2),
+        Plan::Nocow => (Scan::Full, req.source.as_path()),
+        Plan::Full | Plan::Skip => (Scan::Full, snaps.snap2_path()),
         Plan::Incremental(map) => {
-            let size = std::fs::metadata(&snaps.snap2)
-                .map_err(|e| Error::local(&snaps.snap2, e.to_string()))?
-                .len();
+            let size = Source::open(snaps.snap2_path())?.size;
             let chunks = map.chunks(chunk_count(size, cs));
             tracing::info!(
                 "{}: {} chunks changed according to the extent maps",
                 req.volume,
                 chunks.len()
             );
-            (Scan::Chunks(chunks), &snaps.snap2)
+            (Scan::Chunks(chunks), snaps.snap2_path())
         }
     };
     let mut src = Source::open(read_from)?;

@@ -169,12 +169,17 @@ pub fn pairing(map: &Path, snap1: &Path) -> Pairing {
     if map_t != snap_t {
         return Pairing::Unpaired;
     }
-    // No allocated blocks: sparse, all zeros. Otherwise look (a map written by another tool
-    // may hold zeros in allocated blocks).
-    if md.blocks() == 0 || DeltaMap::load(map).is_ok_and(|m| m.is_empty()) {
-        Pairing::Paired
-    } else {
-        Pairing::PairedWithChanges
+    pairing_without_snapshot(map)
+}
+
+/// Whether a paired map records changes. No allocated blocks means sparse, all zeros;
+/// otherwise look (a map written by another tool may hold zeros in allocated blocks).
+pub fn pairing_without_snapshot(map: &Path) -> Pairing {
+    match fs::metadata(map) {
+        Err(_) => Pairing::Unpaired,
+        Ok(md) if md.blocks() == 0 => Pairing::Paired,
+        Ok(_) if DeltaMap::load(map).is_ok_and(|m| m.is_empty()) => Pairing::Paired,
+        Ok(_) => Pairing::PairedWithChanges,
     }
 }
 

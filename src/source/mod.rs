@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub mod deltamap;
+pub mod lvm;
 pub mod reflink;
 
 pub struct Source {
@@ -81,6 +82,102 @@ pub fn seek_data(f: &File, offset: u64) -> u64 {
     } else {
         offset
     }
+}
+
+/// What a run does with one volume of local storage (reflink or LVM thin).
+pub enum Plan {
+    /// NOCOW file: a full scan of the live file, no snapshots.
+    Nocow,
+    /// No paired baseline (or no session yet): a full scan of `.wyng2`.
+    Full,
+    /// Read only these chunks of `.wyng2`: the map of the newest session plus this scan's
+    /// changes, sized for the new volume.
+    Incremental(deltamap::DeltaMap),
+    /// monitor only: nothing to do for this volume (the reason is logged).
+    Skip,
+}
+
+pub struct Prepared {
+    pub snaps: Box<dyn Snapshots>,
+    pub plan: Plan,
+    /// Chunks this scan found changed between the baseline and `.wyng2`.
+    pub found: u64,
+}
+
+/// Where `--local` volumes live: a reflink directory or an LVM thin pool (behaviour §5.1).
+pub enum LocalStorage {
+    Reflink(reflink::ReflinkStore),
+    Thin(std::sync::Arc<lvm::ThinPool>),
+}
+
+impl LocalStorage {
+    /// `vg/pool` is a thin pool; anything else must be a directory on a reflink filesystem.
+    pub fn open(local: &Path) -> Result<LocalStorage> {
+        match local.to_str() {
+            Some(s) if lvm::ThinPool::is_spec(s) => Ok(LocalStorage::Thin(std::sync::Arc::new(
+                lvm::ThinPool::open(s, Box::new(lvm::System))?,
+            ))),
+            _ => reflink::ReflinkStore::open(local).map(LocalStorage::Reflink),
+        }
+    }
+
+    /// The file or device holding a volume.
+    pub fn volume_path(&self, name: &str) -> Result<PathBuf> {
+        match self {
+            LocalStorage::Reflink(r) => r.volume_path(name),
+            LocalStorage::Thin(t) => {
+                crate::format::ids::check_volume_name(name)?;
+                if name.contains('/') {
+                    return Err(Error::Usage(format!(
+                        "'{name}': LVM volume names cannot contain '/'"
+                    )));
+                }
+                Ok(t.device(name))
+            }
+        }
+    }
+
+    /// Snapshots the volumes and finds what changed (see the storage's own `prepare`).
+    pub fn prepare(
+        &self,
+        vols: &[reflink::PrepareVolume],
+        uuid: &str,
+        cache_dir: Option<&Path>,
+        chunksize: u64,
+        monitor: bool,
+    ) -> Result<Vec<Prepared>> {
+        match self {
+            LocalStorage::Reflink(r) => {
+                reflink::prepare(r, vols, uuid, cache_dir, chunksize, monitor)
+            }
+            LocalStorage::Thin(t) => t.prepare(vols, uuid, cache_dir, chunksize, monitor),
+        }
+    }
+
+    /// The reflink directory, for commands that only work there.
+    pub fn reflink(&self, what: &str) -> Result<&reflink::ReflinkStore> {
+        match self {
+            LocalStorage::Reflink(r) => Ok(r),
+            LocalStorage::Thin(t) => Err(Error::Unsupported(format!(
+                "{what} with an LVM thin pool ({}/{}): not supported yet; use --save-to=/dev/{}/<volume>",
+                t.vg, t.pool, t.vg
+            ))),
+        }
+    }
+}
+
+/// The snapshot pair of one volume in local storage, whatever makes them (behaviour §5.2):
+/// `snap1` is the baseline paired with the newest session through its delta map, `snap2` the
+/// snapshot this run reads from.
+pub trait Snapshots {
+    /// What a send reads.
+    fn snap2_path(&self) -> &Path;
+    /// After a session was committed from snap2: it becomes the baseline, with a blank map.
+    fn rotate_after_send(&self, last: &crate::archive::Session, chunksize: u64) -> Result<()>;
+    /// snap2 becomes the baseline while the map of `last` becomes `map`, in an order that never
+    /// leaves a paired map missing a change.
+    fn rotate_with(&self, last: &crate::archive::Session, map: &deltamap::DeltaMap) -> Result<()>;
+    fn drop_snap2(&self);
 }
 
 /// Which chunks a send reads.

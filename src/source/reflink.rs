@@ -27,6 +27,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::deltamap::{self, DeltaMap, Pairing};
+use super::{Plan, Prepared, Snapshots};
 use crate::archive::Session;
 use crate::error::{Error, Result};
 
@@ -212,13 +213,28 @@ impl VolumeSnaps {
         snapshot(&self.file, &self.snap2)
     }
 
-    pub fn drop_snap2(&self) {
+    fn rename_snap2(&self) -> Result<()> {
+        std::fs::rename(&self.snap2, &self.snap1)
+            .map_err(|e| Error::local(&self.snap2, format!("cannot rotate snapshots: {e}")))?;
+        if let Some(d) = self.snap1.parent().and_then(|p| File::open(p).ok()) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Snapshots for VolumeSnaps {
+    fn snap2_path(&self) -> &Path {
+        &self.snap2
+    }
+
+    fn drop_snap2(&self) {
         let _ = std::fs::remove_file(&self.snap2);
     }
 
     /// After `last` was committed from `.wyng2`: it becomes the baseline, with a blank map.
     /// Until the new map exists nothing pairs, so a crash in between costs a full scan only.
-    pub fn rotate_after_send(&self, last: &Session, chunksize: u64) -> Result<()> {
+    fn rotate_after_send(&self, last: &Session, chunksize: u64) -> Result<()> {
         self.rename_snap2()?;
         let (Some(map), Some(t)) = (self.map_path(last), deltamap::mtime_ns(&self.snap1)) else {
             return Ok(());
@@ -234,7 +250,7 @@ impl VolumeSnaps {
     /// `last` to `.wyng2`). The map is first written as a superset of the old and new changes
     /// while still paired with the old baseline, then the baseline moves, then the map gets its
     /// final content and mtime: whenever it crashes, a paired map misses no change.
-    pub fn rotate_with(&self, last: &Session, map: &DeltaMap) -> Result<()> {
+    fn rotate_with(&self, last: &Session, map: &DeltaMap) -> Result<()> {
         let Some(path) = self.map_path(last) else {
             return Ok(());
         };
@@ -249,35 +265,6 @@ impl VolumeSnaps {
             .ok_or_else(|| Error::local(&self.snap1, "baseline snapshot vanished"))?;
         map.save(&path, t)
     }
-
-    fn rename_snap2(&self) -> Result<()> {
-        std::fs::rename(&self.snap2, &self.snap1)
-            .map_err(|e| Error::local(&self.snap2, format!("cannot rotate snapshots: {e}")))?;
-        if let Some(d) = self.snap1.parent().and_then(|p| File::open(p).ok()) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-}
-
-/// What a run does with one volume of a reflink store.
-pub enum Plan {
-    /// NOCOW file: a full scan of the live file, no snapshots.
-    Nocow,
-    /// No paired baseline (or no session yet): a full scan of `.wyng2`.
-    Full,
-    /// Read only these chunks of `.wyng2`: the map of the newest session plus this scan's
-    /// changes, sized for the new volume.
-    Incremental(DeltaMap),
-    /// monitor only: nothing to do for this volume (the reason is logged).
-    Skip,
-}
-
-pub struct Prepared {
-    pub snaps: VolumeSnaps,
-    pub plan: Plan,
-    /// Chunks this scan found changed between the baseline and `.wyng2`.
-    pub found: u64,
 }
 
 /// One volume to prepare: its file, volume id and newest session.
@@ -373,17 +360,21 @@ pub fn prepare(
             }
         }
         out.push(Prepared {
-            snaps,
+            snaps: Box::new(snaps),
             plan,
             found: 0,
         });
     }
     let jobs: Vec<DeltaJob> = out
         .iter()
-        .filter(|p| matches!(p.plan, Plan::Incremental(_)))
-        .map(|p| DeltaJob {
-            snap1: p.snaps.snap1.clone(),
-            snap2: p.snaps.snap2.clone(),
+        .zip(vols)
+        .filter(|(p, _)| matches!(p.plan, Plan::Incremental(_)))
+        .map(|(_, v)| {
+            let s = VolumeSnaps::new(&v.file, uuid, &v.vid, cache_dir);
+            DeltaJob {
+                snap1: s.snap1,
+                snap2: s.snap2,
+            }
         })
         .collect();
     let found = match deltas(store, &jobs, chunksize) {
@@ -396,7 +387,7 @@ pub fn prepare(
     let mut found = found.into_iter();
     for p in out.iter_mut() {
         if let Plan::Incremental(map) = &mut p.plan {
-            let size = std::fs::metadata(&p.snaps.snap2).map_or(0, |m| m.len());
+            let size = std::fs::metadata(p.snaps.snap2_path()).map_or(0, |m| m.len());
             map.cover(size, chunksize);
             let changed = found.next().unwrap_or_default();
             p.found = changed.len() as u64;
