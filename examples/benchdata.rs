@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! benchdata gen PATH SIZE_MIB          reproducible image: 30% random, 30% text, 40% holes
-//! benchdata scribble PATH PERCENT SEED rewrite PERCENT of the 4 KiB blocks at random offsets
+//! benchdata scribble PATH PERCENT SEED [KIB]  rewrite PERCENT of the KIB (4) blocks at random offsets
 //! benchdata limits PATH CHUNKSIZE      single-core MiB/s: read, compress+hash, verify+decompress
 //! benchdata randread PATH COUNT SEED   random 4 KiB reads per second (one thread)
 //! ```
@@ -75,18 +75,19 @@ fn gen(path: &str, mib: u64) {
     f.sync_all().unwrap();
 }
 
-fn scribble(path: &str, percent: f64, seed: u64) {
+fn scribble(path: &str, percent: f64, seed: u64, block_kib: u64) {
     let f = OpenOptions::new().write(true).open(path).unwrap();
-    let blocks = f.metadata().unwrap().len() / 4096;
+    let bs = block_kib * 1024;
+    let blocks = f.metadata().unwrap().len() / bs;
     let n = (blocks as f64 * percent / 100.0) as u64;
     let mut rng = Rng(seed | 1);
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; bs as usize];
     for _ in 0..n {
         rng.fill(&mut buf);
-        f.write_all_at(&buf, (rng.next() % blocks) * 4096).unwrap();
+        f.write_all_at(&buf, (rng.next() % blocks) * bs).unwrap();
     }
     f.sync_all().unwrap();
-    println!("rewrote {n} of {blocks} 4 KiB blocks");
+    println!("rewrote {n} of {blocks} {block_kib} KiB blocks");
 }
 
 fn limits(path: &str, chunksize: usize) {
@@ -146,7 +147,12 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     match a.get(1).map(String::as_str) {
         Some("gen") => gen(&a[2], a[3].parse().unwrap()),
-        Some("scribble") => scribble(&a[2], a[3].parse().unwrap(), a[4].parse().unwrap()),
+        Some("scribble") => scribble(
+            &a[2],
+            a[3].parse().unwrap(),
+            a[4].parse().unwrap(),
+            a.get(5).map_or(4, |k| k.parse().unwrap()),
+        ),
         Some("limits") => limits(&a[2], a[3].parse().unwrap()),
         Some("randread") => randread(&a[2], a[3].parse().unwrap(), a[4].parse().unwrap()),
         _ => eprintln!("usage: benchdata gen PATH SIZE_MIB | scribble PATH PERCENT SEED | limits PATH CHUNKSIZE"),

@@ -195,6 +195,20 @@ pub struct PruneArgs {
     /// ... of each of the last N years that have one
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_yearly: usize,
+    #[command(flatten)]
+    pub auto: AutopruneArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AutopruneArgs {
+    /// Thin old sessions by calendar (see --apdays): on = at most 3 per volume per run, full =
+    /// all that the calendar marks
+    #[arg(long, value_name = "off|on|full", default_value = "off")]
+    pub autoprune: String,
+    /// Autoprune calendar A:B:C:D: remove sessions older than A days (0: never); keep at most D
+    /// sessions per C days among those older than B days
+    #[arg(long, value_name = "A:B:C:D", default_value = "0:62:1:2")]
+    pub apdays: String,
 }
 
 #[derive(Args, Debug)]
@@ -347,6 +361,8 @@ pub struct SendArgs {
     /// Report how much would be sent; write nothing
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub auto: AutopruneArgs,
 }
 
 #[derive(Args, Debug)]

@@ -281,6 +281,28 @@ fn run(cli: Cli) -> Result<()> {
                 local: store,
                 cache_dir,
             };
+            match ops::prune::AutoMode::parse(&a.auto.autoprune)? {
+                ops::prune::AutoMode::Off => {}
+                ops::prune::AutoMode::Full => {
+                    // Before sending, as the original does: thin every volume.
+                    let o = ops::prune::PruneOptions {
+                        autoprune: ops::prune::AutoMode::Full,
+                        apdays: ops::autoprune::ApDays::parse(&a.auto.apdays)?,
+                        dry_run: a.dry_run,
+                        ..Default::default()
+                    };
+                    for r in ops::prune::run(&mut archive, &[], &o)? {
+                        if !r.removed.is_empty() {
+                            say(format!("{}: autoprune removed {} sessions.", r.volume, r.removed.len()));
+                        }
+                    }
+                }
+                ops::prune::AutoMode::On => {
+                    return Err(Error::Usage(
+                        "send takes --autoprune=full (the space-driven 'on' is not implemented); or run prune --autoprune=on".into(),
+                    ))
+                }
+            }
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
             if g.json {
                 return print_json(&reports);
@@ -536,6 +558,8 @@ fn run(cli: Cli) -> Result<()> {
                     monthly: a.keep_monthly,
                     yearly: a.keep_yearly,
                 },
+                autoprune: ops::prune::AutoMode::parse(&a.auto.autoprune)?,
+                apdays: ops::autoprune::ApDays::parse(&a.auto.apdays)?,
             };
             let mut archive = open_archive(g, !o.dry_run)?;
             if !o.dry_run && !g.unattended {

@@ -94,13 +94,7 @@ fn arch_deduplicate_links_what_was_sent_twice() {
     check_strict(&ar);
     // A pruned (merged) volume keeps its links valid.
     w.send("b", &pa, &["--dedup"]);
-    let first = w.json(&["list"])["volumes"]["b"]["sessions"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let first = first_key(&w.json(&["list"])["volumes"]["b"]["sessions"]);
     w.ok(&["prune", "b", &format!("--session={}", &first[2..]), "-u"]);
     w.receive("b", None, &out);
     assert_eq!(std::fs::read(&out).unwrap(), da);

@@ -45,13 +45,7 @@ fn original_encrypted_archives_read_exactly() {
             w.ok(&["verify", vol, "-q"]);
         }
         // Our incremental send onto the original's encrypted archive stays valid for it.
-        let vol = exp["volumes"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .next()
-            .unwrap()
-            .clone();
+        let vol = first_key(&exp["volumes"]);
         let img = t.path().join("img");
         w.receive(&vol, None, &img);
         let r = w.send(&vol, &img, &[]);

@@ -234,6 +234,67 @@ fn original_archives_prune_and_stay_valid() {
     }
 }
 
+#[test]
+fn autoprune_thins_by_calendar_on_original_archives() {
+    let all = expected();
+    let exp = &all["archives"]["f-multisession"];
+    let vol = first_key(&exp["volumes"]);
+    let sessions: Vec<(String, String)> = exp["volumes"][&vol]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let n = s["name"].as_str().unwrap().to_string();
+            (n, s["sha256"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert!(sessions.len() >= 5);
+    let day = &sessions[0].0[2..10];
+    // Two days after the sessions were made (all on one day): thin days older than 1 day to
+    // 1 session per day, keeping the oldest explicitly.
+    let later = chrono::NaiveDate::parse_from_str(day, "%Y%m%d").unwrap() + chrono::Days::new(2);
+    let t = tmp();
+    let ar = copy_fixture("f-multisession", t.path());
+    let mut w = Wyng::new(&ar, &t.path().join("meta"));
+    w.env
+        .push(("WYNG_TODAY".into(), later.format("%Y-%m-%d").to_string()));
+    let keep = format!("--keep={}", &sessions[0].0[2..]);
+    let args = [
+        "prune",
+        "--autoprune=full",
+        "--apdays=0:1:1:1",
+        keep.as_str(),
+    ];
+    let dry = w.json(&[&args[..], &["--dry-run"]].concat());
+    let n = sessions.len();
+    // Candidates are all but the newest; one per day survives thinning (the newest of them),
+    // plus --keep and the newest session.
+    let want: Vec<&str> = sessions[1..n - 2].iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(dry[0]["removed"], serde_json::json!(want), "{dry}");
+    w.ok(&[&args[..], &["-u"]].concat());
+    let out = t.path().join("o.img");
+    let left = [&sessions[0], &sessions[n - 2], &sessions[n - 1]];
+    let listed = w.json(&["list", &vol]);
+    assert_eq!(
+        listed["volumes"][&vol]["sessions"]
+            .as_object()
+            .unwrap()
+            .len(),
+        3,
+        "{listed}"
+    );
+    for (s, sha) in left {
+        w.receive(&vol, Some(s), &out);
+        assert_eq!(&sha256_file(&out), sha, "{s}");
+    }
+    check_strict(&ar);
+    // Nothing older than the horizon is left to thin; "on" removes nothing more.
+    let r = w.json(&["prune", "--autoprune=on", "--apdays=0:1:1:1", "-u"]);
+    assert_eq!(r[0]["removed"], serde_json::json!([]), "{r}");
+    w.fails(&["prune", "--autoprune=sometimes"], 9);
+    w.fails(&["prune", "--autoprune=on", "--apdays=1:2:0:1"], 9);
+}
+
 fn count_links(ar: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     chunk_files(ar)

@@ -2,6 +2,7 @@
 //! destination) and plain option structs, does the work, and returns a report the binary prints.
 
 pub mod arch_init;
+pub mod autoprune;
 pub mod check;
 pub mod clean;
 pub mod dedup;

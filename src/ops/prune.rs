@@ -27,6 +27,34 @@ pub struct PruneOptions {
     /// Only report what would be removed.
     pub dry_run: bool,
     pub policy: Policy,
+    /// `--autoprune`: calendar thinning on top of any selection (see [`crate::ops::autoprune`]).
+    pub autoprune: AutoMode,
+    pub apdays: crate::ops::autoprune::ApDays,
+}
+
+/// `--autoprune`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AutoMode {
+    #[default]
+    Off,
+    /// Remove a few of the sessions autoprune marks (at most 3 per volume per run, oldest
+    /// first), as the original's `on` does when pruning.
+    On,
+    /// Remove every session autoprune marks.
+    Full,
+}
+
+impl AutoMode {
+    pub fn parse(s: &str) -> Result<AutoMode> {
+        match s {
+            "off" => Ok(AutoMode::Off),
+            "on" => Ok(AutoMode::On),
+            "full" => Ok(AutoMode::Full),
+            _ => Err(Error::Usage(format!(
+                "--autoprune takes off, on or full, not '{s}'"
+            ))),
+        }
+    }
 }
 
 /// Bucket retention policy: how many of each to keep (0: that rule is off).
@@ -133,15 +161,37 @@ pub struct Selection {
 
 /// Decides which sessions of `vol` a prune removes, and why each other session stays.
 pub fn select(vol: &Volume, o: &PruneOptions) -> Result<Selection> {
+    select_with(vol, o, &std::collections::BTreeSet::new())
+}
+
+/// [`select`], plus the sessions autoprune marked (`auto`, by name).
+fn select_with(
+    vol: &Volume,
+    o: &PruneOptions,
+    auto: &std::collections::BTreeSet<SessionName>,
+) -> Result<Selection> {
     let n = vol.sessions.len();
     let mut chosen = match o.session.as_deref() {
         Some(spec) => select_spec(vol, spec, o.all_before)?,
         None if !o.policy.is_empty() => (0..n).collect(),
+        None if o.autoprune != AutoMode::Off => Vec::new(),
         None => return Err(Error::Usage(
-            "prune needs --session=DATE|^TAG|FROM,TO, or a retention policy such as --keep-daily=7"
+            "prune needs --session=DATE|^TAG|FROM,TO, a retention policy such as --keep-daily=7, or --autoprune=on|full"
                 .into(),
         )),
     };
+    if o.autoprune != AutoMode::Off {
+        let limit = match o.autoprune {
+            AutoMode::On => 3,
+            _ => usize::MAX,
+        };
+        let extra: Vec<usize> = (0..n)
+            .filter(|&i| auto.contains(&vol.sessions[i].name) && !chosen.contains(&i))
+            .take(limit)
+            .collect();
+        chosen.extend(extra);
+        chosen.sort_unstable();
+    }
     let mut why: Vec<Vec<String>> = vec![Vec::new(); n];
     if n > 0 {
         why[n - 1].push("newest".into());
@@ -239,13 +289,14 @@ pub fn run(archive: &mut Archive, names: &[String], o: &PruneOptions) -> Result<
         }
         names.to_vec()
     };
+    let auto = autoprune_marks(archive, o)?;
     let mut reports = Vec::new();
     for name in names {
         let vi = archive.volume_index(&name).expect("checked");
         let Selection {
             remove: chosen,
             keep: kept,
-        } = select(&archive.volumes[vi], o)?;
+        } = select_with(&archive.volumes[vi], o, &auto)?;
         let vol = &archive.volumes[vi];
         let removed: Vec<String> = chosen
             .iter()
@@ -275,6 +326,51 @@ pub fn run(archive: &mut Archive, names: &[String], o: &PruneOptions) -> Result<
         });
     }
     Ok(reports)
+}
+
+/// The sessions autoprune marks, decided on every volume's sessions together (§7.6).
+fn autoprune_marks(
+    archive: &Archive,
+    o: &PruneOptions,
+) -> Result<std::collections::BTreeSet<SessionName>> {
+    use std::collections::BTreeSet;
+    if o.autoprune == AutoMode::Off {
+        return Ok(BTreeSet::new());
+    }
+    let mut candidates = BTreeSet::new();
+    let mut keep = BTreeSet::new();
+    for vol in &archive.volumes {
+        let n = vol.sessions.len();
+        for (i, s) in vol.sessions.iter().enumerate() {
+            if i + 1 < n {
+                candidates.insert(s.name.clone());
+            }
+        }
+        for k in &o.keep {
+            match point(k)? {
+                Point::Date(d) => {
+                    keep.insert(d);
+                }
+                Point::Tag(t) => keep.extend(
+                    (0..n)
+                        .filter(|&i| has_tag(vol, i, &t))
+                        .map(|i| vol.sessions[i].name.clone()),
+                ),
+            }
+        }
+    }
+    // `WYNG_TODAY=YYYY-MM-DD` previews autoprune as of another day (with --dry-run).
+    let today = match std::env::var("WYNG_TODAY") {
+        Ok(d) => chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+            .map_err(|_| Error::Usage(format!("WYNG_TODAY '{d}': use YYYY-MM-DD")))?,
+        Err(_) => chrono::Local::now().date_naive(),
+    };
+    Ok(crate::ops::autoprune::marks(
+        &candidates,
+        &keep,
+        o.apdays,
+        today,
+    ))
 }
 
 /// `delete VOL`: removes a volume and all its sessions.

@@ -746,15 +746,24 @@ pub fn receive_local(
             },
         )?
     };
-    if newest {
-        // Pair again: the restored file is the baseline of the newest session.
+    if newest && !reflink::is_nocow(&target) {
+        // Pair again: the restored file is the baseline of the newest session. Best effort:
+        // the volume is restored either way; without pairing the next send is a full scan.
         snaps.unpair();
-        reflink::snapshot(&target, &snaps.snap1)?;
-        if let (Some(map), Some(t)) = (
-            snaps.map_path(session),
-            crate::source::deltamap::mtime_ns(&snaps.snap1),
-        ) {
-            DeltaMap::blank(session.info.volsize, archive.chunksize()).save(&map, t)?;
+        let paired = reflink::snapshot(&target, &snaps.snap1).and_then(|()| {
+            match (
+                snaps.map_path(session),
+                crate::source::deltamap::mtime_ns(&snaps.snap1),
+            ) {
+                (Some(map), Some(t)) => {
+                    DeltaMap::blank(session.info.volsize, archive.chunksize()).save(&map, t)
+                }
+                _ => Ok(()),
+            }
+        });
+        if let Err(e) = paired {
+            tracing::warn!("{name}: restored, but not paired (the next send is a full scan): {e}");
+            snaps.unpair();
         }
     }
     Ok(r)

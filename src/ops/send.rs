@@ -245,6 +245,9 @@ fn session_name(archive: &Archive, reqs: &[SendRequest]) -> Result<SessionName> 
     ))
 }
 
+/// How many marked chunks ahead of the reader the kernel is asked to read.
+const READ_AHEAD: usize = 16;
+
 /// What the reader hands a worker.
 enum Job {
     /// A hole in the source: zeros, not read.
@@ -331,6 +334,9 @@ fn send_volume(
             // No data before this offset (from the last SEEK_DATA answer).
             let mut data_from = 0u64;
             let mut next_marked = 0usize;
+            for &c in marked.unwrap_or(&[]).iter().take(READ_AHEAD) {
+                src.will_need(c * cs, cs);
+            }
             for idx in 0..n {
                 if tok_rx.recv().is_err() || abort_r.load(Ordering::Relaxed) {
                     break;
@@ -338,6 +344,10 @@ fn send_volume(
                 if let Some(m) = marked {
                     while next_marked < m.len() && m[next_marked] < idx {
                         next_marked += 1;
+                        // Keep the disk busy a few marked chunks ahead of the reads.
+                        if let Some(&ahead) = m.get(next_marked + READ_AHEAD - 1) {
+                            src.will_need(ahead * cs, cs);
+                        }
                     }
                     let is_marked = m.get(next_marked) == Some(&idx);
                     // Unmarked and known to the archive: not read at all.

@@ -183,6 +183,17 @@ pub fn pairing_without_snapshot(map: &Path) -> Pairing {
     }
 }
 
+/// First step of moving a baseline forward while the map of `path` becomes `map`: while the old
+/// baseline (of time `old_t`) is still the one paired, the map on disk becomes the union of what
+/// it recorded and `map`, so no moment of the rotation has a paired map that misses a change.
+pub fn save_union(path: &Path, map: &DeltaMap, old_t: i128) -> Result<()> {
+    let mut union = DeltaMap::load(path).unwrap_or_default();
+    for c in map.chunks(u64::MAX) {
+        union.mark(c);
+    }
+    union.save(path, old_t)
+}
+
 /// Removes every delta map of a volume except `keep`.
 pub fn remove_others(vol_cache_dir: &Path, keep: Option<&Path>) {
     let Ok(rd) = fs::read_dir(vol_cache_dir) else {

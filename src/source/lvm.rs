@@ -467,11 +467,7 @@ impl Snapshots for LvSnaps {
             return Ok(());
         };
         let old_t = deltamap::mtime_ns(&path).unwrap_or(0);
-        let mut union = DeltaMap::load(&path).unwrap_or_default();
-        for c in map.chunks(u64::MAX) {
-            union.mark(c);
-        }
-        union.save(&path, old_t)?;
+        deltamap::save_union(&path, map, old_t)?;
         let t = self.rotate(last)?;
         map.save(&path, t)
     }

@@ -61,6 +61,17 @@ impl Source {
         seek_data(&self.file, offset)
     }
 
+    /// Asks the kernel to start reading a range we will read soon (scattered chunk reads
+    /// otherwise wait for one disk request at a time). Advisory: errors are ignored.
+    pub fn will_need(&self, offset: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&self.file),
+            offset as libc::off_t,
+            len as libc::off_t,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.file

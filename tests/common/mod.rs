@@ -192,6 +192,14 @@ impl Wyng {
     }
 }
 
+/// The first key of a JSON object (e.g. the only volume of a fixture, the oldest session).
+pub fn first_key(v: &serde_json::Value) -> String {
+    v.as_object()
+        .and_then(|o| o.keys().next())
+        .expect("a non-empty JSON object")
+        .clone()
+}
+
 pub fn sha256_file(p: &Path) -> String {
     let mut h = Sha256::new();
     let mut f = std::fs::File::open(p).unwrap();
