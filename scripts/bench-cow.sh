@@ -11,7 +11,13 @@ W="$PWD/target/release/wyng"
 B="$PWD/target/release/examples/benchdata"
 dir="$(mktemp -d /var/tmp/wyng-cow.XXXXXX)"
 mnt="$dir/mnt"
-cleanup() { sync; umount "$mnt" || umount -l "$mnt"; rm -rf "$dir"; }
+cleanup() {
+  sync
+  # Btrfs may still be dropping deleted snapshots' extents: give it a moment before forcing.
+  for _ in 1 2 3 4 5; do umount "$mnt" 2>/dev/null && break; sleep 1; done
+  mountpoint -q "$mnt" && umount -l "$mnt"
+  for _ in 1 2 3; do rm -rf "$dir" && break; sleep 1; done
+}
 trap cleanup EXIT
 # The images are 60% data; room for both, their snapshots' divergence and Btrfs metadata.
 truncate -s "$(( (small + big) * 3 / 2 + 2048 ))M" "$dir/btrfs.img"

@@ -123,3 +123,8 @@ cmp "$img" "$dir/out.img" && echo "(restored image identical)"
 echo "archive: $(du -sm "$ar" | cut -f1) MiB on disk"
 echo "ratios: send vs single-core compress+hash (target >= 1.6x), unchanged send vs single-core read"
 echo "(target: no slower than reading the volume once), receive/verify vs single-core hash+decompress (target >= 1.5x)"
+# Copy-on-write rows (Btrfs on a loop file): need root and btrfs-progs.
+if [ "$(id -u)" = 0 ] && command -v mkfs.btrfs >/dev/null; then
+  echo
+  scripts/bench-cow.sh "$size_mib" "$((size_mib * 4))"
+fi
