@@ -674,6 +674,7 @@ pub fn receive_local(
 ) -> Result<ReadReport> {
     use crate::source::deltamap::{DeltaMap, Pairing};
     use crate::source::reflink::{self, VolumeSnaps};
+    use crate::source::Snapshots;
     let vol = volume(archive, name)?;
     let idx = sel.select(vol)?;
     let newest = idx + 1 == vol.sessions.len();

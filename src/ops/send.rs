@@ -142,7 +142,7 @@ pub fn run(
         let r = if req.reflink {
             match prepared.next() {
                 Some(p) => {
-                    let r = send_local(archive, idx, req, &p, &name, opts, index.as_ref());
+                    let r = send_local(archive, idx, req, src, &p, &name, opts, index.as_ref());
                     if r.is_err() {
                         pending.push(p);
                     }
@@ -174,10 +174,12 @@ pub fn run(
 /// `.wyng2` becomes the paired baseline with a blank map; when nothing changed it becomes the
 /// baseline all the same (it holds what the newest session holds); a dry run keeps the changes
 /// it found in the map, as monitor does.
+#[allow(clippy::too_many_arguments)]
 fn send_local(
     archive: &mut Archive,
     vol_idx: usize,
     req: &SendRequest,
+    live: &Source,
     prep: &Prepared,
     name: &SessionName,
     opts: &SendOptions,
@@ -185,26 +187,31 @@ fn send_local(
 ) -> Result<VolumeReport> {
     let snaps = &prep.snaps;
     let cs = archive.chunksize();
-    let (scan, read_from) = match &prep.plan {
-        Plan::Nocow => (Scan::Full, req.source.as_path()),
-        Plan::Full | Plan::Skip => (Scan::Full, snaps.snap2_path()),
-        Plan::Incremental(map) => {
-            let size = Source::open(snaps.snap2_path())?.size;
-            let chunks = map.chunks(chunk_count(size, cs));
-            tracing::info!(
-                "{}: {} chunks changed according to the extent maps",
-                req.volume,
-                chunks.len()
-            );
-            (Scan::Chunks(chunks), snaps.snap2_path())
+    let snap;
+    let (scan, src) = match &prep.plan {
+        Plan::Nocow => (Scan::Full, live),
+        plan => {
+            let mut s = Source::open(snaps.snap2_path())?;
+            // The session records the volume's own attributes, not the read-only snapshot's.
+            s.permissions = live.permissions.clone();
+            snap = s;
+            let scan = match plan {
+                Plan::Incremental(map) => {
+                    let chunks = map.chunks(chunk_count(snap.size, cs));
+                    tracing::info!(
+                        "{}: {} chunks changed according to the extent maps",
+                        req.volume,
+                        chunks.len()
+                    );
+                    Scan::Chunks(chunks)
+                }
+                _ => Scan::Full,
+            };
+            (scan, &snap)
         }
     };
-    let mut src = Source::open(read_from)?;
-    // The session records the volume's own attributes, not the read-only snapshot's.
-    let vol_src = Source::open(&req.source)?;
-    src.permissions = vol_src.permissions.clone();
     let last_before = archive.volumes[vol_idx].last().cloned();
-    let report = send_volume(archive, vol_idx, &src, name, opts, scan, index)?;
+    let report = send_volume(archive, vol_idx, src, name, opts, scan, index)?;
     if matches!(prep.plan, Plan::Nocow) {
         return Ok(report);
     }

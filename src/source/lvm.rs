@@ -407,21 +407,24 @@ pub struct LvSnaps {
 }
 
 impl LvSnaps {
-    fn map_path(&self, last: &Session) -> Option<PathBuf> {
-        self.cache
-            .as_ref()
-            .map(|c| deltamap::path(c, last.name.as_str(), last.info.sequence))
-    }
-
     fn tick(&self) -> String {
         format!("{}.tick", self.lv)
     }
+}
 
-    /// `.tock` becomes `.tick` (tagged with the session); returns its creation time in ns.
-    fn rotate(&self, last: &Session) -> Result<i128> {
+impl Snapshots for LvSnaps {
+    fn snap2_path(&self) -> &Path {
+        &self.snap2
+    }
+
+    fn cache(&self) -> Option<&Path> {
+        self.cache.as_deref()
+    }
+
+    /// `.tock` becomes `.tick`, tagged with the session; the time is the LV's creation time.
+    fn promote_snap2(&self, last: &Session) -> Result<i128> {
         let p = &self.pool;
-        let lvs = p.lvs()?;
-        if lvs.iter().any(|l| l.name == self.tick()) {
+        if p.lvs()?.iter().any(|l| l.name == self.tick()) {
             p.remove(&self.tick())?;
         }
         p.run(&[
@@ -436,40 +439,11 @@ impl LvSnaps {
             &format!("--addtag={}", last.name),
             &format!("{}/{}", p.vg, self.tick()),
         ])?;
-        let time = p
-            .lvs()?
+        p.lvs()?
             .into_iter()
             .find(|l| l.name == self.tick())
             .map(|l| l.time as i128 * 1_000_000_000)
-            .ok_or_else(|| Error::local(Path::new(&self.tick()), "vanished after rename"))?;
-        Ok(time)
-    }
-}
-
-impl Snapshots for LvSnaps {
-    fn snap2_path(&self) -> &Path {
-        &self.snap2
-    }
-
-    fn rotate_after_send(&self, last: &Session, chunksize: u64) -> Result<()> {
-        if let Some(c) = &self.cache {
-            deltamap::remove_others(c, None);
-        }
-        let t = self.rotate(last)?;
-        if let Some(map) = self.map_path(last) {
-            DeltaMap::blank(last.info.volsize, chunksize).save(&map, t)?;
-        }
-        Ok(())
-    }
-
-    fn rotate_with(&self, last: &Session, map: &DeltaMap) -> Result<()> {
-        let Some(path) = self.map_path(last) else {
-            return Ok(());
-        };
-        let old_t = deltamap::mtime_ns(&path).unwrap_or(0);
-        deltamap::save_union(&path, map, old_t)?;
-        let t = self.rotate(last)?;
-        map.save(&path, t)
+            .ok_or_else(|| Error::local(Path::new(&self.tick()), "vanished after rename"))
     }
 
     fn drop_snap2(&self) {

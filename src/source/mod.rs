@@ -179,16 +179,49 @@ impl LocalStorage {
 
 /// The snapshot pair of one volume in local storage, whatever makes them (behaviour §5.2):
 /// `snap1` is the baseline paired with the newest session through its delta map, `snap2` the
-/// snapshot this run reads from.
+/// snapshot this run reads from. Storages only make, promote and drop snapshots; the order in
+/// which the baseline and its map move, which the pairing's crash safety rests on, lives here.
 pub trait Snapshots {
     /// What a send reads.
     fn snap2_path(&self) -> &Path;
-    /// After a session was committed from snap2: it becomes the baseline, with a blank map.
-    fn rotate_after_send(&self, last: &crate::archive::Session, chunksize: u64) -> Result<()>;
-    /// snap2 becomes the baseline while the map of `last` becomes `map`, in an order that never
-    /// leaves a paired map missing a change.
-    fn rotate_with(&self, last: &crate::archive::Session, map: &deltamap::DeltaMap) -> Result<()>;
+    /// The volume's directory in the local cache, where its delta maps live.
+    fn cache(&self) -> Option<&Path>;
+    /// Makes snap2 the baseline, durably (`last` is the newest session, for storages that tag
+    /// it); returns the new baseline's time (ns), the mtime its map must carry.
+    fn promote_snap2(&self, last: &crate::archive::Session) -> Result<i128>;
     fn drop_snap2(&self);
+
+    /// The delta map of the session `last`.
+    fn map_path(&self, last: &crate::archive::Session) -> Option<PathBuf> {
+        self.cache()
+            .map(|c| deltamap::path(c, last.name.as_str(), last.info.sequence))
+    }
+
+    /// After `last` was committed from snap2: it becomes the baseline, with a blank map.
+    /// Until the new map exists nothing pairs (the old map names an older session), so a crash
+    /// in between costs a full scan only.
+    fn rotate_after_send(&self, last: &crate::archive::Session, chunksize: u64) -> Result<()> {
+        let t = self.promote_snap2(last)?;
+        if let (Some(map), Some(dir)) = (self.map_path(last), self.cache()) {
+            deltamap::DeltaMap::blank(last.info.volsize, chunksize).save(&map, t)?;
+            deltamap::remove_others(dir, Some(&map));
+        }
+        Ok(())
+    }
+
+    /// snap2 becomes the baseline while the map of `last` becomes `map` (the changes from `last`
+    /// to snap2). The map is first written as the union of the old and new changes, keeping its
+    /// mtime so it stays paired with the old baseline, then the baseline moves, then the map
+    /// gets its final content and mtime: whenever it crashes, a paired map misses no change.
+    fn rotate_with(&self, last: &crate::archive::Session, map: &deltamap::DeltaMap) -> Result<()> {
+        let Some(path) = self.map_path(last) else {
+            return Ok(());
+        };
+        let old_t = deltamap::mtime_ns(&path).unwrap_or(0);
+        deltamap::save_union(&path, map, old_t)?;
+        let t = self.promote_snap2(last)?;
+        map.save(&path, t)
+    }
 }
 
 /// Which chunks a send reads.

@@ -86,7 +86,6 @@ impl ReflinkStore {
         if !self.is_btrfs_subvolume() {
             return Ok(None);
         }
-        self.release_stale_freeze();
         let fs_uuid = fs_uuid(&self.dir);
         if let Some(op) = exclusive_operation(fs_uuid.as_deref()) {
             tracing::info!("btrfs is busy ({op}); reading extent maps twice instead");
@@ -186,13 +185,6 @@ impl VolumeSnaps {
         }
     }
 
-    /// The delta map of the session `last`.
-    pub fn map_path(&self, last: &Session) -> Option<PathBuf> {
-        self.cache
-            .as_ref()
-            .map(|c| deltamap::path(c, last.name.as_str(), last.info.sequence))
-    }
-
     /// Whether the baseline is paired with the newest session `last` (behaviour §5.2).
     pub fn pairing(&self, last: Option<&Session>) -> Pairing {
         match last.and_then(|l| self.map_path(l)) {
@@ -212,15 +204,6 @@ impl VolumeSnaps {
     pub fn take_snap2(&self) -> Result<()> {
         snapshot(&self.file, &self.snap2)
     }
-
-    fn rename_snap2(&self) -> Result<()> {
-        std::fs::rename(&self.snap2, &self.snap1)
-            .map_err(|e| Error::local(&self.snap2, format!("cannot rotate snapshots: {e}")))?;
-        if let Some(d) = self.snap1.parent().and_then(|p| File::open(p).ok()) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
 }
 
 impl Snapshots for VolumeSnaps {
@@ -228,38 +211,24 @@ impl Snapshots for VolumeSnaps {
         &self.snap2
     }
 
+    fn cache(&self) -> Option<&Path> {
+        self.cache.as_deref()
+    }
+
+    /// `.wyng2` is renamed over `.wyng1` and the directory synced; the time is the snapshot's
+    /// mtime (the volume's when it was taken).
+    fn promote_snap2(&self, _last: &Session) -> Result<i128> {
+        std::fs::rename(&self.snap2, &self.snap1)
+            .map_err(|e| Error::local(&self.snap2, format!("cannot rotate snapshots: {e}")))?;
+        if let Some(d) = self.snap1.parent().and_then(|p| File::open(p).ok()) {
+            let _ = d.sync_all();
+        }
+        deltamap::mtime_ns(&self.snap1)
+            .ok_or_else(|| Error::local(&self.snap1, "baseline snapshot vanished"))
+    }
+
     fn drop_snap2(&self) {
         let _ = std::fs::remove_file(&self.snap2);
-    }
-
-    /// After `last` was committed from `.wyng2`: it becomes the baseline, with a blank map.
-    /// Until the new map exists nothing pairs, so a crash in between costs a full scan only.
-    fn rotate_after_send(&self, last: &Session, chunksize: u64) -> Result<()> {
-        self.rename_snap2()?;
-        let (Some(map), Some(t)) = (self.map_path(last), deltamap::mtime_ns(&self.snap1)) else {
-            return Ok(());
-        };
-        DeltaMap::blank(last.info.volsize, chunksize).save(&map, t)?;
-        if let Some(c) = &self.cache {
-            deltamap::remove_others(c, Some(&map));
-        }
-        Ok(())
-    }
-
-    /// Moves the baseline to `.wyng2` while the map of `last` becomes `map` (the changes from
-    /// `last` to `.wyng2`). The map is first written as a superset of the old and new changes
-    /// while still paired with the old baseline, then the baseline moves, then the map gets its
-    /// final content and mtime: whenever it crashes, a paired map misses no change.
-    fn rotate_with(&self, last: &Session, map: &DeltaMap) -> Result<()> {
-        let Some(path) = self.map_path(last) else {
-            return Ok(());
-        };
-        let old_t = deltamap::mtime_ns(&self.snap1).unwrap_or(0);
-        deltamap::save_union(&path, map, old_t)?;
-        self.rename_snap2()?;
-        let t = deltamap::mtime_ns(&self.snap1)
-            .ok_or_else(|| Error::local(&self.snap1, "baseline snapshot vanished"))?;
-        map.save(&path, t)
     }
 }
 
@@ -284,6 +253,8 @@ pub fn prepare(
 ) -> Result<Vec<Prepared>> {
     store.release_stale_freeze();
     let mut out: Vec<Prepared> = Vec::new();
+    // Which of `out` compare their snapshots, and what.
+    let mut jobs: Vec<(usize, DeltaJob)> = Vec::new();
     let cleanup = |out: &[Prepared]| out.iter().for_each(|p| p.snaps.drop_snap2());
     for v in vols {
         let snaps = VolumeSnaps::new(&v.file, uuid, &v.vid, cache_dir);
@@ -366,40 +337,33 @@ pub fn prepare(
                 return Err(e);
             }
         }
+        if matches!(plan, Plan::Incremental(_)) {
+            jobs.push((
+                out.len(),
+                DeltaJob {
+                    snap1: snaps.snap1.clone(),
+                    snap2: snaps.snap2.clone(),
+                },
+            ));
+        }
         out.push(Prepared {
             snaps: Box::new(snaps),
             plan,
             found: 0,
         });
     }
-    let jobs: Vec<DeltaJob> = out
-        .iter()
-        .zip(vols)
-        .filter(|(p, _)| matches!(p.plan, Plan::Incremental(_)) && p.snaps.snap2_path().exists())
-        .map(|(_, v)| {
-            let s = VolumeSnaps::new(&v.file, uuid, &v.vid, cache_dir);
-            DeltaJob {
-                snap1: s.snap1,
-                snap2: s.snap2,
-            }
-        })
-        .collect();
-    let found = match deltas(store, &jobs, chunksize) {
+    let list: Vec<DeltaJob> = jobs.iter().map(|(_, j)| j.clone()).collect();
+    let found = match deltas(store, &list, chunksize) {
         Ok(f) => f,
         Err(e) => {
             cleanup(&out);
             return Err(e);
         }
     };
-    let mut found = found.into_iter();
-    for p in out.iter_mut() {
-        if !p.snaps.snap2_path().exists() {
-            continue;
-        }
+    for ((i, _), (changed, size)) in jobs.iter().zip(found) {
+        let p = &mut out[*i];
         if let Plan::Incremental(map) = &mut p.plan {
-            let size = std::fs::metadata(p.snaps.snap2_path()).map_or(0, |m| m.len());
             map.cover(size, chunksize);
-            let changed = found.next().unwrap_or_default();
             p.found = changed.len() as u64;
             for c in changed {
                 map.mark(c);
@@ -498,6 +462,7 @@ pub fn unchanged_since(snap1: &Path, file: &Path) -> bool {
 }
 
 /// What the change scan compares for one volume.
+#[derive(Clone)]
 pub struct DeltaJob {
     pub snap1: PathBuf,
     pub snap2: PathBuf,
@@ -507,8 +472,12 @@ pub struct DeltaJob {
 pub const FREEZE_NAME: &str = "wyng_snapshot_tmp";
 
 /// Chunk indices changed between each job's snapshots, read from one consistent moment of the
-/// filesystem's block layout (see the module invariants).
-pub fn deltas(store: &ReflinkStore, jobs: &[DeltaJob], chunksize: u64) -> Result<Vec<Vec<u64>>> {
+/// filesystem's block layout (see the module invariants), with the new snapshot's size.
+pub fn deltas(
+    store: &ReflinkStore,
+    jobs: &[DeltaJob],
+    chunksize: u64,
+) -> Result<Vec<(Vec<u64>, u64)>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -518,7 +487,10 @@ pub fn deltas(store: &ReflinkStore, jobs: &[DeltaJob], chunksize: u64) -> Result
             return Ok(maps
                 .into_iter()
                 .map(|(old, new, old_size, new_size)| {
-                    changed_chunks(&old, &new, old_size, new_size, chunksize)
+                    (
+                        changed_chunks(&old, &new, old_size, new_size, chunksize),
+                        new_size,
+                    )
                 })
                 .collect());
         }
