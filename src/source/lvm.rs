@@ -558,29 +558,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn paired_volume_plan_reserves_and_releases_the_metadata_snapshot() {
-        let d = tempfile::tempdir().unwrap();
-        let last = session("S_20261101-020000", 4);
-        let map = deltamap::path(&d.path().join("Vol_1a2b3c"), last.name.as_str(), 4);
+    /// A delta map for `last` paired with the recorded `.tick` (created at 1700000200).
+    fn paired_map(cache: &Path, last: &Session) -> PathBuf {
+        let map = deltamap::path(&cache.join("Vol_1a2b3c"), last.name.as_str(), 4);
         DeltaMap::blank(2147483648, 65536)
             .save(&map, 1_700_000_200 * 1_000_000_000)
             .unwrap();
-        let fake = Fake::default();
-        fake.answer("lvm lvs", LVS);
-        fake.answer("lvm lvs", LVS);
-        fake.answer("lvm lvs", LVS_TOCK);
-        fake.answer("thin_delta", DELTA);
+        map
+    }
+
+    /// Opens the recorded pool through `fake` and prepares its one volume, newest session `last`.
+    fn prepare_one(
+        fake: &Fake,
+        cache: &Path,
+        last: &Session,
+        monitor: bool,
+    ) -> Result<Vec<Prepared>> {
         let pool = Arc::new(ThinPool::open("qubes_dom0/pool00", Box::new(fake.clone())).unwrap());
         let vols = [super::super::reflink::PrepareVolume {
             name: "vm-work-private",
             file: pool.device("vm-work-private"),
             vid: "Vol_1a2b3c".into(),
-            last: Some(&last),
+            last: Some(last),
         }];
-        let p = pool
-            .prepare(&vols, "UUID", Some(d.path()), 65536, false)
-            .unwrap();
+        pool.prepare(&vols, "UUID", Some(cache), 65536, monitor)
+    }
+
+    #[test]
+    fn paired_volume_plan_reserves_and_releases_the_metadata_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let last = session("S_20261101-020000", 4);
+        let map = paired_map(d.path(), &last);
+        let fake = Fake::default();
+        fake.answer("lvm lvs", LVS);
+        fake.answer("lvm lvs", LVS);
+        fake.answer("lvm lvs", LVS_TOCK);
+        fake.answer("thin_delta", DELTA);
+        let p = prepare_one(&fake, d.path(), &last, false).unwrap();
         let Plan::Incremental(m) = &p[0].plan else {
             panic!("paired volume is incremental");
         };
@@ -643,25 +657,13 @@ mod tests {
     fn a_failed_delta_still_releases_and_drops_the_new_snapshot() {
         let d = tempfile::tempdir().unwrap();
         let last = session("S_20261101-020000", 4);
-        let map = deltamap::path(&d.path().join("Vol_1a2b3c"), last.name.as_str(), 4);
-        DeltaMap::blank(2147483648, 65536)
-            .save(&map, 1_700_000_200 * 1_000_000_000)
-            .unwrap();
+        paired_map(d.path(), &last);
         let fake = Fake::default();
         fake.answer("lvm lvs", LVS);
         fake.answer("lvm lvs", LVS);
         fake.answer("lvm lvs", LVS_TOCK);
         fake.fail("thin_delta");
-        let pool = Arc::new(ThinPool::open("qubes_dom0/pool00", Box::new(fake.clone())).unwrap());
-        let vols = [super::super::reflink::PrepareVolume {
-            name: "vm-work-private",
-            file: pool.device("vm-work-private"),
-            vid: "Vol_1a2b3c".into(),
-            last: Some(&last),
-        }];
-        assert!(pool
-            .prepare(&vols, "UUID", Some(d.path()), 65536, false)
-            .is_err());
+        assert!(prepare_one(&fake, d.path(), &last, false).is_err());
         let calls = fake.calls();
         assert!(calls.iter().any(|c| c.ends_with("release_metadata_snap")));
         assert!(calls
@@ -677,24 +679,13 @@ mod tests {
         // No map: unpaired.
         let fake = Fake::default();
         fake.answer("lvm lvs", LVS);
-        let pool = Arc::new(ThinPool::open("qubes_dom0/pool00", Box::new(fake.clone())).unwrap());
-        let vols = [super::super::reflink::PrepareVolume {
-            name: "vm-work-private",
-            file: pool.device("vm-work-private"),
-            vid: "Vol_1a2b3c".into(),
-            last: Some(&last),
-        }];
-        let p = pool
-            .prepare(&vols, "UUID", Some(d.path()), 65536, false)
-            .unwrap();
+        let p = prepare_one(&fake, d.path(), &last, false).unwrap();
         assert!(matches!(p[0].plan, Plan::Full));
         let calls = fake.calls();
         assert!(calls.contains(&"lvm lvremove -f qubes_dom0/vm-work-private.tick".to_string()));
         assert!(!calls.iter().any(|c| c.starts_with("dmsetup")));
         // monitor leaves it alone.
-        let p = pool
-            .prepare(&vols, "UUID", Some(d.path()), 65536, true)
-            .unwrap();
+        let p = prepare_one(&fake, d.path(), &last, true).unwrap();
         assert!(matches!(p[0].plan, Plan::Skip));
     }
 
