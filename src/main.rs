@@ -281,26 +281,36 @@ fn run(cli: Cli) -> Result<()> {
                 local: store,
                 cache_dir,
             };
-            match ops::prune::AutoMode::parse(&a.auto.autoprune)? {
-                ops::prune::AutoMode::Off => {}
-                ops::prune::AutoMode::Full => {
-                    // Before sending, as the original does: thin every volume.
-                    let o = ops::prune::PruneOptions {
-                        autoprune: ops::prune::AutoMode::Full,
-                        apdays: ops::autoprune::ApDays::parse(&a.auto.apdays)?,
-                        dry_run: a.dry_run,
-                        ..Default::default()
-                    };
-                    for r in ops::prune::run(&mut archive, &[], &o)? {
+            let autoprune = ops::prune::AutoMode::parse(&a.auto.autoprune)?;
+            if autoprune != ops::prune::AutoMode::Off {
+                // Before sending: `full` thins every volume, as the original does; `on` thins
+                // only the volumes being sent, at most 3 sessions each (see docs: the original's
+                // `on` is driven by the destination's free space instead).
+                let o = ops::prune::PruneOptions {
+                    autoprune,
+                    apdays: ops::autoprune::ApDays::parse(&a.auto.apdays)?,
+                    dry_run: a.dry_run,
+                    ..Default::default()
+                };
+                let names: Vec<String> = match autoprune {
+                    ops::prune::AutoMode::On => reqs
+                        .iter()
+                        .filter(|r| archive.volume(&r.volume).is_some())
+                        .map(|r| r.volume.clone())
+                        .collect(),
+                    _ => archive.volume_names(),
+                };
+                if !names.is_empty() {
+                    let verb = if a.dry_run { "would remove" } else { "removed" };
+                    for r in ops::prune::run(&mut archive, &names, &o)? {
                         if !r.removed.is_empty() {
-                            say(format!("{}: autoprune removed {} sessions.", r.volume, r.removed.len()));
+                            say(format!(
+                                "{}: autoprune {verb} {} sessions.",
+                                r.volume,
+                                r.removed.len()
+                            ));
                         }
                     }
-                }
-                ops::prune::AutoMode::On => {
-                    return Err(Error::Usage(
-                        "send takes --autoprune=full (the space-driven 'on' is not implemented); or run prune --autoprune=on".into(),
-                    ))
                 }
             }
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;

@@ -292,6 +292,33 @@ fn autoprune_thins_by_calendar_on_original_archives() {
     let r = w.json(&["prune", "--autoprune=on", "--apdays=0:1:1:1", "-u"]);
     assert_eq!(r[0]["removed"], serde_json::json!([]), "{r}");
     w.fails(&["prune", "--autoprune=sometimes"], 9);
+
+    // send --autoprune=on prunes the volume it sends before sending: of h-tags' three
+    // sessions, those older than a day go (but never the newest).
+    let t2 = tmp();
+    let ar2 = copy_fixture("h-tags", t2.path());
+    let mut w2 = Wyng::new(&ar2, &t2.path().join("meta"));
+    w2.env = w.env.clone();
+    let img = t2.path().join("newest.img");
+    w2.receive("tagged", None, &img);
+    let imp = format!("--import-other-from=tagged:|:{}", img.display());
+    let args = [
+        "send",
+        "tagged",
+        &imp,
+        "--send-unchanged",
+        "--apdays=1:0:1:1",
+    ];
+    w2.ok(&[&args[..], &["--autoprune=on"]].concat());
+    let listed = w2.json(&["list", "tagged"]);
+    let left: Vec<&String> = listed["volumes"]["tagged"]["sessions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(left.len(), 2, "{listed}");
+    assert_eq!(left[0], "S_20261123-153657", "{listed}");
+    check_strict(&ar2);
     w.fails(&["prune", "--autoprune=on", "--apdays=1:2:0:1"], 9);
 }
 
