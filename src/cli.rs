@@ -213,7 +213,9 @@ pub struct AutopruneArgs {
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
-    pub volume: String,
+    /// The volume to compare
+    #[arg(required_unless_present = "vols_from")]
+    pub volume: Option<String>,
     /// The directory holding the volume file
     #[arg(long, value_name = "DIR", conflicts_with = "file")]
     pub local: Option<PathBuf>,
@@ -223,6 +225,11 @@ pub struct DiffArgs {
     /// Compare hashes of recompressed local chunks with the manifest; read nothing from the archive
     #[arg(long)]
     pub quick: bool,
+    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
+    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
+    /// FILE.error and the run exits 2
+    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volume", "local", "file"])]
+    pub vols_from: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -270,6 +277,11 @@ pub struct MonitorArgs {
     /// Reflink directory (Btrfs, or XFS with reflink) holding the volumes
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
+    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
+    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
+    /// FILE.error and the run exits 2
+    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volumes", "local", "all"])]
+    pub vols_from: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -363,6 +375,11 @@ pub struct SendArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub auto: AutopruneArgs,
+    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
+    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
+    /// FILE.error and the run exits 2
+    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volumes", "local", "all", "import_other_from"])]
+    pub vols_from: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -378,7 +395,8 @@ pub struct SessionArgs {
 #[derive(Args, Debug)]
 pub struct ReceiveArgs {
     /// The volume to restore
-    pub volume: String,
+    #[arg(required_unless_present = "vols_from")]
+    pub volume: Option<String>,
     /// Where to write the volume: a file path or an existing block device
     #[arg(long, value_name = "PATH")]
     pub save_to: Option<PathBuf>,
@@ -404,6 +422,11 @@ pub struct ReceiveArgs {
     pub use_snapshot_diff: bool,
     #[command(flatten)]
     pub session: SessionArgs,
+    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
+    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
+    /// FILE.error and the run exits 2
+    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volume", "local", "save_to"])]
+    pub vols_from: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -415,6 +438,11 @@ pub struct VerifyArgs {
     pub all: bool,
     #[command(flatten)]
     pub session: SessionArgs,
+    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
+    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
+    /// FILE.error and the run exits 2
+    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volumes", "all"])]
+    pub vols_from: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -110,6 +110,17 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+fn verify_summary(r: &ops::receive::ReadReport) -> String {
+    format!(
+        "{}: session {} verified: {} chunks ({} with data), {}.",
+        r.volume,
+        &r.session[2..],
+        r.chunks,
+        r.data_chunks,
+        human(r.volsize)
+    )
+}
+
 fn receive_summary(r: &ops::receive::ReadReport, to: &str) -> String {
     let mut s = format!(
         "{}: session {} received to {} ({}",
@@ -157,6 +168,95 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// `send --autoprune`, before sending: `full` thins every volume, as the original does; `on`
+/// thins only the volumes being sent (`names`), at most 3 sessions each.
+fn send_autoprune(
+    g: &cli::Global,
+    archive: &mut Archive,
+    autoprune: ops::prune::AutoMode,
+    apdays: &ops::autoprune::ApDays,
+    names: &[String],
+    dry_run: bool,
+) -> Result<()> {
+    let names = match autoprune {
+        ops::prune::AutoMode::Off => return Ok(()),
+        ops::prune::AutoMode::On => names.to_vec(),
+        ops::prune::AutoMode::Full => archive.volume_names(),
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    let o = ops::prune::PruneOptions {
+        autoprune,
+        apdays: *apdays,
+        dry_run,
+        ..Default::default()
+    };
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for r in ops::prune::run(archive, &names, &o)? {
+        if !r.removed.is_empty() && !g.quiet && !g.json {
+            println!(
+                "{}: autoprune {verb} {} sessions.",
+                r.volume,
+                r.removed.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_monitor(g: &cli::Global, reports: &[ops::monitor::MonitorReport]) -> Result<()> {
+    if g.json {
+        return print_json(&reports);
+    }
+    if g.quiet {
+        return Ok(());
+    }
+    for r in reports {
+        match r.state {
+            "rotated" => println!(
+                "{}: {} chunks changed ({} recorded since the last send).",
+                r.volume, r.changed_chunks, r.recorded_chunks
+            ),
+            state => println!("{}: {state}.", r.volume),
+        }
+    }
+    Ok(())
+}
+
+fn print_send(g: &cli::Global, reports: &[ops::send::VolumeReport], dry_run: bool) -> Result<()> {
+    if g.json {
+        return print_json(&reports);
+    }
+    if g.quiet {
+        return Ok(());
+    }
+    for r in reports {
+        if dry_run {
+            println!(
+                "{}: would store {} changed chunks, {} ({} chunks read).",
+                r.volume,
+                r.chunks_changed,
+                human(r.bytes_stored),
+                r.chunks_read
+            );
+            continue;
+        }
+        match &r.session {
+            Some(s) => println!(
+                "{}: session {} recorded: {} chunks changed, {} stored ({} read).",
+                r.volume,
+                &s[2..],
+                r.chunks_changed,
+                human(r.bytes_stored),
+                human(r.bytes_read)
+            ),
+            None => println!("{}: no change; no session recorded.", r.volume),
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     let say = |s: String| {
@@ -196,6 +296,45 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Send(a) => {
+            let tags = a
+                .tag
+                .iter()
+                .map(|t| {
+                    let (id, desc) = t.split_once(',').unwrap_or((t, ""));
+                    Tag::new(id, desc).map_err(Error::Usage)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if tags.len() > wyng::format::info::MAX_TAGS {
+                return Err(Error::Usage("at most 5 tags per session".into()));
+            }
+            let autoprune = ops::prune::AutoMode::parse(&a.auto.autoprune)?;
+            let apdays = ops::autoprune::ApDays::parse(&a.auto.apdays)?;
+            let base = |local, cache_dir| ops::send::SendOptions {
+                send_unchanged: a.send_unchanged,
+                tags: tags.clone(),
+                volume_desc: a.volume_desc.clone(),
+                dedup: a.dedup,
+                dry_run: a.dry_run,
+                local,
+                cache_dir,
+                session: None,
+            };
+            if let Some(file) = &a.vols_from {
+                let vf = ops::vols_from::VolsFrom::load(file)?;
+                let mut archive = open_archive(g, true)?;
+                let names: Vec<String> = vf
+                    .entries()
+                    .map(|e| e.resolve(&archive).archive)
+                    .filter(|n| archive.volume(n).is_some())
+                    .collect();
+                send_autoprune(g, &mut archive, autoprune, &apdays, &names, a.dry_run)?;
+                let mut opts = base(None, archive.cache_dir.clone());
+                let mut failures = ops::vols_from::Failures::default();
+                let r = ops::vols_from::send(&mut archive, &vf, &mut opts, &mut failures);
+                let finished = vf.finish(&failures);
+                print_send(g, &r?, a.dry_run)?;
+                return finished;
+            }
             let mut reqs = Vec::new();
             for spec in &a.import_other_from {
                 let (name, path) = spec.split_once(":|:").ok_or_else(|| {
@@ -214,17 +353,6 @@ fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(wyng::source::LocalStorage::open)
                 .transpose()?;
-            let tags = a
-                .tag
-                .iter()
-                .map(|t| {
-                    let (id, desc) = t.split_once(',').unwrap_or((t, ""));
-                    Tag::new(id, desc).map_err(Error::Usage)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if tags.len() > wyng::format::info::MAX_TAGS {
-                return Err(Error::Usage("at most 5 tags per session".into()));
-            }
             if a.all && store.is_none() {
                 return Err(Error::Usage("send --all needs --local=DIR".into()));
             }
@@ -271,76 +399,15 @@ fn run(cli: Cli) -> Result<()> {
                     "nothing to send: the archive has no volumes yet".into(),
                 ));
             }
-            let cache_dir = archive.cache_dir.clone();
-            let opts = ops::send::SendOptions {
-                send_unchanged: a.send_unchanged,
-                tags,
-                volume_desc: a.volume_desc,
-                dedup: a.dedup,
-                dry_run: a.dry_run,
-                local: store,
-                cache_dir,
-            };
-            let autoprune = ops::prune::AutoMode::parse(&a.auto.autoprune)?;
-            if autoprune != ops::prune::AutoMode::Off {
-                // Before sending: `full` thins every volume, as the original does; `on` thins
-                // only the volumes being sent, at most 3 sessions each (see docs: the original's
-                // `on` is driven by the destination's free space instead).
-                let o = ops::prune::PruneOptions {
-                    autoprune,
-                    apdays: ops::autoprune::ApDays::parse(&a.auto.apdays)?,
-                    dry_run: a.dry_run,
-                    ..Default::default()
-                };
-                let names: Vec<String> = match autoprune {
-                    ops::prune::AutoMode::On => reqs
-                        .iter()
-                        .filter(|r| archive.volume(&r.volume).is_some())
-                        .map(|r| r.volume.clone())
-                        .collect(),
-                    _ => archive.volume_names(),
-                };
-                if !names.is_empty() {
-                    let verb = if a.dry_run { "would remove" } else { "removed" };
-                    for r in ops::prune::run(&mut archive, &names, &o)? {
-                        if !r.removed.is_empty() {
-                            say(format!(
-                                "{}: autoprune {verb} {} sessions.",
-                                r.volume,
-                                r.removed.len()
-                            ));
-                        }
-                    }
-                }
-            }
+            let opts = base(store, archive.cache_dir.clone());
+            let names: Vec<String> = reqs
+                .iter()
+                .filter(|r| archive.volume(&r.volume).is_some())
+                .map(|r| r.volume.clone())
+                .collect();
+            send_autoprune(g, &mut archive, autoprune, &apdays, &names, a.dry_run)?;
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
-            if g.json {
-                return print_json(&reports);
-            }
-            for r in reports {
-                if a.dry_run {
-                    say(format!(
-                        "{}: would store {} changed chunks, {} ({} chunks read).",
-                        r.volume,
-                        r.chunks_changed,
-                        human(r.bytes_stored),
-                        r.chunks_read
-                    ));
-                    continue;
-                }
-                match &r.session {
-                    Some(s) => say(format!(
-                        "{}: session {} recorded: {} chunks changed, {} stored ({} read).",
-                        r.volume,
-                        &s[2..],
-                        r.chunks_changed,
-                        human(r.bytes_stored),
-                        human(r.bytes_read)
-                    )),
-                    None => say(format!("{}: no change; no session recorded.", r.volume)),
-                }
-            }
-            Ok(())
+            print_send(g, &reports, a.dry_run)
         }
         Cmd::Receive(a) => {
             let mode = match (a.sparse, a.sparse_write) {
@@ -353,6 +420,35 @@ fn run(cli: Cli) -> Result<()> {
                 (_, true) => ops::receive::SnapshotUse::SnapshotDiff,
                 _ => ops::receive::SnapshotUse::No,
             };
+            if let Some(file) = &a.vols_from {
+                let vf = ops::vols_from::VolsFrom::load(file)?;
+                let sel = session_sel(&a.session)?;
+                let archive = open_archive(g, true)?;
+                let mut failures = ops::vols_from::Failures::default();
+                let opts = ops::receive::ReceiveOptions {
+                    save_to: PathBuf::new(),
+                    unattended: g.unattended,
+                    mode,
+                };
+                let reports = ops::vols_from::receive(
+                    &archive,
+                    &vf,
+                    &sel,
+                    &opts,
+                    snapshot_use,
+                    &mut failures,
+                );
+                let finished = vf.finish(&failures);
+                if g.json {
+                    print_json(&reports)?;
+                } else {
+                    for r in &reports {
+                        say(receive_summary(r, "local storage"));
+                    }
+                }
+                return finished;
+            }
+            let volume = a.volume.clone().unwrap_or_default();
             if snapshot_use != ops::receive::SnapshotUse::No && a.local.is_none() {
                 return Err(Error::Usage(
                     "--use-snapshot and --use-snapshot-diff restore into --local=DIR".into(),
@@ -365,7 +461,7 @@ fn run(cli: Cli) -> Result<()> {
                 let archive = open_archive(g, true)?;
                 let r = ops::receive::receive_local(
                     &archive,
-                    &a.volume,
+                    &ops::VolumeRef::same(&volume),
                     &sel,
                     store,
                     &ops::receive::ReceiveOptions {
@@ -389,7 +485,7 @@ fn run(cli: Cli) -> Result<()> {
             let archive = open_archive(g, false)?;
             let r = ops::receive::receive(
                 &archive,
-                &a.volume,
+                &volume,
                 &sel,
                 &ops::receive::ReceiveOptions {
                     save_to: save_to.clone(),
@@ -404,6 +500,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Monitor(a) => {
+            if let Some(file) = &a.vols_from {
+                let vf = ops::vols_from::VolsFrom::load(file)?;
+                let archive = open_archive(g, true)?;
+                let mut failures = ops::vols_from::Failures::default();
+                let reports = ops::vols_from::monitor(&archive, &vf, &mut failures);
+                let finished = vf.finish(&failures);
+                print_monitor(g, &reports)?;
+                return finished;
+            }
             let dir = a.local.as_deref().ok_or_else(|| {
                 Error::Usage(
                     "monitor needs --local=DIR (the reflink directory holding the volumes)".into(),
@@ -425,23 +530,25 @@ fn run(cli: Cli) -> Result<()> {
                         .filter(|n| !a.volumes.contains(n)),
                 );
             }
-            let reports = ops::monitor::run(&archive, &store, &names)?;
-            if g.json {
-                return print_json(&reports);
-            }
-            for r in reports {
-                match r.state {
-                    "rotated" => say(format!(
-                        "{}: {} chunks changed ({} recorded since the last send).",
-                        r.volume, r.changed_chunks, r.recorded_chunks
-                    )),
-                    state => say(format!("{}: {state}.", r.volume)),
-                }
-            }
-            Ok(())
+            let refs: Vec<ops::VolumeRef> = names.iter().map(|n| ops::VolumeRef::same(n)).collect();
+            let reports = ops::monitor::run(&archive, &store, &refs)?;
+            print_monitor(g, &reports)
         }
         Cmd::Verify(a) => {
             let sel = session_sel(&a.session)?;
+            if let Some(file) = &a.vols_from {
+                let vf = ops::vols_from::VolsFrom::load(file)?;
+                let archive = open_archive(g, false)?;
+                let mut failures = ops::vols_from::Failures::default();
+                let reports = ops::vols_from::verify(&archive, &vf, &sel, &mut failures);
+                let finished = vf.finish(&failures);
+                if g.json {
+                    print_json(&reports)?;
+                } else {
+                    reports.iter().for_each(|r| say(verify_summary(r)));
+                }
+                return finished;
+            }
             let archive = open_archive(g, false)?;
             let names: Vec<String> = if a.all {
                 archive.volume_names()
@@ -460,14 +567,7 @@ fn run(cli: Cli) -> Result<()> {
             for n in &names {
                 match ops::receive::verify(&archive, n, &sel) {
                     Ok(r) => {
-                        say(format!(
-                            "{}: session {} verified: {} chunks ({} with data), {}.",
-                            r.volume,
-                            &r.session[2..],
-                            r.chunks,
-                            r.data_chunks,
-                            human(r.volsize)
-                        ));
+                        say(verify_summary(&r));
                         reports.push(r);
                     }
                     Err(e) if names.len() == 1 => return Err(e),
@@ -525,16 +625,36 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Umount(a) => ops::mount::umount(&a.mountpoint),
         Cmd::Diff(a) => {
+            if let Some(file) = &a.vols_from {
+                let vf = ops::vols_from::VolsFrom::load(file)?;
+                let archive = open_archive(g, false)?;
+                let mut failures = ops::vols_from::Failures::default();
+                let reports = ops::vols_from::diff(&archive, &vf, a.quick, &mut failures);
+                let finished = vf.finish(&failures);
+                if g.json {
+                    print_json(&reports)?;
+                } else {
+                    for r in reports.iter().filter(|r| r.first_difference.is_none()) {
+                        say(format!(
+                            "{}: identical to session {}.",
+                            r.volume,
+                            &r.session[2..]
+                        ));
+                    }
+                }
+                return finished;
+            }
+            let volume = a.volume.clone().unwrap_or_default();
             let archive = open_archive(g, false)?;
             let local = match (&a.local, &a.file) {
                 (Some(dir), None) => {
                     let store = wyng::source::LocalStorage::open(dir)?;
-                    ops::receive::diff_source(&archive, &a.volume, &store)?
+                    ops::receive::diff_source(&archive, &ops::VolumeRef::same(&volume), &store)?
                 }
                 (None, Some(f)) => f.clone(),
                 _ => return Err(Error::Usage("diff needs --local=DIR or --file=PATH".into())),
             };
-            let r = ops::receive::diff(&archive, &a.volume, &local, a.quick)?;
+            let r = ops::receive::diff(&archive, &volume, &local, a.quick)?;
             if g.json {
                 print_json(&r)?;
             }

@@ -772,3 +772,151 @@ fn nix_statfs_type(p: &Path) -> i64 {
         s.f_type as i64
     }
 }
+
+/// Runs with `--json`, expecting exit code `code`; returns the parsed stdout.
+fn json_exit(w: &Wyng, args: &[&str], code: i32) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let o = w.run(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "wyng {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"))
+}
+
+#[test]
+fn vols_from_spans_storages_renames_and_lists_failures() {
+    let Some(s) = Setup::new("btrfs", &eight_mib(11)) else {
+        return;
+    };
+    let second = s._fs.dir.join("second");
+    std::fs::create_dir(&second).unwrap();
+    std::fs::write(second.join("web.img"), eight_mib(12)).unwrap();
+    let file = s.t.path().join("vols.json");
+    let error_file = s.t.path().join("vols.json.error");
+    let write_spec = |web_alias: &str| {
+        let spec = serde_json::json!({
+            s.local.to_str().unwrap(): [["vol.img", null], ["missing.img", null]],
+            second.to_str().unwrap(): [["web.img", web_alias]],
+            "/nonexistent-wyng-storage": [["ghost.img", null]],
+        });
+        std::fs::write(&file, spec.to_string()).unwrap();
+    };
+    write_spec("");
+    let vf = format!("--vols-from={}", file.display());
+
+    // Two storages, one session name; the missing volume and the missing storage are volume
+    // errors: everything else is still sent, the run exits 2 and lists them.
+    let r = json_exit(&s.w, &["send", &vf], 2);
+    let r = r.as_array().unwrap();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[0]["session"], r[1]["session"], "one session name: {r:?}");
+    let errors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&error_file).unwrap()).unwrap();
+    assert_eq!(
+        errors,
+        serde_json::json!({"rc": 2, "volumes": ["ghost.img", "missing.img"]})
+    );
+
+    // The VM's disk is renamed locally; the file says so with an alias. The archive volume
+    // follows (renamed, keeping its sessions) and the send stays incremental.
+    std::fs::rename(second.join("web.img"), second.join("web-2027.img")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(second.join("web-2027.img"))
+        .unwrap()
+        .write_all_at(b"changed", 5 << 20)
+        .unwrap();
+    write_spec("web-2027.img");
+    let local_from = format!("--local-from={}", file.display());
+    let r = json_exit(&s.w, &["send", &local_from], 2);
+    let web = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["volume"] == "web-2027.img")
+        .unwrap_or_else(|| panic!("{r}"))
+        .clone();
+    assert_eq!(
+        web["chunks_read"], 1,
+        "still paired after the rename: {web}"
+    );
+    let vols = s.w.json(&["list"])["volumes"].clone();
+    assert!(vols.get("web.img").is_none(), "{vols}");
+    assert_eq!(
+        vols["web-2027.img"]["sessions"].as_object().unwrap().len(),
+        2,
+        "{vols}"
+    );
+
+    // verify, monitor and diff take the same file; the renamed volume is found by its alias.
+    let v = json_exit(&s.w, &["verify", &vf], 2);
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    s.scribble(1 << 20, b"monitored");
+    let m = json_exit(&s.w, &["monitor", &vf], 2);
+    let states: Vec<&str> = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["rotated", "no change"], "{m}");
+    let d = json_exit(&s.w, &["diff", &vf], 2);
+    let differs: Vec<&str> = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["first_difference"].is_null())
+        .map(|r| r["volume"].as_str().unwrap())
+        .collect();
+    assert_eq!(differs, ["vol.img"], "{d}");
+    let errors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&error_file).unwrap()).unwrap();
+    assert_eq!(
+        errors["volumes"],
+        serde_json::json!(["ghost.img", "missing.img", "vol.img"])
+    );
+
+    // receive: each volume into its storage under the local name given.
+    let restore = s._fs.dir.join("restore");
+    std::fs::create_dir(&restore).unwrap();
+    let spec = serde_json::json!({
+        restore.to_str().unwrap(): [["vol.img", "vol-restored.img"], ["web-2027.img", null]],
+    });
+    let rfile = s.t.path().join("restore.json");
+    std::fs::write(&rfile, spec.to_string()).unwrap();
+    let rvf = format!("--vols-from={}", rfile.display());
+    let r = s.w.json(&["receive", &rvf, "-u"]);
+    assert_eq!(r.as_array().unwrap().len(), 2, "{r}");
+    assert!(!s.t.path().join("restore.json.error").exists());
+    assert_eq!(
+        sha256_file(&restore.join("web-2027.img")),
+        sha256_file(&second.join("web-2027.img"))
+    );
+    let first = s.t.path().join("first.img");
+    std::fs::write(&first, eight_mib(11)).unwrap();
+    assert_eq!(
+        sha256_file(&restore.join("vol-restored.img")),
+        sha256_file(&first),
+        "vol.img's only session (the monitored change was never sent)"
+    );
+
+    // A clean run removes the stale error file; bad files are one-line input errors.
+    std::fs::write(
+        &file,
+        serde_json::json!({"null": [["vol.img", null]]}).to_string(),
+    )
+    .unwrap();
+    s.w.ok(&["verify", &vf]);
+    assert!(
+        !error_file.exists(),
+        "a clean run removes the old error file"
+    );
+    std::fs::write(&file, "{\"/x\": [[\"a\"], [\"a\"]]}").unwrap();
+    let e = s.w.fails(&["verify", &vf], 9);
+    assert!(e.contains("listed twice"), "{e}");
+    let e = s.w.fails(&["send", "vol.img", &vf], 9);
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = s.w.fails(&["prune", &vf], 9);
+    assert!(e.contains("unexpected argument"), "{e}");
+}

@@ -12,10 +12,29 @@ pub mod mount;
 pub mod prune;
 pub mod receive;
 pub mod send;
+pub mod vols_from;
 
 use crate::archive::Volume;
 use crate::error::{Error, Result};
 use crate::format::SessionName;
+
+/// A volume as the archive names it and as its local storage names it. The two differ only
+/// when a `--vols-from` file gives an alias (behaviour §7.10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRef {
+    pub archive: String,
+    pub local: String,
+}
+
+impl VolumeRef {
+    /// A volume with one name in both places.
+    pub fn same(name: &str) -> VolumeRef {
+        VolumeRef {
+            archive: name.to_string(),
+            local: name.to_string(),
+        }
+    }
+}
 
 /// How `--session` picks a session of a volume.
 #[derive(Clone, Debug, PartialEq, Eq)]

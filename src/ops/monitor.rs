@@ -8,6 +8,7 @@
 
 use crate::archive::Archive;
 use crate::error::Result;
+use crate::ops::VolumeRef;
 use crate::source::reflink::PrepareVolume;
 use crate::source::{LocalStorage, Plan};
 
@@ -25,16 +26,16 @@ pub struct MonitorReport {
 pub fn run(
     archive: &Archive,
     store: &LocalStorage,
-    volumes: &[String],
+    volumes: &[VolumeRef],
 ) -> Result<Vec<MonitorReport>> {
     let mut vols = Vec::new();
-    for name in volumes {
+    for v in volumes {
         let vol = archive
-            .volume(name)
-            .ok_or_else(|| crate::Error::VolumeNotFound(name.clone()))?;
+            .volume(&v.archive)
+            .ok_or_else(|| crate::Error::VolumeNotFound(v.archive.clone()))?;
         vols.push(PrepareVolume {
-            name,
-            file: store.volume_path(name)?,
+            name: &v.archive,
+            file: store.volume_path(&v.local)?,
             vid: vol.vid.to_string(),
             last: vol.last(),
         });

@@ -665,7 +665,7 @@ pub enum SnapshotUse {
 /// After the newest session, the volume is paired again, so the next send is incremental.
 pub fn receive_local(
     archive: &Archive,
-    name: &str,
+    v: &crate::ops::VolumeRef,
     sel: &SessionSel,
     store: &crate::source::reflink::ReflinkStore,
     o: &ReceiveOptions,
@@ -675,11 +675,12 @@ pub fn receive_local(
     use crate::source::deltamap::{DeltaMap, Pairing};
     use crate::source::reflink::{self, VolumeSnaps};
     use crate::source::Snapshots;
+    let name = v.archive.as_str();
     let vol = volume(archive, name)?;
     let idx = sel.select(vol)?;
     let newest = idx + 1 == vol.sessions.len();
     let session = &vol.sessions[idx];
-    let target = store.volume_path(name)?;
+    let target = store.volume_path(&v.local)?;
     let snaps = VolumeSnaps::new(&target, archive.uuid(), vol.vid.as_str(), cache_dir);
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::local(parent, e.to_string()))?;
@@ -804,11 +805,12 @@ pub struct DiffReport {
 /// volume itself.
 pub fn diff_source(
     archive: &Archive,
-    name: &str,
+    v: &crate::ops::VolumeRef,
     store: &crate::source::LocalStorage,
 ) -> Result<PathBuf> {
     use crate::source::deltamap::Pairing;
-    let path = store.volume_path(name)?;
+    let name = v.archive.as_str();
+    let path = store.volume_path(&v.local)?;
     let vol = volume(archive, name)?;
     if let (crate::source::LocalStorage::Reflink(_), Some(cache)) = (store, &archive.cache_dir) {
         let snaps = crate::source::reflink::VolumeSnaps::new(

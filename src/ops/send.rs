@@ -49,6 +49,9 @@ pub struct SendOptions {
     /// wyng's cache directory for this archive, where the digest maps live (see
     /// [`DigestMap`]). Without it every chunk is compressed to compare.
     pub cache_dir: Option<PathBuf>,
+    /// The session name, when several runs over different local storages share one (see
+    /// [`session_name`]); by default the current time.
+    pub session: Option<SessionName>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -92,7 +95,10 @@ pub fn run(
             "no local cache: snapshot pairing cannot be recorded, every send is a full scan"
         );
     }
-    let name = session_name(archive, reqs)?;
+    let name = match &opts.session {
+        Some(n) => n.clone(),
+        None => session_name(archive, reqs.iter().map(|r| r.volume.as_str()))?,
+    };
     let index = if opts.dedup {
         if !opts.dry_run {
             crate::ops::dedup::check_hard_links(archive)?;
@@ -232,12 +238,15 @@ fn send_local(
 
 /// The session name for this run: the local time, shared by all volumes (format §3.3). If a
 /// volume already has a session of that name (two sends within a second), wait for the clock.
-fn session_name(archive: &Archive, reqs: &[SendRequest]) -> Result<SessionName> {
+pub fn session_name<'a>(
+    archive: &Archive,
+    volumes: impl Iterator<Item = &'a str> + Clone,
+) -> Result<SessionName> {
     for _ in 0..3 {
         let name = SessionName::from_time(chrono::Local::now());
-        let taken = reqs.iter().any(|r| {
+        let taken = volumes.clone().any(|v| {
             archive
-                .volume(&r.volume)
+                .volume(v)
                 .is_some_and(|v| v.session_index(&name).is_some())
         });
         if !taken {
