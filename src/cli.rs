@@ -201,8 +201,10 @@ pub struct PruneArgs {
 
 #[derive(Args, Debug)]
 pub struct AutopruneArgs {
-    /// Thin old sessions by calendar (see --apdays): on = at most 3 per volume per run (send:
-    /// of the volumes being sent), full = all that the calendar marks (send: every volume)
+    /// Thin old sessions by calendar (see --apdays). prune: on = at most 3 per volume per run,
+    /// full = all that the calendar marks. send: on = only when a volume's change exceeds the
+    /// destination's free space (3, then 9, then all marked sessions of that volume), full =
+    /// every volume before sending
     #[arg(long, value_name = "off|on|full", default_value = "off")]
     pub autoprune: String,
     /// Autoprune calendar A:B:C:D: remove sessions older than A days (0: never); keep at most D

@@ -168,22 +168,16 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// `send --autoprune`, before sending: `full` thins every volume, as the original does; `on`
-/// thins only the volumes being sent (`names`), at most 3 sessions each.
+/// `send --autoprune=full`, before sending: thins every volume, as the original does. (`on` is
+/// driven by the destination's free space, inside the send: see `SendOptions::autoprune_on`.)
 fn send_autoprune(
     g: &cli::Global,
     archive: &mut Archive,
     autoprune: ops::prune::AutoMode,
     apdays: &ops::autoprune::ApDays,
-    names: &[String],
     dry_run: bool,
 ) -> Result<()> {
-    let names = match autoprune {
-        ops::prune::AutoMode::Off => return Ok(()),
-        ops::prune::AutoMode::On => names.to_vec(),
-        ops::prune::AutoMode::Full => archive.volume_names(),
-    };
-    if names.is_empty() {
+    if autoprune != ops::prune::AutoMode::Full || archive.volumes.is_empty() {
         return Ok(());
     }
     let o = ops::prune::PruneOptions {
@@ -193,7 +187,7 @@ fn send_autoprune(
         ..Default::default()
     };
     let verb = if dry_run { "would remove" } else { "removed" };
-    for r in ops::prune::run(archive, &names, &o)? {
+    for r in ops::prune::run(archive, &[], &o)? {
         if !r.removed.is_empty() && !g.quiet && !g.json {
             println!(
                 "{}: autoprune {verb} {} sessions.",
@@ -232,6 +226,15 @@ fn print_send(g: &cli::Global, reports: &[ops::send::VolumeReport], dry_run: boo
         return Ok(());
     }
     for r in reports {
+        if !r.autopruned.is_empty() {
+            let names: Vec<&str> = r.autopruned.iter().map(|s| &s[2..]).collect();
+            println!(
+                "{}: autoprune removed {} session(s) to make room: {}",
+                r.volume,
+                names.len(),
+                names.join(" ")
+            );
+        }
         if dry_run {
             println!(
                 "{}: would store {} changed chunks, {} ({} chunks read).",
@@ -318,16 +321,12 @@ fn run(cli: Cli) -> Result<()> {
                 local,
                 cache_dir,
                 session: None,
+                autoprune_on: (autoprune == ops::prune::AutoMode::On).then_some(apdays),
             };
             if let Some(file) = &a.vols_from {
                 let vf = ops::vols_from::VolsFrom::load(file)?;
                 let mut archive = open_archive(g, true)?;
-                let names: Vec<String> = vf
-                    .entries()
-                    .map(|e| e.resolve(&archive).archive)
-                    .filter(|n| archive.volume(n).is_some())
-                    .collect();
-                send_autoprune(g, &mut archive, autoprune, &apdays, &names, a.dry_run)?;
+                send_autoprune(g, &mut archive, autoprune, &apdays, a.dry_run)?;
                 let mut opts = base(None, archive.cache_dir.clone());
                 let mut failures = ops::vols_from::Failures::default();
                 let r = ops::vols_from::send(&mut archive, &vf, &mut opts, &mut failures);
@@ -400,12 +399,7 @@ fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let opts = base(store, archive.cache_dir.clone());
-            let names: Vec<String> = reqs
-                .iter()
-                .filter(|r| archive.volume(&r.volume).is_some())
-                .map(|r| r.volume.clone())
-                .collect();
-            send_autoprune(g, &mut archive, autoprune, &apdays, &names, a.dry_run)?;
+            send_autoprune(g, &mut archive, autoprune, &apdays, a.dry_run)?;
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
             print_send(g, &reports, a.dry_run)
         }
@@ -690,6 +684,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 autoprune: ops::prune::AutoMode::parse(&a.auto.autoprune)?,
                 apdays: ops::autoprune::ApDays::parse(&a.auto.apdays)?,
+                on_limit: None,
             };
             let mut archive = open_archive(g, !o.dry_run)?;
             if !o.dry_run && !g.unattended {

@@ -293,8 +293,8 @@ fn autoprune_thins_by_calendar_on_original_archives() {
     assert_eq!(r[0]["removed"], serde_json::json!([]), "{r}");
     w.fails(&["prune", "--autoprune=sometimes"], 9);
 
-    // send --autoprune=on prunes the volume it sends before sending: of h-tags' three
-    // sessions, those older than a day go (but never the newest).
+    // send --autoprune=on prunes only when the destination lacks the space for the change
+    // (see send_autoprune_on_makes_room); with room to spare it removes nothing.
     let t2 = tmp();
     let ar2 = copy_fixture("h-tags", t2.path());
     let mut w2 = Wyng::new(&ar2, &t2.path().join("meta"));
@@ -309,7 +309,20 @@ fn autoprune_thins_by_calendar_on_original_archives() {
         "--send-unchanged",
         "--apdays=1:0:1:1",
     ];
-    w2.ok(&[&args[..], &["--autoprune=on"]].concat());
+    let r = w2.json(&[&args[..], &["--autoprune=on"]].concat());
+    assert_eq!(r[0]["autopruned"], serde_json::json!([]), "{r}");
+    let listed = w2.json(&["list", "tagged"]);
+    assert_eq!(
+        listed["volumes"]["tagged"]["sessions"]
+            .as_object()
+            .unwrap()
+            .len(),
+        4,
+        "{listed}"
+    );
+    // full thins every volume before sending: those older than a day go, never the newest
+    // (here the session the send above made).
+    w2.ok(&[&args[..], &["--autoprune=full"]].concat());
     let listed = w2.json(&["list", "tagged"]);
     let left: Vec<&String> = listed["volumes"]["tagged"]["sessions"]
         .as_object()
@@ -317,7 +330,7 @@ fn autoprune_thins_by_calendar_on_original_archives() {
         .keys()
         .collect();
     assert_eq!(left.len(), 2, "{listed}");
-    assert_eq!(left[0], "S_20261123-153657", "{listed}");
+    assert_eq!(left[0], r[0]["session"].as_str().unwrap(), "{listed}");
     check_strict(&ar2);
     w.fails(&["prune", "--autoprune=on", "--apdays=1:2:0:1"], 9);
 }
@@ -575,4 +588,82 @@ fn kill_9_during_prune_delete_and_dedup() {
         }
         check_strict(&ar);
     }
+}
+
+/// `send --autoprune=on` on a destination too small for the change: without it the send is
+/// refused as "destination is full" and the archive stays intact; with it, old sessions are
+/// thinned by the calendar until the change fits, and the send goes through.
+#[test]
+fn send_autoprune_on_makes_room() {
+    if !can_run_privileged(&["/usr/bin/mount"]) {
+        return;
+    }
+    let t = tmp();
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    assert!(std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=40m",
+            "wyng-test",
+            small.to_str().unwrap()
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let _guard = MountGuard(small.clone());
+    let ar = small.join("archive");
+    let mut w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let img = t.path().join("vol.img");
+    let mut sessions = Vec::new();
+    // Four sessions of 8 MiB that does not compress: ~34 MiB of the 40.
+    for seed in 0..4 {
+        let mut i = Image::new(500 + seed);
+        i.random(8 << 20);
+        i.write(&img);
+        let r = w.send("vol", &img, &[]);
+        sessions.push((r["session"].as_str().unwrap().to_string(), i.sha256()));
+    }
+    let mut next = Image::new(600);
+    next.random(8 << 20);
+    next.write(&img);
+    let before = snapshot(&ar);
+    let imp = format!("--import-other-from=vol:|:{}", img.display());
+    let e = w.fails(&["send", "vol", &imp], 5);
+    assert!(e.contains("destination is full"), "{e}");
+    assert_eq!(
+        snapshot(&ar),
+        before,
+        "a send that ran out of space changes nothing"
+    );
+
+    // 100 days on, the default calendar (0:62:1:2) keeps two sessions per day: one of the
+    // four same-day sessions (not the newest) can go, which frees the 8 MiB needed.
+    let day = chrono::NaiveDate::parse_from_str(&sessions[0].0[2..10], "%Y%m%d").unwrap();
+    w.env.push((
+        "WYNG_TODAY".into(),
+        (day + chrono::Days::new(100))
+            .format("%Y-%m-%d")
+            .to_string(),
+    ));
+    let r = w.send("vol", &img, &["--autoprune=on"]);
+    let pruned: Vec<&str> = r["autopruned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(pruned.len(), 1, "{r}");
+    assert!(r["session"].is_string(), "{r}");
+    sessions.retain(|(s, _)| s != pruned[0]);
+    sessions.push((r["session"].as_str().unwrap().to_string(), next.sha256()));
+    let out = t.path().join("out.img");
+    for (s, sha) in &sessions {
+        w.receive("vol", Some(s), &out);
+        assert_eq!(&sha256_file(&out), sha, "{s}");
+    }
+    check_strict(&ar);
 }

@@ -159,7 +159,7 @@ fn round_trip(sshd: &Sshd, pass: Option<&str>) {
     let remote = t.path().join("remote-archive");
     let w = sshd.wyng(&remote, pass);
     w.init(&["--chunk-factor=1"]);
-    let recorded = history(&w, t.path());
+    let mut recorded = history(&w, t.path());
     let list = w.json(&["list"]);
     assert_eq!(
         list["volumes"]["disk"]["sessions"]
@@ -193,6 +193,43 @@ fn round_trip(sshd: &Sshd, pass: Option<&str>) {
         for ((_, want), got) in recorded.iter().zip(sums) {
             assert_eq!(want, &got);
         }
+    }
+    // The free space `send --autoprune=on` goes by, read over ssh (`df`), is the filesystem's.
+    let over_ssh = wyng::dest::open_with(
+        &w.dest,
+        &wyng::dest::DestOptions {
+            ssh_opts: Some(vec![
+                "-F".into(),
+                sshd.dir.path().join("ssh_config").display().to_string(),
+            ]),
+        },
+    )
+    .unwrap()
+    .free_space()
+    .unwrap()
+    .expect("df over ssh");
+    let here = wyng::dest::open(&format!("file:{}", remote.display()))
+        .unwrap()
+        .free_space()
+        .unwrap()
+        .unwrap();
+    assert!(over_ssh.abs_diff(here) < 256 << 20, "{over_ssh} vs {here}");
+    // prune and delete through the remote shell: the journaled protocol over ssh.
+    let oldest = recorded.remove(0);
+    w.ok(&[
+        "prune",
+        "disk",
+        &format!("--session={}", &oldest.0[2..]),
+        "-u",
+    ]);
+    w.ok(&["delete", "copy", "-u"]);
+    let list = w.json(&["list"]);
+    let vols = list["volumes"].as_object().unwrap();
+    assert_eq!(vols.keys().collect::<Vec<_>>(), ["disk"], "{list}");
+    assert_eq!(vols["disk"]["sessions"].as_object().unwrap().len(), 2);
+    for (s, sha) in &recorded {
+        w.receive("disk", Some(s), &out);
+        assert_eq!(&sha256_file(&out), sha);
     }
     if let Some(report) = check_strict_with(&remote, pass) {
         assert_eq!(checker_hashes(&report, "disk"), recorded);

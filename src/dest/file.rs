@@ -200,6 +200,14 @@ impl Dest for FileDest {
         }
     }
 
+    fn free_space(&self) -> Result<Option<u64>> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| self.err(".", std::io::Error::from(e)))?;
+        Ok(Some(
+            (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64),
+        ))
+    }
+
     fn sync(&self) -> Result<()> {
         let f = File::open(&self.root).map_err(|e| self.err(".", e))?;
         // syncfs flushes the whole filesystem once: far cheaper than an fsync per chunk file.

@@ -58,6 +58,11 @@ pub trait Dest: Send + Sync {
     fn exists(&self, rel: &str) -> Result<bool>;
     /// Durability barrier: everything written or renamed before is on stable storage after.
     fn sync(&self) -> Result<()>;
+    /// Bytes an unprivileged writer may still store at the archive (`None` where the
+    /// destination cannot tell). Drives `send --autoprune=on`.
+    fn free_space(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
     /// Takes the archive lock (exclusive for writers, shared for readers) for this process.
     fn lock(&self, exclusive: bool) -> Result<()>;
     /// Releases the lock (a long-lived reader such as a mount, which must not block sends).

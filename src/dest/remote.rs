@@ -45,6 +45,13 @@ enum Transport {
 }
 
 /// Single-quotes a string for a POSIX shell.
+/// The available bytes in the output of `df -P -k` (its last line's 4th field, in KiB).
+fn parse_df_available(out: &str) -> Option<u64> {
+    let line = out.lines().last()?;
+    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -662,6 +669,12 @@ impl Dest for RemoteDest {
         self.run("sync").map(drop)
     }
 
+    fn free_space(&self) -> Result<Option<u64>> {
+        // POSIX `df -P -k`: the last line's 4th field is the space available, in KiB.
+        let out = self.run(&format!("df -P -k {} | tail -n 1", self.path("")))?;
+        Ok(parse_df_available(&out))
+    }
+
     fn lock(&self, exclusive: bool) -> Result<()> {
         let mode = if exclusive { "-x" } else { "-s" };
         let out = self.run(&format!(
@@ -705,6 +718,14 @@ impl Dest for RemoteDest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn df_available() {
+        let out = "Filesystem     1024-blocks    Used Available Capacity Mounted on\n/dev/sda1         41152736 8738340  30300644      23% /\n";
+        assert_eq!(parse_df_available(out), Some(30300644 * 1024));
+        assert_eq!(parse_df_available("df: not found"), None);
+        assert_eq!(parse_df_available(""), None);
+    }
 
     #[test]
     fn urls() {

@@ -30,6 +30,8 @@ pub struct PruneOptions {
     /// `--autoprune`: calendar thinning on top of any selection (see [`crate::ops::autoprune`]).
     pub autoprune: AutoMode,
     pub apdays: crate::ops::autoprune::ApDays,
+    /// With [`AutoMode::On`]: at most this many marked sessions per volume (default 3).
+    pub on_limit: Option<usize>,
 }
 
 /// `--autoprune`.
@@ -182,7 +184,7 @@ fn select_with(
     };
     if o.autoprune != AutoMode::Off {
         let limit = match o.autoprune {
-            AutoMode::On => 3,
+            AutoMode::On => o.on_limit.unwrap_or(3),
             _ => usize::MAX,
         };
         let extra: Vec<usize> = (0..n)
@@ -274,6 +276,45 @@ fn select_spec(vol: &Volume, spec: &str, all_before: bool) -> Result<Vec<usize>>
         }
     };
     Ok(chosen)
+}
+
+/// `send --autoprune=on` before sending a volume whose change (`needed` bytes) exceeds the
+/// destination's free space (behaviour §7.6 step 5): passes of autoprune over `names`
+/// removing at most 3, then 9 sessions per volume, then all that the calendar marks, each pass
+/// recomputing the calendar, until the space is there or nothing more can go. Returns what was
+/// removed; the caller finds out from the send itself whether the space then sufficed.
+pub fn make_room(
+    archive: &mut Archive,
+    names: &[String],
+    needed: u64,
+    apdays: crate::ops::autoprune::ApDays,
+) -> Result<Vec<PruneReport>> {
+    let mut removed = Vec::new();
+    let mut factor = 1;
+    loop {
+        match archive.dest.free_space()? {
+            Some(free) if free < needed => {
+                tracing::info!("{free} bytes free, about {needed} needed: autoprune");
+            }
+            _ => break,
+        }
+        let o = PruneOptions {
+            autoprune: AutoMode::On,
+            apdays,
+            on_limit: Some(if factor > 4 { usize::MAX } else { 3 * factor }),
+            ..Default::default()
+        };
+        let pass: Vec<PruneReport> = run(archive, names, &o)?
+            .into_iter()
+            .filter(|r| !r.removed.is_empty())
+            .collect();
+        if pass.is_empty() {
+            break;
+        }
+        removed.extend(pass);
+        factor += 2;
+    }
+    Ok(removed)
 }
 
 /// Prunes the named volumes (all, if none are named).

@@ -52,6 +52,9 @@ pub struct SendOptions {
     /// The session name, when several runs over different local storages share one (see
     /// [`session_name`]); by default the current time.
     pub session: Option<SessionName>,
+    /// `--autoprune=on`: before sending a volume whose change exceeds the destination's free
+    /// space, thin its old sessions by this calendar ([`crate::ops::prune::make_room`]).
+    pub autoprune_on: Option<crate::ops::autoprune::ApDays>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -66,6 +69,8 @@ pub struct VolumeReport {
     pub bytes_stored: u64,
     /// Changed chunks stored as hard links to identical chunks already in the archive.
     pub chunks_linked: u64,
+    /// Sessions of this volume that `--autoprune=on` removed to make room for this send.
+    pub autopruned: Vec<String>,
 }
 
 pub fn run(
@@ -99,7 +104,7 @@ pub fn run(
         Some(n) => n.clone(),
         None => session_name(archive, reqs.iter().map(|r| r.volume.as_str()))?,
     };
-    let index = if opts.dedup {
+    let mut index = if opts.dedup {
         if !opts.dry_run {
             crate::ops::dedup::check_hard_links(archive)?;
         }
@@ -145,8 +150,39 @@ pub fn run(
     let mut pending: Vec<Prepared> = Vec::new();
     let mut result = Ok(());
     for ((req, src), &idx) in reqs.iter().zip(&sources).zip(&idxs) {
+        let prep = if req.reflink { prepared.next() } else { None };
+        let mut autopruned = Vec::new();
+        if let (Some(apdays), false) = (opts.autoprune_on, opts.dry_run) {
+            let needed = match prep.as_ref().map(|p| &p.plan) {
+                Some(Plan::Incremental(map)) => {
+                    map.chunks(u64::MAX).len() as u64 * archive.chunksize()
+                }
+                _ => src.size,
+            };
+            let pruned = crate::ops::prune::make_room(
+                archive,
+                std::slice::from_ref(&req.volume),
+                needed,
+                apdays,
+            )
+            .and_then(|r| {
+                if !r.is_empty() && index.is_some() {
+                    // Pruning moved chunk files: the index's places are stale.
+                    index = Some(crate::ops::dedup::DedupIndex::build(archive)?);
+                }
+                Ok(r)
+            });
+            match pruned {
+                Ok(r) => autopruned = r.into_iter().flat_map(|r| r.removed).collect(),
+                Err(e) => {
+                    pending.extend(prep);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
         let r = if req.reflink {
-            match prepared.next() {
+            match prep {
                 Some(p) => {
                     let r = send_local(archive, idx, req, src, &p, &name, opts, index.as_ref());
                     if r.is_err() {
@@ -160,7 +196,10 @@ pub fn run(
             send_volume(archive, idx, src, &name, opts, Scan::Full, index.as_ref())
         };
         match r {
-            Ok(rep) => reports.push(rep),
+            Ok(mut rep) => {
+                rep.autopruned = autopruned;
+                reports.push(rep);
+            }
             Err(e) => {
                 result = Err(e);
                 break;
@@ -553,6 +592,7 @@ fn send_volume(
         bytes_read: read_bytes.into_inner(),
         bytes_stored: stored,
         chunks_linked: linked.into_inner(),
+        autopruned: Vec::new(),
     };
     let is_changed = match &last {
         None => true,
