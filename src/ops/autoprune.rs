@@ -9,7 +9,8 @@
 //! * Decisions are made on the calendar of *all* volumes' sessions together, minus each volume's
 //!   newest session, so every volume thins the same dates and a volume's newest session is never
 //!   removed.
-//! * `--keep` sessions are never removed; they still count as kept in their window.
+//! * `--keep` sessions are never removed. Thinning that reaches one spares it and goes on, so it
+//!   does not use up its window's quota (as the original's un-keep step does).
 //! * Only the dates are decided here; removal is prune's journaled merge.
 
 use std::collections::{BTreeMap, BTreeSet};
