@@ -37,10 +37,14 @@ fn shared_images(t: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>, 
     (pa, pb, a.data, b.data)
 }
 
-fn dedup_send(pass: Option<&str>) {
+/// `memory`: `WYNG_DEDUP_MEMORY`, small enough to make the index spill to disk.
+fn dedup_send(pass: Option<&str>, memory: Option<&str>) {
     let t = tmp();
     let ar = t.path().join("archive");
-    let w = Wyng::maybe_pass(&ar, &t.path().join("meta"), pass);
+    let mut w = Wyng::maybe_pass(&ar, &t.path().join("meta"), pass);
+    if let Some(m) = memory {
+        w.env.push(("WYNG_DEDUP_MEMORY".into(), m.into()));
+    }
     w.init(&["--chunk-factor=1"]);
     let (pa, pb, da, db) = shared_images(t.path());
     let ra = w.send("a", &pa, &["--dedup"]);
@@ -60,26 +64,44 @@ fn dedup_send(pass: Option<&str>) {
 
 #[test]
 fn send_dedup_links_shared_chunks() {
-    dedup_send(None);
+    dedup_send(None, None);
 }
 
 #[test]
 fn send_dedup_on_an_encrypted_archive() {
-    dedup_send(Some("dedup passphrase"));
+    dedup_send(Some("dedup passphrase"), None);
+}
+
+#[test]
+fn dedup_with_an_index_larger_than_its_memory() {
+    // 440 bytes = 10 records: the index is built in sorted runs merged on disk.
+    dedup_send(None, Some("440"));
+    arch_deduplicate(Some("440"));
 }
 
 #[test]
 fn arch_deduplicate_links_what_was_sent_twice() {
+    arch_deduplicate(None);
+}
+
+fn arch_deduplicate(memory: Option<&str>) {
     let t = tmp();
     let ar = t.path().join("archive");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
+    let mut w = Wyng::new(&ar, &t.path().join("meta"));
+    if let Some(m) = memory {
+        w.env.push(("WYNG_DEDUP_MEMORY".into(), m.into()));
+    }
     w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
     let (pa, pb, da, db) = shared_images(t.path());
     w.send("a", &pa, &[]);
     w.send("b", &pb, &[]);
     let (files, inodes) = chunk_inodes(&ar);
     assert_eq!(files, inodes, "no links without --dedup");
-    let r = w.json(&["arch-deduplicate"]);
+    let o = w.run(&["arch-deduplicate", "--json", "-v"]);
+    assert!(o.status.success(), "{o:?}");
+    let spilled = String::from_utf8_lossy(&o.stderr).contains("merged on disk");
+    assert_eq!(spilled, memory.is_some(), "{o:?}");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["linked"], 17, "{r}");
     assert!(r["bytes_saved"].as_u64().unwrap() > 17 * 60_000);
     let (files, inodes) = chunk_inodes(&ar);
