@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use crate::archive::{failpoint, Archive, Session};
 use crate::codec::{gunzip, gzip};
+use crate::dest::Move;
 use crate::error::{Error, Result};
 use crate::format::manifest::{chunk_count, lines_to_text, SessionLines};
 use crate::format::volinfo::sessions_json;
@@ -238,6 +239,8 @@ impl Archive {
                 check_rel(&d)?;
                 self.dest.mkdir_all(&format!("{merge}/{d}"))?;
             }
+            // A source already moved by an earlier, interrupted run is skipped.
+            let mut moves = Vec::with_capacity(ops.len());
             for op in &ops {
                 if let Some(rest) = op.strip_prefix("rename ") {
                     let (from, to) = rest
@@ -245,16 +248,16 @@ impl Archive {
                         .ok_or_else(|| Error::corrupt("merge.lst.gz", "bad rename"))?;
                     check_rel(from)?;
                     check_rel(to)?;
-                    // A source already moved by an earlier, interrupted run is skipped.
-                    if self.dest.exists(&format!("{merge}/{from}"))? {
-                        self.dest
-                            .rename(&format!("{merge}/{from}"), &format!("{merge}/{to}"))?;
-                    }
+                    moves.push(Move::Rename {
+                        from: format!("{merge}/{from}"),
+                        to: format!("{merge}/{to}"),
+                    });
                 } else if let Some(p) = op.strip_prefix("-rm ") {
                     check_rel(p)?;
-                    self.dest.remove_all(&format!("{merge}/{p}"))?;
+                    moves.push(Move::Remove(format!("{merge}/{p}")));
                 }
             }
+            self.dest.apply_moves(&moves)?;
             self.dest.sync()?;
             self.dest.write(&format!("{merge}/CHECK-mv-rm"), b"")?;
         }

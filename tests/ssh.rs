@@ -195,7 +195,7 @@ fn round_trip(sshd: &Sshd, pass: Option<&str>) {
         }
     }
     // The free space `send --autoprune=on` goes by, read over ssh (`df`), is the filesystem's.
-    let over_ssh = wyng::dest::open_with(
+    let ssh_dest = wyng::dest::open_with(
         &w.dest,
         &wyng::dest::DestOptions {
             ssh_opts: Some(vec![
@@ -204,24 +204,52 @@ fn round_trip(sshd: &Sshd, pass: Option<&str>) {
             ]),
         },
     )
-    .unwrap()
-    .free_space()
-    .unwrap()
-    .expect("df over ssh");
+    .unwrap();
+    let over_ssh = ssh_dest.free_space().unwrap().expect("df over ssh");
     let here = wyng::dest::open(&format!("file:{}", remote.display()))
         .unwrap()
         .free_space()
         .unwrap()
         .unwrap();
     assert!(over_ssh.abs_diff(here) < 256 << 20, "{over_ssh} vs {here}");
-    // prune and delete through the remote shell: the journaled protocol over ssh.
+    // A merge's moves go over in one script: a missing source (moved by an interrupted run)
+    // is skipped, a name with a space or quote survives the shell.
+    std::fs::create_dir_all(remote.join("mv/a b")).unwrap();
+    std::fs::write(remote.join("mv/a b/it's"), b"moved").unwrap();
+    std::fs::write(remote.join("mv/gone"), b"x").unwrap();
+    std::fs::create_dir_all(remote.join("mv/c")).unwrap();
+    use wyng::dest::Move;
+    ssh_dest
+        .apply_moves(&[
+            Move::Rename {
+                from: "mv/a b/it's".into(),
+                to: "mv/c/it's".into(),
+            },
+            Move::Rename {
+                from: "mv/never".into(),
+                to: "mv/c/never".into(),
+            },
+            Move::Remove("mv/gone".into()),
+        ])
+        .unwrap();
+    assert_eq!(std::fs::read(remote.join("mv/c/it's")).unwrap(), b"moved");
+    assert!(!remote.join("mv/c/never").exists() && !remote.join("mv/gone").exists());
+    std::fs::remove_dir_all(remote.join("mv")).unwrap();
+    // prune and delete through the remote shell: the journaled protocol over ssh. The prune
+    // is killed after its moves, before finishing: the next write command (delete) finishes it,
+    // running the moves again (every source is gone by then, and skipped).
     let oldest = recorded.remove(0);
-    w.ok(&[
-        "prune",
-        "disk",
-        &format!("--session={}", &oldest.0[2..]),
-        "-u",
-    ]);
+    let o = w
+        .cmd(&[
+            "prune",
+            "disk",
+            &format!("--session={}", &oldest.0[2..]),
+            "-u",
+        ])
+        .env("WYNG_FAILPOINT", "merge-moved")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
     w.ok(&["delete", "copy", "-u"]);
     let list = w.json(&["list"]);
     let vols = list["volumes"].as_object().unwrap();

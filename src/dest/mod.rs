@@ -58,6 +58,23 @@ pub trait Dest: Send + Sync {
     fn exists(&self, rel: &str) -> Result<bool>;
     /// Durability barrier: everything written or renamed before is on stable storage after.
     fn sync(&self) -> Result<()>;
+    /// Carries out the moves of a journaled merge (format §13), as if one by one in order. A
+    /// rename whose source is missing was done by an earlier, interrupted run and is skipped;
+    /// removing nothing is fine. Remote destinations send them in batches (one round trip per
+    /// batch): nothing is durable before the caller's next `sync` anyway.
+    fn apply_moves(&self, moves: &[Move]) -> Result<()> {
+        for m in moves {
+            match m {
+                Move::Rename { from, to } => {
+                    if self.exists(from)? {
+                        self.rename(from, to)?;
+                    }
+                }
+                Move::Remove(p) => self.remove_all(p)?,
+            }
+        }
+        Ok(())
+    }
     /// Bytes an unprivileged writer may still store at the archive (`None` where the
     /// destination cannot tell). Drives `send --autoprune=on`.
     fn free_space(&self) -> Result<Option<u64>> {
@@ -70,6 +87,13 @@ pub trait Dest: Send + Sync {
     /// In a child process after `fork`: let go of connections that belong to the parent
     /// (without closing them for the parent); new ones are made on first use.
     fn detach_after_fork(&self) {}
+}
+
+/// One step of [`Dest::apply_moves`], paths relative to the archive root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Move {
+    Rename { from: String, to: String },
+    Remove(String),
 }
 
 /// What [`Dest::stat`] tells: two paths with the same `id` are hard links of one file.
