@@ -68,6 +68,9 @@ pub struct Archive {
     pub volumes: Vec<Volume>,
     /// wyng's local state for this archive (`--meta-dir`), if available.
     pub cache_dir: Option<PathBuf>,
+    /// `--force-retry`: retry an interrupted transaction even though an earlier retry of it
+    /// did not complete (see `finish_in_process`).
+    pub force_retry: bool,
     /// The salt file (encrypted archives).
     salt: Option<SaltFile>,
 }
@@ -191,6 +194,7 @@ impl Archive {
             ini,
             volumes: Vec::new(),
             cache_dir: None,
+            force_retry: false,
             salt,
         };
         a.attach_cache(meta_dir)?;
@@ -258,6 +262,7 @@ impl Archive {
             codec,
             volumes: Vec::new(),
             cache_dir: None,
+            force_retry: false,
             salt,
         };
         a.attach_cache(o.meta_dir)?;

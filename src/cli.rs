@@ -70,6 +70,9 @@ pub struct Global {
     /// Accept an archive older than the last one this machine saw (it may be an old copy)
     #[arg(long, global = true)]
     pub force_allow_rollback: bool,
+    /// Retry an interrupted prune or delete again, after an earlier retry of it failed
+    #[arg(long, global = true)]
+    pub force_retry: bool,
     /// Configuration file (default /etc/wyng/wyng.ini): defaults for options, section
     /// [var-global-default], keys are option names without "--"
     #[arg(long, global = true, value_name = "FILE")]
@@ -253,6 +256,10 @@ pub struct ArchCheckArgs {
 pub struct DeleteArgs {
     /// The volume to delete
     pub volume: Option<String>,
+    /// Delete the volume with this id instead (as `wyng list -v` or arch-check name it), e.g.
+    /// one whose name cannot be typed
+    #[arg(long, value_name = "VID", conflicts_with_all = ["volume", "clean"])]
+    pub vid: Option<String>,
     /// Also remove the volume's snapshots in this reflink directory; with --clean, the
     /// directory to clean
     #[arg(long, value_name = "DIR")]

@@ -67,7 +67,7 @@ fn auth(g: &cli::Global) -> wyng::auth::Auth {
 
 fn open_archive(g: &cli::Global, exclusive: bool) -> Result<Archive> {
     let auth = auth(g);
-    Archive::open(
+    let mut archive = Archive::open(
         open_dest(g)?,
         &wyng::archive::OpenOptions {
             exclusive,
@@ -75,7 +75,9 @@ fn open_archive(g: &cli::Global, exclusive: bool) -> Result<Archive> {
             meta_dir: Some(&g.meta_dir),
             allow_rollback: g.force_allow_rollback,
         },
-    )
+    )?;
+    archive.force_retry = g.force_retry;
+    Ok(archive)
 }
 
 fn open_dest(g: &cli::Global) -> Result<Box<dyn wyng::dest::Dest>> {
@@ -812,9 +814,24 @@ fn run(cli: Cli) -> Result<()> {
                 say(format!("{} snapshot(s) removed.", removed.len()));
                 return Ok(());
             }
-            let volume = a
-                .volume
-                .ok_or_else(|| Error::Usage("name the volume to delete (or use --clean)".into()))?;
+            let volume = match (a.volume, &a.vid) {
+                (Some(v), None) => v,
+                (None, Some(vid)) => archive
+                    .volumes
+                    .iter()
+                    .find(|v| v.vid.as_str() == vid)
+                    .map(|v| v.name().to_string())
+                    .ok_or_else(|| {
+                        Error::Selection(format!(
+                            "no volume has the id '{vid}': `wyng list -v` shows the ids"
+                        ))
+                    })?,
+                _ => {
+                    return Err(Error::Usage(
+                        "name the volume to delete, or give --vid (or use --clean)".into(),
+                    ))
+                }
+            };
             let vid = archive.volume(&volume).map(|v| v.vid.to_string());
             if !g.unattended {
                 confirm(&format!("Delete volume '{volume}' and all its sessions?"))?;

@@ -310,6 +310,37 @@ impl Archive {
             .get(1)
             .and_then(|v| VolumeId::parse(v))
             .ok_or_else(|| Error::corrupt("archive.ini", "bad [in_process] journal"))?;
+        // A retry that fails leaves a marker, so a recovery that cannot succeed is not run on
+        // every later command without the user knowing (format §13.5). Unlike the original,
+        // the marker records a failed retry, not an attempted one (a retry killed midway is
+        // simply run again: recovery is idempotent), and it goes once a recovery completes.
+        let marker = self.cache_dir.as_ref().map(|c| c.join("in_process_retry"));
+        if let Some(m) = &marker {
+            if m.exists() && !self.force_retry {
+                return Err(Error::Other(format!(
+                    "an interrupted {} of {vid} was already retried and did not complete: see why \
+                     in the earlier error (or run `wyng arch-check`), then run again with \
+                     --force-retry to retry it once more",
+                    j[0]
+                )));
+            }
+        }
+        let r = self.retry_in_process(&j, &vid);
+        if let Some(m) = &marker {
+            match &r {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(m);
+                }
+                Err(_) => {
+                    let _ = std::fs::write(m, b"");
+                }
+            }
+        }
+        r
+    }
+
+    fn retry_in_process(&mut self, j: &[String], vid: &VolumeId) -> Result<()> {
+        let vid = vid.clone();
         match j[0].as_str() {
             "delete" => {
                 tracing::warn!("finishing an interrupted delete of {vid}");

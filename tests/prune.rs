@@ -667,3 +667,69 @@ fn send_autoprune_on_makes_room() {
     }
     check_strict(&ar);
 }
+
+/// A recovery that fails is not silently retried by every later command: the second attempt
+/// asks for --force-retry; once a retry completes, commands run normally again. And
+/// `delete --vid` removes a volume by its id.
+#[test]
+fn failed_retries_need_force_retry_and_delete_by_vid() {
+    let t = tmp();
+    let ar = t.path().join("a");
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let mut rng = Rng(5);
+    let live = random_history(&w, t.path(), &mut rng, 3);
+    let names: Vec<String> = live.keys().cloned().collect();
+    let mut b = Image::new(9);
+    b.random(1 << 20);
+    b.write(&t.path().join("b.img"));
+    w.send("b", &t.path().join("b.img"), &[]);
+    let list = w.json(&["list"]);
+    let vid = list["volumes"]["vol"]["vid"].as_str().unwrap().to_string();
+
+    let o = w
+        .cmd(&[
+            "prune",
+            "vol",
+            &format!("--session={}", &names[0][2..]),
+            "-u",
+        ])
+        .env("WYNG_FAILPOINT", "merge-moved")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    // The move list vanishes (a damaged destination): the retry fails, and says why.
+    let lst = ar.join(&vid).join("merge.lst.gz");
+    let saved = std::fs::read(&lst).unwrap();
+    std::fs::remove_file(&lst).unwrap();
+    let e = w.fails(&["add", "x"], 1);
+    assert!(e.contains("merge.lst.gz"), "{e}");
+    let e = w.fails(&["add", "x"], 1);
+    assert!(
+        e.contains("already retried") && e.contains("--force-retry"),
+        "{e}"
+    );
+    // Repaired, the retry is forced and completes; then commands run normally.
+    std::fs::write(&lst, saved).unwrap();
+    w.ok(&["add", "x", "--force-retry"]);
+    w.ok(&["add", "y"]);
+    let sessions = w.json(&["list", "vol"])["volumes"]["vol"]["sessions"].clone();
+    assert_eq!(sessions.as_object().unwrap().len(), 2, "{sessions}");
+    let out = t.path().join("o.img");
+    for s in &names[1..] {
+        w.receive("vol", Some(s), &out);
+        assert_eq!(sha256_file(&out), live[s], "{s}");
+    }
+
+    let bvid = list["volumes"]["b"]["vid"].as_str().unwrap().to_string();
+    w.fails(&["delete", "--vid=Vol_000000", "-u"], 2);
+    w.fails(&["delete", "b", &format!("--vid={bvid}"), "-u"], 9);
+    w.ok(&["delete", &format!("--vid={bvid}"), "-u"]);
+    let vols = w.json(&["list"])["volumes"].clone();
+    assert!(
+        vols.get("b").is_none() && vols.get("vol").is_some(),
+        "{vols}"
+    );
+    assert!(!ar.join(&bvid).exists());
+    check_strict(&ar);
+}
