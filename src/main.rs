@@ -201,54 +201,75 @@ fn send_autoprune(
     Ok(())
 }
 
-fn print_monitor(g: &cli::Global, reports: &[ops::monitor::MonitorReport]) -> Result<()> {
+/// Prints reports as JSON, or each one's lines (nothing with `--quiet`).
+fn print_reports<R: serde::Serialize>(
+    g: &cli::Global,
+    reports: &[R],
+    lines: impl Fn(&R) -> Vec<String>,
+) -> Result<()> {
     if g.json {
         return print_json(&reports);
     }
-    if g.quiet {
-        return Ok(());
-    }
-    for r in reports {
-        match r.state {
-            "rotated" => println!(
-                "{}: {} chunks changed ({} recorded since the last send).",
-                r.volume, r.changed_chunks, r.recorded_chunks
-            ),
-            state => println!("{}: {state}.", r.volume),
-        }
+    if !g.quiet {
+        reports.iter().flat_map(lines).for_each(|l| println!("{l}"));
     }
     Ok(())
 }
 
-fn print_send(g: &cli::Global, reports: &[ops::send::VolumeReport], dry_run: bool) -> Result<()> {
-    if g.json {
-        return print_json(&reports);
+/// A `--vols-from` run: load FILE, open the archive, run `op`, write FILE.error for the
+/// volumes that failed, print what succeeded, and exit 2 if any volume failed.
+fn vols_from_run<R: serde::Serialize>(
+    g: &cli::Global,
+    file: &std::path::Path,
+    exclusive: bool,
+    op: impl FnOnce(
+        &mut Archive,
+        &ops::vols_from::VolsFrom,
+        &mut ops::vols_from::Failures,
+    ) -> Result<Vec<R>>,
+    lines: impl Fn(&R) -> Vec<String>,
+) -> Result<()> {
+    let vf = ops::vols_from::VolsFrom::load(file)?;
+    let mut archive = open_archive(g, exclusive)?;
+    let mut failures = ops::vols_from::Failures::default();
+    let reports = op(&mut archive, &vf, &mut failures);
+    let finished = vf.finish(&failures);
+    print_reports(g, &reports?, lines)?;
+    finished
+}
+
+fn monitor_lines(r: &ops::monitor::MonitorReport) -> Vec<String> {
+    vec![match r.state {
+        "rotated" => format!(
+            "{}: {} chunks changed ({} recorded since the last send).",
+            r.volume, r.changed_chunks, r.recorded_chunks
+        ),
+        state => format!("{}: {state}.", r.volume),
+    }]
+}
+
+fn send_lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if !r.autopruned.is_empty() {
+        let names: Vec<&str> = r.autopruned.iter().map(|s| &s[2..]).collect();
+        out.push(format!(
+            "{}: autoprune removed {} session(s) to make room: {}",
+            r.volume,
+            names.len(),
+            names.join(" ")
+        ));
     }
-    if g.quiet {
-        return Ok(());
-    }
-    for r in reports {
-        if !r.autopruned.is_empty() {
-            let names: Vec<&str> = r.autopruned.iter().map(|s| &s[2..]).collect();
-            println!(
-                "{}: autoprune removed {} session(s) to make room: {}",
-                r.volume,
-                names.len(),
-                names.join(" ")
-            );
-        }
-        if dry_run {
-            println!(
-                "{}: would store {} changed chunks, {} ({} chunks read).",
-                r.volume,
-                r.chunks_changed,
-                human(r.bytes_stored),
-                r.chunks_read
-            );
-            continue;
-        }
+    out.push(if dry_run {
+        format!(
+            "{}: would store {} changed chunks, {} ({} chunks read).",
+            r.volume,
+            r.chunks_changed,
+            human(r.bytes_stored),
+            r.chunks_read
+        )
+    } else {
         match &r.session {
-            Some(s) => println!(
+            Some(s) => format!(
                 "{}: session {} recorded: {} chunks changed, {} stored ({} read).",
                 r.volume,
                 &s[2..],
@@ -256,10 +277,28 @@ fn print_send(g: &cli::Global, reports: &[ops::send::VolumeReport], dry_run: boo
                 human(r.bytes_stored),
                 human(r.bytes_read)
             ),
-            None => println!("{}: no change; no session recorded.", r.volume),
+            None => format!("{}: no change; no session recorded.", r.volume),
         }
+    });
+    out
+}
+
+fn identical_line(r: &ops::receive::DiffReport) -> String {
+    format!("{}: identical to session {}.", r.volume, &r.session[2..])
+}
+
+/// The named volumes, and with `--all` every other volume of the archive after them.
+fn named_or_all(archive: &Archive, named: &[String], all: bool) -> Vec<String> {
+    let mut names = named.to_vec();
+    if all {
+        names.extend(
+            archive
+                .volume_names()
+                .into_iter()
+                .filter(|n| !named.contains(n)),
+        );
     }
-    Ok(())
+    names
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -326,15 +365,17 @@ fn run(cli: Cli) -> Result<()> {
                 autoprune_on: (autoprune == ops::prune::AutoMode::On).then_some(apdays),
             };
             if let Some(file) = &a.vols_from {
-                let vf = ops::vols_from::VolsFrom::load(file)?;
-                let mut archive = open_archive(g, true)?;
-                send_autoprune(g, &mut archive, autoprune, &apdays, a.dry_run)?;
-                let mut opts = base(None, archive.cache_dir.clone());
-                let mut failures = ops::vols_from::Failures::default();
-                let r = ops::vols_from::send(&mut archive, &vf, &mut opts, &mut failures);
-                let finished = vf.finish(&failures);
-                print_send(g, &r?, a.dry_run)?;
-                return finished;
+                return vols_from_run(
+                    g,
+                    file,
+                    true,
+                    |archive, vf, failures| {
+                        send_autoprune(g, archive, autoprune, &apdays, a.dry_run)?;
+                        let mut opts = base(None, archive.cache_dir.clone());
+                        ops::vols_from::send(archive, vf, &mut opts, failures)
+                    },
+                    |r| send_lines(r, a.dry_run),
+                );
             }
             let mut reqs = Vec::new();
             for spec in &a.import_other_from {
@@ -363,16 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let mut archive = open_archive(g, true)?;
-            let mut volumes = a.volumes.clone();
-            if a.all {
-                volumes.extend(
-                    archive
-                        .volume_names()
-                        .into_iter()
-                        .filter(|n| !a.volumes.contains(n)),
-                );
-            }
-            for v in &volumes {
+            for v in &named_or_all(&archive, &a.volumes, a.all) {
                 if reqs.iter().any(|r| &r.volume == v) {
                     continue;
                 }
@@ -403,7 +435,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = base(store, archive.cache_dir.clone());
             send_autoprune(g, &mut archive, autoprune, &apdays, a.dry_run)?;
             let reports = ops::send::run(&mut archive, &reqs, &opts)?;
-            print_send(g, &reports, a.dry_run)
+            print_reports(g, &reports, |r| send_lines(r, a.dry_run))
         }
         Cmd::Receive(a) => {
             let mode = match (a.sparse, a.sparse_write) {
@@ -417,32 +449,28 @@ fn run(cli: Cli) -> Result<()> {
                 _ => ops::receive::SnapshotUse::No,
             };
             if let Some(file) = &a.vols_from {
-                let vf = ops::vols_from::VolsFrom::load(file)?;
                 let sel = session_sel(&a.session)?;
-                let archive = open_archive(g, true)?;
-                let mut failures = ops::vols_from::Failures::default();
                 let opts = ops::receive::ReceiveOptions {
                     save_to: PathBuf::new(),
                     unattended: g.unattended,
                     mode,
                 };
-                let reports = ops::vols_from::receive(
-                    &archive,
-                    &vf,
-                    &sel,
-                    &opts,
-                    snapshot_use,
-                    &mut failures,
+                return vols_from_run(
+                    g,
+                    file,
+                    true,
+                    |archive, vf, failures| {
+                        Ok(ops::vols_from::receive(
+                            archive,
+                            vf,
+                            &sel,
+                            &opts,
+                            snapshot_use,
+                            failures,
+                        ))
+                    },
+                    |r| vec![receive_summary(r, "its --vols-from storage")],
                 );
-                let finished = vf.finish(&failures);
-                if g.json {
-                    print_json(&reports)?;
-                } else {
-                    for r in &reports {
-                        say(receive_summary(r, "local storage"));
-                    }
-                }
-                return finished;
             }
             let volume = a.volume.clone().unwrap_or_default();
             if snapshot_use != ops::receive::SnapshotUse::No && a.local.is_none() {
@@ -497,13 +525,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Monitor(a) => {
             if let Some(file) = &a.vols_from {
-                let vf = ops::vols_from::VolsFrom::load(file)?;
-                let archive = open_archive(g, true)?;
-                let mut failures = ops::vols_from::Failures::default();
-                let reports = ops::vols_from::monitor(&archive, &vf, &mut failures);
-                let finished = vf.finish(&failures);
-                print_monitor(g, &reports)?;
-                return finished;
+                return vols_from_run(
+                    g,
+                    file,
+                    true,
+                    |archive, vf, failures| Ok(ops::vols_from::monitor(archive, vf, failures)),
+                    monitor_lines,
+                );
             }
             let dir = a.local.as_deref().ok_or_else(|| {
                 Error::Usage(
@@ -517,33 +545,23 @@ fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let archive = open_archive(g, true)?;
-            let mut names = a.volumes.clone();
-            if a.all {
-                names.extend(
-                    archive
-                        .volume_names()
-                        .into_iter()
-                        .filter(|n| !a.volumes.contains(n)),
-                );
-            }
-            let refs: Vec<ops::VolumeRef> = names.iter().map(|n| ops::VolumeRef::same(n)).collect();
+            let refs: Vec<ops::VolumeRef> = named_or_all(&archive, &a.volumes, a.all)
+                .iter()
+                .map(|n| ops::VolumeRef::same(n))
+                .collect();
             let reports = ops::monitor::run(&archive, &store, &refs)?;
-            print_monitor(g, &reports)
+            print_reports(g, &reports, monitor_lines)
         }
         Cmd::Verify(a) => {
             let sel = session_sel(&a.session)?;
             if let Some(file) = &a.vols_from {
-                let vf = ops::vols_from::VolsFrom::load(file)?;
-                let archive = open_archive(g, false)?;
-                let mut failures = ops::vols_from::Failures::default();
-                let reports = ops::vols_from::verify(&archive, &vf, &sel, &mut failures);
-                let finished = vf.finish(&failures);
-                if g.json {
-                    print_json(&reports)?;
-                } else {
-                    reports.iter().for_each(|r| say(verify_summary(r)));
-                }
-                return finished;
+                return vols_from_run(
+                    g,
+                    file,
+                    false,
+                    |archive, vf, failures| Ok(ops::vols_from::verify(archive, vf, &sel, failures)),
+                    |r| vec![verify_summary(r)],
+                );
             }
             let archive = open_archive(g, false)?;
             let names: Vec<String> = if a.all {
@@ -622,23 +640,22 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Umount(a) => ops::mount::umount(&a.mountpoint),
         Cmd::Diff(a) => {
             if let Some(file) = &a.vols_from {
-                let vf = ops::vols_from::VolsFrom::load(file)?;
-                let archive = open_archive(g, false)?;
-                let mut failures = ops::vols_from::Failures::default();
-                let reports = ops::vols_from::diff(&archive, &vf, a.quick, &mut failures);
-                let finished = vf.finish(&failures);
-                if g.json {
-                    print_json(&reports)?;
-                } else {
-                    for r in reports.iter().filter(|r| r.first_difference.is_none()) {
-                        say(format!(
-                            "{}: identical to session {}.",
-                            r.volume,
-                            &r.session[2..]
-                        ));
-                    }
-                }
-                return finished;
+                return vols_from_run(
+                    g,
+                    file,
+                    false,
+                    |archive, vf, failures| {
+                        Ok(ops::vols_from::diff(archive, vf, a.quick, failures))
+                    },
+                    // Differences are volume errors, reported with the failures.
+                    |r| {
+                        r.first_difference
+                            .is_none()
+                            .then(|| identical_line(r))
+                            .into_iter()
+                            .collect()
+                    },
+                );
             }
             let volume = a.volume.clone().unwrap_or_default();
             let archive = open_archive(g, false)?;
@@ -656,11 +673,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             match r.first_difference {
                 None => {
-                    say(format!(
-                        "{}: identical to session {}.",
-                        r.volume,
-                        &r.session[2..]
-                    ));
+                    say(identical_line(&r));
                     Ok(())
                 }
                 Some(off) => Err(Error::Selection(format!(
