@@ -279,16 +279,17 @@ fn select_spec(vol: &Volume, spec: &str, all_before: bool) -> Result<Vec<usize>>
 }
 
 /// `send --autoprune=on` before sending a volume whose change (`needed` bytes) exceeds the
-/// destination's free space (behaviour §7.6 step 5): passes of autoprune over `names`
+/// destination's free space (behaviour §7.6 step 5): passes of autoprune over the volume
 /// removing at most 3, then 9 sessions per volume, then all that the calendar marks, each pass
 /// recomputing the calendar, until the space is there or nothing more can go. Returns what was
 /// removed; the caller finds out from the send itself whether the space then sufficed.
 pub fn make_room(
     archive: &mut Archive,
-    names: &[String],
+    name: &str,
     needed: u64,
     apdays: crate::ops::autoprune::ApDays,
 ) -> Result<Vec<PruneReport>> {
+    let names = [name.to_string()];
     let mut removed = Vec::new();
     let mut factor = 1;
     loop {
@@ -304,7 +305,8 @@ pub fn make_room(
             on_limit: Some(if factor > 4 { usize::MAX } else { 3 * factor }),
             ..Default::default()
         };
-        let pass: Vec<PruneReport> = run(archive, names, &o)?
+        // The send that calls this has already recovered the archive.
+        let pass: Vec<PruneReport> = prune_recovered(archive, &names, &o)?
             .into_iter()
             .filter(|r| !r.removed.is_empty())
             .collect();
@@ -320,6 +322,14 @@ pub fn make_room(
 /// Prunes the named volumes (all, if none are named).
 pub fn run(archive: &mut Archive, names: &[String], o: &PruneOptions) -> Result<Vec<PruneReport>> {
     archive.recover()?;
+    prune_recovered(archive, names, o)
+}
+
+fn prune_recovered(
+    archive: &mut Archive,
+    names: &[String],
+    o: &PruneOptions,
+) -> Result<Vec<PruneReport>> {
     let names: Vec<String> = if names.is_empty() {
         archive.volume_names()
     } else {

@@ -159,19 +159,14 @@ pub fn run(
                 }
                 _ => src.size,
             };
-            let pruned = crate::ops::prune::make_room(
-                archive,
-                std::slice::from_ref(&req.volume),
-                needed,
-                apdays,
-            )
-            .and_then(|r| {
-                if !r.is_empty() && index.is_some() {
-                    // Pruning moved chunk files: the index's places are stale.
-                    index = Some(crate::ops::dedup::DedupIndex::build(archive)?);
-                }
-                Ok(r)
-            });
+            let pruned = crate::ops::prune::make_room(archive, &req.volume, needed, apdays)
+                .and_then(|r| {
+                    if !r.is_empty() && index.is_some() {
+                        // Pruning moved chunk files: the index's places are stale.
+                        index = Some(crate::ops::dedup::DedupIndex::build(archive)?);
+                    }
+                    Ok(r)
+                });
             match pruned {
                 Ok(r) => autopruned = r.into_iter().flat_map(|r| r.removed).collect(),
                 Err(e) => {
