@@ -666,14 +666,14 @@ impl Archive {
         self.save_volume(vol_idx, volinfo, sessions)
     }
 
-    /// Zipper-saves a volume's new volinfo (and `sessions`), then the root.
-    pub fn save_volume(
-        &mut self,
-        vol_idx: usize,
-        volinfo: VolInfo,
-        sessions: Vec<Session>,
-    ) -> Result<()> {
-        let vid = self.volumes[vol_idx].vid.clone();
+    /// Writes a volume's new volinfo and session list as `volinfo.tmp` and `sessions.tmp`, for a
+    /// commit to rename into place; returns the encoded volinfo (its hash goes in the root).
+    pub(crate) fn stage_volume(
+        &self,
+        vid: &VolumeId,
+        volinfo: &VolInfo,
+        sessions: &[Session],
+    ) -> Result<crate::codec::Encoded> {
         let enc = self.codec.encode_meta(volinfo.to_text().as_bytes())?;
         if enc.file.len() as u64 > fmt::MAX_VOLINFO_Z as u64 + self.codec.meta_overhead() {
             return Err(Error::Other(format!(
@@ -686,6 +686,18 @@ impl Archive {
             &format!("{vid}/sessions.tmp"),
             sessions_json(sessions.iter().map(|s| &s.name)).as_bytes(),
         )?;
+        Ok(enc)
+    }
+
+    /// Zipper-saves a volume's new volinfo (and `sessions`), then the root.
+    pub fn save_volume(
+        &mut self,
+        vol_idx: usize,
+        volinfo: VolInfo,
+        sessions: Vec<Session>,
+    ) -> Result<()> {
+        let vid = self.volumes[vol_idx].vid.clone();
+        let enc = self.stage_volume(&vid, &volinfo, &sessions)?;
         let mut ini = self.ini.clone();
         ini.set_volume(&vid, enc.hash);
         let root = self.prepare_root(&mut ini)?;

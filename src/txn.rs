@@ -25,7 +25,6 @@ use crate::codec::{gunzip, gzip};
 use crate::dest::Move;
 use crate::error::{Error, Result};
 use crate::format::manifest::{chunk_count, lines_to_text, SessionLines};
-use crate::format::volinfo::sessions_json;
 use crate::format::{ChunkRef, SessionInfo, SessionName, VolumeId};
 
 fn chunk_name(idx: u64, cs: u64) -> String {
@@ -120,12 +119,7 @@ impl Archive {
                 s.info = info.clone();
             }
         }
-        let venc = self.codec.encode_meta(volinfo.to_text().as_bytes())?;
-        self.dest.write(&format!("{vid}/volinfo.tmp"), &venc.file)?;
-        self.dest.write(
-            &format!("{vid}/sessions.tmp"),
-            sessions_json(sessions.iter().map(|s| &s.name)).as_bytes(),
-        )?;
+        let venc = self.stage_volume(&vid, &volinfo, &sessions)?;
         let mut final_ini = self.ini.clone();
         final_ini.set_volume(&vid, venc.hash);
         final_ini.in_process.clear();
@@ -325,7 +319,7 @@ impl Archive {
                 )));
             }
         }
-        let r = self.retry_in_process(&j, &vid);
+        let r = self.retry_in_process(&j, vid);
         if let Some(m) = &marker {
             match &r {
                 Ok(()) => {
@@ -339,8 +333,7 @@ impl Archive {
         r
     }
 
-    fn retry_in_process(&mut self, j: &[String], vid: &VolumeId) -> Result<()> {
-        let vid = vid.clone();
+    fn retry_in_process(&mut self, j: &[String], vid: VolumeId) -> Result<()> {
         match j[0].as_str() {
             "delete" => {
                 tracing::warn!("finishing an interrupted delete of {vid}");
