@@ -88,7 +88,7 @@ if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ]; then
   printf 'Port %s\nListenAddress 127.0.0.1\nHostKey %s/host\nPidFile %s/pid\nAuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n' "$port" "$sd" "$sd" "$sd" > "$sd/sshd_config"
   printf 'Host *\n  IdentityFile %s/user\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  Ciphers aes128-gcm@openssh.com\n' "$sd" > "$sd/ssh_config"
   /usr/sbin/sshd -D -e -f "$sd/sshd_config" 2>/dev/null & sshd_pid=$!
-  trap 'kill $sshd_pid 2>/dev/null; [ -n "${BENCH_DIR:-}" ] || rm -rf "$dir"' EXIT
+  trap 'kill $sshd_pid 2>/dev/null || true; [ -n "${BENCH_DIR:-}" ] || rm -rf "$dir"' EXIT
   sleep 0.5
   sshdest="ssh://root@127.0.0.1:$port$dir/archive-ssh"
   sopt="--opt-ssh=-F $sd/ssh_config"
