@@ -38,7 +38,7 @@ impl Default for Auth {
     }
 }
 
-pub const WRONG_PASSPHRASE: &str = "wrong passphrase or damaged archive.ini";
+pub use crate::crypto::WRONG_PASSPHRASE;
 
 impl Auth {
     /// Reads the passphrase: from `--passcmd`, a hidden prompt on a terminal, or one line of

@@ -8,12 +8,13 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 
 use crate::crypto::{ArchiveCipher, HashFn, DATA_OVERHEAD, META_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::format::Hash32;
+use crate::spool::Spool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -173,6 +174,107 @@ impl Compressor {
     }
 }
 
+impl Compressor {
+    /// Compresses `len` bytes from `input` into `out` as [`compress`](Self::compress) would
+    /// (a zstd frame carries the content size, which the original and the checker require).
+    pub fn compress_stream(
+        &self,
+        input: &mut dyn Read,
+        len: u64,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        match self.kind {
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, self.level)?;
+                e.include_contentsize(true)?;
+                e.include_checksum(false)?;
+                e.set_pledged_src_size(Some(len))?;
+                std::io::copy(input, &mut e)?;
+                e.finish()?;
+            }
+            Compression::Zlib => {
+                let mut e = flate2::write::ZlibEncoder::new(
+                    out,
+                    flate2::Compression::new(self.level as u32),
+                );
+                std::io::copy(input, &mut e)?;
+                e.finish()?;
+            }
+            Compression::Bz2 => {
+                let mut e =
+                    bzip2::write::BzEncoder::new(out, bzip2::Compression::new(self.level as u32));
+                std::io::copy(input, &mut e)?;
+                e.finish()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader of the decompressed text of exactly one stream that must use all of `input`:
+    /// trailing bytes, a truncated stream or a second stream are read errors at the end.
+    pub fn decompress_reader(
+        &self,
+        input: Box<dyn BufRead + Send>,
+    ) -> std::io::Result<Box<dyn BufRead + Send>> {
+        let inner: Box<dyn StrictRead> = match self.kind {
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::with_buffer(input)?.single_frame())
+            }
+            Compression::Zlib => Box::new(flate2::bufread::ZlibDecoder::new(input)),
+            Compression::Bz2 => Box::new(bzip2::bufread::BzDecoder::new(input)),
+        };
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 16,
+            Strict { inner, done: false },
+        )))
+    }
+}
+
+/// A decoder whose input can be checked for leftovers once its output ends.
+trait StrictRead: Read + Send {
+    fn input_left(&mut self) -> std::io::Result<bool>;
+}
+
+impl StrictRead for zstd::stream::read::Decoder<'static, Box<dyn BufRead + Send>> {
+    fn input_left(&mut self) -> std::io::Result<bool> {
+        Ok(!self.get_mut().fill_buf()?.is_empty())
+    }
+}
+impl StrictRead for flate2::bufread::ZlibDecoder<Box<dyn BufRead + Send>> {
+    fn input_left(&mut self) -> std::io::Result<bool> {
+        Ok(!self.get_mut().fill_buf()?.is_empty())
+    }
+}
+impl StrictRead for bzip2::bufread::BzDecoder<Box<dyn BufRead + Send>> {
+    fn input_left(&mut self) -> std::io::Result<bool> {
+        Ok(!self.get_mut().fill_buf()?.is_empty())
+    }
+}
+
+struct Strict {
+    inner: Box<dyn StrictRead>,
+    done: bool,
+}
+
+impl Read for Strict {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.done = true;
+            if self.inner.input_left()? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "bytes after the compressed stream",
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
 fn read_bounded(r: impl Read, max: usize) -> std::result::Result<Vec<u8>, String> {
     let mut out = Vec::new();
     r.take(max as u64 + 1)
@@ -212,6 +314,23 @@ pub struct Codec {
     pub chunksize: u64,
     /// `None` for unencrypted archives.
     pub cipher: Option<Arc<ArchiveCipher>>,
+}
+
+/// Hashes what is written through it.
+struct HashingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    hasher: crate::crypto::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hasher.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// An encoded chunk: its manifest hash and the bytes of its file.
@@ -364,6 +483,87 @@ impl Codec {
             .map_err(|e| Error::corrupt(path, format!("does not decompress: {e}")))
     }
 
+    /// The text of a metadata object whose hash is not at hand (a transaction's staged
+    /// `info.tmp`, read during recovery only to see what it records): authenticated in
+    /// encrypted archives, merely decompressed otherwise. Never used for anything read back.
+    pub fn open_meta_unhashed(&self, file: &[u8], max_text: usize, path: &str) -> Result<Vec<u8>> {
+        let payload = match &self.cipher {
+            Some(c) => Cow::Owned(c.decrypt_meta(file).ok_or_else(|| {
+                Error::corrupt(path, "fails authentication (tampered or damaged)")
+            })?),
+            None => Cow::Borrowed(file),
+        };
+        self.compressor
+            .decompress(&payload, max_text)
+            .map_err(|e| Error::corrupt(path, format!("does not decompress: {e}")))
+    }
+
+    /// [`encode_meta`](Self::encode_meta) for a large object staged in a spool (a manifest):
+    /// compressed, hashed and sealed in streaming passes; the result is spooled beside it.
+    pub fn encode_meta_spool(&self, text: &Spool) -> Result<(Hash32, Spool)> {
+        let io = |e: std::io::Error| Error::io("metadata spool", e);
+        let mut compressed = Spool::new(text.dir());
+        let mut hashing = HashingWriter {
+            inner: &mut compressed,
+            hasher: self.meta_hash.hasher(),
+        };
+        self.compressor
+            .compress_stream(&mut text.reader().map_err(io)?, text.len(), &mut hashing)
+            .map_err(io)?;
+        let hash = hashing.hasher.finish();
+        let file = match &self.cipher {
+            None => compressed,
+            Some(c) => {
+                let mut sealed = Spool::new(text.dir());
+                c.encrypt_meta_spool(&compressed, &mut sealed)?;
+                sealed
+            }
+        };
+        Ok((hash, file))
+    }
+
+    /// Verifies a metadata object of any size (authentication, then the hash its parent
+    /// holds) before a byte of it is used, and returns a reader of its decompressed text. The
+    /// caller bounds what it reads (manifest lines are parsed one at a time).
+    pub fn decode_meta_spool(
+        &self,
+        file: Spool,
+        expected: &Hash32,
+        path: &str,
+    ) -> Result<Box<dyn BufRead + Send>> {
+        let io = |e: std::io::Error| Error::io(path, e);
+        if file.len() <= self.meta_overhead() {
+            return Err(Error::corrupt(
+                path,
+                format!("file has a bad size ({} bytes)", file.len()),
+            ));
+        }
+        let payload = match &self.cipher {
+            None => file,
+            Some(c) => {
+                let mut pt = Spool::new(file.dir());
+                if !c.decrypt_meta_spool(&file, &mut pt)? {
+                    return Err(Error::corrupt(
+                        path,
+                        "fails authentication (tampered or damaged)",
+                    ));
+                }
+                pt
+            }
+        };
+        let mut h = self.meta_hash.hasher();
+        std::io::copy(&mut payload.reader().map_err(io)?, &mut h).map_err(io)?;
+        if !h.finish().ct_eq(expected) {
+            return Err(Error::corrupt(
+                path,
+                "does not match the hash recorded in its parent",
+            ));
+        }
+        self.compressor
+            .decompress_reader(payload.into_reader().map_err(io)?)
+            .map_err(|e| Error::corrupt(path, format!("does not decompress: {e}")))
+    }
+
     /// The archive.ini body for a root text: gzip, sealed in encrypted archives.
     pub fn seal_root(&self, text: &str) -> Result<Vec<u8>> {
         let gz = gzip(text.as_bytes());
@@ -378,7 +578,7 @@ impl Codec {
         let gz = match &self.cipher {
             Some(c) => Cow::Owned(
                 c.decrypt_meta(body)
-                    .ok_or_else(|| Error::Auth(crate::auth::WRONG_PASSPHRASE.into()))?,
+                    .ok_or_else(|| Error::Auth(crate::crypto::WRONG_PASSPHRASE.into()))?,
             ),
             None => Cow::Borrowed(body),
         };

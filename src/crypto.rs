@@ -27,8 +27,15 @@ use parking_lot::Mutex;
 use sha2::{Sha256, Sha512};
 use zeroize::Zeroizing;
 
+use std::io::{Read, Write};
+
+use crate::spool::Spool;
+
 use crate::error::{Error, Result};
 use crate::format::Hash32;
+
+/// What a failure to open the root with the keys at hand means for the user.
+pub const WRONG_PASSPHRASE: &str = "wrong passphrase or damaged archive.ini";
 
 /// A 32-byte key, wiped on drop.
 pub type Key32 = Zeroizing<[u8; 32]>;
@@ -64,12 +71,58 @@ impl HashFn {
         }
     }
 
+    /// A hasher for data that arrives in pieces.
+    pub fn hasher(&self) -> Hasher {
+        match self {
+            HashFn::Blake2b256 => Hasher::Blake2b(Blake2b::<U32>::new()),
+            HashFn::Sha256 => Hasher::Sha256(Sha256::new()),
+            HashFn::HmacSha256(key) => Hasher::Hmac(
+                <Hmac<Sha256> as Mac>::new_from_slice(&key[..]).expect("HMAC takes any key length"),
+            ),
+        }
+    }
+
     pub fn hash(&self, data: &[u8]) -> Hash32 {
         match self {
             HashFn::Blake2b256 => Hash32(Blake2b::<U32>::digest(data).into()),
             HashFn::Sha256 => Hash32(Sha256::digest(data).into()),
             HashFn::HmacSha256(key) => Hash32(hmac_sha256(&key[..], &[data])),
         }
+    }
+}
+
+/// [`HashFn::hash`] in pieces; also a [`Write`] sink.
+pub enum Hasher {
+    Blake2b(Blake2b<U32>),
+    Sha256(Sha256),
+    Hmac(Hmac<Sha256>),
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Blake2b(h) => Digest::update(h, data),
+            Hasher::Sha256(h) => Digest::update(h, data),
+            Hasher::Hmac(h) => Mac::update(h, data),
+        }
+    }
+
+    pub fn finish(self) -> Hash32 {
+        Hash32(match self {
+            Hasher::Blake2b(h) => h.finalize().into(),
+            Hasher::Sha256(h) => h.finalize().into(),
+            Hasher::Hmac(h) => h.finalize().into_bytes().into(),
+        })
+    }
+}
+
+impl Write for Hasher {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -282,6 +335,7 @@ fn subkey(master: &[u8; 32], salt: &[u8; 64], info: &[u8], part: usize) -> Key64
 pub struct Counter {
     value: AtomicU64,
     limit: AtomicU64,
+    reserved: std::sync::atomic::AtomicBool,
     persist: Mutex<Option<PersistFn>>,
 }
 
@@ -291,10 +345,14 @@ pub type PersistFn = Box<dyn FnMut(u64) -> std::io::Result<()> + Send>;
 pub const COUNTER_RESERVE: u64 = 4096;
 
 impl Counter {
+    /// A counter at `value` that hands out nothing until [`reserve_with`](Self::reserve_with)
+    /// has persisted a limit: a cipher whose counters were never reserved cannot encrypt
+    /// (fails closed), so no code path can use a value that a crash could make us reuse.
     pub fn new(value: u64) -> Counter {
         Counter {
             value: AtomicU64::new(value),
-            limit: AtomicU64::new(u64::MAX),
+            limit: AtomicU64::new(value),
+            reserved: std::sync::atomic::AtomicBool::new(false),
             persist: Mutex::new(None),
         }
     }
@@ -305,6 +363,7 @@ impl Counter {
         persist(limit).map_err(|e| Error::io("local counter store", e))?;
         self.limit.store(limit, Ordering::SeqCst);
         *self.persist.lock() = Some(persist);
+        self.reserved.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -319,22 +378,26 @@ impl Counter {
 
     /// The persisted limit (what must be recorded as the counter's floor).
     pub fn high_water(&self) -> u64 {
-        match self.limit.load(Ordering::SeqCst) {
-            u64::MAX => self.get(),
-            l => l,
-        }
+        self.limit.load(Ordering::SeqCst).max(self.get())
+    }
+
+    /// Whether values can be handed out (a limit has been reserved).
+    pub fn is_reserved(&self) -> bool {
+        self.reserved.load(Ordering::SeqCst)
     }
 
     /// Advances by `step` and returns the new value.
     fn advance(&self, step: u64) -> Result<u64> {
+        if !self.is_reserved() {
+            return Err(Error::CountersNotReserved);
+        }
         let v = self.value.fetch_add(step, Ordering::SeqCst) + step;
         if v > self.limit.load(Ordering::SeqCst) {
             let mut p = self.persist.lock();
             if v > self.limit.load(Ordering::SeqCst) {
                 let new = v + COUNTER_RESERVE;
-                if let Some(f) = p.as_mut() {
-                    f(new).map_err(|e| Error::io("local counter store", e))?;
-                }
+                let f = p.as_mut().ok_or(Error::CountersNotReserved)?;
+                f(new).map_err(|e| Error::io("local counter store", e))?;
                 self.limit.store(new, Ordering::SeqCst);
             }
         }
@@ -427,7 +490,12 @@ impl ArchiveCipher {
         let aead = XChaCha20Poly1305::new((&*self.meta_key).into());
         let tag = aead
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut out[META_OVERHEAD..])
-            .map_err(|_| Error::Other("metadata encryption failed".into()))?;
+            .map_err(|_| {
+                Error::io(
+                    "metadata encryption",
+                    std::io::Error::other("object too large to encrypt"),
+                )
+            })?;
         out[24..40].copy_from_slice(&tag);
         Ok(out)
     }
@@ -477,6 +545,54 @@ impl ArchiveCipher {
         Some(pt)
     }
 
+    /// [`encrypt_meta`](Self::encrypt_meta) for an object too large to hold in memory: the
+    /// same bytes (nonce ‖ tag ‖ ciphertext), written to `out` in two passes over `pt` (an msr
+    /// nonce depends on the whole plaintext; the tag is filled in at the end).
+    pub fn encrypt_meta_spool(&self, pt: &Spool, out: &mut Spool) -> Result<()> {
+        let io = |e: std::io::Error| Error::io("metadata spool", e);
+        let nonce = match &self.meta_noncekey {
+            None => Self::counter_nonce(self.meta_counter.advance(1)?),
+            Some(k) => {
+                self.meta_counter.advance(pt.len() / 16384)?;
+                let mut rnd = [0u8; 24];
+                getrandom::getrandom(&mut rnd).expect("OS random source");
+                let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&k[..]).expect("any key");
+                m.update(&rnd);
+                copy_blocks(&mut pt.reader().map_err(io)?, |b| m.update(b)).map_err(io)?;
+                let mac: [u8; 32] = m.finalize().into_bytes().into();
+                let mut n = [0u8; 24];
+                n.copy_from_slice(&mac[..24]);
+                n
+            }
+        };
+        out.write_all(&nonce).map_err(io)?;
+        out.write_all(&[0u8; 16]).map_err(io)?;
+        let tag = aead_stream(
+            &self.meta_key,
+            &nonce,
+            &mut pt.reader().map_err(io)?,
+            true,
+            out,
+        )
+        .map_err(io)?;
+        out.write_at(24, &tag).map_err(io)
+    }
+
+    /// [`decrypt_meta`](Self::decrypt_meta) for a large object: the plaintext goes to `out`,
+    /// and is only to be used if this returns true (the tag is checked at the end).
+    pub fn decrypt_meta_spool(&self, file: &Spool, out: &mut Spool) -> Result<bool> {
+        let io = |e: std::io::Error| Error::io("metadata spool", e);
+        if file.len() <= META_OVERHEAD as u64 {
+            return Ok(false);
+        }
+        let mut r = file.reader().map_err(io)?;
+        let mut head = [0u8; META_OVERHEAD];
+        r.read_exact(&mut head).map_err(io)?;
+        let nonce: [u8; 24] = head[..24].try_into().expect("24 bytes");
+        let tag = aead_stream(&self.meta_key, &nonce, &mut r, false, out).map_err(io)?;
+        Ok(subtle::ConstantTimeEq::ct_eq(&tag[..], &head[24..40]).into())
+    }
+
     /// Seals the salt file's check block.
     pub fn seal_check(&self, salt: &mut SaltFile) -> Result<()> {
         let sealed = self.encrypt_meta(&salt.salts_digest())?;
@@ -491,8 +607,102 @@ impl ArchiveCipher {
     }
 }
 
+/// Reads `r` to its end in 64 KiB blocks (the last may be shorter), handing each to `f`.
+fn copy_blocks(r: &mut dyn Read, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = fill(r, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        f(&buf[..n]);
+    }
+}
+
+/// Fills `buf` from `r` unless the input ends first; returns the bytes read.
+fn fill(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// XChaCha20-Poly1305 with empty AAD over a stream (the AEAD construction of RFC 8439 that
+/// the `chacha20poly1305` crate implements for whole buffers, which is all it offers): the
+/// Poly1305 key is the first 32 bytes of keystream block 0, the data is XORed from block 1,
+/// and the tag covers the ciphertext padded to 16 bytes and the two lengths. Writes the
+/// output (ciphertext when `encrypt`, plaintext otherwise) to `out`; returns the tag.
+fn aead_stream(
+    key: &Key32,
+    nonce: &[u8; 24],
+    input: &mut dyn Read,
+    encrypt: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<[u8; 16]> {
+    use chacha20::cipher::StreamCipherSeek;
+    use poly1305::universal_hash::{KeyInit as _, UniversalHash};
+    let mut c = XChaCha20::new((&**key).into(), nonce.into());
+    let mut mac_key = [0u8; 32];
+    c.apply_keystream(&mut mac_key);
+    c.seek(64u64);
+    let mut mac = poly1305::Poly1305::new((&mac_key).into());
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
+    loop {
+        let n = fill(input, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let b = &mut buf[..n];
+        if encrypt {
+            c.apply_keystream(b);
+            mac.update_padded(b);
+        } else {
+            mac.update_padded(b);
+            c.apply_keystream(b);
+        }
+        out.write_all(b)?;
+        len += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    let mut lengths = poly1305::Block::default();
+    lengths[8..].copy_from_slice(&len.to_le_bytes());
+    mac.update(&[lengths]);
+    Ok(mac.finalize().into())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn streamed_aead_equals_the_crate() {
+        for len in [0usize, 1, 15, 16, 17, 65535, 65536, 65537, 300_001] {
+            let key: Key32 = Zeroizing::new([7u8; 32]);
+            let nonce = [9u8; 24];
+            let pt: Vec<u8> = (0..len).map(|i| (i * 31 % 256) as u8).collect();
+            let mut ct = Vec::new();
+            let tag = aead_stream(&key, &nonce, &mut &pt[..], true, &mut ct).unwrap();
+            let mut want = pt.clone();
+            let aead = XChaCha20Poly1305::new((&*key).into());
+            let want_tag = aead
+                .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut want)
+                .unwrap();
+            assert_eq!(ct, want, "{len}");
+            assert_eq!(&tag[..], &want_tag[..], "{len}");
+            let mut back = Vec::new();
+            let tag2 = aead_stream(&key, &nonce, &mut &ct[..], false, &mut back).unwrap();
+            assert_eq!(back, pt);
+            assert_eq!(tag, tag2);
+        }
+    }
     use super::*;
 
     fn hex(b: &[u8]) -> String {
@@ -554,7 +764,31 @@ mod tests {
             CipherMode::Dgr,
         ] {
             let (c, h) = ArchiveCipher::new(mode, &keys, &salt, [0, 0]);
+            // Never reserved: nothing can be encrypted (counters fail closed).
+            assert!(matches!(
+                c.encrypt_meta(b"metadata"),
+                Err(Error::CountersNotReserved)
+            ));
+            c.data_counter.reserve_with(Box::new(|_| Ok(()))).unwrap();
+            c.meta_counter.reserve_with(Box::new(|_| Ok(()))).unwrap();
             let m = c.encrypt_meta(b"metadata").unwrap();
+            // The streamed form is the same layout: the whole-buffer decryption opens it.
+            let dir = tempfile::tempdir().unwrap();
+            let big: Vec<u8> = (0..(9 << 20)).map(|i| (i % 253) as u8).collect();
+            let mut pt = Spool::new(dir.path());
+            pt.write_all(&big).unwrap();
+            let mut sealed = Spool::new(dir.path());
+            c.encrypt_meta_spool(&pt, &mut sealed).unwrap();
+            let mut file = Vec::new();
+            sealed.reader().unwrap().read_to_end(&mut file).unwrap();
+            assert_eq!(c.decrypt_meta(&file).unwrap(), big, "{mode:?}");
+            let mut opened = Spool::new(dir.path());
+            assert!(c.decrypt_meta_spool(&sealed, &mut opened).unwrap());
+            file[100] ^= 1;
+            let mut damaged = Spool::new(dir.path());
+            damaged.write_all(&file).unwrap();
+            let mut out = Spool::new(dir.path());
+            assert!(!c.decrypt_meta_spool(&damaged, &mut out).unwrap());
             assert_eq!(c.decrypt_meta(&m).unwrap(), b"metadata");
             let mut bad = m.clone();
             bad[44] ^= 1;

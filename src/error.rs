@@ -1,7 +1,13 @@
-//! Library errors. Every variant says what went wrong *and what the user can do*, and maps to
-//! the original Wyng's exit codes (behaviour notes §3) so scripts written for Wyng keep working:
-//! 1 fatal/integrity, 2 per-volume selection problems, 3 authentication, 5 destination not
-//! usable or already exists, 6 archive not found, 7 local storage, 8 interrupted, 9 bad input.
+//! Library errors. Every variant says what went wrong *and what the user can do*, keeps the
+//! underlying error as its `source`, and maps to the original Wyng's exit codes (behaviour
+//! notes §3) so scripts written for Wyng keep working: 1 fatal/integrity, 2 per-volume
+//! selection problems, 3 authentication, 5 destination not usable or already exists, 6 archive
+//! not found, 7 local storage, 8 interrupted, 9 bad input.
+//!
+//! Where an I/O error happened decides its variant: the destination ([`Error::DestIo`],
+//! [`Error::DestFull`]), wyng's local state under `--meta-dir` ([`Error::LocalState`]), the
+//! volume or restore target ([`Error::Local`]), or a temporary file ([`Error::Io`]). A full
+//! disk is never reported as the destination's unless it is.
 
 use std::path::PathBuf;
 
@@ -22,8 +28,19 @@ pub enum Error {
     #[error("destination '{url}' is not usable: {detail}")]
     DestUnavailable { url: String, detail: String },
 
-    #[error("destination is full while writing '{path}': free space there and run the command again (the archive is unchanged)")]
-    DestFull { path: String },
+    #[error("destination is full while writing {path} in '{url}': free space there and run the command again (an interrupted command is finished or rolled back by the next one)")]
+    DestFull { url: String, path: String },
+
+    #[error("I/O error on the destination '{url}' at {path}: {source}")]
+    DestIo {
+        url: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("another wyng process is using the archive '{url}'; wait for it to finish")]
+    Busy { url: String },
 
     #[error("volume '{0}' is not in the archive: `wyng list` shows the volume names")]
     VolumeNotFound(String),
@@ -31,9 +48,22 @@ pub enum Error {
     #[error("{0}")]
     Selection(String),
 
+    /// Some of the volumes a command worked on failed (each was reported as it failed).
+    #[error("{command} failed for volumes: {volumes}")]
+    VolumesFailed {
+        command: &'static str,
+        volumes: String,
+        /// Any of them damaged (exit 1), not only missing or different (exit 2).
+        damage: bool,
+    },
+
     /// The archive's content does not match its hashes or is malformed.
     #[error("archive damaged: {path}: {what} (run `wyng verify` or `wyng arch-check` to see the extent)")]
     Corrupt { path: String, what: String },
+
+    /// A session that existed when a command (a mount) started is gone: pruned meanwhile.
+    #[error("session {session} of volume '{volume}' was pruned while in use; open it again from the volume's directory")]
+    Pruned { volume: String, session: String },
 
     #[error("archive format not supported: {0}")]
     Unsupported(String),
@@ -45,6 +75,15 @@ pub enum Error {
     #[error("{path}: {what}")]
     Local { path: PathBuf, what: String },
 
+    /// wyng's own state under `--meta-dir` (rollback copy, counters, indexes, maps).
+    #[error("local state in {path}: {source} (check --meta-dir; free space there if it is full)")]
+    LocalState {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A temporary file or pipe of this run.
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,
@@ -52,11 +91,28 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("archive is older than the last one seen here: '{url}' may have been replaced by an old copy of itself; check it, then use --force-allow-rollback to accept it")]
+    Rollback { url: String },
+
+    #[error(
+        "the archive was updated in the future by this machine's clock: check the system time"
+    )]
+    FutureTimestamp,
+
+    #[error("an interrupted {command} of {vid} was already retried and did not complete: see why in the earlier error (or run `wyng arch-check`), then run again with --force-retry to retry it once more")]
+    RetryPending { command: String, vid: String },
+
+    /// An encryption was attempted with counters that were never reserved in local state: a
+    /// programming error caught before it could reuse a nonce counter.
+    #[error("encryption counters were not reserved in local state; nothing was written (an encrypted archive can only be written with a usable --meta-dir)")]
+    CountersNotReserved,
+
+    /// An external program (lvm, thin_delta, …) answered something we cannot parse.
+    #[error("unexpected output from {program}: {what}")]
+    Tool { program: String, what: String },
+
     #[error("interrupted")]
     Interrupted,
-
-    #[error("{0}")]
-    Other(String),
 }
 
 impl Error {
@@ -67,14 +123,12 @@ impl Error {
         }
     }
 
+    /// An I/O error on a temporary file of this run (not the destination, not local state).
     pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
-        let path = path.into();
-        if source.raw_os_error() == Some(libc::ENOSPC)
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
-            return Error::DestFull { path };
+        Error::Io {
+            path: path.into(),
+            source,
         }
-        Error::Io { path, source }
     }
 
     pub fn local(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
@@ -84,19 +138,49 @@ impl Error {
         }
     }
 
+    pub fn local_state(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::LocalState {
+            path: path.into(),
+            source,
+        }
+    }
+
     /// Exit code, following the original Wyng (behaviour notes §3).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 9,
             Error::Selection(_) | Error::VolumeNotFound(_) => 2,
+            Error::VolumesFailed { damage, .. } => {
+                if *damage {
+                    1
+                } else {
+                    2
+                }
+            }
             Error::Auth(_) => 3,
             Error::ArchiveExists { .. }
             | Error::DestUnavailable { .. }
-            | Error::DestFull { .. } => 5,
+            | Error::DestFull { .. }
+            | Error::DestIo { .. }
+            | Error::Busy { .. } => 5,
             Error::ArchiveNotFound { .. } => 6,
             Error::Local { .. } => 7,
             Error::Interrupted => 8,
-            Error::Corrupt { .. } | Error::Unsupported(_) | Error::Io { .. } | Error::Other(_) => 1,
+            Error::Corrupt { .. }
+            | Error::Pruned { .. }
+            | Error::Unsupported(_)
+            | Error::LocalState { .. }
+            | Error::Io { .. }
+            | Error::Rollback { .. }
+            | Error::FutureTimestamp
+            | Error::RetryPending { .. }
+            | Error::CountersNotReserved
+            | Error::Tool { .. } => 1,
         }
+    }
+
+    /// Whether this is damage to the archive (as opposed to a failure to reach it, bad input…).
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
     }
 }

@@ -1,22 +1,30 @@
 //! wyng: block-level incremental backup, byte-compatible with Wyng archive format V3.
 //!
-//! Layers, from the bytes on disk up: [`format`] (pure parse/serialize), [`crypto`] and
-//! [`codec`] (hash, compress, verify), [`dest`] (where an archive lives), [`archive`] (an open
-//! archive: load, merged manifests, crash-safe commits), [`source`] (where volume data and its
-//! changes come from), [`ops`] (one module per command).
+//! Layers, from the bytes on disk up (each knows only those below it; `tests/layers.rs`
+//! checks the rules):
+//! * [`format`]: pure parse/serialize of the format's objects (no I/O, no crypto).
+//! * [`crypto`], [`codec`]: hashes, ciphers, compression; the one path every byte takes.
+//! * [`dest`]: where an archive lives (a directory, a remote shell, memory for tests).
+//! * [`archive`]: the only way to an archive's bytes: open for read or write, verified
+//!   streamed manifests, merged-view indexes, chunk reader, session writer, journal, recovery.
+//! * [`source`]: where volume data and its changes come from (files, block devices,
+//!   copy-on-write snapshots).
+//! * [`view`]: a FUSE-free tree of volumes and sessions as sparse files (the mount).
+//! * [`ops`]: one module per command, on top of all of that.
 
 pub mod archive;
 pub mod auth;
-pub mod cache;
 pub mod codec;
 pub mod crypto;
 pub mod dest;
 pub mod error;
 pub mod format;
 pub mod ops;
+pub mod parallel;
 pub mod progress;
+pub mod size;
 pub mod source;
-pub mod txn;
+pub mod spool;
 pub mod view;
 
 pub use error::{Error, Result};

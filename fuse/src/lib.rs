@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! * Nothing can be changed: the mount is `ro`, and every modifying request is answered `EROFS`.
-//! * Content is immutable while mounted, so attributes and entries are cached by the kernel for a
-//!   long time and opened files keep their page cache (`FOPEN_KEEP_CACHE`).
+//! * A file's content never changes while it exists, so opened files keep their page cache
+//!   (`FOPEN_KEEP_CACHE`); how long the kernel may cache each node's attributes and entries is
+//!   the tree's choice ([`Attr::ttl`]), so directories can follow a source that changes.
 //! * Reads run on a pool of worker threads and reply asynchronously, so one slow read (a chunk
 //!   being fetched and decoded) never blocks lookups or other reads. A read error from the tree is
 //!   returned as that error (the tree maps integrity failures to `EIO`), never as data.
@@ -42,13 +43,17 @@ pub struct Attr {
     /// Stored data in 512-byte blocks (what `du` shows).
     pub blocks: u64,
     pub mtime: SystemTime,
+    /// How long the kernel may cache this node's attributes and its directory entry.
+    pub ttl: Duration,
 }
 
-/// A tree of read-only sparse files. Node ids are stable for the life of the mount.
+/// A tree of read-only sparse files. A node id always names the same thing; what a directory
+/// holds may change.
 pub trait SparseTree: Send + Sync + 'static {
     fn attr(&self, node: NodeId) -> io::Result<Attr>;
     fn lookup(&self, parent: NodeId, name: &OsStr) -> Option<NodeId>;
-    fn children(&self, dir: NodeId) -> Option<Vec<(OsString, NodeId)>>;
+    /// A directory's entries with their kinds (listing must not need each child's attributes).
+    fn children(&self, dir: NodeId) -> Option<Vec<(OsString, NodeId, Kind)>>;
     fn readlink(&self, node: NodeId) -> Option<OsString>;
     /// Fills `buf` from `offset`; returns the bytes read (short only at end of file). Holes read
     /// as zeros.
@@ -129,8 +134,6 @@ pub fn mount(
     Ok(Mounted { session })
 }
 
-/// Attributes and entries never change while mounted.
-const TTL: Duration = Duration::from_secs(3600);
 const BLOCK: u32 = 4096;
 
 struct ReadOnlyFs {
@@ -172,9 +175,8 @@ fn file_attr(node: NodeId, a: &Attr) -> FileAttr {
         kind,
         perm,
         nlink,
-        // SAFETY: getuid/getgid cannot fail.
-        uid: unsafe { libc::getuid() },
-        gid: unsafe { libc::getgid() },
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
         rdev: 0,
         blksize: BLOCK,
         flags: 0,
@@ -200,7 +202,7 @@ impl Filesystem for ReadOnlyFs {
             .lookup(parent, name)
             .map(|n| (n, self.tree.attr(n)))
         {
-            Some((n, Ok(a))) => reply.entry(&TTL, &file_attr(n, &a), 0),
+            Some((n, Ok(a))) => reply.entry(&a.ttl, &file_attr(n, &a), 0),
             Some((_, Err(e))) => reply.error(errno(&e)),
             None => reply.error(libc::ENOENT),
         }
@@ -208,7 +210,7 @@ impl Filesystem for ReadOnlyFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         match self.tree.attr(ino) {
-            Ok(a) => reply.attr(&TTL, &file_attr(ino, &a)),
+            Ok(a) => reply.attr(&a.ttl, &file_attr(ino, &a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -293,7 +295,7 @@ impl Filesystem for ReadOnlyFs {
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         match self.tree.attr(ino) {
-            Ok(a) if a.kind == Kind::Dir => reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE),
+            Ok(a) if a.kind == Kind::Dir => reply.opened(0, 0),
             Ok(_) => reply.error(libc::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
         }
@@ -315,10 +317,7 @@ impl Filesystem for ReadOnlyFs {
             (OsString::from("."), ino, Kind::Dir),
             (OsString::from(".."), parent, Kind::Dir),
         ];
-        for (name, n) in children {
-            let kind = self.tree.attr(n).map(|a| a.kind).unwrap_or(Kind::File);
-            entries.push((name, n, kind));
-        }
+        entries.extend(children);
         for (i, (name, n, kind)) in entries.into_iter().enumerate().skip(offset.max(0) as usize) {
             let ft = match kind {
                 Kind::Dir => FileType::Directory,

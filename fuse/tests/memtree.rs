@@ -42,24 +42,25 @@ impl SparseTree for MemTree {
             size,
             blocks: if node == A { 2 * 65536 / 512 } else { 0 },
             mtime: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            ttl: std::time::Duration::from_secs(3600),
         })
     }
 
     fn lookup(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
         self.children(parent)?
             .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, id)| id)
+            .find(|(n, _, _)| n == name)
+            .map(|(_, id, _)| id)
     }
 
-    fn children(&self, dir: NodeId) -> Option<Vec<(OsString, NodeId)>> {
+    fn children(&self, dir: NodeId) -> Option<Vec<(OsString, NodeId, Kind)>> {
         match dir {
             ROOT => Some(vec![
-                ("a.img".into(), A),
-                ("latest".into(), LATEST),
-                ("sub".into(), SUB),
+                ("a.img".into(), A, Kind::File),
+                ("latest".into(), LATEST, Kind::Symlink),
+                ("sub".into(), SUB, Kind::Dir),
             ]),
-            SUB => Some(vec![("bad.img".into(), BAD)]),
+            SUB => Some(vec![("bad.img".into(), BAD, Kind::File)]),
             _ => None,
         }
     }

@@ -5,15 +5,16 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use parking_lot::Mutex;
 
-use super::Dest;
+use super::{Capabilities, Dest};
 use crate::error::{Error, Result};
 
 pub struct FileDest {
     url: String,
     root: PathBuf,
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<Flock<File>>>,
 }
 
 impl FileDest {
@@ -23,7 +24,7 @@ impl FileDest {
             p.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|e| Error::io(".", e))?
+                .map_err(|e| Error::local(".", format!("no current directory: {e}")))?
                 .join(p)
         };
         Ok(FileDest {
@@ -42,14 +43,60 @@ impl FileDest {
         self.root.join(rel)
     }
 
+    /// A destination I/O error: "full" where there is no space, else naming the file.
     fn err(&self, rel: &str, e: std::io::Error) -> Error {
-        Error::io(format!("{}/{rel}", self.root.display()), e)
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            return super::full(&self.url, rel);
+        }
+        Error::DestIo {
+            url: self.url.clone(),
+            path: format!("{}/{rel}", self.root.display()),
+            source: e,
+        }
+    }
+
+    fn create(&self, rel: &str) -> Result<File> {
+        let p = self.path(rel);
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+        };
+        match open(&p) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(parent) = p.parent() {
+                    fs::create_dir_all(parent).map_err(|e| self.err(rel, e))?;
+                }
+                open(&p).map_err(|e| self.err(rel, e))
+            }
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+}
+
+/// Starts writeback now so the disk works in parallel with compression; the commit's sync then
+/// has little left to wait for. Advisory only: errors surface at that sync.
+fn start_writeback(f: &File) {
+    // SAFETY: plain syscall on an open descriptor; no memory is passed. (nix has no wrapper.)
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
 impl Dest for FileDest {
     fn url(&self) -> &str {
         &self.url
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_rename: true,
+            hard_links: true,
+            process_lock: true,
+        }
     }
 
     fn root_exists(&self) -> Result<bool> {
@@ -111,32 +158,50 @@ impl Dest for FileDest {
         Ok(Some(buf))
     }
 
-    fn write(&self, rel: &str, data: &[u8]) -> Result<()> {
-        let p = self.path(rel);
-        let open = |p: &Path| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(p)
-        };
-        let mut f = match open(&p) {
+    fn read_into(&self, rel: &str, max: u64, out: &mut dyn Write) -> Result<Option<u64>> {
+        let f = match File::open(self.path(rel)) {
             Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                if let Some(parent) = p.parent() {
-                    fs::create_dir_all(parent).map_err(|e| self.err(rel, e))?;
-                }
-                open(&p).map_err(|e| self.err(rel, e))?
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.err(rel, e)),
         };
-        f.write_all(data).map_err(|e| self.err(rel, e))?;
-        // Start writeback now so the disk works in parallel with compression; the commit's
-        // sync then has little left to wait for. Advisory only: errors surface at that sync.
-        // SAFETY: plain syscall on an open descriptor; no memory is passed.
-        unsafe {
-            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        let len = f.metadata().map_err(|e| self.err(rel, e))?.len();
+        if len > max {
+            return Err(Error::corrupt(
+                rel,
+                format!("file is {len} bytes, more than the {max} allowed"),
+            ));
         }
+        let mut f = f.take(max + 1);
+        let n = std::io::copy(&mut f, out).map_err(|e| self.err(rel, e))?;
+        if n > max {
+            return Err(Error::corrupt(
+                rel,
+                format!("file grew beyond the {max} bytes allowed"),
+            ));
+        }
+        Ok(Some(n))
+    }
+
+    fn write(&self, rel: &str, data: &[u8]) -> Result<()> {
+        let mut f = self.create(rel)?;
+        f.write_all(data).map_err(|e| self.err(rel, e))?;
+        start_writeback(&f);
+        Ok(())
+    }
+
+    fn write_from(&self, rel: &str, src: &mut dyn Read, _len: u64) -> Result<()> {
+        let mut f = self.create(rel)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("local spool for an upload", e)),
+            };
+            f.write_all(&buf[..n]).map_err(|e| self.err(rel, e))?;
+        }
+        start_writeback(&f);
         Ok(())
     }
 
@@ -211,27 +276,25 @@ impl Dest for FileDest {
     fn sync(&self) -> Result<()> {
         let f = File::open(&self.root).map_err(|e| self.err(".", e))?;
         // syncfs flushes the whole filesystem once: far cheaper than an fsync per chunk file.
-        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-            return Err(self.err(".", std::io::Error::last_os_error()));
-        }
-        Ok(())
+        nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| self.err(".", std::io::Error::from(e)))
     }
 
     fn lock(&self, exclusive: bool) -> Result<()> {
         let f = File::open(&self.root).map_err(|e| self.err(".", e))?;
-        let op = if exclusive {
-            libc::LOCK_EX
+        let arg = if exclusive {
+            FlockArg::LockExclusiveNonblock
         } else {
-            libc::LOCK_SH
-        } | libc::LOCK_NB;
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-            return Err(Error::DestUnavailable {
+            FlockArg::LockSharedNonblock
+        };
+        match Flock::lock(f, arg) {
+            Ok(l) => {
+                *self.lock.lock() = Some(l);
+                Ok(())
+            }
+            Err(_) => Err(Error::Busy {
                 url: self.url.clone(),
-                detail: "another wyng process is using this archive; wait for it to finish".into(),
-            });
+            }),
         }
-        *self.lock.lock() = Some(f);
-        Ok(())
     }
 
     fn unlock(&self) {

@@ -1,21 +1,40 @@
-//! Where an archive lives. The archive engine only talks to a [`Dest`]: whole-file reads with a
-//! size bound, writes, renames, directory listing, and a durability barrier. Paths are relative
-//! to the archive root and are always built from validated ids (never from archive content).
+//! Where an archive lives. Only [`crate::archive`] talks to a [`Dest`]: whole-file and
+//! streamed reads with a size bound, writes, renames, directory listing, and a durability
+//! barrier. Paths are relative to the archive root and are always built from validated ids
+//! (`archive::layout`), never from archive content.
 //!
-//! Crash safety rests on two primitives every destination must provide: `rename` replaces its
-//! target atomically, and `sync` makes everything written so far durable.
+//! What the archive engine may rely on is explicit in [`Capabilities`]: crash safety rests on
+//! `sync` (everything written or renamed before it is durable after it) and, where
+//! `atomic_rename` holds, on `rename` replacing its target atomically. A destination without
+//! hard links refuses `hard_link` with an error; one without a process-bound lock says so.
 
 mod file;
+pub mod memory;
 pub mod remote;
 
+use std::io::{Read, Write};
+
 pub use file::FileDest;
+pub use memory::MemDest;
 pub use remote::RemoteDest;
 
 use crate::error::{Error, Result};
 
+/// What a destination can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `rename` replaces its target atomically, and renaming a directory moves its tree.
+    pub atomic_rename: bool,
+    /// `hard_link` works (needed by `--dedup` and `arch-deduplicate`).
+    pub hard_links: bool,
+    /// `lock` takes a lock that ends with this process (or its connection).
+    pub process_lock: bool,
+}
+
 pub trait Dest: Send + Sync {
     /// The URL as the user gave it (for messages).
     fn url(&self) -> &str;
+    fn capabilities(&self) -> Capabilities;
     /// Whether the archive directory exists.
     fn root_exists(&self) -> Result<bool>;
     fn create_root(&self) -> Result<()>;
@@ -30,9 +49,28 @@ pub trait Dest: Send + Sync {
     fn batch_reads(&self) -> bool {
         false
     }
+    /// Streams a file of at most `max` bytes into `out`; its size, or `None` if it does not
+    /// exist. For objects too large to hold in memory (a large volume's manifest).
+    fn read_into(&self, rel: &str, max: u64, out: &mut dyn Write) -> Result<Option<u64>> {
+        match self.read(rel, max)? {
+            None => Ok(None),
+            Some(b) => {
+                out.write_all(&b)
+                    .map_err(|e| Error::io("local spool for a download", e))?;
+                Ok(Some(b.len() as u64))
+            }
+        }
+    }
     /// Creates or replaces a file (parent directories are created as needed). Not atomic:
     /// callers write to a temporary name and [`Dest::rename`] it.
     fn write(&self, rel: &str, data: &[u8]) -> Result<()>;
+    /// [`Dest::write`] from a stream of `len` bytes.
+    fn write_from(&self, rel: &str, src: &mut dyn Read, len: u64) -> Result<()> {
+        let mut b = Vec::with_capacity(len.min(64 << 20) as usize);
+        src.read_to_end(&mut b)
+            .map_err(|e| Error::io("local spool for an upload", e))?;
+        self.write(rel, &b)
+    }
     /// Writes a chunk file of a session being staged. Destinations may stream these (they are
     /// only read after a later [`Dest::sync`]).
     fn write_chunk(&self, rel: &str, data: &[u8]) -> Result<()> {
@@ -53,7 +91,7 @@ pub trait Dest: Send + Sync {
     fn mkdir_all(&self, rel: &str) -> Result<()>;
     /// Removes a file or a whole tree; nothing to remove is fine.
     fn remove_all(&self, rel: &str) -> Result<()>;
-    /// Names in a directory (empty if it does not exist).
+    /// Names in a directory (empty if it does not exist), sorted.
     fn list(&self, rel: &str) -> Result<Vec<String>>;
     fn exists(&self, rel: &str) -> Result<bool>;
     /// Durability barrier: everything written or renamed before is on stable storage after.
@@ -111,14 +149,11 @@ pub struct DestOptions {
 }
 
 /// Opens a destination URL (behaviour notes §4.1).
-pub fn open(url: &str) -> Result<Box<dyn Dest>> {
-    open_with(url, &DestOptions::default())
-}
-
-pub fn open_with(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
+pub fn open(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
     if url.chars().any(char::is_control) {
         return Err(Error::Usage(format!(
-            "--dest '{url}' contains control characters"
+            "--dest '{}' contains control characters",
+            url.escape_debug()
         )));
     }
     if let Some(rest) = url.strip_prefix("file:") {
@@ -150,18 +185,27 @@ pub fn open_with(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
     )))
 }
 
+/// The error for a destination write that found no space.
+pub(crate) fn full(url: &str, rel: &str) -> Error {
+    Error::DestFull {
+        url: url.to_string(),
+        path: rel.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn urls() {
-        assert!(open("file:/tmp/x").is_ok());
-        assert!(open("file:///tmp/x").is_ok());
-        assert!(open("file://host/tmp/x").is_err());
-        assert!(open("file:").is_err());
-        assert!(open("/tmp/x").is_err());
-        assert!(open("http://x").is_err());
-        assert!(open("ssh://host/x").is_ok());
+        let o = DestOptions::default();
+        assert!(open("file:/tmp/x", &o).is_ok());
+        assert!(open("file:///tmp/x", &o).is_ok());
+        assert!(open("file://host/tmp/x", &o).is_err());
+        assert!(open("file:", &o).is_err());
+        assert!(open("/tmp/x", &o).is_err());
+        assert!(open("http://x", &o).is_err());
+        assert!(open("ssh://host/x", &o).is_ok());
     }
 }

@@ -104,11 +104,7 @@ impl Hash32 {
 
     /// Constant-time comparison: hashes here authenticate data.
     pub fn ct_eq(&self, other: &Hash32) -> bool {
-        self.0
-            .iter()
-            .zip(other.0.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
     }
 }
 
@@ -122,11 +118,6 @@ impl fmt::Display for Hash32 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_b64())
     }
-}
-
-/// Chunk file name for a byte address: `x%016x`, in subdir = its first 9 hex digits (§3.4).
-pub fn chunk_rel_path(vid: &VolumeId, session_dir: &str, addr: u64) -> String {
-    format!("{vid}/{session_dir}/{:09x}/x{addr:016x}", addr >> 28)
 }
 
 /// Volume names (format §1): 1–4000 printable chars, no `.`/`..` component, no leading `/`.
@@ -179,13 +170,5 @@ mod tests {
         assert!(check_volume_name("a/../b").is_err());
         assert!(check_volume_name("/abs").is_err());
         assert!(check_volume_name("vms/disk1.img").is_ok());
-        assert_eq!(
-            chunk_rel_path(&VolumeId::parse("Vol_1").unwrap(), "S-tmp", 0x1b40000),
-            "Vol_1/S-tmp/000000000/x0000000001b40000"
-        );
-        assert_eq!(
-            chunk_rel_path(&VolumeId::parse("Vol_1").unwrap(), "S-tmp", 0x10000000),
-            "Vol_1/S-tmp/000000001/x0000000010000000"
-        );
     }
 }

@@ -189,3 +189,10 @@ mod tests {
         assert!(permissions_valid("420:1000:1000"));
     }
 }
+
+/// A session as a volume's metadata holds it: its name and its parsed `info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub name: SessionName,
+    pub info: SessionInfo,
+}

@@ -4,14 +4,15 @@
 pub mod ids;
 pub mod info;
 pub mod ini;
+pub mod journal;
 mod kv;
 pub mod manifest;
 pub mod volinfo;
 
-pub use ids::{chunk_rel_path, Hash32, SessionName, VolumeId};
-pub use info::{SessionInfo, Tag};
+pub use ids::{Hash32, SessionName, VolumeId};
+pub use info::{Session, SessionInfo, Tag};
 pub use ini::ArchiveIni;
-pub use manifest::{ChunkRef, Merged, SessionLines};
+pub use manifest::ChunkRef;
 pub use volinfo::VolInfo;
 
 /// Size limits of metadata objects as stored (format §1).
@@ -42,23 +43,13 @@ mod proptests {
             let _ = manifest::parse_lines(&bytes, 65536, u64::MAX, "m");
             let _ = ini::parse_header(&bytes);
             let _ = Hash32::parse_b64(&text);
+            let _ = journal::Journal::parse(&[("0".into(), text.clone()), ("1".into(), "Vol_1".into()), ("3".into(), text.clone())]);
+            if let Ok(mut l) = journal::MergeList::read(&bytes[..]) {
+                while let Ok(Some(_)) = l.next_op() {}
+            }
             for kind in [Compression::Zstd, Compression::Zlib, Compression::Bz2] {
                 let c = Compressor { kind, level: kind.default_level() };
                 let _ = c.decompress(&bytes, 1 << 16);
-            }
-        }
-
-        #[test]
-        fn structured_lines_never_panic(lines in proptest::collection::vec((any::<bool>(), any::<u64>(), "[A-Za-z0-9_=-]{0,46}"), 0..40)) {
-            let mut text = String::new();
-            for (zero, addr, h) in &lines {
-                if *zero { text.push('0') } else { text.push_str(h) }
-                text.push_str(&format!(" x{addr:016x}\n"));
-            }
-            if let Ok(parsed) = manifest::parse_lines(text.as_bytes(), 65536, u64::MAX, "m") {
-                let layers = [(0u16, &parsed)];
-                let _ = Merged::build(&layers, 65536, u64::MAX, "m");
-                let _ = Merged::build(&layers, 65536, lines.len() as u64 * 65536, "m");
             }
         }
 

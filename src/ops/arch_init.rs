@@ -2,22 +2,21 @@
 
 use std::path::Path;
 
-use crate::archive::{Archive, InitParams};
+use crate::archive::{
+    Archive, CipherMode, Compression, Compressor, InitParams, Location, WriteArchive,
+};
 use crate::auth::Auth;
-use crate::codec::{Compression, Compressor};
-use crate::crypto::CipherMode;
-use crate::dest::Dest;
 use crate::error::{Error, Result};
 
 pub struct InitOptions {
-    /// `off`, or a cipher mode name.
-    pub encrypt: String,
-    /// `zstd`, `zlib:4`, ...
-    pub compression: String,
+    /// `None`: unencrypted.
+    pub cipher: Option<CipherMode>,
+    pub compression: Compressor,
+    /// Chunk size 32 KiB × 2^factor, 1..=6.
     pub chunk_factor: u32,
-    pub hashtype: Option<String>,
 }
 
+/// `zstd`, `zlib:4`, `bz2:9` …, with the level checked for the method.
 pub fn parse_compression(s: &str) -> Result<Compressor> {
     let (name, level) = match s.split_once(':') {
         Some((n, l)) => (n, Some(l)),
@@ -38,27 +37,11 @@ pub fn parse_compression(s: &str) -> Result<Compressor> {
 }
 
 pub fn run(
-    dest: Box<dyn Dest>,
+    loc: Location,
     o: &InitOptions,
     auth: &Auth,
     meta_dir: Option<&Path>,
-) -> Result<Archive> {
-    let cipher = match o.encrypt.as_str() {
-        "off" => None,
-        name => Some(CipherMode::from_name(name).ok_or_else(|| {
-            Error::Usage(format!(
-                "unknown --encrypt mode '{name}': use xchacha20-dgr (default), xchacha20-msr, xchacha20-ct or off"
-            ))
-        })?),
-    };
-    if let Some(h) = &o.hashtype {
-        // The original validates --hashtype and then stores the hash its cipher mode implies.
-        if !["blake2b", "hmac-sha256"].contains(&h.as_str()) {
-            return Err(Error::Usage(format!(
-                "unknown --hashtype '{h}': use blake2b or hmac-sha256"
-            )));
-        }
-    }
+) -> Result<WriteArchive> {
     if !(1..=6).contains(&o.chunk_factor) {
         return Err(Error::Usage(format!(
             "--chunk-factor {} is out of range: 1 (64 KiB chunks) to 6 (2 MiB)",
@@ -66,9 +49,9 @@ pub fn run(
         )));
     }
     let params = InitParams {
-        compression: parse_compression(&o.compression)?,
+        compression: o.compression,
         chunksize: 32768u64 << o.chunk_factor,
-        cipher,
+        cipher: o.cipher,
     };
-    Archive::init(dest, &params, auth, meta_dir)
+    Archive::init(loc, &params, auth, meta_dir)
 }

@@ -1,17 +1,17 @@
 //! `arch-check`: a deep check of an archive (behaviour notes §7.9).
 //!
 //! Loading the archive already checks the metadata chain (root → volinfo → every info, session
-//! sequence and `previous` links). arch-check then parses every session's manifest, rebuilds the
-//! oldest and newest merged views (contiguity, the newest's `mfcs`), and reads every chunk file
-//! each session stored itself, newest to oldest, so every stored file is verified (hash,
-//! decryption, decompression, length) exactly once. It reports every problem it finds, not just
-//! the first.
+//! sequence and `previous` links). arch-check then rebuilds the oldest and newest merged views
+//! from the archive's own manifests (contiguity, `mfcs`), and reads every chunk file each
+//! session stored itself, newest to oldest, so every stored file is verified (hash,
+//! decryption, decompression, length) exactly once. Manifests are streamed and chunks read in
+//! parallel, so memory does not grow with the archive. It reports every problem it finds, not
+//! just the first.
 
-use crate::archive::Archive;
+use crate::archive::{Archive, ChunkLoc, WriteArchive};
 use crate::error::{Error, Result};
 use crate::format::manifest::chunk_len;
-use crate::format::{chunk_rel_path, ChunkRef, Hash32, SessionName};
-use crate::ops::parallel;
+use crate::format::{ChunkRef, SessionName};
 use crate::progress::Progress;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -25,14 +25,15 @@ pub struct CheckReport {
 pub struct CheckOptions {
     /// `newest` (only the archive's newest sessions) or a date-time (only that session).
     pub session: Option<String>,
-    /// Remove leftovers of interrupted commands first.
-    pub clean: bool,
 }
 
-pub fn run(archive: &mut Archive, names: &[String], o: &CheckOptions) -> Result<Vec<CheckReport>> {
-    if o.clean {
-        archive.recover()?;
-    }
+/// `arch-check --clean`: leftovers of interrupted commands are removed (recovery, which
+/// opening for write already ran, and `*.tmp` files inside session directories).
+pub fn clean(wa: &mut WriteArchive) -> Result<Vec<String>> {
+    wa.clean_deep()
+}
+
+pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<CheckReport>> {
     let only: Option<SessionName> = match o.session.as_deref() {
         None | Some("newest") => None,
         Some(s) => Some(
@@ -40,9 +41,13 @@ pub fn run(archive: &mut Archive, names: &[String], o: &CheckOptions) -> Result<
                 .ok_or_else(|| Error::Usage(format!("--session '{s}' is not a date-time")))?,
         ),
     };
+    for n in names {
+        archive.find(n)?;
+    }
     let newest_only = o.session.as_deref() == Some("newest");
+    let cs = archive.chunksize();
     let mut reports = Vec::new();
-    for vol in &archive.volumes {
+    for (vi, vol) in archive.volumes().iter().enumerate() {
         if !names.is_empty() && !names.iter().any(|n| n == vol.name()) {
             continue;
         }
@@ -53,62 +58,76 @@ pub fn run(archive: &mut Archive, names: &[String], o: &CheckOptions) -> Result<
         };
         let n = vol.sessions.len();
         if n > 0 {
-            if let Err(e) = archive.merged(vol, 0) {
+            if let Err(e) = archive.merged_fresh(vi, 0) {
                 r.problems.push(format!("oldest session: {e}"));
             }
-            if let Err(e) = archive.merged(vol, n - 1) {
-                r.problems.push(format!("newest session: {e}"));
-            }
-        }
-        let cs = archive.chunksize();
-        let mut jobs: Vec<(String, Hash32, usize)> = Vec::new();
-        for si in (0..n).rev() {
-            let s = &vol.sessions[si];
-            if newest_only && si + 1 != n || only.as_ref().is_some_and(|d| *d != s.name) {
-                continue;
-            }
-            match archive.session_lines(vol, si) {
-                Err(e) => r.problems.push(e.to_string()),
-                Ok(lines) => {
-                    for (idx, cref) in lines {
-                        if let ChunkRef::Data(h) = cref {
-                            let path = chunk_rel_path(&vol.vid, s.name.as_str(), idx * cs);
-                            jobs.push((path, h, chunk_len(idx, s.info.volsize, cs) as usize));
-                        }
-                    }
+            if n > 1 {
+                if let Err(e) = archive.merged_fresh(vi, n - 1) {
+                    r.problems.push(format!("newest session: {e}"));
                 }
             }
         }
-        r.chunks = jobs.len() as u64;
         let problems = parking_lot::Mutex::new(Vec::new());
-        let progress = Progress::bytes(jobs.iter().map(|j| j.2 as u64).sum(), "check");
-        // Every problem is collected: a damaged chunk does not stop the check.
-        parallel(jobs.len(), |i| {
-            let (path, h, len) = &jobs[i];
-            let res = archive
-                .dest
-                .read(path, archive.codec.max_chunk_file())
-                .and_then(|f| f.ok_or_else(|| Error::corrupt(path, "chunk file is missing")))
-                .and_then(|f| archive.codec.decode_chunk(&f, h, *len, path));
-            if let Err(e) = res {
+        let sessions: Vec<usize> = (0..n)
+            .rev()
+            .filter(|&si| {
+                let s = &vol.sessions[si];
+                !(newest_only && si + 1 != n || only.as_ref().is_some_and(|d| *d != s.name))
+            })
+            .collect();
+        // Each session's own lines, streamed; a damaged manifest is a problem of its own and
+        // the check goes on with the next session.
+        let problems_ref = &problems;
+        let jobs = sessions.into_iter().flat_map(move |si| {
+            let s = &vol.sessions[si];
+            let lines = match archive.session_lines(vi, si) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    problems_ref.lock().push(e.to_string());
+                    None
+                }
+            };
+            let mut failed = false;
+            lines.into_iter().flatten().filter_map(move |line| {
+                if failed {
+                    return None;
+                }
+                match line {
+                    Ok((idx, ChunkRef::Data(h))) => Some(Ok(ChunkLoc::new(
+                        &vol.vid,
+                        &s.name,
+                        idx,
+                        cs,
+                        h,
+                        chunk_len(idx, s.info.volsize, cs),
+                    ))),
+                    Ok(_) => None,
+                    Err(e) => {
+                        failed = true;
+                        problems_ref.lock().push(e.to_string());
+                        None
+                    }
+                }
+            })
+        });
+        let last_size = vol.last().map_or(0, |s| s.info.volsize);
+        let progress = Progress::bytes(last_size, "check");
+        let stats = archive.chunks().run(
+            jobs,
+            |loc, _| {
+                progress.inc(loc.len as u64);
+                Ok(())
+            },
+            // Every problem is collected: a damaged chunk does not stop the check.
+            |_, e| {
                 problems.lock().push(e.to_string());
-            }
-            progress.inc(*len as u64);
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         progress.finish();
+        r.chunks = stats.chunks;
         r.problems.extend(problems.into_inner());
         reports.push(r);
     }
     Ok(reports)
-}
-
-/// `arch-check --change-uuid`: gives the archive a new UUID (for a copy that must not be
-/// confused with its original).
-pub fn change_uuid(archive: &mut Archive) -> Result<String> {
-    archive.recover()?;
-    let uuid = uuid::Uuid::new_v4().to_string();
-    archive.ini.set("uuid", uuid.clone());
-    archive.save_root()?;
-    Ok(uuid)
 }

@@ -42,8 +42,11 @@ impl Purge {
 /// The snapshots a clean would remove.
 pub fn select(archive: &Archive, local: &Path, purge: Purge) -> Vec<FoundSnapshot> {
     let ours = archive.uuid();
-    let current: std::collections::HashSet<String> =
-        archive.volumes.iter().map(|v| v.vid.to_string()).collect();
+    let current: std::collections::HashSet<String> = archive
+        .volumes()
+        .iter()
+        .map(|v| v.vid.to_string())
+        .collect();
     reflink::find_snapshots(local)
         .into_iter()
         .filter(|s| match purge {
@@ -66,7 +69,7 @@ pub fn remove(archive: &Archive, snaps: &[FoundSnapshot], purge: Purge) -> Resul
         removed.push(s.path.clone());
     }
     if purge == Purge::All {
-        for v in &archive.volumes {
+        for v in archive.volumes() {
             forget_maps(archive, v.vid.as_str());
         }
     }
@@ -85,7 +88,7 @@ pub fn remove_volume(archive: &Archive, local: &Path, vid: &str) -> Result<Vec<P
 }
 
 fn forget_maps(archive: &Archive, vid: &str) {
-    if let Some(c) = &archive.cache_dir {
+    if let Some(c) = archive.local_dir() {
         deltamap::remove_others(&c.join(vid), None);
     }
 }

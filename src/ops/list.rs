@@ -53,7 +53,7 @@ pub fn session_changed(vol: &Volume, idx: usize) -> bool {
 
 fn selected<'a>(archive: &'a Archive, names: &[String]) -> Result<Vec<&'a Volume>> {
     if names.is_empty() {
-        return Ok(archive.volumes.iter().collect());
+        return Ok(archive.volumes().iter().collect());
     }
     names
         .iter()
@@ -104,10 +104,14 @@ pub fn json(archive: &Archive, names: &[String]) -> Result<ListJson> {
         fver: 3,
         wdate: String::new(),
         uuid: archive.uuid().into(),
-        updated_at: archive.ini.get("updated_at").unwrap_or("").into(),
-        encrypted: archive.ci != "00",
+        updated_at: archive
+            .settings()
+            .iter()
+            .find(|(k, _)| k == "updated_at")
+            .map_or(String::new(), |(_, v)| v.clone()),
+        encrypted: archive.encrypted(),
         is_auth: false,
-        url: archive.dest.url().into(),
+        url: archive.url().into(),
         volumes,
     })
 }
@@ -121,9 +125,7 @@ pub struct TextOptions {
 pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<String> {
     let mut out = String::new();
     let updated = archive
-        .ini
-        .get("updated_at")
-        .and_then(|t| t.parse::<f64>().ok())
+        .updated_at()
         .and_then(|t| chrono::DateTime::from_timestamp(t as i64, ((t.fract()) * 1e9) as u32))
         .map(|t| {
             t.with_timezone(&chrono::Local)
@@ -134,17 +136,17 @@ pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<Stri
     let _ = writeln!(
         out,
         "{} archive '{}'",
-        if archive.ci == "00" {
+        if !archive.encrypted() {
             "Un-encrypted"
         } else {
             "Encrypted"
         },
-        archive.dest.url()
+        archive.url()
     );
     let _ = writeln!(out, "Last updated {updated}\n");
     if o.verbose {
         out.push_str("Archive Properties:\n");
-        for (k, v) in &archive.ini.var {
+        for (k, v) in archive.settings() {
             let _ = writeln!(out, " {k:<15} = {v}");
         }
         out.push('\n');

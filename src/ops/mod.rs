@@ -1,18 +1,26 @@
 //! One module per command. Each takes an open [`Archive`](crate::archive::Archive) (or a
-//! destination) and plain option structs, does the work, and returns a report the binary prints.
+//! [`WriteArchive`](crate::archive::WriteArchive) for commands that change it) and plain option
+//! structs, does the work, and returns a report the binary prints. Nothing here prompts, forks
+//! or prints: that is the binary's part.
 
 pub mod arch_init;
 pub mod autoprune;
 pub mod check;
 pub mod clean;
 pub mod dedup;
+pub mod diff;
+#[cfg(test)]
+mod faults;
 pub mod list;
 pub mod monitor;
 pub mod mount;
 pub mod prune;
 pub mod receive;
+pub mod segments;
 pub mod send;
+pub mod verify;
 pub mod vols_from;
+pub mod volume;
 
 use crate::archive::Volume;
 use crate::error::{Error, Result};
@@ -104,44 +112,6 @@ impl SessionSel {
                 .ok_or_else(|| none(format!("no session tagged '{t}'"))),
         }
     }
-}
-
-/// Number of worker threads for the data pipelines: one per core, or `WYNG_WORKERS`.
-pub fn workers() -> usize {
-    std::env::var("WYNG_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| (1..=256).contains(&n))
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
-}
-
-/// Runs `f(0..n)` on one worker per core, each taking the next index; stops at the first error
-/// and returns it. (Receive has its own loop: it also has a batched mode for remote reads.)
-pub fn parallel(n: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_err = parking_lot::Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..workers() {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n || failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Err(e) = f(i) {
-                    failed.store(true, Ordering::Relaxed);
-                    first_err.lock().get_or_insert(e);
-                    break;
-                }
-            });
-        }
-    });
-    first_err.into_inner().map_or(Ok(()), Err)
 }
 
 /// True if every byte is zero (written so the compiler vectorises it).

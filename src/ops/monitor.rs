@@ -30,9 +30,7 @@ pub fn run(
 ) -> Result<Vec<MonitorReport>> {
     let mut vols = Vec::new();
     for v in volumes {
-        let vol = archive
-            .volume(&v.archive)
-            .ok_or_else(|| crate::Error::VolumeNotFound(v.archive.clone()))?;
+        let vol = archive.find(&v.archive)?;
         vols.push(PrepareVolume {
             name: &v.archive,
             file: store.volume_path(&v.local)?,
@@ -41,13 +39,7 @@ pub fn run(
         });
     }
     let cs = archive.chunksize();
-    let prepared = store.prepare(
-        &vols,
-        archive.uuid(),
-        archive.cache_dir.as_deref(),
-        cs,
-        true,
-    )?;
+    let prepared = store.prepare(&vols, archive.uuid(), archive.local_dir(), cs, true)?;
     let mut reports = Vec::new();
     let mut result = Ok(());
     for (v, p) in vols.iter().zip(&prepared) {

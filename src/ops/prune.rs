@@ -1,5 +1,4 @@
-//! `prune`: remove sessions, merging what they hold into the sessions after them, and the
-//! volume commands `delete`, `rename`, `add`.
+//! `prune`: remove sessions, merging what they hold into the sessions after them.
 //!
 //! Selection follows the original (behaviour notes §7.5): `--session=D` one session;
 //! `--session=^tag` every session with the tag; `--session=A,B` a range (dates and/or tags,
@@ -13,7 +12,7 @@
 //! newest. A session any policy keeps stays; with policies and no `--session`, every other
 //! session is pruned (with `--session`, only those it selects).
 
-use crate::archive::{Archive, Volume};
+use crate::archive::{Archive, Volume, WriteArchive};
 use crate::error::{Error, Result};
 use crate::format::SessionName;
 
@@ -284,7 +283,7 @@ fn select_spec(vol: &Volume, spec: &str, all_before: bool) -> Result<Vec<usize>>
 /// recomputing the calendar, until the space is there or nothing more can go. Returns what was
 /// removed; the caller finds out from the send itself whether the space then sufficed.
 pub fn make_room(
-    archive: &mut Archive,
+    wa: &mut WriteArchive,
     name: &str,
     needed: u64,
     apdays: crate::ops::autoprune::ApDays,
@@ -293,7 +292,7 @@ pub fn make_room(
     let mut removed = Vec::new();
     let mut factor = 1;
     loop {
-        match archive.dest.free_space()? {
+        match wa.free_space()? {
             Some(free) if free < needed => {
                 tracing::info!("{free} bytes free, about {needed} needed: autoprune");
             }
@@ -305,8 +304,7 @@ pub fn make_room(
             on_limit: Some(if factor > 4 { usize::MAX } else { 3 * factor }),
             ..Default::default()
         };
-        // The send that calls this has already recovered the archive.
-        let pass: Vec<PruneReport> = prune_recovered(archive, &names, &o)?
+        let pass: Vec<PruneReport> = run(wa, &names, &o)?
             .into_iter()
             .filter(|r| !r.removed.is_empty())
             .collect();
@@ -319,62 +317,67 @@ pub fn make_room(
     Ok(removed)
 }
 
-/// Prunes the named volumes (all, if none are named).
-pub fn run(archive: &mut Archive, names: &[String], o: &PruneOptions) -> Result<Vec<PruneReport>> {
-    archive.recover()?;
-    prune_recovered(archive, names, o)
+/// What a prune would do to the named volumes (all, if none are named), changing nothing.
+pub fn plan(archive: &Archive, names: &[String], o: &PruneOptions) -> Result<Vec<PruneReport>> {
+    let names = resolve(archive, names)?;
+    let auto = autoprune_marks(archive, o)?;
+    names
+        .iter()
+        .map(|name| {
+            let vol = archive.find(name)?;
+            let Selection { remove, keep } = select_with(vol, o, &auto)?;
+            Ok(PruneReport {
+                volume: name.clone(),
+                removed: remove
+                    .iter()
+                    .map(|&i| vol.sessions[i].name.to_string())
+                    .collect(),
+                kept: keep
+                    .into_iter()
+                    .map(|(i, why)| (vol.sessions[i].name.to_string(), why))
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
-fn prune_recovered(
-    archive: &mut Archive,
-    names: &[String],
-    o: &PruneOptions,
-) -> Result<Vec<PruneReport>> {
-    let names: Vec<String> = if names.is_empty() {
-        archive.volume_names()
-    } else {
-        for n in names {
-            if archive.volume(n).is_none() {
-                return Err(Error::VolumeNotFound(n.clone()));
-            }
-        }
-        names.to_vec()
-    };
-    let auto = autoprune_marks(archive, o)?;
-    let mut reports = Vec::new();
-    for name in names {
-        let vi = archive.volume_index(&name).expect("checked");
-        let Selection {
-            remove: chosen,
-            keep: kept,
-        } = select_with(&archive.volumes[vi], o, &auto)?;
-        let vol = &archive.volumes[vi];
-        let removed: Vec<String> = chosen
+fn resolve(archive: &Archive, names: &[String]) -> Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(archive.volume_names());
+    }
+    for n in names {
+        archive.find(n)?;
+    }
+    Ok(names.to_vec())
+}
+
+/// Prunes the named volumes (all, if none are named).
+pub fn run(wa: &mut WriteArchive, names: &[String], o: &PruneOptions) -> Result<Vec<PruneReport>> {
+    let reports = plan(wa, names, o)?;
+    if o.dry_run {
+        return Ok(reports);
+    }
+    for r in &reports {
+        let vi = wa.find_index(&r.volume)?;
+        let vol = &wa.volumes()[vi];
+        let chosen: Vec<usize> = r
+            .removed
             .iter()
-            .map(|&i| vol.sessions[i].name.to_string())
+            .filter_map(|s| {
+                crate::format::SessionName::parse(s).and_then(|n| vol.session_index(&n))
+            })
             .collect();
-        let kept = kept
-            .into_iter()
-            .map(|(i, why)| (vol.sessions[i].name.to_string(), why))
-            .collect();
-        if !o.dry_run {
-            // Runs of consecutive sessions, newest run first so earlier indices stay valid.
-            let mut runs: Vec<(usize, usize)> = Vec::new();
-            for &i in &chosen {
-                match runs.last_mut() {
-                    Some((_, last)) if *last + 1 == i => *last = i,
-                    _ => runs.push((i, i)),
-                }
-            }
-            for (first, last) in runs.into_iter().rev() {
-                archive.merge_sessions(vi, first, last)?;
+        // Runs of consecutive sessions, newest run first so earlier indices stay valid.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for i in chosen {
+            match runs.last_mut() {
+                Some((_, last)) if *last + 1 == i => *last = i,
+                _ => runs.push((i, i)),
             }
         }
-        reports.push(PruneReport {
-            volume: name,
-            removed,
-            kept,
-        });
+        for (first, last) in runs.into_iter().rev() {
+            wa.merge_sessions(vi, first, last)?;
+        }
     }
     Ok(reports)
 }
@@ -390,7 +393,7 @@ fn autoprune_marks(
     }
     let mut candidates = BTreeSet::new();
     let mut keep = BTreeSet::new();
-    for vol in &archive.volumes {
+    for vol in archive.volumes() {
         let n = vol.sessions.len();
         for (i, s) in vol.sessions.iter().enumerate() {
             if i + 1 < n {
@@ -422,54 +425,6 @@ fn autoprune_marks(
         o.apdays,
         today,
     ))
-}
-
-/// `delete VOL`: removes a volume and all its sessions.
-pub fn delete(archive: &mut Archive, name: &str) -> Result<()> {
-    archive.recover()?;
-    let vid = archive
-        .volume(name)
-        .ok_or_else(|| Error::VolumeNotFound(name.to_string()))?
-        .vid
-        .clone();
-    archive.delete_volume(&vid)
-}
-
-/// `rename OLD NEW`, optionally setting the description (a rename without one clears it, as
-/// the original does).
-pub fn rename(archive: &mut Archive, old: &str, new: &str, desc: &str) -> Result<()> {
-    archive.recover()?;
-    crate::format::ids::check_volume_name(new)?;
-    if archive.volume(new).is_some() {
-        return Err(Error::Usage(format!("volume '{new}' already exists")));
-    }
-    check_desc(desc)?;
-    let vi = archive
-        .volume_index(old)
-        .ok_or_else(|| Error::VolumeNotFound(old.to_string()))?;
-    let mut volinfo = archive.volumes[vi].volinfo.clone();
-    volinfo.name = new.to_string();
-    volinfo.desc = desc.to_string();
-    let sessions = archive.volumes[vi].sessions.clone();
-    archive.save_volume(vi, volinfo, sessions)
-}
-
-/// `add VOL`: a volume with no sessions yet.
-pub fn add(archive: &mut Archive, name: &str, desc: &str) -> Result<()> {
-    archive.recover()?;
-    check_desc(desc)?;
-    let vi = archive.new_volume(name, desc)?;
-    let volinfo = archive.volumes[vi].volinfo.clone();
-    archive.save_volume(vi, volinfo, Vec::new())
-}
-
-fn check_desc(desc: &str) -> Result<()> {
-    if desc.len() > crate::format::volinfo::MAX_DESC || desc.chars().any(char::is_control) {
-        return Err(Error::Usage(
-            "a volume description is at most 100 printable bytes".into(),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

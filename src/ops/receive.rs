@@ -1,23 +1,30 @@
-//! `receive` and `verify`: rebuild a session of a volume from its merged manifest.
+//! `receive`: rebuild a session of a volume into a file, a block device, or its place in local
+//! storage (`--local`).
 //!
 //! Every chunk is read, size-bounded, checked against its manifest hash, decompressed and
-//! length-checked before a single byte of it reaches the target. Workers (one per core) take
-//! chunk indices from a shared counter and write by position, so no reordering is needed and
-//! memory is one chunk per worker. A restore into a regular file is built under a temporary name
-//! beside the target and renamed into place only when complete: a failed receive leaves an
-//! existing file untouched. All-zero chunks become holes.
+//! length-checked (by the archive's chunk reader) before a byte of it reaches the target.
+//! Workers take chunks of the session's merged view in any order and write by position; the
+//! view is walked as data chunks and zero *ranges*, so a sparse multi-terabyte volume costs
+//! what it holds. A restore into a regular file is built under a temporary name beside the
+//! target and renamed into place only when complete: a failed receive leaves an existing file
+//! untouched. All-zero chunks become holes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{IsTerminal, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::archive::{Archive, Volume};
+use crossbeam_channel::bounded;
+
+use crate::archive::index::MergedIndex;
+use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::format::manifest::chunk_len;
-use crate::format::{ChunkRef, Merged};
-use crate::ops::{is_all_zero, workers, SessionSel};
+use crate::format::Session;
+use crate::ops::segments::{self, Seg};
+use crate::ops::{is_all_zero, SessionSel};
+use crate::parallel::workers;
 use crate::progress::Progress;
 
 #[derive(Debug, serde::Serialize)]
@@ -33,172 +40,13 @@ pub struct ReadReport {
     pub chunks_written: Option<u64>,
 }
 
-/// Reads, verifies and decodes every chunk of `merged` (or those `only` selects), handing data
-/// to `sink(offset, bytes)` (zero chunks are passed as `None`).
-fn read_session<F>(
-    archive: &Archive,
-    vol: &Volume,
-    merged: &Merged,
-    only: Option<&[bool]>,
-    label: &str,
-    sink: F,
-) -> Result<u64>
-where
-    F: Fn(u64, Option<Vec<u8>>) -> Result<()> + Sync,
-{
-    let cs = archive.chunksize();
-    let n = merged.entries.len() as u64;
-    let wanted = |i: u64| only.is_none_or(|o| o.get(i as usize) == Some(&true));
-    let next = AtomicU64::new(0);
-    let data_chunks = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
-    let first_err = parking_lot::Mutex::new(None);
-    let progress = Progress::bytes(merged.volsize, label);
-    let max_file = archive.codec.max_chunk_file();
-    // Remote destinations: one fetcher pulls chunk files in batches (a round trip per batch, not
-    // per chunk) while the workers verify, decompress and write.
-    let batched = archive.dest.batch_reads();
-    // Room for two batches, so the next one is fetched while this one is decoded.
-    let per_batch = ((16u64 << 20) / cs).clamp(1, 256) as usize;
-    let (tx, rx) =
-        crossbeam_channel::bounded::<(u64, Result<Option<Vec<u8>>>)>((2 * per_batch).max(32));
-    // Verifies and hands on one chunk; `fetched` is its file if the fetcher already read it.
-    let process = |idx: u64, fetched: Option<Result<Option<Vec<u8>>>>| -> Result<()> {
-        let len = chunk_len(idx, merged.volsize, cs);
-        let (r, origin) = merged.entries[idx as usize];
-        let res = match r {
-            ChunkRef::Zero => sink(idx * cs, None),
-            ChunkRef::Data(h) => {
-                let path = archive.chunk_path(vol, origin, idx);
-                data_chunks.fetch_add(1, Ordering::Relaxed);
-                fetched
-                    .unwrap_or_else(|| archive.dest.read(&path, max_file))
-                    .and_then(|f| f.ok_or_else(|| Error::corrupt(&path, "chunk file is missing")))
-                    .and_then(|f| archive.codec.decode_chunk(&f, &h, len as usize, &path))
-                    .and_then(|raw| sink(idx * cs, Some(raw)))
-            }
-        };
-        progress.inc(len);
-        res
-    };
-    std::thread::scope(|s| {
-        if batched {
-            let tx = tx.clone();
-            let (failed, first_err) = (&failed, &first_err);
-            s.spawn(move || {
-                let data: Vec<u64> = (0..n)
-                    .filter(|&i| {
-                        wanted(i) && matches!(merged.entries[i as usize].0, ChunkRef::Data(_))
-                    })
-                    .collect();
-                for batch in data.chunks(per_batch) {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let paths: Vec<String> = batch
-                        .iter()
-                        .map(|&i| archive.chunk_path(vol, merged.entries[i as usize].1, i))
-                        .collect();
-                    match archive.dest.read_many(&paths, max_file) {
-                        Ok(files) => {
-                            for (&i, f) in batch.iter().zip(files) {
-                                // Workers stop on the first error and no longer drain the
-                                // channel: never block on it without watching for that.
-                                let mut item = (i, Ok(f));
-                                loop {
-                                    match tx
-                                        .send_timeout(item, std::time::Duration::from_millis(50))
-                                    {
-                                        Ok(()) => break,
-                                        Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
-                                            if failed.load(Ordering::Relaxed) {
-                                                return;
-                                            }
-                                            item = back;
-                                        }
-                                        Err(crossbeam_channel::SendTimeoutError::Disconnected(
-                                            _,
-                                        )) => return,
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            first_err.lock().get_or_insert(e);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-        drop(tx);
-        for _ in 0..workers() {
-            s.spawn(|| {
-                // Zero chunks (and, for local destinations, every chunk) come from the counter;
-                // fetched data chunks from the channel.
-                loop {
-                    let idx = next.fetch_add(1, Ordering::Relaxed);
-                    if idx >= n || failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if !wanted(idx)
-                        || batched && matches!(merged.entries[idx as usize].0, ChunkRef::Data(_))
-                    {
-                        continue;
-                    }
-                    if let Err(e) = process(idx, None) {
-                        failed.store(true, Ordering::Relaxed);
-                        first_err.lock().get_or_insert(e);
-                        return;
-                    }
-                }
-                for (idx, f) in rx.iter() {
-                    if failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Err(e) = process(idx, Some(f)) {
-                        failed.store(true, Ordering::Relaxed);
-                        first_err.lock().get_or_insert(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    progress.finish();
-    match first_err.into_inner() {
-        Some(e) => Err(e),
-        None => Ok(data_chunks.into_inner()),
-    }
-}
+/// Asked before an existing target is overwritten: `Ok` to go ahead (the binary prompts, or
+/// `-u` says yes).
+pub type Confirm<'a> = &'a (dyn Fn(&Path) -> Result<()> + Sync);
 
-fn volume<'a>(archive: &'a Archive, name: &str) -> Result<&'a Volume> {
-    archive
-        .volume(name)
-        .ok_or_else(|| Error::VolumeNotFound(name.to_string()))
-}
-
-/// `verify`: read and check every chunk of the selected session without writing anything.
-pub fn verify(archive: &Archive, name: &str, sel: &SessionSel) -> Result<ReadReport> {
-    let vol = volume(archive, name)?;
-    let idx = sel.select(vol)?;
-    let merged = archive.merged(vol, idx)?;
-    let data = read_session(archive, vol, &merged, None, "verify", |_, _| Ok(()))?;
-    Ok(ReadReport {
-        volume: name.into(),
-        session: vol.sessions[idx].name.to_string(),
-        volsize: merged.volsize,
-        chunks: merged.entries.len() as u64,
-        data_chunks: data,
-        chunks_written: None,
-    })
-}
-
-pub struct ReceiveOptions {
+pub struct ReceiveOptions<'a> {
     pub save_to: PathBuf,
-    /// Overwrite an existing target without asking (`-u`).
-    pub unattended: bool,
+    pub confirm: Confirm<'a>,
     pub mode: Mode,
 }
 
@@ -215,6 +63,31 @@ pub enum Mode {
     SparseWrite,
 }
 
+/// An existing target is only replaced with permission.
+fn check_overwrite(target: &Path, confirm: Confirm) -> Result<()> {
+    if fs::symlink_metadata(target).is_ok() {
+        confirm(target)?;
+    }
+    Ok(())
+}
+
+fn report(
+    name: &str,
+    s: &Session,
+    ix: &MergedIndex,
+    data: u64,
+    written: Option<u64>,
+) -> ReadReport {
+    ReadReport {
+        volume: name.into(),
+        session: s.name.to_string(),
+        volsize: ix.volsize(),
+        chunks: ix.chunks(),
+        data_chunks: data,
+        chunks_written: written,
+    }
+}
+
 /// `receive --save-to`: restore the selected session into a file or an existing block device.
 pub fn receive(
     archive: &Archive,
@@ -222,10 +95,11 @@ pub fn receive(
     sel: &SessionSel,
     o: &ReceiveOptions,
 ) -> Result<ReadReport> {
-    let vol = volume(archive, name)?;
-    let idx = sel.select(vol)?;
-    let session = &vol.sessions[idx];
-    let merged = archive.merged(vol, idx)?;
+    let vi = archive.find_index(name)?;
+    let vol = &archive.volumes()[vi];
+    let si = sel.select(vol)?;
+    let session = &vol.sessions[si];
+    let ix = archive.merged(vi, si)?;
     let target = &o.save_to;
     let existing = match fs::metadata(target) {
         Ok(m) => Some(m),
@@ -239,33 +113,26 @@ pub fn receive(
                 "is a directory; give --save-to a file or block device path",
             ));
         }
-        confirm_overwrite(target, o.unattended)?;
+        check_overwrite(target, o.confirm)?;
     }
     let block = existing
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());
     if existing.is_some() && o.mode != Mode::Full {
-        let (data_chunks, written) = if block {
+        let (data, written) = if block {
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(target)
                 .map_err(|e| Error::local(target, format!("cannot open for writing: {e}")))?;
-            update_in_place(archive, vol, &merged, &f, target, true, None, o.mode)?
+            update_in_place(archive, &ix, &f, target, true, None, o.mode)?
         } else {
-            update_file(archive, vol, &merged, target, target, None, o.mode, session)?
+            update_file(archive, &ix, target, target, None, o.mode, session)?
         };
-        return Ok(ReadReport {
-            volume: name.into(),
-            session: session.name.to_string(),
-            volsize: merged.volsize,
-            chunks: merged.entries.len() as u64,
-            data_chunks,
-            chunks_written: Some(written),
-        });
+        return Ok(report(name, session, &ix, data, Some(written)));
     }
-    let data_chunks = if block {
-        receive_to_device(archive, vol, &merged, target)?
+    let data = if block {
+        receive_to_device(archive, &ix, target)?
     } else {
         if target.starts_with("/dev") && existing.is_none() {
             return Err(Error::local(
@@ -273,62 +140,12 @@ pub fn receive(
                 "no such device; to restore to a block device it must exist",
             ));
         }
-        receive_to_file(
-            archive,
-            vol,
-            &merged,
-            target,
-            &session.info.permissions,
-            session.info.localtime,
-        )?
+        receive_to_file(archive, &ix, target, session)?
     };
-    Ok(ReadReport {
-        volume: name.into(),
-        session: session.name.to_string(),
-        volsize: merged.volsize,
-        chunks: merged.entries.len() as u64,
-        data_chunks,
-        chunks_written: None,
-    })
+    Ok(report(name, session, &ix, data, None))
 }
 
-fn confirm_overwrite(target: &Path, unattended: bool) -> Result<()> {
-    if unattended {
-        return Ok(());
-    }
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(Error::Usage(format!(
-            "{} exists; add -u to overwrite it",
-            target.display()
-        )));
-    }
-    eprint!(
-        "{} exists and will be overwritten. Continue? [y/N] ",
-        target.display()
-    );
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    stdin
-        .read_line(&mut answer)
-        .map_err(|e| Error::local(target, e.to_string()))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Usage(
-            "receive cancelled; nothing was written".into(),
-        ))
-    }
-}
-
-fn receive_to_file(
-    archive: &Archive,
-    vol: &Volume,
-    merged: &Merged,
-    target: &Path,
-    perms: &str,
-    localtime: i128,
-) -> Result<u64> {
+fn receive_to_file(archive: &Archive, ix: &MergedIndex, target: &Path, s: &Session) -> Result<u64> {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -339,21 +156,19 @@ fn receive_to_file(
             "directory does not exist; create it or choose another --save-to",
         ));
     }
-    let fname = target
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{fname}.wyng-partial-{}", std::process::id()));
+    let tmp = partial_name(target);
     let result = (|| {
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::local(&tmp, format!("cannot create: {e}")))?;
-        f.set_len(merged.volsize)
+        f.set_len(ix.volsize())
             .map_err(|e| Error::local(&tmp, e.to_string()))?;
+        let progress = Progress::bytes(ix.data_bytes(), "receive");
         // One writer thread: concurrent writers to one file only contend for its inode lock.
-        let (tx, rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(workers() * 2);
+        let (tx, rx) = bounded::<(u64, Vec<u8>)>(workers() * 2);
+        let cs = ix.chunksize();
         let data = std::thread::scope(|s| {
             let writer = s.spawn(|| -> Result<()> {
                 for (off, d) in rx {
@@ -362,19 +177,18 @@ fn receive_to_file(
                 }
                 Ok(())
             });
-            let read = read_session(
-                archive,
-                vol,
-                merged,
-                None,
-                "receive",
-                |off, data| match data {
-                    // Zero chunks, and data that is all zeros, stay holes.
-                    Some(d) if !is_all_zero(&d) => tx
-                        .send((off, d))
-                        .map_err(|_| Error::local(&tmp, "write failed")),
-                    _ => Ok(()),
+            let read = archive.chunks().run(
+                ix.locs(),
+                |loc, d| {
+                    progress.inc(d.len() as u64);
+                    // Data that is all zeros stays a hole too.
+                    if is_all_zero(&d) {
+                        return Ok(());
+                    }
+                    tx.send((loc.idx * cs, d))
+                        .map_err(|_| Error::local(&tmp, "write failed"))
                 },
+                |_, e| Err(e),
             );
             drop(tx);
             let written = writer
@@ -382,14 +196,15 @@ fn receive_to_file(
                 .unwrap_or_else(|_| Err(Error::local(&tmp, "writer thread failed")));
             written.and(read)
         })?;
+        progress.finish();
         f.sync_all().map_err(|e| write_err(&tmp, e))?;
-        apply_metadata(&f, &tmp, perms, localtime);
+        apply_metadata(&f, &tmp, &s.info.permissions, s.info.localtime);
         fs::rename(&tmp, target)
             .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
         if let Ok(d) = File::open(&parent) {
             let _ = d.sync_all();
         }
-        Ok(data)
+        Ok(data.chunks)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -397,12 +212,41 @@ fn receive_to_file(
     result
 }
 
-fn receive_to_device(
-    archive: &Archive,
-    vol: &Volume,
-    merged: &Merged,
-    target: &Path,
-) -> Result<u64> {
+/// The temporary name a restore is built under, beside its target.
+fn partial_name(target: &Path) -> PathBuf {
+    let fname = target
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{fname}.wyng-partial-{}", std::process::id()))
+}
+
+/// Writes zeros over `len` bytes at `off` of a device: asks the device to zero the range,
+/// else writes zero blocks.
+fn zero_device(f: &File, path: &Path, off: u64, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let zeroed = nix::fcntl::fallocate(
+        f.as_raw_fd(),
+        nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        off as i64,
+        len as i64,
+    );
+    if zeroed.is_ok() {
+        return Ok(());
+    }
+    let zeros = vec![0u8; (1 << 20).min(len) as usize];
+    let mut at = off;
+    while at < off + len {
+        let n = (off + len - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], at)
+            .map_err(|e| write_err(path, e))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+fn receive_to_device(archive: &Archive, ix: &MergedIndex, target: &Path) -> Result<u64> {
     let mut f = OpenOptions::new()
         .write(true)
         .open(target)
@@ -410,47 +254,52 @@ fn receive_to_device(
     let size = f
         .seek(SeekFrom::End(0))
         .map_err(|e| Error::local(target, e.to_string()))?;
-    if size < merged.volsize {
+    if size < ix.volsize() {
         return Err(Error::local(
             target,
             format!(
                 "device is {size} bytes, smaller than the volume's {} bytes",
-                merged.volsize
+                ix.volsize()
             ),
         ));
     }
-    let zeros = vec![0u8; archive.chunksize() as usize];
-    let data = read_session(archive, vol, merged, None, "receive", |off, data| {
-        let buf = match &data {
-            Some(d) => &d[..],
-            None => &zeros[..(merged.volsize - off).min(zeros.len() as u64) as usize],
-        };
-        f.write_all_at(buf, off).map_err(|e| write_err(target, e))
-    })?;
+    let cs = ix.chunksize();
+    // Zero ranges first (the device may hold anything there), then the data.
+    for seg in segments::walk(ix) {
+        if let Seg::Zeros(a, b) = seg? {
+            let end = (b * cs).min(ix.volsize());
+            zero_device(&f, target, a * cs, end - a * cs)?;
+        }
+    }
+    let progress = Progress::bytes(ix.data_bytes(), "receive");
+    let stats = archive.chunks().run(
+        ix.locs(),
+        |loc, d| {
+            progress.inc(d.len() as u64);
+            f.write_all_at(&d, loc.idx * cs)
+                .map_err(|e| write_err(target, e))
+        },
+        |_, e| Err(e),
+    )?;
+    progress.finish();
     f.sync_all().map_err(|e| write_err(target, e))?;
-    Ok(data)
+    Ok(stats.chunks)
 }
 
-/// Brings a copy of `base` up to `merged` and renames it over `target` (`base` may be the
+/// Brings a copy of `base` up to the view `ix` and renames it over `target` (`base` may be the
 /// target itself, or a snapshot). The copy is a reflink, so only changed blocks cost space and
 /// a failure leaves the target as it was; where reflinks are impossible the target is updated
 /// in place (an interrupted receive then leaves it partly updated, as the original does).
-#[allow(clippy::too_many_arguments)]
 fn update_file(
     archive: &Archive,
-    vol: &Volume,
-    merged: &Merged,
+    ix: &MergedIndex,
     base: &Path,
     target: &Path,
-    only: Option<&[bool]>,
+    only: Option<Box<dyn Iterator<Item = Result<u64>> + Send + '_>>,
     mode: Mode,
-    session: &crate::archive::Session,
+    session: &Session,
 ) -> Result<(u64, u64)> {
-    let fname = target
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = target.with_file_name(format!(".{fname}.wyng-partial-{}", std::process::id()));
+    let tmp = partial_name(target);
     let _ = fs::remove_file(&tmp);
     let (work, staged) = match reflink_copy::reflink(base, &tmp) {
         Ok(()) => (tmp.as_path(), true),
@@ -474,7 +323,7 @@ fn update_file(
             .write(true)
             .open(work)
             .map_err(|e| Error::local(work, format!("cannot open for writing: {e}")))?;
-        let counts = update_in_place(archive, vol, merged, &f, work, false, only, mode)?;
+        let counts = update_in_place(archive, ix, &f, work, false, only, mode)?;
         apply_metadata(&f, work, &session.info.permissions, session.info.localtime);
         if staged {
             fs::rename(work, target)
@@ -491,24 +340,25 @@ fn update_file(
     result
 }
 
-/// Makes an open file or device hold `merged`, touching only chunks whose content differs:
-/// zero chunks that are not zero locally are punched (files) or zeroed (devices); data chunks
-/// are fetched (all of them, or with [`Mode::Sparse`] only those whose local content hashes
-/// differently) and written if they differ. `only` limits the work to some chunks (the rest
-/// are known to be right). Returns (chunks fetched, chunks written).
-#[allow(clippy::too_many_arguments)]
+/// Makes an open file or device hold the view `ix`, touching only chunks whose content
+/// differs: zero chunks that are not zero locally are punched (files) or zeroed (devices);
+/// data chunks are fetched (all of them, or with [`Mode::Sparse`] only those whose local
+/// content hashes differently) and written if they differ. `only` limits the work to some
+/// chunks (the rest are known to be right). Returns (chunks fetched, chunks written).
+///
+/// Local comparisons run on one thread per core and feed the fetch pipeline as they go, so
+/// nothing is held per chunk.
 fn update_in_place(
     archive: &Archive,
-    vol: &Volume,
-    merged: &Merged,
+    ix: &MergedIndex,
     f: &File,
     path: &Path,
     block: bool,
-    only: Option<&[bool]>,
+    only: Option<Box<dyn Iterator<Item = Result<u64>> + Send + '_>>,
     mode: Mode,
 ) -> Result<(u64, u64)> {
-    let cs = archive.chunksize();
-    let volsize = merged.volsize;
+    let cs = ix.chunksize();
+    let volsize = ix.volsize();
     if block {
         let size = (&*f)
             .seek(SeekFrom::End(0))
@@ -523,7 +373,6 @@ fn update_in_place(
         f.set_len(volsize)
             .map_err(|e| Error::local(path, e.to_string()))?;
     }
-    let n = merged.entries.len();
     let written = AtomicU64::new(0);
     let read_local = |off: u64, len: usize| -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
@@ -531,7 +380,7 @@ fn update_in_place(
             .map_err(|e| Error::local(path, format!("read error at offset {off}: {e}")))?;
         Ok(buf)
     };
-    let zero_range = |off: u64, len: usize| -> Result<()> {
+    let zero_range = |off: u64, len: u64| -> Result<()> {
         if !block {
             let punched = nix::fcntl::fallocate(
                 std::os::fd::AsRawFd::as_raw_fd(f),
@@ -544,57 +393,52 @@ fn update_in_place(
                 return Ok(());
             }
         }
-        f.write_all_at(&vec![0u8; len], off)
-            .map_err(|e| write_err(path, e))
+        zero_device(f, path, off, len)
     };
-    // First pass, local only: zero chunks, and which data chunks must come from the archive.
-    let fetch: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
-    crate::ops::parallel(n, |i| {
-        if only.is_some_and(|o| !o[i]) {
-            return Ok(());
-        }
-        let idx = i as u64;
-        let len = chunk_len(idx, volsize, cs) as usize;
-        match merged.entries[i].0 {
-            ChunkRef::Zero => {
-                let off = idx * cs;
-                // Holes are zeros: skip reading them.
-                if !block && crate::source::seek_data(f, off) >= off + len as u64 {
-                    return Ok(());
-                }
-                if !is_all_zero(&read_local(off, len)?) {
-                    zero_range(off, len)?;
-                    written.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            ChunkRef::Data(h) => {
-                let needed = mode != Mode::Sparse || {
-                    let local = read_local(idx * cs, len)?;
-                    is_all_zero(&local) || archive.codec.hash_chunk(&local).hash != h
-                };
-                fetch[i].store(needed, Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    })?;
-    let fetch: Vec<bool> = fetch.into_iter().map(AtomicBool::into_inner).collect();
-    let fetched = read_session(
+    let segs: Box<dyn Iterator<Item = Result<Seg>> + Send> = match only {
+        Some(o) => Box::new(segments::select(ix, o)),
+        None => Box::new(segments::walk(ix)),
+    };
+    // Each segment is compared on a worker; chunks to fetch go on to the reader.
+    let progress = Progress::bytes(ix.data_bytes(), "receive");
+    let stats = segments::compare(
         archive,
-        vol,
-        merged,
-        Some(&fetch),
-        "receive",
-        |off, data| {
-            let Some(d) = data else {
-                return Ok(());
-            };
-            if read_local(off, d.len())? != d {
-                f.write_all_at(&d, off).map_err(|e| write_err(path, e))?;
+        segs,
+        |seg, fetch| match seg {
+            Seg::Zeros(a, b) => {
+                for i in segments::local_data_chunks(f, block, a, b, cs) {
+                    let len = chunk_len(i, volsize, cs) as usize;
+                    if !is_all_zero(&read_local(i * cs, len)?) {
+                        zero_range(i * cs, len as u64)?;
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+            Seg::Data(rec) => {
+                let loc = ix.loc(&rec);
+                let needed = mode != Mode::Sparse || {
+                    let local = read_local(rec.idx * cs, loc.len as usize)?;
+                    is_all_zero(&local) || archive.hash_chunk(&local).hash() != rec.hash
+                };
+                if needed {
+                    fetch(loc)?;
+                }
+                Ok(())
+            }
+        },
+        |loc, d| {
+            progress.inc(d.len() as u64);
+            if read_local(loc.idx * cs, d.len())? != d {
+                f.write_all_at(&d, loc.idx * cs)
+                    .map_err(|e| write_err(path, e))?;
                 written.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         },
-    )?;
+    );
+    progress.finish();
+    let fetched = stats?.chunks;
     f.sync_all().map_err(|e| write_err(path, e))?;
     Ok((fetched, written.into_inner()))
 }
@@ -603,7 +447,7 @@ fn update_in_place(
 /// little left to wait for. Advisory: failures show up at that sync.
 fn start_writeback(f: &File, off: u64, len: usize) {
     use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    // SAFETY: plain syscall on an open descriptor; no memory is passed (nix has no wrapper).
     unsafe {
         libc::sync_file_range(
             f.as_raw_fd(),
@@ -661,6 +505,14 @@ pub enum SnapshotUse {
     SnapshotDiff,
 }
 
+/// The path `receive --local` restores a volume to.
+pub fn local_target(
+    store: &crate::source::reflink::ReflinkStore,
+    v: &crate::ops::VolumeRef,
+) -> Result<PathBuf> {
+    store.volume_path(&v.local)
+}
+
 /// `receive --local=DIR`: restores a volume file in a reflink directory (behaviour §7.3).
 /// After the newest session, the volume is paired again, so the next send is incremental.
 pub fn receive_local(
@@ -670,36 +522,42 @@ pub fn receive_local(
     store: &crate::source::reflink::ReflinkStore,
     o: &ReceiveOptions,
     use_snapshot: SnapshotUse,
-    cache_dir: Option<&Path>,
 ) -> Result<ReadReport> {
     use crate::source::deltamap::{DeltaMap, Pairing};
     use crate::source::reflink::{self, VolumeSnaps};
     use crate::source::Snapshots;
     let name = v.archive.as_str();
-    let vol = volume(archive, name)?;
-    let idx = sel.select(vol)?;
-    let newest = idx + 1 == vol.sessions.len();
-    let session = &vol.sessions[idx];
-    let target = store.volume_path(&v.local)?;
-    let snaps = VolumeSnaps::new(&target, archive.uuid(), vol.vid.as_str(), cache_dir);
+    let vi = archive.find_index(name)?;
+    let vol = &archive.volumes()[vi];
+    let si = sel.select(vol)?;
+    let newest = si + 1 == vol.sessions.len();
+    let session = &vol.sessions[si];
+    let target = local_target(store, v)?;
+    let snaps = VolumeSnaps::new(
+        &target,
+        archive.uuid(),
+        vol.vid.as_str(),
+        archive.local_dir(),
+    );
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::local(parent, e.to_string()))?;
     }
     let exists = fs::symlink_metadata(&target).is_ok();
     if exists {
-        confirm_overwrite(&target, o.unattended)?;
+        check_overwrite(&target, o.confirm)?;
     }
     // The baseline holds exactly the newest session only when paired without changes.
     let baseline = use_snapshot != SnapshotUse::No && snaps.pairing(vol.last()) == Pairing::Paired;
     if use_snapshot != SnapshotUse::No && !baseline {
         tracing::warn!("{name}: no paired snapshot; receiving from the archive");
     }
-    let report = |data_chunks: u64, written: Option<u64>| ReadReport {
+    let cs = archive.chunksize();
+    let plain = |data: u64, written: Option<u64>| ReadReport {
         volume: name.into(),
         session: session.name.to_string(),
         volsize: session.info.volsize,
-        chunks: session.info.volsize.div_ceil(archive.chunksize()),
-        data_chunks,
+        chunks: session.info.volsize.div_ceil(cs),
+        data_chunks: data,
         chunks_written: written,
     };
     let r = if baseline && newest {
@@ -712,30 +570,29 @@ pub fn receive_local(
         apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
         fs::rename(&tmp, &target).map_err(|e| Error::local(&target, e.to_string()))?;
         tracing::info!("{name}: snapshot retrieved");
-        report(0, Some(0))
+        plain(0, Some(0))
     } else if baseline {
         // An older session, starting from the baseline (the newest session).
-        let merged = archive.merged(vol, idx)?;
-        let only = (use_snapshot == SnapshotUse::SnapshotDiff)
-            .then(|| changed_after(archive, vol, idx))
-            .transpose()?;
+        let ix = archive.merged(vi, si)?;
+        let only = match use_snapshot == SnapshotUse::SnapshotDiff {
+            true => Some(changed_after(archive, vi, si)?),
+            false => None,
+        };
         let (fetched, written) = update_file(
             archive,
-            vol,
-            &merged,
+            &ix,
             &snaps.snap1,
             &target,
-            only.as_deref(),
+            only,
             Mode::SparseWrite,
             session,
         )?;
-        report(fetched, Some(written))
+        report(name, session, &ix, fetched, Some(written))
     } else if exists && o.mode != Mode::Full {
-        let merged = archive.merged(vol, idx)?;
-        let (fetched, written) = update_file(
-            archive, vol, &merged, &target, &target, None, o.mode, session,
-        )?;
-        report(fetched, Some(written))
+        let ix = archive.merged(vi, si)?;
+        let (fetched, written) =
+            update_file(archive, &ix, &target, &target, None, o.mode, session)?;
+        report(name, session, &ix, fetched, Some(written))
     } else {
         receive(
             archive,
@@ -743,7 +600,7 @@ pub fn receive_local(
             sel,
             &ReceiveOptions {
                 save_to: target.clone(),
-                unattended: true,
+                confirm: &|_| Ok(()),
                 mode: Mode::Full,
             },
         )?
@@ -757,9 +614,7 @@ pub fn receive_local(
                 snaps.map_path(session),
                 crate::source::deltamap::mtime_ns(&snaps.snap1),
             ) {
-                (Some(map), Some(t)) => {
-                    DeltaMap::blank(session.info.volsize, archive.chunksize()).save(&map, t)
-                }
+                (Some(map), Some(t)) => DeltaMap::blank(session.info.volsize, cs).save(&map, t),
                 _ => Ok(()),
             }
         });
@@ -771,134 +626,30 @@ pub fn receive_local(
     Ok(r)
 }
 
-/// Chunks that may differ between session `idx` and the newest one: every address a later
-/// session recorded, and everything past the smallest later size (truncated and regrown).
-fn changed_after(archive: &Archive, vol: &Volume, idx: usize) -> Result<Vec<bool>> {
-    let cs = archive.chunksize();
-    let n = vol.sessions[idx].info.volsize.div_ceil(cs) as usize;
-    let mut only = vec![false; n];
-    let mut min_size = u64::MAX;
-    for later in idx + 1..vol.sessions.len() {
-        min_size = min_size.min(vol.sessions[later].info.volsize);
-        for (i, _) in archive.session_lines(vol, later)? {
-            if let Some(b) = only.get_mut(i as usize) {
-                *b = true;
-            }
-        }
-    }
-    for b in only.iter_mut().skip((min_size / cs) as usize) {
-        *b = true;
-    }
-    Ok(only)
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct DiffReport {
-    pub volume: String,
-    pub session: String,
-    /// Byte offset of the first difference (at chunk granularity with `--quick`), if any.
-    pub first_difference: Option<u64>,
-}
-
-/// What `diff --local` compares with the newest session (behaviour §7.3): the paired baseline
-/// snapshot when there is one (it is what the next incremental send builds on), else the
-/// volume itself.
-pub fn diff_source(
+/// Chunks that may differ between session `si` and the newest one, ascending: every address a
+/// later session recorded, and everything past the smallest later size (truncated and
+/// regrown). A streamed merge of the later sessions' lines.
+fn changed_after(
     archive: &Archive,
-    v: &crate::ops::VolumeRef,
-    store: &crate::source::LocalStorage,
-) -> Result<PathBuf> {
-    use crate::source::deltamap::Pairing;
-    let name = v.archive.as_str();
-    let path = store.volume_path(&v.local)?;
-    let vol = volume(archive, name)?;
-    if let (crate::source::LocalStorage::Reflink(_), Some(cache)) = (store, &archive.cache_dir) {
-        let snaps = crate::source::reflink::VolumeSnaps::new(
-            &path,
-            archive.uuid(),
-            vol.vid.as_str(),
-            Some(cache),
-        );
-        match snaps.pairing(vol.last()) {
-            Pairing::Paired => {
-                tracing::warn!(
-                    "{name}: comparing the paired snapshot {}",
-                    snaps.snap1.display()
-                );
-                return Ok(snaps.snap1);
-            }
-            Pairing::PairedWithChanges => {
-                tracing::warn!("{name}: changed since the last send (monitor recorded changes); comparing the volume")
-            }
-            Pairing::Unpaired => tracing::warn!("{name}: not paired; comparing the volume"),
-        }
-    }
-    Ok(path)
-}
-
-/// `diff`: compares a local volume with the archive's newest session. `quick` compares the
-/// hash of each recompressed local chunk with the manifest (nothing is read from the archive);
-/// otherwise every chunk is read, verified, and compared byte for byte.
-pub fn diff(archive: &Archive, name: &str, local: &Path, quick: bool) -> Result<DiffReport> {
-    let vol = volume(archive, name)?;
-    let idx = SessionSel::Newest.select(vol)?;
-    let merged = archive.merged(vol, idx)?;
-    let src = crate::source::Source::open(local)?;
+    vi: usize,
+    si: usize,
+) -> Result<Box<dyn Iterator<Item = Result<u64>> + Send + '_>> {
+    use crate::format::manifest::Merge;
+    let vol = &archive.volumes()[vi];
     let cs = archive.chunksize();
-    let first = std::sync::atomic::AtomicU64::new(u64::MAX);
-    let note = |off: u64| {
-        first.fetch_min(off, Ordering::Relaxed);
-    };
-    if src.size != merged.volsize {
-        note(src.size.min(merged.volsize));
-    }
-    let local_chunk = |off: u64, len: usize| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        src.read_at(&mut buf, off)?;
-        Ok(buf)
-    };
-    if quick {
-        let n = merged.entries.len().min(src.size.div_ceil(cs) as usize);
-        crate::ops::parallel(n, |i| {
-            let i = i as u64;
-            let len = chunk_len(i, merged.volsize, cs) as usize;
-            let local = local_chunk(i * cs, len.min((src.size - i * cs) as usize))?;
-            let same = match merged.entries[i as usize].0 {
-                ChunkRef::Zero => is_all_zero(&local),
-                ChunkRef::Data(h) => {
-                    local.len() == len && archive.codec.hash_chunk(&local).hash == h
-                }
-            };
-            if !same {
-                note(i * cs);
-            }
-            Ok(())
-        })?;
-    } else {
-        read_session(archive, vol, &merged, None, "diff", |off, data| {
-            if off >= src.size {
-                return Ok(());
-            }
-            let len = chunk_len(off / cs, merged.volsize, cs) as usize;
-            let local = local_chunk(off, len.min((src.size - off) as usize))?;
-            let differs = match &data {
-                None => !is_all_zero(&local),
-                Some(d) => d[..local.len()] != local[..],
-            };
-            if differs {
-                let at = match &data {
-                    None => local.iter().position(|&b| b != 0),
-                    Some(d) => d.iter().zip(&local).position(|(a, b)| a != b),
-                };
-                note(off + at.unwrap_or(0) as u64);
-            }
-            Ok(())
-        })?;
-    }
-    let f = first.into_inner();
-    Ok(DiffReport {
-        volume: name.into(),
-        session: vol.sessions[idx].name.to_string(),
-        first_difference: (f != u64::MAX).then_some(f),
-    })
+    let n = vol.sessions[si].info.volsize.div_ceil(cs);
+    let later = si + 1..vol.sessions.len();
+    let min_size = later
+        .clone()
+        .map(|l| vol.sessions[l].info.volsize)
+        .min()
+        .unwrap_or(u64::MAX);
+    let layers = later
+        .map(|l| archive.session_lines(vi, l))
+        .collect::<Result<Vec<_>>>()?;
+    let tail_from = (min_size / cs).min(n);
+    let recorded = Merge::new(layers)?
+        .map(|e| e.map(|(i, _, _)| i))
+        .take_while(move |i| i.as_ref().map_or(true, |&i| i < tail_from));
+    Ok(Box::new(recorded.chain((tail_from..n).map(Ok))))
 }

@@ -1,29 +1,40 @@
 //! `send`: back up volumes into new sessions.
 //!
-//! The pipeline streams and uses every core while the manifest stays in address order:
-//! a reader thread reads chunks by position, one worker per core tests for zeros, compresses,
-//! hashes, compares with the previous merged manifest and writes changed chunk files into
-//! `S-tmp`, and this thread puts results back in address order to build the manifest and its
-//! checksum. A token channel bounds the chunks in flight, so memory does not grow with the
-//! volume (only the previous merged manifest is held: ~36 bytes per chunk).
+//! The pipeline streams, uses every core, and costs what changed, not the volume's size:
+//! * a reader thread walks the source in address order and hands out only what must be
+//!   looked at: data chunks (the chunks a copy-on-write map marks, or every chunk holding data
+//!   in a full scan) and *ranges* of holes, which are zeros without being read;
+//! * one worker per core tests for zeros, compares raw digests with the previous send's,
+//!   compresses, hashes, compares with the previous merged view and stores or links what
+//!   changed;
+//! * this thread restores the order and walks the previous merged view (a compact index of
+//!   its data entries) in step, producing the new session's manifest lines, its merged view
+//!   (the index the next command uses) with its `mfcs`, and the next digest map.
+//!
+//! Work per chunk slot is only what the format forces (every address listed in a volume's
+//! first session; `mfcs` over the whole merged view), at a few nanoseconds per slot for runs
+//! of zeros. A token channel bounds the chunks in flight, so memory is a few chunks per core.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::bounded;
 
-use crate::archive::{Archive, Session, SESSION_TMP};
-use crate::cache::DigestMap;
+use crate::archive::dedup::DedupIndex;
+use crate::archive::digests::{self, Digest, DigestCursor, DigestWriter};
+use crate::archive::index::{Builder, Rec};
+use crate::archive::{Archive, SessionWriter, WriteArchive};
 use crate::error::{Error, Result};
-use crate::format::manifest::{chunk_count, chunk_len, push_line};
-use crate::format::{chunk_rel_path, ChunkRef, Merged, SessionInfo, SessionName, Tag};
-use crate::ops::{is_all_zero, workers};
+use crate::format::manifest::{chunk_count, chunk_len, ChunkRef, Lines};
+use crate::format::{Hash32, Session, SessionInfo, SessionName, Tag};
+use crate::ops::is_all_zero;
+use crate::parallel::workers;
 use crate::progress::Progress;
 use crate::source::deltamap::DeltaMap;
 use crate::source::reflink::PrepareVolume;
-use crate::source::{LocalStorage, Plan, Prepared};
-use crate::source::{Scan, Source};
+use crate::source::{LocalStorage, Plan, Prepared, Scan, Source};
+use crate::spool::Spool;
 
 pub struct SendRequest {
     pub volume: String,
@@ -46,9 +57,6 @@ pub struct SendOptions {
     pub dry_run: bool,
     /// The local storage (`--local`) holding the volumes of requests marked `reflink`.
     pub local: Option<LocalStorage>,
-    /// wyng's cache directory for this archive, where the digest maps live (see
-    /// [`DigestMap`]). Without it every chunk is compressed to compare.
-    pub cache_dir: Option<PathBuf>,
     /// The session name, when several runs over different local storages share one (see
     /// [`session_name`]); by default the current time.
     pub session: Option<SessionName>,
@@ -57,14 +65,22 @@ pub struct SendOptions {
     pub autoprune_on: Option<crate::ops::autoprune::ApDays>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct VolumeReport {
     pub volume: String,
     /// `None` when nothing changed and no session was recorded.
     pub session: Option<String>,
     pub volsize: u64,
+    /// Whether this was the volume's first session.
+    pub first: bool,
     pub chunks_read: u64,
+    /// Chunks whose content differs from the newest session (data stored or linked, or
+    /// chunks that became zero).
     pub chunks_changed: u64,
+    /// Of those, chunks that hold data.
+    pub chunks_data: u64,
+    /// Of those, chunks that are (or became) all zero: no file, one manifest line each.
+    pub chunks_zero: u64,
     pub bytes_read: u64,
     pub bytes_stored: u64,
     /// Changed chunks stored as hard links to identical chunks already in the archive.
@@ -74,13 +90,10 @@ pub struct VolumeReport {
 }
 
 pub fn run(
-    archive: &mut Archive,
+    wa: &mut WriteArchive,
     reqs: &[SendRequest],
     opts: &SendOptions,
 ) -> Result<Vec<VolumeReport>> {
-    if !opts.dry_run {
-        archive.recover()?;
-    }
     let mut seen = std::collections::HashSet::new();
     for r in reqs {
         if !seen.insert(&r.volume) {
@@ -95,20 +108,20 @@ pub fn run(
         .iter()
         .map(|r| Source::open(&r.source))
         .collect::<Result<Vec<_>>>()?;
-    if reqs.iter().any(|r| r.reflink) && opts.cache_dir.is_none() {
+    if reqs.iter().any(|r| r.reflink) && wa.local_dir().is_none() {
         tracing::warn!(
-            "no local cache: snapshot pairing cannot be recorded, every send is a full scan"
+            "no local state: snapshot pairing cannot be recorded, every send is a full scan"
         );
     }
     let name = match &opts.session {
         Some(n) => n.clone(),
-        None => session_name(archive, reqs.iter().map(|r| r.volume.as_str()))?,
+        None => session_name(wa, reqs.iter().map(|r| r.volume.as_str()))?,
     };
     let mut index = if opts.dedup {
         if !opts.dry_run {
-            crate::ops::dedup::check_hard_links(archive)?;
+            wa.check_hard_links()?;
         }
-        let idx = crate::ops::dedup::DedupIndex::build(archive)?;
+        let idx = DedupIndex::build(wa)?;
         tracing::info!("dedup index: {} distinct chunks", idx.len());
         Some(idx)
     } else {
@@ -116,9 +129,9 @@ pub fn run(
     };
     let mut idxs = Vec::new();
     for req in reqs {
-        idxs.push(match archive.volume_index(&req.volume) {
+        idxs.push(match wa.volume_index(&req.volume) {
             Some(i) => i,
-            None => archive.new_volume(&req.volume, &opts.volume_desc)?,
+            None => wa.new_volume(&req.volume, &opts.volume_desc)?,
         });
     }
     // Volumes in local storage: snapshot them all and read what changed in one scan.
@@ -131,17 +144,11 @@ pub fn run(
                 .map(|(r, &i)| PrepareVolume {
                     name: &r.volume,
                     file: r.source.clone(),
-                    vid: archive.volumes[i].vid.to_string(),
-                    last: archive.volumes[i].last(),
+                    vid: wa.volumes()[i].vid.to_string(),
+                    last: wa.volumes()[i].last(),
                 })
                 .collect();
-            store.prepare(
-                &vols,
-                archive.uuid(),
-                opts.cache_dir.as_deref(),
-                archive.chunksize(),
-                false,
-            )?
+            store.prepare(&vols, wa.uuid(), wa.local_dir(), wa.chunksize(), false)?
         }
         None => Vec::new(),
     }
@@ -149,21 +156,19 @@ pub fn run(
     let mut reports = Vec::new();
     let mut pending: Vec<Prepared> = Vec::new();
     let mut result = Ok(());
-    for ((req, src), &idx) in reqs.iter().zip(&sources).zip(&idxs) {
+    for ((req, src), &vi) in reqs.iter().zip(&sources).zip(&idxs) {
         let prep = if req.reflink { prepared.next() } else { None };
         let mut autopruned = Vec::new();
         if let (Some(apdays), false) = (opts.autoprune_on, opts.dry_run) {
             let needed = match prep.as_ref().map(|p| &p.plan) {
-                Some(Plan::Incremental(map)) => {
-                    map.chunks(u64::MAX).len() as u64 * archive.chunksize()
-                }
+                Some(Plan::Incremental(map)) => map.count(u64::MAX) * wa.chunksize(),
                 _ => src.size,
             };
-            let pruned = crate::ops::prune::make_room(archive, &req.volume, needed, apdays)
-                .and_then(|r| {
+            let pruned =
+                crate::ops::prune::make_room(wa, &req.volume, needed, apdays).and_then(|r| {
                     if !r.is_empty() && index.is_some() {
                         // Pruning moved chunk files: the index's places are stale.
-                        index = Some(crate::ops::dedup::DedupIndex::build(archive)?);
+                        index = Some(DedupIndex::build(wa)?);
                     }
                     Ok(r)
                 });
@@ -179,7 +184,7 @@ pub fn run(
         let r = if req.reflink {
             match prep {
                 Some(p) => {
-                    let r = send_local(archive, idx, req, src, &p, &name, opts, index.as_ref());
+                    let r = send_local(wa, vi, req, src, &p, &name, opts, index.as_ref());
                     if r.is_err() {
                         pending.push(p);
                     }
@@ -188,7 +193,7 @@ pub fn run(
                 None => Err(Error::local(&req.source, "needs --local")),
             }
         } else {
-            send_volume(archive, idx, src, &name, opts, Scan::Full, index.as_ref())
+            send_volume(wa, vi, src, &name, opts, Scan::Full, index.as_ref())
         };
         match r {
             Ok(mut rep) => {
@@ -209,24 +214,24 @@ pub fn run(
     result.map(|()| reports)
 }
 
-/// Sends a volume of a reflink store from its `.wyng2` snapshot as planned by
-/// [`LocalStorage::prepare`], then moves the baseline (behaviour §7.1 step 7): after a new session
-/// `.wyng2` becomes the paired baseline with a blank map; when nothing changed it becomes the
-/// baseline all the same (it holds what the newest session holds); a dry run keeps the changes
-/// it found in the map, as monitor does.
+/// Sends a volume of local storage from its `.wyng2` snapshot as planned by
+/// [`LocalStorage::prepare`], then moves the baseline (behaviour §7.1 step 7): after a new
+/// session `.wyng2` becomes the paired baseline with a blank map; when nothing changed it
+/// becomes the baseline all the same (it holds what the newest session holds); a dry run keeps
+/// the changes it found in the map, as monitor does.
 #[allow(clippy::too_many_arguments)]
 fn send_local(
-    archive: &mut Archive,
-    vol_idx: usize,
+    wa: &mut WriteArchive,
+    vi: usize,
     req: &SendRequest,
     live: &Source,
     prep: &Prepared,
     name: &SessionName,
     opts: &SendOptions,
-    index: Option<&crate::ops::dedup::DedupIndex>,
+    index: Option<&DedupIndex>,
 ) -> Result<VolumeReport> {
     let snaps = &prep.snaps;
-    let cs = archive.chunksize();
+    let cs = wa.chunksize();
     let snap;
     let (scan, src) = match &prep.plan {
         Plan::Nocow => (Scan::Full, live),
@@ -250,12 +255,12 @@ fn send_local(
             (scan, &snap)
         }
     };
-    let last_before = archive.volumes[vol_idx].last().cloned();
-    let report = send_volume(archive, vol_idx, src, name, opts, scan, index)?;
+    let last_before = wa.volumes()[vi].last().cloned();
+    let report = send_volume(wa, vi, src, name, opts, scan, index)?;
     if matches!(prep.plan, Plan::Nocow) {
         return Ok(report);
     }
-    let last = archive.volumes[vol_idx].last().cloned();
+    let last = wa.volumes()[vi].last().cloned();
     match (&report.session, &last, &last_before) {
         (Some(_), Some(l), _) => snaps.rotate_after_send(l, cs)?,
         // A dry run: keep what was found, as monitor does.
@@ -290,7 +295,7 @@ pub fn session_name<'a>(
             1000 - chrono::Local::now().timestamp_subsec_millis().min(999) as u64,
         ));
     }
-    Err(Error::Other(
+    Err(Error::Usage(
         "a session with this time's name already exists (is the clock set back?)".into(),
     ))
 }
@@ -298,65 +303,282 @@ pub fn session_name<'a>(
 /// How many marked chunks ahead of the reader the kernel is asked to read.
 const READ_AHEAD: usize = 16;
 
-/// What the reader hands a worker.
+/// What the reader hands on, in address order.
 enum Job {
-    /// A hole in the source: zeros, not read.
-    Hole,
-    Data(Vec<u8>),
-    /// Left out by the change map: as the newest session has it.
-    Unchanged,
+    /// Whole chunks `from..to` that are holes in the source: zeros, not read.
+    Holes(u64, u64),
+    /// A chunk's raw data, with what the previous view and the previous digest map hold.
+    Data {
+        idx: u64,
+        buf: Vec<u8>,
+        old: Option<ChunkRef>,
+        old_digest: Option<Digest>,
+    },
 }
 
-/// What a worker found for one chunk, with its raw digest for the next digest map.
+/// What a worker found.
 enum Outcome {
-    Same([u8; 16]),
-    Changed(ChunkRef, u64, [u8; 16]),
+    Holes(u64, u64),
+    /// A full chunk of zeros.
+    Zero(u64),
+    /// The same data as the previous view holds.
+    Same(u64, Digest),
+    /// New data, stored (`bytes`) or linked.
+    Changed {
+        idx: u64,
+        hash: Hash32,
+        bytes: u64,
+        digest: Digest,
+    },
+}
+
+/// Where a send's chunks go: a session being staged, or nowhere (a dry run only counts).
+enum Writer<'a> {
+    Real(SessionWriter<'a>),
+    Dry(&'a Archive),
+}
+
+impl Writer<'_> {
+    fn archive(&self) -> &Archive {
+        match self {
+            Writer::Real(w) => w.archive(),
+            Writer::Dry(a) => a,
+        }
+    }
+
+    fn session(&self) -> Option<&SessionWriter<'_>> {
+        match self {
+            Writer::Real(w) => Some(w),
+            Writer::Dry(_) => None,
+        }
+    }
+}
+
+/// The collector's walk of the previous view and what it produces for the new one.
+struct Output<'a> {
+    cursor: std::iter::Peekable<Box<dyn Iterator<Item = Result<Rec>> + 'a>>,
+    old_n: u64,
+    /// Every chunk below this has been emitted.
+    next: u64,
+    /// The new session's own lines (`None`: a dry run).
+    manifest: Option<Lines<Spool>>,
+    manifest_lines: u64,
+    /// The new merged view (`None`: a dry run).
+    view: Option<Builder>,
+    /// Position of the new session among the view's origins.
+    me: u16,
+    digests: Option<DigestWriter>,
+    /// The previous digest map, for the digests of chunks carried over unchanged.
+    old_digests: DigestCursor,
+    data: u64,
+    zero: u64,
+    stored: u64,
+}
+
+impl Output<'_> {
+    fn line(&mut self, idx: u64, r: &ChunkRef) -> Result<()> {
+        self.manifest_lines += 1;
+        if let Some(m) = &mut self.manifest {
+            m.entry(idx, r)
+                .map_err(|e| Error::io("manifest spool", e))?;
+        }
+        Ok(())
+    }
+
+    fn zero_lines(&mut self, from: u64, to: u64) -> Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        self.manifest_lines += to - from;
+        if let Some(m) = &mut self.manifest {
+            m.zeros(from, to)
+                .map_err(|e| Error::io("manifest spool", e))?;
+        }
+        Ok(())
+    }
+
+    fn view(&mut self, idx: u64, hash: Hash32, origin: u16) -> Result<()> {
+        if let Some(v) = &mut self.view {
+            v.push(idx, hash, origin)?;
+        }
+        Ok(())
+    }
+
+    fn digest(&mut self, idx: u64, d: &Digest) -> Result<()> {
+        if let Some(w) = &mut self.digests {
+            w.push(idx, d)?;
+        }
+        Ok(())
+    }
+
+    /// The previous view's entry at exactly `idx`, if it holds data there; entries before it
+    /// are carried over unchanged.
+    fn take_old(&mut self, idx: u64) -> Result<Option<Rec>> {
+        self.carry(idx)?;
+        match self.cursor.peek() {
+            Some(Ok(r)) if r.idx == idx => {
+                let r = *r;
+                self.cursor.next();
+                Ok(Some(r))
+            }
+            Some(Err(_)) => Err(self.cursor.next().expect("peeked").expect_err("an error")),
+            _ => Ok(None),
+        }
+    }
+
+    /// Carries the previous view over, unchanged, for every chunk below `to`.
+    fn carry(&mut self, to: u64) -> Result<()> {
+        while let Some(r) = self
+            .cursor
+            .next_if(|r| r.as_ref().map_or(true, |r| r.idx < to))
+        {
+            let r = r?;
+            if r.idx >= self.next {
+                self.view(r.idx, r.hash, r.origin)?;
+                let d = self.old_digests.get(r.idx);
+                if let Some(d) = d {
+                    self.digest(r.idx, &d)?;
+                }
+            }
+        }
+        if to > self.old_n.max(self.next) {
+            // The reader covers every chunk beyond the previous end.
+            return Err(Error::io(
+                "send",
+                std::io::Error::other(format!(
+                    "chunk {} was neither read nor in the previous session",
+                    self.old_n.max(self.next)
+                )),
+            ));
+        }
+        self.next = self.next.max(to);
+        Ok(())
+    }
+
+    fn apply(&mut self, o: Outcome) -> Result<()> {
+        match o {
+            Outcome::Same(idx, d) => {
+                let r = self
+                    .take_old(idx)?
+                    .expect("Same is only found for a chunk the previous view holds");
+                self.view(idx, r.hash, r.origin)?;
+                self.digest(idx, &d)?;
+                self.next = idx + 1;
+            }
+            Outcome::Changed {
+                idx,
+                hash,
+                bytes,
+                digest,
+            } => {
+                self.take_old(idx)?;
+                self.line(idx, &ChunkRef::Data(hash))?;
+                self.view(idx, hash, self.me)?;
+                self.digest(idx, &digest)?;
+                self.data += 1;
+                self.stored += bytes;
+                self.next = idx + 1;
+            }
+            Outcome::Zero(idx) => self.zeros(idx, idx + 1)?,
+            Outcome::Holes(from, to) => self.zeros(from, to)?,
+        }
+        Ok(())
+    }
+
+    /// Chunks `from..to` are zero now: lines for those that were not.
+    fn zeros(&mut self, from: u64, to: u64) -> Result<()> {
+        self.carry(from)?;
+        // Data in the previous view that became zero.
+        while let Some(r) = self
+            .cursor
+            .next_if(|r| r.as_ref().map_or(true, |r| r.idx < to))
+        {
+            let r = r?;
+            self.line(r.idx, &ChunkRef::Zero)?;
+            self.zero += 1;
+        }
+        // Addresses the previous view did not have at all.
+        let start = from.max(self.old_n);
+        if to > start {
+            self.zero_lines(start, to)?;
+            self.zero += to - start;
+        }
+        self.next = to;
+        Ok(())
+    }
 }
 
 fn send_volume(
-    archive: &mut Archive,
-    vol_idx: usize,
+    wa: &mut WriteArchive,
+    vi: usize,
     src: &Source,
     name: &SessionName,
     opts: &SendOptions,
     scan: Scan,
-    index: Option<&crate::ops::dedup::DedupIndex>,
+    index: Option<&DedupIndex>,
 ) -> Result<VolumeReport> {
-    // Chunks the change map leaves out are taken as they are in the newest session.
-    let marked: Option<Vec<u64>> = match scan {
-        Scan::Full => None,
-        Scan::Chunks(v) => Some(v),
-    };
-    let read_count = std::sync::atomic::AtomicU64::new(0);
-    let read_bytes = std::sync::atomic::AtomicU64::new(0);
-    let vol = &archive.volumes[vol_idx];
-    let vid = vol.vid.clone();
-    let cs = archive.chunksize();
-    let old: Option<Merged> = match vol.sessions.len() {
+    let cs = wa.chunksize();
+    let vol = wa.volumes()[vi].clone();
+    let last: Option<Session> = vol.last().cloned();
+    let old = match vol.sessions.len() {
         0 => None,
-        n => Some(archive.merged(vol, n - 1)?),
+        n => Some(wa.merged(vi, n - 1)?),
     };
-    let last = vol.last().cloned();
-    let old_digests = match (&opts.cache_dir, &last) {
-        (Some(dir), Some(l)) => DigestMap::load(dir, vid.as_str(), l, cs),
-        _ => None,
-    };
+    let old_n = old.as_ref().map_or(0, |o| o.chunks());
     let n = chunk_count(src.size, cs);
-    let mut digests: Vec<[u8; 16]> = Vec::with_capacity(n as usize);
-    if !opts.dry_run {
-        archive.begin_session(&vid)?;
-    }
-    let dry = opts.dry_run;
+    let local_vol = wa.local_volume_dir(&vol.vid);
     tracing::info!(
         "sending {} ({} bytes, {n} chunks) as {name}",
         vol.name(),
         src.size
     );
-
-    let dest = &*archive.dest;
-    let codec = &archive.codec;
-    let shared: &Archive = archive;
-    let linked = std::sync::atomic::AtomicU64::new(0);
+    let dry = opts.dry_run;
+    let view = if dry {
+        None
+    } else {
+        Some(wa.next_index_builder(vi, name, src.size)?)
+    };
+    let me = vol.sessions.len() as u16;
+    let spool = wa.spool();
+    let writer = if dry {
+        Writer::Dry(wa)
+    } else {
+        Writer::Real(wa.begin_session(vi, name.clone())?)
+    };
+    let digest_out = match (&local_vol, dry) {
+        (Some(d), false) => match DigestWriter::new(d) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("no digest map for the next send: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut out = Output {
+        cursor: match &old {
+            Some(o) => {
+                (Box::new(o.iter_from(0)) as Box<dyn Iterator<Item = Result<Rec>>>).peekable()
+            }
+            None => {
+                (Box::new(std::iter::empty()) as Box<dyn Iterator<Item = Result<Rec>>>).peekable()
+            }
+        },
+        old_n,
+        next: 0,
+        manifest: (!dry).then(|| Lines::new(spool, cs)),
+        manifest_lines: 0,
+        view,
+        me,
+        digests: digest_out,
+        old_digests: DigestCursor::open(local_vol.as_deref(), last.as_ref(), cs),
+        data: 0,
+        zero: 0,
+        stored: 0,
+    };
+    let read_count = AtomicU64::new(0);
+    let read_bytes = AtomicU64::new(0);
+    let linked = AtomicU64::new(0);
     let progress = Progress::bytes(src.size, "send");
     let workers = workers();
     let inflight = workers * 4;
@@ -365,47 +587,63 @@ fn send_volume(
     for _ in 0..inflight {
         tok_tx.send(()).expect("receiver alive");
     }
-    // `None`: a chunk the filesystem reports as a hole, known to be zeros without reading it.
     let (job_tx, job_rx) = bounded::<(u64, Job)>(inflight);
     let (res_tx, res_rx) = bounded::<Result<(u64, Outcome)>>(inflight);
-
-    let mut manifest = String::new();
-    let mut crc = crc32fast::Hasher::new();
-    let mut line = String::with_capacity(64);
-    let (mut changed, mut stored) = (0u64, 0u64);
     let mut first_err: Option<Error> = None;
+    let marked: Option<Vec<u64>> = match scan {
+        Scan::Full => None,
+        Scan::Chunks(v) => Some(v),
+    };
 
     std::thread::scope(|s| {
         let reader_res = res_tx.clone();
-        let abort_r = &abort;
-        let (marked, old_r, read_count, read_bytes) =
-            (marked.as_deref(), old.as_ref(), &read_count, &read_bytes);
+        let (abort_r, read_count, read_bytes) = (&abort, &read_count, &read_bytes);
+        let old_r = old.as_deref();
+        let marked = marked.as_deref();
+        let local_vol = local_vol.as_deref();
+        let last_r = last.as_ref();
         s.spawn(move || {
+            let mut old_digests = DigestCursor::open(local_vol, last_r, cs);
+            let mut seq = 0u64;
+            let send = |seq: &mut u64, job: Job| -> bool {
+                if tok_rx.recv().is_err() || abort_r.load(Ordering::Relaxed) {
+                    return false;
+                }
+                let ok = match job {
+                    // Holes need no worker.
+                    Job::Holes(a, b) => reader_res.send(Ok((*seq, Outcome::Holes(a, b)))).is_ok(),
+                    job => job_tx.send((*seq, job)).is_ok(),
+                };
+                *seq += 1;
+                ok
+            };
+            // The chunks to look at, in order: every chunk (full scan), or the marked ones
+            // plus every chunk beyond the previous end.
+            let mut marks =
+                marked.map(|m| m.iter().copied().filter(|&c| c < n.min(old_n)).peekable());
+            if let Some(m) = marked {
+                for &c in m.iter().take(READ_AHEAD) {
+                    src.will_need(c * cs, cs);
+                }
+            }
+            let mut ahead = READ_AHEAD;
+            let mut idx = 0u64;
             // No data before this offset (from the last SEEK_DATA answer).
             let mut data_from = 0u64;
-            let mut next_marked = 0usize;
-            for &c in marked.unwrap_or(&[]).iter().take(READ_AHEAD) {
-                src.will_need(c * cs, cs);
-            }
-            for idx in 0..n {
-                if tok_rx.recv().is_err() || abort_r.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Some(m) = marked {
-                    while next_marked < m.len() && m[next_marked] < idx {
-                        next_marked += 1;
-                        // Keep the disk busy a few marked chunks ahead of the reads.
-                        if let Some(&ahead) = m.get(next_marked + READ_AHEAD - 1) {
-                            src.will_need(ahead * cs, cs);
+            while idx < n {
+                if let Some(m) = marks.as_mut() {
+                    if idx < old_n.min(n) {
+                        match m.next() {
+                            Some(c) => idx = c,
+                            None => {
+                                idx = old_n.min(n);
+                                continue;
+                            }
                         }
-                    }
-                    let is_marked = m.get(next_marked) == Some(&idx);
-                    // Unmarked and known to the archive: not read at all.
-                    if !is_marked && old_r.and_then(|o| o.get(idx)).is_some() {
-                        if job_tx.send((idx, Job::Unchanged)).is_err() {
-                            break;
+                        if let Some(&a) = marked.and_then(|m| m.get(ahead)) {
+                            src.will_need(a * cs, cs);
                         }
-                        continue;
+                        ahead += 1;
                     }
                 }
                 let (off, len) = (idx * cs, chunk_len(idx, src.size, cs));
@@ -413,109 +651,80 @@ fn send_volume(
                     data_from = src.next_data(off);
                 }
                 if len == cs && off + len <= data_from {
-                    if job_tx.send((idx, Job::Hole)).is_err() {
-                        break;
+                    // A run of holes: up to the next data (whole chunks), or the next mark.
+                    let mut end = (data_from / cs).min(n);
+                    if chunk_len(end.saturating_sub(1), src.size, cs) != cs {
+                        end = end.saturating_sub(1).max(idx + 1);
                     }
+                    if marks.is_some() && idx < old_n {
+                        end = idx + 1;
+                    }
+                    let end = end.max(idx + 1);
+                    if !send(&mut seq, Job::Holes(idx, end)) {
+                        return;
+                    }
+                    idx = end;
                     continue;
                 }
                 let mut buf = vec![0u8; len as usize];
                 read_count.fetch_add(1, Ordering::Relaxed);
                 read_bytes.fetch_add(len, Ordering::Relaxed);
-                match src.read_at(&mut buf, off) {
-                    Ok(()) => {
-                        if job_tx.send((idx, Job::Data(buf))).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reader_res.send(Err(e));
-                        break;
-                    }
+                if let Err(e) = src.read_at(&mut buf, off) {
+                    let _ = reader_res.send(Err(e));
+                    return;
                 }
+                let old = match old_r.map(|o| o.get(idx)) {
+                    Some(Ok(v)) => v.map(|(r, _)| r),
+                    Some(Err(e)) => {
+                        let _ = reader_res.send(Err(e));
+                        return;
+                    }
+                    None => None,
+                };
+                let old_digest = old_digests.get(idx);
+                if !send(
+                    &mut seq,
+                    Job::Data {
+                        idx,
+                        buf,
+                        old,
+                        old_digest,
+                    },
+                ) {
+                    return;
+                }
+                idx += 1;
             }
         });
         for _ in 0..workers {
-            let (job_rx, res_tx, abort) = (job_rx.clone(), res_tx.clone(), &abort);
-            let (old, old_digests, vid) = (old.as_ref(), old_digests.as_ref(), &vid);
-            let linked = &linked;
+            let (job_rx, res_tx, abort, linked) = (job_rx.clone(), res_tx.clone(), &abort, &linked);
+            let writer = &writer;
             s.spawn(move || {
-                for (idx, job) in job_rx.iter() {
+                for (seq, job) in job_rx.iter() {
                     if abort.load(Ordering::Relaxed) {
                         break;
                     }
-                    let old_ref = old.and_then(|m| m.get(idx)).map(|e| e.0);
-                    let buf = match job {
-                        Job::Unchanged => {
-                            let d = old_digests
-                                .and_then(|m| m.digests.get(idx as usize))
-                                .copied()
-                                .unwrap_or([0; 16]);
-                            if res_tx.send(Ok((idx, Outcome::Same(d)))).is_err() {
-                                break;
-                            }
-                            continue;
-                        }
-                        Job::Data(b) if !(b.len() as u64 == cs && is_all_zero(&b)) => b,
-                        // A hole, or a full chunk of zeros.
-                        _ => {
-                            let out = match old_ref {
-                                Some(ChunkRef::Zero) => Outcome::Same([0; 16]),
-                                _ => Outcome::Changed(ChunkRef::Zero, 0, [0; 16]),
-                            };
-                            if res_tx.send(Ok((idx, out))).is_err() {
-                                break;
-                            }
-                            continue;
-                        }
+                    let out = match job {
+                        Job::Holes(a, b) => Ok(Outcome::Holes(a, b)),
+                        Job::Data {
+                            idx,
+                            buf,
+                            old,
+                            old_digest,
+                        } => examine(
+                            writer.archive(),
+                            writer.session(),
+                            index,
+                            vi,
+                            name,
+                            linked,
+                            idx,
+                            buf,
+                            old,
+                            old_digest,
+                        ),
                     };
-                    let digest = DigestMap::digest(&buf);
-                    let known = old_digests.and_then(|m| m.digests.get(idx as usize));
-                    let out = if matches!(old_ref, Some(ChunkRef::Data(_)))
-                        && known == Some(&digest)
-                    {
-                        // The same raw bytes as the newest session holds: no need to compress.
-                        Ok(Outcome::Same(digest))
-                    } else {
-                        let hashed = codec.hash_chunk(&buf);
-                        if old_ref == Some(ChunkRef::Data(hashed.hash)) {
-                            Ok(Outcome::Same(digest))
-                        } else {
-                            let path = chunk_rel_path(vid, SESSION_TMP, idx * cs);
-                            let existing = index
-                                .and_then(|x| x.path(shared, &hashed.hash, vol_idx, name.as_str()));
-                            if dry {
-                                // Only counting: what it would store (or link).
-                                let bytes = if existing.is_some() {
-                                    linked.fetch_add(1, Ordering::Relaxed);
-                                    0
-                                } else {
-                                    hashed.file.len() as u64
-                                };
-                                Ok(Outcome::Changed(ChunkRef::Data(hashed.hash), bytes, digest))
-                            } else if let Some(existing) = existing {
-                                // Already in the archive: a hard link, nothing stored.
-                                linked.fetch_add(1, Ordering::Relaxed);
-                                dest.link_chunk(&existing, &path).map(|()| {
-                                    Outcome::Changed(ChunkRef::Data(hashed.hash), 0, digest)
-                                })
-                            } else {
-                                let h = hashed.hash;
-                                codec.seal_chunk(hashed).and_then(|enc| {
-                                    dest.write_chunk(&path, &enc.file).map(|()| {
-                                        if let Some(x) = index {
-                                            x.insert_staged(h, vol_idx, idx);
-                                        }
-                                        Outcome::Changed(
-                                            ChunkRef::Data(enc.hash),
-                                            enc.file.len() as u64,
-                                            digest,
-                                        )
-                                    })
-                                })
-                            }
-                        }
-                    };
-                    if res_tx.send(out.map(|o| (idx, o))).is_err() {
+                    if res_tx.send(out.map(|o| (seq, o))).is_err() {
                         break;
                     }
                 }
@@ -524,7 +733,7 @@ fn send_volume(
         drop(res_tx);
         drop(job_rx);
 
-        // Collector: restore address order, build the manifest and the merged checksum.
+        // Collector: restore the order and build what the new session needs.
         let mut tok_tx = Some(tok_tx);
         let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
         let mut next = 0u64;
@@ -535,34 +744,25 @@ fn send_volume(
                     first_err.get_or_insert(e);
                     tok_tx = None; // wakes the reader so every thread winds down
                 }
-                Ok((idx, out)) => {
-                    pending.insert(idx, out);
+                Ok((seq, o)) => {
+                    pending.insert(seq, o);
                 }
             }
             if first_err.is_some() {
                 continue;
             }
-            while let Some(out) = pending.remove(&next) {
-                let final_ref = match out {
-                    Outcome::Same(d) => {
-                        digests.push(d);
-                        old.as_ref()
-                            .and_then(|m| m.get(next))
-                            .map(|e| e.0)
-                            .expect("Same implies an old entry")
-                    }
-                    Outcome::Changed(r, bytes, d) => {
-                        digests.push(d);
-                        push_line(&mut manifest, next, cs, &r);
-                        changed += 1;
-                        stored += bytes;
-                        r
-                    }
+            while let Some(o) = pending.remove(&next) {
+                let bytes = match &o {
+                    Outcome::Holes(a, b) => (b - a) * cs,
+                    _ => cs,
                 };
-                line.clear();
-                push_line(&mut line, next, cs, &final_ref);
-                crc.update(line.as_bytes());
-                progress.inc(chunk_len(next, src.size, cs));
+                if let Err(e) = out.apply(o) {
+                    abort.store(true, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                    tok_tx = None;
+                    break;
+                }
+                progress.inc(bytes);
                 next += 1;
                 if let Some(t) = &tok_tx {
                     let _ = t.send(());
@@ -571,42 +771,59 @@ fn send_volume(
         }
         drop(tok_tx);
     });
+    if first_err.is_none() {
+        if let Err(e) = out.carry(n) {
+            first_err = Some(e);
+        }
+    }
     progress.finish();
     crate::archive::failpoint("chunks-written");
     if let Some(e) = first_err {
-        let _ = archive.abort_session(&vid);
+        if let Some(d) = out.digests.take() {
+            d.discard();
+        }
         return Err(e);
     }
-
     let mut report = VolumeReport {
-        volume: archive.volumes[vol_idx].name().to_string(),
+        volume: vol.name().to_string(),
         session: None,
         volsize: src.size,
+        first: last.is_none(),
         chunks_read: read_count.into_inner(),
-        chunks_changed: changed,
+        chunks_changed: out.data + out.zero,
+        chunks_data: out.data,
+        chunks_zero: out.zero,
         bytes_read: read_bytes.into_inner(),
-        bytes_stored: stored,
+        bytes_stored: out.stored,
         chunks_linked: linked.into_inner(),
         autopruned: Vec::new(),
     };
     let is_changed = match &last {
         None => true,
         Some(l) => {
-            !manifest.is_empty()
+            out.manifest_lines > 0
                 || l.info.volsize != src.size
                 || l.info.permissions != src.permissions
         }
     };
-    if opts.dry_run {
-        return Ok(report);
-    }
+    let writer = match writer {
+        Writer::Real(w) => w,
+        Writer::Dry(_a) => return Ok(report),
+    };
     if !is_changed && !opts.send_unchanged {
-        archive.abort_session(&vid)?;
-        if let Some(l) = &last {
-            save_digests(opts, &vid, l, cs, digests);
+        writer.abort()?;
+        if let (Some(d), Some(l)) = (out.digests.take(), &last) {
+            save_digests(d, l, cs);
         }
         return Ok(report);
     }
+    let mut view = out.view.take().expect("not a dry run");
+    let manifest = out
+        .manifest
+        .take()
+        .expect("not a dry run")
+        .finish()
+        .map_err(|e| Error::io("manifest spool", e))?;
     let info = SessionInfo {
         localtime: src.mtime_ns,
         previous: last.as_ref().map(|l| l.name.clone()),
@@ -614,29 +831,85 @@ fn send_volume(
         manifest_hash: None,
         volsize: src.size,
         sequence: last.as_ref().map_or(0, |l| l.info.sequence + 1),
-        mfcs: Some(crc.finalize()),
+        mfcs: Some(view.view_mfcs()),
         tags: opts.tags.clone(),
     };
-    archive.commit_session(vol_idx, name.clone(), info, &manifest)?;
+    let digests = out.digests.take();
+    drop(out);
+    let committed = Session {
+        name: name.clone(),
+        info: info.clone(),
+    };
+    writer.commit(info, Some(manifest), Some(view))?;
     report.session = Some(name.to_string());
-    if let Some(l) = archive.volumes[vol_idx].last() {
-        save_digests(opts, &vid, l, cs, digests);
+    if let Some(d) = digests {
+        save_digests(d, &committed, cs);
     }
     Ok(report)
 }
 
-/// Saves the digest map for the volume's newest session. Best effort: without it the next
-/// send compresses every chunk to compare, which is slower but just as correct.
-fn save_digests(
-    opts: &SendOptions,
-    vid: &crate::format::VolumeId,
-    last: &Session,
-    cs: u64,
-    digests: Vec<[u8; 16]>,
-) {
-    if let Some(dir) = &opts.cache_dir {
-        if let Err(e) = (DigestMap { digests }).save(dir, vid.as_str(), last, cs) {
-            tracing::warn!("could not save the digest map: {e}");
+/// What one data chunk is, compared with the previous session; stores or links it if new.
+#[allow(clippy::too_many_arguments)]
+fn examine(
+    archive: &Archive,
+    writer: Option<&SessionWriter>,
+    index: Option<&DedupIndex>,
+    vi: usize,
+    name: &SessionName,
+    linked: &AtomicU64,
+    idx: u64,
+    buf: Vec<u8>,
+    old: Option<ChunkRef>,
+    old_digest: Option<Digest>,
+) -> Result<Outcome> {
+    let cs = archive.chunksize();
+    if buf.len() as u64 == cs && is_all_zero(&buf) {
+        return Ok(Outcome::Zero(idx));
+    }
+    let digest = digests::digest(&buf);
+    if matches!(old, Some(ChunkRef::Data(_))) && old_digest == Some(digest) {
+        // The same raw bytes as the newest session holds: no need to compress.
+        return Ok(Outcome::Same(idx, digest));
+    }
+    let hashed = archive.hash_chunk(&buf);
+    let hash = hashed.hash();
+    if old == Some(ChunkRef::Data(hash)) {
+        return Ok(Outcome::Same(idx, digest));
+    }
+    let existing = index.and_then(|x| x.path(archive, &hash, vi, name));
+    let bytes = match (writer, existing) {
+        (None, Some(_)) => {
+            linked.fetch_add(1, Ordering::Relaxed);
+            0
         }
+        // A dry run only counts what it would store.
+        (None, None) => hashed.len() as u64,
+        (Some(w), Some(existing)) => {
+            // Already in the archive: a hard link, nothing stored.
+            linked.fetch_add(1, Ordering::Relaxed);
+            w.link(idx, &existing)?;
+            0
+        }
+        (Some(w), None) => {
+            let n = w.store(idx, hashed)?;
+            if let Some(x) = index {
+                x.insert_staged(hash, vi, idx);
+            }
+            n
+        }
+    };
+    Ok(Outcome::Changed {
+        idx,
+        hash,
+        bytes,
+        digest,
+    })
+}
+
+/// Keeps the digest map for the volume's newest session. Best effort: without it the next
+/// send compresses every chunk to compare, which is slower but just as correct.
+fn save_digests(d: DigestWriter, last: &Session, cs: u64) {
+    if let Err(e) = d.save(last, cs) {
+        tracing::warn!("could not save the digest map: {e}");
     }
 }

@@ -26,7 +26,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::archive::Archive;
+use crate::archive::{Archive, WriteArchive};
 use crate::error::{Error, Result};
 use crate::ops::{self, SessionSel, VolumeRef};
 use crate::source::LocalStorage;
@@ -244,7 +244,7 @@ fn open_store(set: &StorageSet, command: &str, failures: &mut Failures) -> Optio
 /// `send --vols-from`: one session name for every storage; see the module docs for aliases.
 /// `opts.local` and `opts.session` are set here for each storage in turn.
 pub fn send(
-    archive: &mut Archive,
+    archive: &mut WriteArchive,
     vf: &VolsFrom,
     opts: &mut ops::send::SendOptions,
     failures: &mut Failures,
@@ -274,7 +274,7 @@ pub fn send(
                 if renamable && !opts.dry_run {
                     let desc = archive.volume(&e.name).map(|v| v.volinfo.desc.clone());
                     if let Err(err) =
-                        ops::prune::rename(archive, &e.name, alias, &desc.unwrap_or_default())
+                        ops::volume::rename(archive, &e.name, alias, &desc.unwrap_or_default())
                     {
                         failures.add(&e.name, format!("cannot rename it to '{alias}': {err}"));
                         continue;
@@ -376,15 +376,7 @@ pub fn receive(
             }
         };
         for v in resolve_all(archive, set, failures) {
-            match ops::receive::receive_local(
-                archive,
-                &v,
-                sel,
-                reflink,
-                o,
-                use_snapshot,
-                archive.cache_dir.as_deref(),
-            ) {
+            match ops::receive::receive_local(archive, &v, sel, reflink, o, use_snapshot) {
                 Ok(r) => reports.push(r),
                 Err(err) => failures.add(&v.archive, err),
             }
@@ -403,7 +395,7 @@ pub fn verify(
     let mut reports = Vec::new();
     for set in &vf.sets {
         for v in resolve_all(archive, set, failures) {
-            match ops::receive::verify(archive, &v.archive, sel) {
+            match ops::verify::verify(archive, &v.archive, sel) {
                 Ok(r) => reports.push(r),
                 Err(err) => failures.add(&v.archive, err),
             }
@@ -419,15 +411,16 @@ pub fn diff(
     vf: &VolsFrom,
     quick: bool,
     failures: &mut Failures,
-) -> Vec<ops::receive::DiffReport> {
+) -> Vec<ops::diff::DiffReport> {
     let mut reports = Vec::new();
     for set in &vf.sets {
         let Some(store) = open_store(set, "diff", failures) else {
             continue;
         };
         for v in resolve_all(archive, set, failures) {
-            let r = ops::receive::diff_source(archive, &v, &store)
-                .and_then(|path| ops::receive::diff(archive, &v.archive, &path, quick));
+            let r = ops::diff::diff_source(archive, &v, &store).and_then(|path| {
+                ops::diff::diff(archive, &v.archive, &SessionSel::Newest, &path, quick)
+            });
             match r {
                 Ok(r) => {
                     if let Some(off) = r.first_difference {

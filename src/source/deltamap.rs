@@ -77,6 +77,20 @@ impl DeltaMap {
         self.bytes.iter().all(|&b| b == 0)
     }
 
+    /// How many chunks below `count` are marked.
+    pub fn count(&self, count: u64) -> u64 {
+        let full = (count / 8).min(self.bytes.len() as u64) as usize;
+        let mut n: u64 = self.bytes[..full]
+            .iter()
+            .map(|b| b.count_ones() as u64)
+            .sum();
+        if let Some(&b) = self.bytes.get(full) {
+            let rest = (count % 8) as u32;
+            n += (b & ((1u16 << rest) - 1) as u8).count_ones() as u64;
+        }
+        n
+    }
+
     /// Marked chunk indices below `count`, sorted. Runs of zero bytes are skipped a word at a
     /// time, so a large quiet map costs little.
     pub fn chunks(&self, count: u64) -> Vec<u64> {

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use super::deltamap::{self, DeltaMap, Pairing};
 use super::{Plan, Prepared, Snapshots};
-use crate::archive::Session;
 use crate::error::{Error, Result};
+use crate::format::Session;
 
 /// Runs one external command and returns its standard output, or an error that names it.
 pub trait Runner: Send + Sync {
@@ -88,7 +88,10 @@ pub fn lvs_command(vg: &str) -> Vec<String> {
 
 /// Parses `lvs` output made by [`lvs_command`].
 pub fn parse_lvs(out: &str) -> Result<Vec<Lv>> {
-    let bad = |l: &str| Error::Other(format!("unexpected lvs output line: '{l}'"));
+    let bad = |l: &str| Error::Tool {
+        program: "lvs".into(),
+        what: format!("line '{l}'"),
+    };
     let mut v = Vec::new();
     for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let f: Vec<&str> = line.split("::").map(str::trim).collect();
@@ -120,7 +123,10 @@ pub fn parse_lvs(out: &str) -> Result<Vec<Lv>> {
 /// `right_only` and `left_only` range, in data blocks of `data_block_size` sectors, clipped at
 /// the larger of the two volume sizes.
 pub fn parse_thin_delta(xml: &str, chunksize: u64, size1: u64, size2: u64) -> Result<Vec<u64>> {
-    let bad = |what: &str| Error::Other(format!("unexpected thin_delta output: {what}"));
+    let bad = |what: &str| Error::Tool {
+        program: "thin_delta".into(),
+        what: what.to_string(),
+    };
     let doc = roxmltree::Document::parse(xml).map_err(|e| bad(&e.to_string()))?;
     let root = doc.root_element();
     let dbs: u64 = root
@@ -494,7 +500,10 @@ mod tests {
                 [only] => a[*only].1.clone(),
                 [first, ..] => a.remove(*first).1,
             };
-            r.map_err(Error::Other)
+            r.map_err(|what| Error::Tool {
+                program: "lvm".into(),
+                what,
+            })
         }
     }
 

@@ -188,11 +188,11 @@ pub trait Snapshots {
     fn cache(&self) -> Option<&Path>;
     /// Makes snap2 the baseline, durably (`last` is the newest session, for storages that tag
     /// it); returns the new baseline's time (ns), the mtime its map must carry.
-    fn promote_snap2(&self, last: &crate::archive::Session) -> Result<i128>;
+    fn promote_snap2(&self, last: &crate::format::Session) -> Result<i128>;
     fn drop_snap2(&self);
 
     /// The delta map of the session `last`.
-    fn map_path(&self, last: &crate::archive::Session) -> Option<PathBuf> {
+    fn map_path(&self, last: &crate::format::Session) -> Option<PathBuf> {
         self.cache()
             .map(|c| deltamap::path(c, last.name.as_str(), last.info.sequence))
     }
@@ -200,7 +200,7 @@ pub trait Snapshots {
     /// After `last` was committed from snap2: it becomes the baseline, with a blank map.
     /// Until the new map exists nothing pairs (the old map names an older session), so a crash
     /// in between costs a full scan only.
-    fn rotate_after_send(&self, last: &crate::archive::Session, chunksize: u64) -> Result<()> {
+    fn rotate_after_send(&self, last: &crate::format::Session, chunksize: u64) -> Result<()> {
         let t = self.promote_snap2(last)?;
         if let (Some(map), Some(dir)) = (self.map_path(last), self.cache()) {
             deltamap::DeltaMap::blank(last.info.volsize, chunksize).save(&map, t)?;
@@ -213,7 +213,7 @@ pub trait Snapshots {
     /// to snap2). The map is first written as the union of the old and new changes, keeping its
     /// mtime so it stays paired with the old baseline, then the baseline moves, then the map
     /// gets its final content and mtime: whenever it crashes, a paired map misses no change.
-    fn rotate_with(&self, last: &crate::archive::Session, map: &deltamap::DeltaMap) -> Result<()> {
+    fn rotate_with(&self, last: &crate::format::Session, map: &deltamap::DeltaMap) -> Result<()> {
         let Some(path) = self.map_path(last) else {
             return Ok(());
         };

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use super::deltamap::{self, DeltaMap, Pairing};
 use super::{Plan, Prepared, Snapshots};
-use crate::archive::Session;
 use crate::error::{Error, Result};
+use crate::format::Session;
 
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
 const XFS_SUPER_MAGIC: i64 = 0x5846_5342;

@@ -1,0 +1,146 @@
+//! Every path of an archive on its destination (format §2), built from typed ids and nothing
+//! else: a hostile archive cannot make us touch a path it names, because no path is ever
+//! taken from archive content (merge-list paths are checked by `format::journal::ListPath`).
+
+use crate::format::journal::ListPath;
+use crate::format::{SessionName, VolumeId};
+
+pub const ROOT: &str = "archive.ini";
+pub const ROOT_TMP: &str = "archive.ini.tmp";
+pub const ROOT_BAK: &str = "archive.ini.bak";
+/// A root carrying a journal, before it replaces the root.
+pub const ROOT_JOURNAL_TMP: &str = "archive.ini.journal.tmp";
+pub const SALT: &str = "archive.salt";
+pub const SALT_BAK: &str = "salt.bak";
+/// The original's write probe, also the target of the hard-link probes.
+pub const PROBE: &str = "archive.dat";
+pub const LINK_PROBE: &str = ".hardlink";
+pub const DEDUP_PROBE: &str = "dedup-probe.tmp";
+
+/// Where a send stages its session before the commit renames it.
+pub const STAGING: &str = "S-tmp";
+
+/// A session's directory: a committed session, or the one being staged.
+#[derive(Clone, Copy, Debug)]
+pub enum Dir<'a> {
+    Session(&'a SessionName),
+    Staging,
+}
+
+impl Dir<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Dir::Session(s) => s.as_str(),
+            Dir::Staging => STAGING,
+        }
+    }
+}
+
+pub fn volume(vid: &VolumeId) -> String {
+    vid.to_string()
+}
+
+pub fn volinfo(vid: &VolumeId) -> String {
+    format!("{vid}/volinfo")
+}
+
+pub fn volinfo_tmp(vid: &VolumeId) -> String {
+    format!("{vid}/volinfo.tmp")
+}
+
+pub fn volinfo_bak(vid: &VolumeId) -> String {
+    format!("{vid}/volinfo.bak")
+}
+
+pub fn sessions(vid: &VolumeId) -> String {
+    format!("{vid}/sessions")
+}
+
+pub fn sessions_tmp(vid: &VolumeId) -> String {
+    format!("{vid}/sessions.tmp")
+}
+
+pub fn dir(vid: &VolumeId, d: Dir) -> String {
+    format!("{vid}/{}", d.name())
+}
+
+pub fn info(vid: &VolumeId, d: Dir) -> String {
+    format!("{vid}/{}/info", d.name())
+}
+
+pub fn info_tmp(vid: &VolumeId, d: Dir) -> String {
+    format!("{vid}/{}/info.tmp", d.name())
+}
+
+pub fn manifest(vid: &VolumeId, d: Dir) -> String {
+    format!("{vid}/{}/manifest.z", d.name())
+}
+
+pub fn manifest_tmp(vid: &VolumeId, d: Dir) -> String {
+    format!("{vid}/{}/manifest.z.tmp", d.name())
+}
+
+/// Chunk file for a byte address: `x%016x`, in subdir = its first 9 hex digits (§3.4).
+pub fn chunk(vid: &VolumeId, d: Dir, addr: u64) -> String {
+    format!("{vid}/{}/{:09x}/x{addr:016x}", d.name(), addr >> 28)
+}
+
+/// A chunk's subdirectory.
+pub fn chunk_dir(vid: &VolumeId, d: Dir, addr: u64) -> String {
+    format!("{vid}/{}/{:09x}", d.name(), addr >> 28)
+}
+
+pub fn merge_list(vid: &VolumeId) -> String {
+    format!("{vid}/merge.lst.gz")
+}
+
+pub fn merge_init(vid: &VolumeId) -> String {
+    format!("{vid}/merge-init")
+}
+
+pub fn merge(vid: &VolumeId) -> String {
+    format!("{vid}/merge")
+}
+
+/// A session directory moved aside into `merge-init/`.
+pub fn in_merge_init(vid: &VolumeId, s: &SessionName) -> String {
+    format!("{vid}/merge-init/{s}")
+}
+
+/// A path of the merge list, inside `merge/`.
+pub fn in_merge(vid: &VolumeId, p: &str) -> String {
+    format!("{vid}/merge/{p}")
+}
+
+pub fn in_merge_list(vid: &VolumeId, p: &ListPath) -> String {
+    in_merge(vid, p.as_str())
+}
+
+/// The marker that the move phase of a merge is complete.
+pub fn merge_moved(vid: &VolumeId) -> String {
+    format!("{vid}/merge/CHECK-mv-rm")
+}
+
+/// Where `arch-deduplicate` stages a link before renaming it over a duplicate.
+pub fn dedup_tmp(vid: &VolumeId) -> String {
+    format!("{vid}/dedup.tmp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_paths() {
+        let v = VolumeId::parse("Vol_1").unwrap();
+        assert_eq!(
+            chunk(&v, Dir::Staging, 0x1b40000),
+            "Vol_1/S-tmp/000000000/x0000000001b40000"
+        );
+        let s = SessionName::parse("S_20261123-153256").unwrap();
+        assert_eq!(
+            chunk(&v, Dir::Session(&s), 0x10000000),
+            "Vol_1/S_20261123-153256/000000001/x0000000010000000"
+        );
+    }
+}

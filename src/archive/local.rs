@@ -1,0 +1,111 @@
+//! wyng's local state about an archive, under `--meta-dir` (default `/var/lib/wyng`), laid out
+//! like the original's cache (format §14.1): `a_<id>/` with id = hex BLAKE2b-160 of
+//! uid ‖ uuid ‖ URL.
+//!
+//! Not all of it is a cache. What *must* survive for safety:
+//! * `archive.ini`: the last root seen, for rollback detection (§14.3): losing it only loses
+//!   that check for one run.
+//! * `archive.salt`: for encrypted archives, a copy of the salt file whose slot counters are the
+//!   working counters. Values are reserved here (and synced) before any is used, so losing this
+//!   file while the archive's own counters are behind could allow counter reuse; it is
+//!   replaced atomically and durably.
+//! * `in_process_retry`: that a recovery of an interrupted transaction failed (§13.5).
+//!
+//! What is only a cache (rebuilt when missing or stale; losing it costs time, not safety):
+//! * `<vid>/digests`: raw-chunk digests of the newest session ([`crate::archive::digests`]).
+//! * `<vid>/index/`: merged-view indexes of sessions ([`crate::archive::index`]).
+//! * `<vid>/S_…deltamap`: the copy-on-write pairing of local storage (`source::deltamap`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use blake2::digest::consts::U20;
+use blake2::{Blake2b, Digest};
+
+use crate::crypto::{SaltFile, SALT_FILE_LEN};
+use crate::error::{Error, Result};
+use crate::format::VolumeId;
+
+#[derive(Clone)]
+pub struct LocalState {
+    dir: PathBuf,
+}
+
+/// Replaces a file atomically and durably.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl LocalState {
+    /// The state directory of an archive (created if missing).
+    pub fn open(meta_dir: &Path, uuid: &str, url: &str) -> Result<LocalState> {
+        let key = format!("{}{uuid}{url}", nix::unistd::getuid());
+        let id: String = Blake2b::<U20>::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = meta_dir.join(format!("a_{id}"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::local_state(&dir, e))?;
+        Ok(LocalState { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A volume's directory (delta maps, digests, indexes).
+    pub fn volume_dir(&self, vid: &VolumeId) -> PathBuf {
+        self.dir.join(vid.as_str())
+    }
+
+    /// Where temporary spool files of this archive go.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    /// The copy of the last root seen from this machine.
+    pub fn load_root(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join("archive.ini")).ok()
+    }
+
+    pub fn save_root(&self, root: &[u8]) -> Result<()> {
+        let p = self.dir.join("archive.ini");
+        write_atomic(&p, root).map_err(|e| Error::local_state(&p, e))
+    }
+
+    pub fn load_salt(&self) -> Option<SaltFile> {
+        let b = std::fs::read(self.dir.join("archive.salt")).ok()?;
+        (b.len() == SALT_FILE_LEN)
+            .then(|| SaltFile::parse(&b).ok())
+            .flatten()
+    }
+
+    pub fn save_salt(&self, salt: &SaltFile) -> std::io::Result<()> {
+        write_atomic(&self.dir.join("archive.salt"), &salt.to_bytes())
+    }
+
+    fn retry_marker(&self) -> PathBuf {
+        self.dir.join("in_process_retry")
+    }
+
+    /// Whether an earlier recovery of an interrupted transaction failed.
+    pub fn retry_failed(&self) -> bool {
+        self.retry_marker().exists()
+    }
+
+    pub fn set_retry_failed(&self, failed: bool) {
+        let m = self.retry_marker();
+        let _ = if failed {
+            std::fs::write(&m, b"")
+        } else {
+            std::fs::remove_file(&m)
+        };
+    }
+}

@@ -1,0 +1,609 @@
+//! The only way to an archive's bytes. An [`Archive`] is opened for reading, or as a
+//! [`WriteArchive`] for changing it; everything above this module works through them and never
+//! sees the destination or the codec.
+//!
+//! Invariants (each enforced here, by construction):
+//! * **Everything read is verified** down the hash chain archive.ini → volinfo → info →
+//!   manifest.z → chunk before it is used ([`chunks`], [`manifest`]).
+//! * **Opened for write = recovered, counters reserved.** [`Archive::open_write`] takes the
+//!   exclusive lock, reserves nonce-counter values in local state (encrypted archives) and
+//!   finishes or rolls back whatever an interrupted command left ([`recovery`]) before it
+//!   returns; mutating methods exist only on [`WriteArchive`]. A cipher whose counters were
+//!   never reserved cannot encrypt at all (`crypto::Counter` fails closed).
+//! * **Commits are atomic** ([`session`], [`write`]): nothing references a session's files until
+//!   the root is renamed into place; a dropped [`SessionWriter`] removes what it staged.
+//! * **Paths come from typed ids** ([`layout`]).
+//! * **Memory follows data, not volume size**: manifests are streamed ([`manifest`]) and merged
+//!   views are compact on-disk indexes of data entries only ([`index`]).
+//!
+//! # Commit order (crash safety)
+//! A send writes everything new under `<vid>/S-tmp/` (chunks, `manifest.z`, `info`), makes it
+//! durable, renames `S-tmp` to the session name, then "zipper-saves" the parents: `volinfo.tmp`,
+//! `sessions.tmp`, `archive.ini.tmp`, a durability barrier, and renames in that order with
+//! archive.ini last. Until archive.ini is replaced, the old root still describes a complete
+//! archive: the one window where the old root meets the new volinfo is covered by `volinfo.bak`
+//! (a copy of the previous committed volinfo), which loading falls back to. Leftovers of an
+//! interrupted command are removed by recovery before the next write. `updated_at` strictly
+//! increases with every save (see `format::ini::next_updated_at`).
+
+pub mod chunks;
+pub mod dedup;
+pub mod digests;
+pub mod index;
+mod journal;
+pub mod layout;
+pub mod local;
+pub mod manifest;
+mod recovery;
+pub mod session;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::auth::Auth;
+use crate::codec::{gunzip, Codec};
+use crate::crypto::{self, ArchiveCipher, HashFn, MasterKeys, SaltFile};
+use crate::dest::Dest;
+use crate::error::{Error, Result};
+use crate::format::ini::{self, ArchiveIni};
+use crate::format::{self as fmt, Hash32, Session, SessionInfo, VolInfo, VolumeId};
+use crate::spool::Spool;
+
+pub use crate::codec::{Compression, Compressor};
+pub use crate::crypto::CipherMode;
+pub use crate::dest::{Capabilities, DestOptions, MemDest};
+pub use chunks::{ChunkLoc, ChunkReader};
+pub use index::MergedIndex;
+pub use local::LocalState;
+pub use session::SessionWriter;
+pub(crate) use write::failpoint;
+pub use write::{InitParams, WriteArchive};
+
+/// Where an archive lives, opened from a `--dest` URL.
+pub struct Location(Box<dyn Dest>);
+
+impl Location {
+    pub fn open(url: &str, o: &DestOptions) -> Result<Location> {
+        crate::dest::open(url, o).map(Location)
+    }
+
+    pub fn url(&self) -> &str {
+        self.0.url()
+    }
+
+    /// An in-memory destination (tests, fault injection).
+    pub fn memory(d: MemDest) -> Location {
+        Location(Box::new(d))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Volume {
+    pub vid: VolumeId,
+    pub volinfo: VolInfo,
+    /// Sorted by `sequence` (the authoritative order).
+    pub sessions: Vec<Session>,
+    /// Loaded from `volinfo.bak` because `volinfo` was left mid-commit.
+    restored_from_bak: bool,
+}
+
+impl Volume {
+    pub fn name(&self) -> &str {
+        &self.volinfo.name
+    }
+
+    pub fn last(&self) -> Option<&Session> {
+        self.sessions.last()
+    }
+
+    pub fn session_index(&self, name: &fmt::SessionName) -> Option<usize> {
+        self.sessions.iter().position(|s| &s.name == name)
+    }
+
+    /// The hash of a session's `info`, as the volinfo records it.
+    pub fn info_hash(&self, name: &fmt::SessionName) -> Option<&Hash32> {
+        self.volinfo
+            .sessions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| h)
+    }
+}
+
+/// How to open an archive.
+pub struct OpenOptions<'a> {
+    pub auth: &'a Auth,
+    /// `--meta-dir`: local state (rollback detection, counters, indexes, digest maps).
+    pub meta_dir: Option<&'a Path>,
+    /// Accept an archive older than the last one seen here (`--force-allow-rollback`).
+    pub allow_rollback: bool,
+    /// `--force-retry`: retry an interrupted transaction even though an earlier retry of it
+    /// did not complete.
+    pub force_retry: bool,
+}
+
+pub struct Archive {
+    dest: Arc<dyn Dest>,
+    ci: String,
+    ini: ArchiveIni,
+    codec: Codec,
+    volumes: Vec<Volume>,
+    local: Option<LocalState>,
+    salt: Option<SaltFile>,
+    /// The root file as last loaded or committed (to tell whether the archive changed).
+    root: Vec<u8>,
+    force_retry: bool,
+    /// Merged-view indexes built by this process (the mount reuses them).
+    indexes: Mutex<index::Memo>,
+}
+
+const ROOT_MAX: u64 = (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64;
+
+impl Archive {
+    /// Opens an archive for reading (a shared lock) and verifies its metadata down to every
+    /// session's `info`.
+    pub fn open_read(loc: Location, o: &OpenOptions) -> Result<Archive> {
+        Self::open(loc.0.into(), o, false)
+    }
+
+    fn open(dest: Arc<dyn Dest>, o: &OpenOptions, exclusive: bool) -> Result<Archive> {
+        if !dest.root_exists()? {
+            return Err(Error::ArchiveNotFound {
+                url: dest.url().into(),
+            });
+        }
+        dest.lock(exclusive)?;
+        let file = dest
+            .read(layout::ROOT, ROOT_MAX)?
+            .ok_or_else(|| Error::ArchiveNotFound {
+                url: dest.url().into(),
+            })?;
+        let (ci, body) = ini::parse_header(&file)?;
+        let (codec, ini, salt) = if ci == "00" {
+            let ini = ArchiveIni::parse(&gunzip_root(body)?)?;
+            (codec_for(&ini, None)?, ini, None)
+        } else {
+            let mode = CipherMode::from_ci(&ci)
+                .ok_or_else(|| Error::Unsupported(format!("cipher mode {ci}")))?;
+            let salt_bytes = dest
+                .read(layout::SALT, crypto::SALT_FILE_LEN as u64)?
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        layout::SALT,
+                        "missing: an encrypted archive cannot be opened without it",
+                    )
+                })?;
+            let salt = SaltFile::parse(&salt_bytes)?;
+            let opens = |k: &MasterKeys| {
+                ArchiveCipher::new(mode, k, &salt, [0, 0])
+                    .0
+                    .decrypt_meta(body)
+                    .is_some()
+            };
+            let keys = o.auth.unlock(dest.url(), &salt, mode, &opens)?;
+            let (cipher, _) = ArchiveCipher::new(mode, &keys, &salt, [0, 0]);
+            let gz = cipher
+                .decrypt_meta(body)
+                .ok_or_else(|| Error::Auth(crate::crypto::WRONG_PASSPHRASE.into()))?;
+            let ini = ArchiveIni::parse(&gunzip_root(&gz)?)?;
+            let codec = codec_for(&ini, Some((&keys, &salt)))?;
+            (codec, ini, Some(salt))
+        };
+        validate_var(&ini, &ci)?;
+        let mut a = Archive {
+            dest,
+            ci,
+            ini,
+            codec,
+            volumes: Vec::new(),
+            local: None,
+            salt,
+            root: file.clone(),
+            force_retry: o.force_retry,
+            indexes: Mutex::new(index::Memo::default()),
+        };
+        a.attach_local(o.meta_dir);
+        a.check_rollback(&file, o.allow_rollback)?;
+        a.reload()?;
+        Ok(a)
+    }
+
+    /// Binds the local state directory; for encrypted archives, raises the counters to the
+    /// cached salt file's (never lowering them). Without usable local state the archive can
+    /// still be read.
+    fn attach_local(&mut self, meta_dir: Option<&Path>) {
+        let Some(meta) = meta_dir else { return };
+        let local = match LocalState::open(meta, self.uuid(), self.dest.url()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("no local state in {}: {e}", meta.display());
+                return;
+            }
+        };
+        if let (Some(salt), Some(c)) = (&self.salt, &self.codec.cipher) {
+            if let Some(cached) = local
+                .load_salt()
+                .filter(|s| s.same_salts(salt) && c.verify_check(s))
+            {
+                c.data_counter.raise_to(cached.counters[0]);
+                c.meta_counter.raise_to(cached.counters[1]);
+            }
+        }
+        self.local = Some(local);
+    }
+
+    /// Refuses an archive older than the last one seen from this machine (format §14.3).
+    fn check_rollback(&self, remote: &[u8], allow: bool) -> Result<()> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let Some(cached) = local.load_root() else {
+            return local.save_root(remote);
+        };
+        if cached == remote {
+            return Ok(());
+        }
+        let cached_time = ini::parse_header(&cached)
+            .ok()
+            .filter(|(ci, _)| *ci == self.ci)
+            .and_then(|(_, body)| self.codec.open_root(body).ok())
+            .and_then(|t| ArchiveIni::parse(&t).ok())
+            .and_then(|c| c.get("updated_at").and_then(|t| t.parse::<f64>().ok()));
+        let remote_time = self
+            .ini
+            .get("updated_at")
+            .and_then(|t| t.parse::<f64>().ok());
+        if let (Some(c), Some(r)) = (cached_time, remote_time) {
+            if c > r && !allow {
+                return Err(Error::Rollback {
+                    url: self.dest.url().into(),
+                });
+            }
+        }
+        local.save_root(remote)
+    }
+
+    /// (Re)loads every volume from the destination. While a transaction is pending, the
+    /// volume it concerns may be half-moved: it is left out (with a warning) until a write
+    /// command finishes the transaction.
+    fn reload(&mut self) -> Result<()> {
+        let pending = fmt::journal::Journal::parse(&self.ini.in_process)
+            .ok()
+            .flatten()
+            .map(|j| j.vid().clone());
+        self.volumes.clear();
+        for (vid, h) in self.ini.volumes.clone() {
+            match self.load_volume(&vid, &h) {
+                Ok(v) => self.volumes.push(v),
+                Err(e) if pending.as_ref() == Some(&vid) => {
+                    tracing::warn!("volume {vid} is in an interrupted prune or delete and cannot be read until a write command (such as `wyng prune`) finishes it: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(v) = pending {
+            tracing::warn!(
+                "an interrupted transaction on {v} is pending; the next write command finishes it"
+            );
+        }
+        Ok(())
+    }
+
+    /// The largest stored size of a metadata object whose compressed text may be `max` bytes.
+    fn meta_limit(&self, max: u64) -> u64 {
+        max + self.codec.meta_overhead()
+    }
+
+    fn load_volume(&self, vid: &VolumeId, hash: &Hash32) -> Result<Volume> {
+        let path = layout::volinfo(vid);
+        let limit = fmt::MAX_VOLINFO_Z as u64;
+        let read = |p: &str| -> Result<Vec<u8>> {
+            let f = self
+                .dest
+                .read(p, self.meta_limit(limit))?
+                .ok_or_else(|| Error::corrupt(p, "missing"))?;
+            self.codec.decode_meta(&f, hash, limit, 8 << 20, p)
+        };
+        let (text, restored_from_bak) = match read(&path) {
+            Ok(t) => (t, false),
+            Err(first) => match read(&layout::volinfo_bak(vid)) {
+                Ok(t) => {
+                    tracing::warn!("{path} is from an interrupted commit; using volinfo.bak");
+                    (t, true)
+                }
+                Err(_) => return Err(first),
+            },
+        };
+        let text = String::from_utf8(text).map_err(|_| Error::corrupt(&path, "not UTF-8 text"))?;
+        let volinfo = VolInfo::parse(&text, &path)?;
+        let mut sessions = Vec::with_capacity(volinfo.sessions.len());
+        for (name, h) in &volinfo.sessions {
+            let p = layout::info(vid, layout::Dir::Session(name));
+            let f = self
+                .dest
+                .read(&p, self.meta_limit(fmt::MAX_INFO_Z as u64))?
+                .ok_or_else(|| Error::corrupt(&p, "missing"))?;
+            let t = self
+                .codec
+                .decode_meta(&f, h, fmt::MAX_INFO_Z as u64, 64 << 10, &p)?;
+            let t = String::from_utf8(t).map_err(|_| Error::corrupt(&p, "not UTF-8 text"))?;
+            sessions.push(Session {
+                name: name.clone(),
+                info: SessionInfo::parse(&t, &p)?,
+            });
+        }
+        sessions.sort_by_key(|s| s.info.sequence);
+        for w in sessions.windows(2) {
+            if w[0].info.sequence == w[1].info.sequence {
+                return Err(Error::corrupt(
+                    &path,
+                    format!(
+                        "sessions {} and {} share a sequence number",
+                        w[0].name, w[1].name
+                    ),
+                ));
+            }
+            if w[1].info.previous.as_ref() != Some(&w[0].name) {
+                return Err(Error::corrupt(
+                    layout::info(vid, layout::Dir::Session(&w[1].name)),
+                    format!("previous session should be {}", w[0].name),
+                ));
+            }
+        }
+        Ok(Volume {
+            vid: vid.clone(),
+            volinfo,
+            sessions,
+            restored_from_bak,
+        })
+    }
+
+    // ---- what the archive is -----------------------------------------------------------
+
+    pub fn url(&self) -> &str {
+        self.dest.url()
+    }
+
+    pub fn uuid(&self) -> &str {
+        self.ini.get("uuid").unwrap_or("")
+    }
+
+    pub fn chunksize(&self) -> u64 {
+        self.codec.chunksize
+    }
+
+    pub fn encrypted(&self) -> bool {
+        self.ci != "00"
+    }
+
+    /// `(data cipher, metadata cipher)` names, `None` for an unencrypted archive.
+    pub fn cipher_names(&self) -> Option<(&'static str, &'static str)> {
+        self.codec.cipher.as_ref().map(|c| c.mode.names())
+    }
+
+    pub fn compression(&self) -> Compressor {
+        self.codec.compressor
+    }
+
+    /// The `[var]` settings of archive.ini, in file order (for `list --verbose`).
+    pub fn settings(&self) -> &[(String, String)] {
+        &self.ini.var
+    }
+
+    pub fn updated_at(&self) -> Option<f64> {
+        self.ini.get("updated_at").and_then(|t| t.parse().ok())
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.dest.capabilities()
+    }
+
+    /// Bytes the destination can still take, if it can tell.
+    pub fn free_space(&self) -> Result<Option<u64>> {
+        self.dest.free_space()
+    }
+
+    /// The local state directory for this archive, if there is one (delta maps live there).
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.local.as_ref().map(|l| l.dir())
+    }
+
+    /// A volume's directory in local state.
+    pub fn local_volume_dir(&self, vid: &VolumeId) -> Option<PathBuf> {
+        self.local.as_ref().map(|l| l.volume_dir(vid))
+    }
+
+    /// Where temporary files of this archive go.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.local
+            .as_ref()
+            .map(|l| l.spool_dir())
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    pub fn spool(&self) -> Spool {
+        Spool::new(&self.spool_dir())
+    }
+
+    // ---- volumes --------------------------------------------------------------------------
+
+    pub fn volumes(&self) -> &[Volume] {
+        &self.volumes
+    }
+
+    /// Every volume's name, in the archive's order.
+    pub fn volume_names(&self) -> Vec<String> {
+        self.volumes.iter().map(|v| v.name().to_string()).collect()
+    }
+
+    pub fn volume(&self, name: &str) -> Option<&Volume> {
+        self.volumes.iter().find(|v| v.name() == name)
+    }
+
+    pub fn volume_index(&self, name: &str) -> Option<usize> {
+        self.volumes.iter().position(|v| v.name() == name)
+    }
+
+    /// The volume of this name, or the error that says it is not there.
+    pub fn find(&self, name: &str) -> Result<&Volume> {
+        self.volume(name)
+            .ok_or_else(|| Error::VolumeNotFound(name.to_string()))
+    }
+
+    pub fn find_index(&self, name: &str) -> Result<usize> {
+        self.volume_index(name)
+            .ok_or_else(|| Error::VolumeNotFound(name.to_string()))
+    }
+
+    /// Compresses and hashes raw volume data as a chunk of this archive would be, to compare
+    /// it with a manifest hash (or to store it, through a [`SessionWriter`]).
+    pub fn hash_chunk(&self, raw: &[u8]) -> session::Hashed {
+        session::Hashed(self.codec.hash_chunk(raw))
+    }
+
+    /// Whether the archive on the destination is still the one loaded (its root unchanged).
+    pub fn is_current(&self) -> Result<bool> {
+        Ok(self.dest.read(layout::ROOT, ROOT_MAX)?.as_deref() == Some(&self.root[..]))
+    }
+
+    /// Loads the archive again as it is now on the destination (a long-lived reader such as
+    /// a mount, after a send or prune elsewhere). Keeps the keys, so no passphrase is asked.
+    pub fn refreshed(&self) -> Result<Archive> {
+        let file =
+            self.dest
+                .read(layout::ROOT, ROOT_MAX)?
+                .ok_or_else(|| Error::ArchiveNotFound {
+                    url: self.dest.url().into(),
+                })?;
+        let (ci, body) = ini::parse_header(&file)?;
+        if ci != self.ci {
+            return Err(Error::corrupt(layout::ROOT, "cipher mode changed"));
+        }
+        let ini = ArchiveIni::parse(&self.codec.open_root(body)?)?;
+        validate_var(&ini, &ci)?;
+        if ini.get("uuid") != self.ini.get("uuid")
+            || ini.get("chunksize") != self.ini.get("chunksize")
+        {
+            return Err(Error::corrupt(
+                layout::ROOT,
+                "the archive was replaced by another one",
+            ));
+        }
+        let mut a = Archive {
+            dest: self.dest.clone(),
+            ci,
+            ini,
+            codec: self.codec.clone(),
+            volumes: Vec::new(),
+            local: self.local.clone(),
+            salt: self.salt.clone(),
+            root: file,
+            force_retry: false,
+            indexes: Mutex::new(self.indexes.lock().clone()),
+        };
+        a.reload()?;
+        Ok(a)
+    }
+
+    /// Lets go of the destination's lock (a long-lived reader that must not block writers).
+    pub fn unlock(&self) {
+        self.dest.unlock();
+    }
+
+    /// In a process forked from this one: drop connections that belong to the parent.
+    pub fn detach_after_fork(&self) {
+        self.dest.detach_after_fork();
+    }
+}
+
+fn validate_var(ini: &ArchiveIni, ci: &str) -> Result<()> {
+    let bad = |what: String| Error::corrupt(layout::ROOT, what);
+    let get = |k| ini.get(k).unwrap_or("");
+    if get("ci_mode") != ci {
+        return Err(bad("ci_mode differs from the header".into()));
+    }
+    match get("format_ver").parse::<u32>() {
+        Ok(3) => {}
+        Ok(v) if (1..3).contains(&v) => {
+            return Err(Error::Unsupported(format!("format version {v}")))
+        }
+        _ => return Err(bad("bad format_ver".into())),
+    }
+    match get("updated_at").parse::<f64>() {
+        Ok(t) if t >= 1514782800.0 => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            if ci != "00" && t > now + 1.0 {
+                return Err(Error::FutureTimestamp);
+            }
+        }
+        _ => return Err(bad("bad updated_at".into())),
+    }
+    let uuid = get("uuid");
+    let parts: Vec<&str> = uuid.split('-').collect();
+    if parts.len() < 2
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(bad("bad uuid".into()));
+    }
+    Ok(())
+}
+
+/// The codec an archive's `[var]` settings describe, with its cipher when keys are given.
+fn codec_for(ini: &ArchiveIni, keys: Option<(&MasterKeys, &SaltFile)>) -> Result<Codec> {
+    let bad = |what: String| Error::corrupt(layout::ROOT, what);
+    let get = |k| ini.get(k).unwrap_or("");
+    let chunksize: u64 = get("chunksize")
+        .parse()
+        .map_err(|_| bad("bad chunksize".into()))?;
+    if !(1..=6).any(|f| chunksize == 32768 << f) {
+        return Err(bad(format!("unsupported chunksize {chunksize}")));
+    }
+    let kind = Compression::parse(get("compression"))
+        .ok_or_else(|| bad(format!("unknown compression '{}'", get("compression"))))?;
+    let level: i32 = get("compr_level")
+        .parse()
+        .map_err(|_| bad("bad compr_level".into()))?;
+    let compressor = Compressor::new(kind, level).map_err(|e| bad(e.to_string()))?;
+    let counter = |k: &str| ini.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (data_hash, meta_hash, cipher) = match keys {
+        None => {
+            let h = HashFn::for_hashtype(get("hashtype"))?;
+            (h.clone(), h, None)
+        }
+        Some((keys, salt)) => {
+            let mode =
+                CipherMode::from_ci(get("ci_mode")).ok_or_else(|| bad("bad ci_mode".into()))?;
+            let counters = [
+                counter("dataci_count").max(salt.counters[0]),
+                counter("mci_count").max(salt.counters[1]),
+            ];
+            let (cipher, keyed) = ArchiveCipher::new(mode, keys, salt, counters);
+            let data_hash = match mode {
+                // Legacy archives hash chunks with the plain function their hashtype names.
+                CipherMode::Legacy30 => HashFn::for_hashtype(get("hashtype"))?,
+                _ => keyed,
+            };
+            (data_hash, HashFn::Blake2b256, Some(Arc::new(cipher)))
+        }
+    };
+    Ok(Codec {
+        compressor,
+        data_hash,
+        meta_hash,
+        chunksize,
+        cipher,
+    })
+}
+
+fn gunzip_root(body: &[u8]) -> Result<String> {
+    let text = gunzip(body, ini::MAX_BODY * 8).map_err(|e| Error::corrupt(layout::ROOT, e))?;
+    String::from_utf8(text).map_err(|_| Error::corrupt(layout::ROOT, "not UTF-8 text"))
+}

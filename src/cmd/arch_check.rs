@@ -1,0 +1,72 @@
+//! `wyng arch-check`.
+
+use clap::Args;
+
+use wyng::ops;
+use wyng::{Error, Result};
+
+use super::Global;
+
+pub const HELP: &str = "Examples:\n  wyng arch-check --dest=file:/mnt/usb/laptop.backup\n  wyng arch-check vm1.img --session=newest --dest=...\n  wyng arch-check --clean --dest=...          # first remove leftovers of interrupted commands\n\nEvery problem found is listed; the exit status is 1 if there was any.";
+
+#[derive(Args, Debug)]
+pub struct ArchCheckArgs {
+    /// Volumes to check (none: all)
+    pub volumes: Vec<String>,
+    /// `newest` (only the newest session's own chunks) or a date-time
+    #[arg(long, value_name = "WHEN")]
+    pub session: Option<String>,
+    /// Remove leftovers of interrupted commands first
+    #[arg(long)]
+    pub clean: bool,
+    /// Give the archive a new UUID (for a copy that must not be confused with its original)
+    #[arg(long)]
+    pub change_uuid: bool,
+}
+
+pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
+    let o = ops::check::CheckOptions { session: a.session };
+    let reports = if a.clean || a.change_uuid {
+        let mut wa = g.write()?;
+        if a.change_uuid {
+            g.confirm("Give this archive a new UUID?")?;
+            let uuid = wa.change_uuid()?;
+            g.say(format!("New archive UUID: {uuid}"));
+            return Ok(());
+        }
+        for p in ops::check::clean(&mut wa)? {
+            g.say(format!("Removed {p}"));
+        }
+        ops::check::run(&wa, &a.volumes, &o)?
+    } else {
+        ops::check::run(&g.read()?, &a.volumes, &o)?
+    };
+    let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
+    if g.json {
+        g.json(&reports)?;
+    } else {
+        for r in &reports {
+            for p in &r.problems {
+                eprintln!("{}: {p}", r.volume);
+            }
+            g.say(format!(
+                "{}: {} sessions, {} chunk files checked, {}.",
+                r.volume,
+                r.sessions,
+                r.chunks,
+                if r.problems.is_empty() {
+                    "no problems".to_string()
+                } else {
+                    format!("{} problem(s)", r.problems.len())
+                }
+            ));
+        }
+    }
+    if problems > 0 {
+        return Err(Error::corrupt(
+            g.dest.clone().unwrap_or_default(),
+            format!("arch-check found {problems} problem(s)"),
+        ));
+    }
+    Ok(())
+}

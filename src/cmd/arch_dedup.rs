@@ -1,0 +1,23 @@
+//! `wyng arch-deduplicate`.
+
+use wyng::ops;
+use wyng::Result;
+
+use super::{human, Global};
+
+pub const HELP: &str = "Example:\n  wyng arch-deduplicate --dest=file:/mnt/usb/laptop.backup\n\nNeeds a destination with hard links. `wyng send --dedup` does the same while sending.";
+
+pub fn run(g: &Global) -> Result<()> {
+    let mut wa = g.write()?;
+    let r = ops::dedup::run(&mut wa)?;
+    if g.json {
+        return g.json(&r);
+    }
+    g.say(format!(
+        "{} of {} chunk files replaced by hard links; {} saved.",
+        r.linked,
+        r.chunk_files,
+        human(r.bytes_saved)
+    ));
+    Ok(())
+}

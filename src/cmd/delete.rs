@@ -1,0 +1,94 @@
+//! `wyng delete` (a volume, or `--clean` of local snapshots).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use wyng::ops::{self, clean::Purge};
+use wyng::{Error, Result};
+
+use super::Global;
+
+pub const HELP: &str = "Examples:\n  wyng delete old-vm.img -u --dest=file:/mnt/usb/laptop.backup\n  wyng delete --clean --local=/var/lib/images --dest=...\n\nThe deletion is journaled: if it is interrupted, the next write command finishes it.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PurgeArg {
+    Other,
+    Full,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The volume to delete
+    pub volume: Option<String>,
+    /// Delete the volume with this id instead (as `wyng list -v` or arch-check name it), e.g.
+    /// one whose name cannot be typed
+    #[arg(long, value_name = "VID", conflicts_with_all = ["volume", "clean"])]
+    pub vid: Option<String>,
+    /// Also remove the volume's snapshots in this reflink directory; with --clean, the
+    /// directory to clean
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
+    /// Remove wyng's leftover snapshots in --local: those of volumes this archive no longer has
+    #[arg(long)]
+    pub clean: bool,
+    /// With --clean: every wyng snapshot in --local (any archive) and this archive's delta maps
+    #[arg(short, long, requires = "clean")]
+    pub all: bool,
+    /// With --clean: also remove other archives' snapshots (other), or all of this archive's
+    /// (full; the next sends are full scans)
+    #[arg(long, value_enum, value_name = "other|full", requires = "clean")]
+    pub purge: Option<PurgeArg>,
+}
+
+pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
+    let mut wa = g.write()?;
+    if a.clean {
+        if a.volume.is_some() {
+            return Err(Error::Usage("delete --clean takes no volume name".into()));
+        }
+        let local = a
+            .local
+            .as_deref()
+            .ok_or_else(|| Error::Usage("delete --clean needs --local=DIR".into()))?;
+        let purge = match (a.all, a.purge) {
+            (true, _) => Purge::All,
+            (false, None) => Purge::Orphans,
+            (false, Some(PurgeArg::Other)) => Purge::Other,
+            (false, Some(PurgeArg::Full)) => Purge::Full,
+        };
+        let found = ops::clean::select(&wa, local, purge);
+        if !found.is_empty() || purge == Purge::All {
+            g.confirm(&format!(
+                "Remove {} wyng snapshot(s) from {}?",
+                found.len(),
+                local.display()
+            ))?;
+        }
+        let removed = ops::clean::remove(&wa, &found, purge)?;
+        if g.json {
+            return g.json(&removed);
+        }
+        for p in &removed {
+            g.say(format!("Removed {}", p.display()));
+        }
+        g.say(format!("{} snapshot(s) removed.", removed.len()));
+        return Ok(());
+    }
+    let vid = ops::volume::resolve(&wa, a.volume.as_deref(), a.vid.as_deref())?;
+    let name = wa
+        .volumes()
+        .iter()
+        .find(|v| v.vid == vid)
+        .map(|v| v.name().to_string())
+        .unwrap_or_default();
+    g.confirm(&format!("Delete volume '{name}' and all its sessions?"))?;
+    ops::volume::delete(&mut wa, &vid)?;
+    if let Some(local) = &a.local {
+        for p in ops::clean::remove_volume(&wa, local, vid.as_str())? {
+            g.say(format!("Removed {}", p.display()));
+        }
+    }
+    g.say(format!("Deleted volume '{name}'."));
+    Ok(())
+}

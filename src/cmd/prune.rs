@@ -1,0 +1,143 @@
+//! `wyng prune`.
+
+use clap::{Args, ValueEnum};
+
+use wyng::ops::{self, autoprune::ApDays, prune::AutoMode};
+use wyng::Result;
+
+use super::{date, Global};
+
+pub const HELP: &str = "Examples:\n  wyng prune vm1.img --session=20261101-020000 --dest=...           # one session\n  wyng prune --session=20261101-000000,20261130-235959 --dest=...    # a range, every volume\n  wyng prune vm1.img --session=^daily --keep=^monthly --dest=...\n  wyng prune --all-before --session=20261001-000000 --dry-run --dest=...\n  wyng prune --keep-daily=7 --keep-weekly=4 --keep-monthly=12 --keep=^release --dry-run --dest=...\n\nThe newest session of a volume is always kept. Chunk files are moved, not rewritten, and an\ninterrupted prune is finished (or rolled back) by the next write command.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Autoprune {
+    Off,
+    On,
+    Full,
+}
+
+fn apdays(s: &str) -> Result<ApDays, String> {
+    ApDays::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Args, Debug)]
+pub struct AutopruneArgs {
+    /// Thin old sessions by calendar (see --apdays). prune: on = at most 3 per volume per run,
+    /// full = all that the calendar marks. send: on = only when a volume's change exceeds the
+    /// destination's free space (3, then 9, then all marked sessions of that volume), full =
+    /// every volume before sending
+    #[arg(long, value_enum, value_name = "off|on|full", default_value = "off")]
+    pub autoprune: Autoprune,
+    /// Autoprune calendar A:B:C:D: remove sessions older than A days (0: never); keep at most D
+    /// sessions per C days among those older than B days
+    #[arg(long, value_name = "A:B:C:D", default_value = "0:62:1:2", value_parser = apdays)]
+    pub apdays: ApDays,
+}
+
+impl AutopruneArgs {
+    pub fn autoprune(&self) -> AutoMode {
+        match self.autoprune {
+            Autoprune::Off => AutoMode::Off,
+            Autoprune::On => AutoMode::On,
+            Autoprune::Full => AutoMode::Full,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Volumes to prune (none: every volume)
+    pub volumes: Vec<String>,
+    /// What to remove: DATE, ^TAG, or a range FROM,TO (dates and/or ^tags)
+    #[arg(long, value_name = "WHEN")]
+    pub session: Option<String>,
+    /// Remove every session before --session's date
+    #[arg(long)]
+    pub all_before: bool,
+    /// Never remove this session (DATE) or sessions with this tag (^TAG); repeatable
+    #[arg(long, value_name = "WHEN")]
+    pub keep: Vec<String>,
+    /// Only show what would be removed, and why every other session stays
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep the N newest sessions
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the newest session of each of the last N hours that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: usize,
+    /// ... of each of the last N days that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: usize,
+    /// ... of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// ... of each of the last N months that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// ... of each of the last N years that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: usize,
+    #[command(flatten)]
+    pub auto: AutopruneArgs,
+}
+
+pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
+    let o = ops::prune::PruneOptions {
+        session: a.session,
+        all_before: a.all_before,
+        keep: a.keep,
+        dry_run: a.dry_run,
+        policy: ops::prune::Policy {
+            last: a.keep_last,
+            hourly: a.keep_hourly,
+            daily: a.keep_daily,
+            weekly: a.keep_weekly,
+            monthly: a.keep_monthly,
+            yearly: a.keep_yearly,
+        },
+        autoprune: a.auto.autoprune(),
+        apdays: a.auto.apdays,
+        on_limit: None,
+    };
+    let reports = if o.dry_run {
+        ops::prune::plan(&g.read()?, &a.volumes, &o)?
+    } else {
+        let mut wa = g.write()?;
+        // Nothing is asked unless something would go.
+        let plan = ops::prune::plan(&wa, &a.volumes, &o)?;
+        if plan.iter().any(|r| !r.removed.is_empty()) {
+            g.confirm("Prune the selected sessions?")?;
+        }
+        ops::prune::run(&mut wa, &a.volumes, &o)?
+    };
+    if g.json {
+        return g.json(&reports);
+    }
+    for r in reports {
+        if o.dry_run {
+            for (s, why) in &r.kept {
+                g.say(format!(
+                    "{}: keep   {}  ({})",
+                    r.volume,
+                    date(s),
+                    why.join(", ")
+                ));
+            }
+            for s in &r.removed {
+                g.say(format!("{}: remove {}", r.volume, date(s)));
+            }
+        } else if r.removed.is_empty() {
+            g.say(format!("{}: no session selected.", r.volume));
+        } else {
+            let names: Vec<&str> = r.removed.iter().map(|s| date(s)).collect();
+            g.say(format!(
+                "{}: removed {} session(s): {}",
+                r.volume,
+                r.removed.len(),
+                names.join(" ")
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! `wyng send`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use wyng::archive::WriteArchive;
+use wyng::format::Tag;
+use wyng::ops::{self, autoprune::ApDays, prune::AutoMode};
+use wyng::{Error, Result};
+
+use super::prune::AutopruneArgs;
+use super::{date, human, named_or_all, Global};
+
+pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.";
+
+fn tag(s: &str) -> Result<Tag, String> {
+    let (id, desc) = s.split_once(',').unwrap_or((s, ""));
+    Tag::new(id, desc)
+}
+
+fn import(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once(":|:")
+        .ok_or_else(|| format!("'{s}' must look like 'NAME:|:/path/to/image'"))?;
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Volume names (as stored in the archive)
+    pub volumes: Vec<String>,
+    /// Send volume NAME from the file or block device PATH: 'NAME:|:PATH' (repeatable)
+    #[arg(long, value_name = "NAME:|:PATH", value_parser = import)]
+    pub import_other_from: Vec<(String, PathBuf)>,
+    /// Record a session even if nothing changed
+    #[arg(long)]
+    pub send_unchanged: bool,
+    /// Tag the new sessions: ID[,DESCRIPTION] (repeatable, up to 5)
+    #[arg(long, value_name = "ID[,DESC]", value_parser = tag)]
+    pub tag: Vec<Tag>,
+    /// Description for volumes this send adds to the archive
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub volume_desc: String,
+    /// Store chunks the archive already holds (in any volume) as hard links
+    #[arg(short = 'd', long)]
+    pub dedup: bool,
+    /// Directory on a reflink filesystem (Btrfs, or XFS with reflink) holding the volumes as
+    /// files, or an LVM thin pool VG/POOL: sends read only what changed since the last send,
+    /// from copy-on-write snapshots
+    #[arg(long, value_name = "DIR")]
+    pub local: Option<PathBuf>,
+    /// With --local: every volume the archive holds
+    #[arg(short, long)]
+    pub all: bool,
+    /// Report how much would be sent; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub auto: AutopruneArgs,
+    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
+    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
+    /// FILE.error and the run exits 2
+    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volumes", "local", "all", "import_other_from"])]
+    pub vols_from: Option<PathBuf>,
+}
+
+/// `send --autoprune=full`, before sending: thins every volume, as the original does. (`on` is
+/// driven by the destination's free space, inside the send.)
+fn autoprune_full(g: &Global, wa: &mut WriteArchive, a: &SendArgs) -> Result<()> {
+    if a.auto.autoprune() != AutoMode::Full || wa.volumes().is_empty() {
+        return Ok(());
+    }
+    let o = ops::prune::PruneOptions {
+        autoprune: AutoMode::Full,
+        apdays: a.auto.apdays,
+        dry_run: a.dry_run,
+        ..Default::default()
+    };
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    for r in ops::prune::run(wa, &[], &o)? {
+        if !r.removed.is_empty() {
+            g.say(format!(
+                "{}: autoprune {verb} {} sessions.",
+                r.volume,
+                r.removed.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if !r.autopruned.is_empty() {
+        let names: Vec<&str> = r.autopruned.iter().map(|s| date(s)).collect();
+        out.push(format!(
+            "{}: autoprune removed {} session(s) to make room: {}",
+            r.volume,
+            names.len(),
+            names.join(" ")
+        ));
+    }
+    let what = if r.first {
+        format!("{} chunks with data, {} zero", r.chunks_data, r.chunks_zero)
+    } else {
+        format!("{} chunks changed", r.chunks_changed)
+    };
+    out.push(if dry_run {
+        format!(
+            "{}: would store {what}, {} ({} chunks read).",
+            r.volume,
+            human(r.bytes_stored),
+            r.chunks_read
+        )
+    } else {
+        match &r.session {
+            Some(s) => format!(
+                "{}: session {} recorded: {what}, {} stored ({} read).",
+                r.volume,
+                date(s),
+                human(r.bytes_stored),
+                human(r.bytes_read)
+            ),
+            None => format!("{}: no change; no session recorded.", r.volume),
+        }
+    });
+    out
+}
+
+pub fn run(g: &Global, a: SendArgs) -> Result<()> {
+    if a.tag.len() > wyng::format::info::MAX_TAGS {
+        return Err(Error::Usage("at most 5 tags per session".into()));
+    }
+    let apdays: ApDays = a.auto.apdays;
+    let base = |local| ops::send::SendOptions {
+        send_unchanged: a.send_unchanged,
+        tags: a.tag.clone(),
+        volume_desc: a.volume_desc.clone(),
+        dedup: a.dedup,
+        dry_run: a.dry_run,
+        local,
+        session: None,
+        autoprune_on: (a.auto.autoprune() == AutoMode::On).then_some(apdays),
+    };
+    if let Some(file) = &a.vols_from {
+        return super::vols_from::run(
+            g,
+            file,
+            || g.write(),
+            |wa, vf, failures| {
+                autoprune_full(g, wa, &a)?;
+                let mut opts = base(None);
+                ops::vols_from::send(wa, vf, &mut opts, failures)
+            },
+            |r| lines(r, a.dry_run),
+        );
+    }
+    let mut reqs: Vec<ops::send::SendRequest> = a
+        .import_other_from
+        .iter()
+        .map(|(name, path)| ops::send::SendRequest {
+            volume: name.clone(),
+            source: path.clone(),
+            reflink: false,
+        })
+        .collect();
+    let store = a
+        .local
+        .as_deref()
+        .map(wyng::source::LocalStorage::open)
+        .transpose()?;
+    if a.all && store.is_none() {
+        return Err(Error::Usage("send --all needs --local=DIR".into()));
+    }
+    if !a.all && a.volumes.is_empty() && reqs.is_empty() {
+        return Err(Error::Usage(
+            "nothing to send: name a volume and its --import-other-from source".into(),
+        ));
+    }
+    let mut wa = g.write()?;
+    for v in &named_or_all(&wa, &a.volumes, a.all) {
+        if reqs.iter().any(|r| &r.volume == v) {
+            continue;
+        }
+        if let (true, false, Some(st)) = (a.all, a.volumes.contains(v), &store) {
+            if !st.volume_path(v)?.exists() {
+                tracing::warn!("{v}: not in --local; skipped");
+                continue;
+            }
+        }
+        match &store {
+            Some(st) => reqs.push(ops::send::SendRequest {
+                volume: v.clone(),
+                source: st.volume_path(v)?,
+                reflink: true,
+            }),
+            None => {
+                return Err(Error::Usage(format!(
+                    "volume '{v}' has no source: give --local=DIR (a Btrfs or XFS reflink directory holding it) or --import-other-from='{v}:|:/path/to/image'"
+                )))
+            }
+        }
+    }
+    if reqs.is_empty() {
+        return Err(Error::Usage(
+            "nothing to send: the archive has no volumes yet".into(),
+        ));
+    }
+    let opts = base(store);
+    autoprune_full(g, &mut wa, &a)?;
+    let reports = ops::send::run(&mut wa, &reqs, &opts)?;
+    g.reports(&reports, |r| lines(r, a.dry_run))
+}

@@ -1,0 +1,473 @@
+//! Helpers shared by the black-box tests: run the `wyng` binary, copy fixtures to temporary
+//! directories, build test images, and find the independent checker.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wyng-v3")
+}
+
+pub fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("EXPECTED.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A fresh temporary directory (removed when dropped).
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wyng-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Copies a fixture archive into `into`, writable, and returns its path. Archives with
+/// hard-linked chunks are unpacked from their tarball so the links are real.
+pub fn copy_fixture(name: &str, into: &Path) -> PathBuf {
+    let dest = into.join(name);
+    let tarball = fixtures().join("tarballs").join(format!("{name}.tar.gz"));
+    if tarball.exists() {
+        let st = Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(into)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(
+            dest.is_dir(),
+            "tarball {name} did not unpack to {}",
+            dest.display()
+        );
+        Command::new("chmod")
+            .arg("-R")
+            .arg("u+w")
+            .arg(&dest)
+            .status()
+            .unwrap();
+    } else {
+        copy_dir(&fixtures().join(name), &dest);
+    }
+    dest
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::write(&t, std::fs::read(e.path()).unwrap()).unwrap();
+        }
+    }
+}
+
+pub struct Wyng {
+    pub dest: String,
+    pub meta: PathBuf,
+    /// Passphrase fed on standard input (encrypted archives).
+    pub pass: Option<String>,
+    /// Extra arguments for every command (e.g. `--opt-ssh`).
+    pub extra: Vec<String>,
+    /// Extra environment for every command.
+    pub env: Vec<(String, String)>,
+}
+
+impl Wyng {
+    pub fn new(archive: &Path, meta: &Path) -> Wyng {
+        Wyng {
+            dest: format!("file:{}", archive.display()),
+            meta: meta.to_path_buf(),
+            pass: None,
+            extra: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn with_pass(archive: &Path, meta: &Path, pass: &str) -> Wyng {
+        Wyng {
+            pass: Some(pass.to_string()),
+            ..Wyng::new(archive, meta)
+        }
+    }
+
+    /// With the passphrase if there is one (encrypted archive), without otherwise.
+    pub fn maybe_pass(archive: &Path, meta: &Path, pass: Option<&str>) -> Wyng {
+        Wyng {
+            pass: pass.map(str::to_string),
+            ..Wyng::new(archive, meta)
+        }
+    }
+
+    /// `arch-init`: encrypted (the default mode) if this helper has a passphrase, else plain.
+    pub fn init(&self, args: &[&str]) {
+        let mut a = vec!["arch-init"];
+        if self.pass.is_none() {
+            a.push("--encrypt=off");
+        }
+        a.extend_from_slice(args);
+        self.ok(&a);
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wyng"));
+        c.args(args)
+            .arg(format!("--dest={}", self.dest))
+            .arg(format!("--meta-dir={}", self.meta.display()))
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd(args);
+        match &self.pass {
+            None => c.output().unwrap(),
+            Some(p) => {
+                use std::io::Write;
+                let mut child = c
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                // The passphrase is read only when no cached keys exist: ignore a closed pipe.
+                let _ = writeln!(child.stdin.take().unwrap(), "{p}");
+                child.wait_with_output().unwrap()
+            }
+        }
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "wyng {args:?} failed: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs, asserts the exit code and returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(code), "wyng {args:?}: stderr: {err}");
+        assert!(!err.contains("panicked"), "panic: {err}");
+        err
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Sends `image` as volume `vol`; returns the volume's report.
+    pub fn send(&self, vol: &str, image: &Path, extra: &[&str]) -> serde_json::Value {
+        let imp = format!("--import-other-from={vol}:|:{}", image.display());
+        let mut a = vec!["send", vol, imp.as_str()];
+        a.extend_from_slice(extra);
+        self.json(&a)[0].clone()
+    }
+
+    pub fn receive(&self, vol: &str, session: Option<&str>, to: &Path) {
+        let save = format!("--save-to={}", to.display());
+        let mut a = vec!["receive", vol, save.as_str(), "-u", "-q"];
+        let s;
+        if let Some(ses) = session {
+            s = format!("--session={}", ses.trim_start_matches("S_"));
+            a.push(&s);
+        }
+        self.ok(&a);
+    }
+}
+
+/// The first key of a JSON object (e.g. the only volume of a fixture, the oldest session).
+pub fn first_key(v: &serde_json::Value) -> String {
+    v.as_object()
+        .and_then(|o| o.keys().next())
+        .expect("a non-empty JSON object")
+        .clone()
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(p).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex(&h.finalize())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The independent V3 checker, if present (`WYNG_V3_CHECK` or `../shared/tools`). Under
+/// `CI=true` it must be there: a missing oracle fails the test instead of skipping it.
+pub fn checker() -> Option<PathBuf> {
+    let p = std::env::var_os("WYNG_V3_CHECK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/wyng-v3-check")
+        });
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but the checker is missing at {}",
+        p.display()
+    );
+    eprintln!(
+        "note: {} not found; skipping the independent check",
+        p.display()
+    );
+    None
+}
+
+/// Runs the checker in strict mode (no errors, no warnings) and returns its JSON report.
+pub fn check_strict(archive: &Path) -> Option<serde_json::Value> {
+    check_strict_with(archive, None)
+}
+
+/// The same for an encrypted archive.
+pub fn check_strict_with(archive: &Path, pass: Option<&str>) -> Option<serde_json::Value> {
+    let c = checker()?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(&c).arg(archive).arg("--strict").arg("--json");
+    if let Some(p) = pass {
+        cmd.arg("--passphrase-env")
+            .arg("WYNG_TEST_PASS")
+            .env("WYNG_TEST_PASS", p);
+    }
+    let o = cmd.output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "checker output: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    assert!(
+        o.status.success(),
+        "wyng-v3-check --strict failed on {}:\n{}",
+        archive.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(report)
+}
+
+/// The sha256 the checker computed for each session of a volume, by session name.
+pub fn checker_hashes(report: &serde_json::Value, vol: &str) -> Vec<(String, String)> {
+    report["volumes"][vol]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["sha256"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A deterministic test image builder: random, text-like and zero regions.
+pub struct Image {
+    pub data: Vec<u8>,
+    rng: u64,
+}
+
+impl Image {
+    pub fn new(seed: u64) -> Image {
+        Image {
+            data: Vec::new(),
+            rng: seed.wrapping_mul(0x9E3779B97F4A7C15) | 1,
+        }
+    }
+
+    pub fn next(&mut self) -> u64 {
+        // xorshift64*: fast and reproducible; quality does not matter here.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+
+    pub fn random(&mut self, len: usize) -> &mut Self {
+        for _ in 0..len / 8 {
+            let v = self.next();
+            self.data.extend_from_slice(&v.to_le_bytes());
+        }
+        for _ in 0..len % 8 {
+            let v = self.next() as u8;
+            self.data.push(v);
+        }
+        self
+    }
+
+    pub fn text(&mut self, len: usize) -> &mut Self {
+        let start = self.data.len();
+        let mut i = 0u64;
+        while self.data.len() - start < len {
+            let line = format!(
+                "{i:08} the quick brown fox jumps over the lazy dog {}\n",
+                self.next() % 1000
+            );
+            self.data.extend_from_slice(line.as_bytes());
+            i += 1;
+        }
+        self.data.truncate(start + len);
+        self
+    }
+
+    pub fn zeros(&mut self, len: usize) -> &mut Self {
+        self.data.resize(self.data.len() + len, 0);
+        self
+    }
+
+    /// Overwrites `len` bytes at `off` with random data (growing the image if needed).
+    pub fn scribble(&mut self, off: usize, len: usize) -> &mut Self {
+        if self.data.len() < off + len {
+            self.data.resize(off + len, 0);
+        }
+        for i in 0..len {
+            self.data[off + i] = self.next() as u8;
+        }
+        self
+    }
+
+    pub fn write(&self, p: &Path) {
+        std::fs::write(p, &self.data).unwrap();
+    }
+
+    pub fn sha256(&self) -> String {
+        hex(&Sha256::digest(&self.data))
+    }
+}
+
+/// Every regular file under `dir`, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Chunk files (`x<16 hex>`) under `dir`, sorted.
+pub fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('x'))
+        .collect()
+}
+
+/// Every file under `dir` with its content (to show that nothing changed).
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let c = std::fs::read(&p).unwrap();
+            (p, c)
+        })
+        .collect()
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether a test that needs root and these device nodes or programs can run here. Under
+/// CI=true it must: a missing capability fails the test instead of skipping it.
+pub fn can_run_privileged(needs: &[&str]) -> bool {
+    let missing: Vec<&&str> = needs.iter().filter(|p| !Path::new(p).exists()).collect();
+    let ok = is_root() && missing.is_empty();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: this test needs root and {needs:?} (missing: {missing:?})"
+        );
+        eprintln!("skipping: needs root and {needs:?}");
+    }
+    ok
+}
+
+/// Unmounts (lazily, so a busy mount cannot hang the test) when dropped.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Detaches a loop device this test attached, when dropped.
+pub struct LoopGuard(pub String);
+
+/// Attaches `file` to a free loop device (read-only if asked); detached when the guard drops.
+pub fn attach_loop(file: &Path, read_only: bool) -> LoopGuard {
+    let mut c = Command::new("losetup");
+    if read_only {
+        c.arg("-r");
+    }
+    let out = c.args(["-f", "--show"]).arg(file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    LoopGuard(String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// Opens an archive through the library (read-only, no local cache), for tests that inspect
+/// what the command line does not show. The passphrase, if any, comes from a `--passcmd`.
+pub fn open_library(ar: &Path, pass: Option<&str>) -> wyng::archive::Archive {
+    let auth = wyng::auth::Auth {
+        passcmd: pass.map(|p| format!("printf %s '{p}'")),
+        authmin: 5,
+    };
+    wyng::archive::Archive::open_read(
+        wyng::archive::Location::open(
+            &format!("file:{}", ar.display()),
+            &wyng::archive::DestOptions::default(),
+        )
+        .unwrap(),
+        &wyng::archive::OpenOptions {
+            auth: &auth,
+            meta_dir: None,
+            allow_rollback: true,
+            force_retry: false,
+        },
+    )
+    .unwrap()
+}
