@@ -5,6 +5,11 @@
 //! benchdata scribble PATH PERCENT SEED [KIB]  rewrite PERCENT of the KIB (4) blocks at random offsets
 //! benchdata limits PATH CHUNKSIZE      single-core MiB/s: read, compress+hash, verify+decompress
 //! benchdata randread PATH COUNT SEED   random 4 KiB reads per second (one thread)
+//! benchdata sparse PATH SIZE_GIB EXTENTS EXTENT_MIB SEED   a sparse volume: EXTENTS runs of
+//!                                      random data at random 1 MiB-aligned places, holes elsewhere
+//! benchdata poke PATH COUNT SEED       rewrite COUNT random 4 KiB blocks inside the data extents
+//! benchdata cmpsparse A B              exit 1 unless A and B hold the same bytes, reading only
+//!                                      their data (holes read as zeros)
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -71,6 +76,97 @@ fn gen(path: &str, mib: u64) {
             }
             _ => {}
         }
+    }
+    f.sync_all().unwrap();
+}
+
+/// Extent starts (in MiB) of a sparse volume, sorted and non-overlapping.
+fn extents(size_gib: u64, count: u64, mib: u64, seed: u64) -> Vec<u64> {
+    let slots = size_gib * 1024 / mib;
+    let mut rng = Rng(seed | 1);
+    let mut set = std::collections::BTreeSet::new();
+    while (set.len() as u64) < count.min(slots) {
+        set.insert((rng.next() % slots) * mib);
+    }
+    set.into_iter().collect()
+}
+
+fn sparse(path: &str, size_gib: u64, count: u64, mib: u64, seed: u64) {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.set_len(size_gib << 30).unwrap();
+    let mut rng = Rng(seed ^ 0x5a5a);
+    let mut buf = vec![0u8; (mib * MIB) as usize];
+    for start in extents(size_gib, count, mib, seed) {
+        rng.fill(&mut buf);
+        f.write_all_at(&buf, start * MIB).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// The data runs of a file, as SEEK_DATA / SEEK_HOLE report them.
+fn data_runs(f: &File) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let size = f.metadata().unwrap().len();
+    let mut runs = Vec::new();
+    let mut off = 0i64;
+    loop {
+        // SAFETY: plain lseek on an open descriptor.
+        let d = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
+        if d < 0 || d as u64 >= size {
+            break;
+        }
+        let h = unsafe { libc::lseek(f.as_raw_fd(), d, libc::SEEK_HOLE) };
+        runs.push((d as u64, h as u64));
+        off = h;
+    }
+    runs
+}
+
+fn cmpsparse(a: &str, b: &str) {
+    let (fa, fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    let size = fa.metadata().unwrap().len();
+    if size != fb.metadata().unwrap().len() {
+        eprintln!("sizes differ");
+        std::process::exit(1);
+    }
+    let mut x = vec![0u8; MIB as usize];
+    let mut y = vec![0u8; MIB as usize];
+    for (s, e) in data_runs(&fa).into_iter().chain(data_runs(&fb)) {
+        let mut off = s;
+        while off < e {
+            let n = (e - off).min(MIB) as usize;
+            fa.read_exact_at(&mut x[..n], off).unwrap();
+            fb.read_exact_at(&mut y[..n], off).unwrap();
+            if x[..n] != y[..n] {
+                eprintln!("differ near offset {off}");
+                std::process::exit(1);
+            }
+            off += n as u64;
+        }
+    }
+}
+
+fn poke(path: &str, count: u64, seed: u64) {
+    // The data extents are where SEEK_DATA finds them.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let runs = data_runs(&f);
+    let mut rng = Rng(seed | 1);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..count {
+        let (a, b) = runs[(rng.next() % runs.len() as u64) as usize];
+        let blocks = (b - a) / 4096;
+        rng.fill(&mut buf);
+        f.write_all_at(&buf, a + (rng.next() % blocks) * 4096)
+            .unwrap();
     }
     f.sync_all().unwrap();
 }
@@ -154,6 +250,15 @@ fn main() {
             a.get(5).map_or(4, |k| k.parse().unwrap()),
         ),
         Some("limits") => limits(&a[2], a[3].parse().unwrap()),
+        Some("sparse") => sparse(
+            &a[2],
+            a[3].parse().unwrap(),
+            a[4].parse().unwrap(),
+            a[5].parse().unwrap(),
+            a[6].parse().unwrap(),
+        ),
+        Some("poke") => poke(&a[2], a[3].parse().unwrap(), a[4].parse().unwrap()),
+        Some("cmpsparse") => cmpsparse(&a[2], &a[3]),
         Some("randread") => randread(&a[2], a[3].parse().unwrap(), a[4].parse().unwrap()),
         _ => eprintln!("usage: benchdata gen PATH SIZE_MIB | scribble PATH PERCENT SEED | limits PATH CHUNKSIZE"),
     }

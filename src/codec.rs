@@ -67,6 +67,8 @@ pub struct Compressor {
 
 thread_local! {
     static ZSTD_CCTX: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    /// One decompression context per thread: making one costs as much as decoding a chunk.
+    static ZSTD_DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
 impl Compressor {
@@ -139,8 +141,18 @@ impl Compressor {
                         Err(format!("zstd frame declares {n} bytes, more than {max}"))
                     }
                     Ok(Some(n)) => {
-                        let out = zstd::bulk::decompress(data, n as usize)
-                            .map_err(|e| format!("zstd: {e}"))?;
+                        let out = ZSTD_DCTX.with(|cell| {
+                            let mut cell = cell.borrow_mut();
+                            if cell.is_none() {
+                                *cell = Some(
+                                    zstd::bulk::Decompressor::new()
+                                        .map_err(|e| format!("zstd: {e}"))?,
+                                );
+                            }
+                            let d = cell.as_mut().expect("set above");
+                            d.decompress(data, n as usize)
+                                .map_err(|e| format!("zstd: {e}"))
+                        })?;
                         if out.len() as u64 != n {
                             return Err("zstd frame shorter than its declared size".into());
                         }

@@ -258,7 +258,7 @@ impl MergedIndex {
         IndexIter {
             ix: self,
             block: b,
-            recs: Vec::new(),
+            recs: Arc::new(Vec::new()),
             pos: 0,
             from: idx,
             failed: false,
@@ -295,7 +295,7 @@ impl MergedIndex {
 pub struct IndexIter<'a> {
     ix: &'a MergedIndex,
     block: usize,
-    recs: Vec<Rec>,
+    recs: Arc<Vec<Rec>>,
     pos: usize,
     from: u64,
     failed: bool,
@@ -320,7 +320,7 @@ impl Iterator for IndexIter<'_> {
             if self.block >= self.ix.fences.len() {
                 return None;
             }
-            match self.ix.read_block(self.block) {
+            match self.ix.block(self.block) {
                 Ok(r) => {
                     self.recs = r;
                     self.pos = 0;
@@ -719,7 +719,40 @@ impl Archive {
         }
         let ix = Arc::new(ix);
         self.indexes.lock().0.insert(key, ix.clone());
+        if let Some(p) = &path {
+            self.trim_indexes(p);
+        }
         Ok(ix)
+    }
+
+    /// Keeps this archive's index files within `WYNG_INDEX_BUDGET` (default 1G) of local
+    /// disk: the least recently used go first (each is only a cache), never `keep`.
+    fn trim_indexes(&self, keep: &Path) {
+        let budget = std::env::var("WYNG_INDEX_BUDGET")
+            .ok()
+            .and_then(|v| crate::size::parse(&v).ok())
+            .unwrap_or(1 << 30);
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = self
+            .volumes
+            .iter()
+            .filter_map(|v| self.index_dir(&v.vid))
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        for (_, len, p) in files {
+            if total <= budget {
+                break;
+            }
+            if p != keep && std::fs::remove_file(&p).is_ok() {
+                total -= len;
+            }
+        }
     }
 
     /// A k-way merge of every session's streamed manifest up to `si` (§10.2).
@@ -787,6 +820,31 @@ impl Archive {
             return Ok(None);
         }
         Ok(Some(b))
+    }
+
+    /// Known indexes of sessions `from..` of volume `vi` (before a change that keeps their
+    /// views but moves chunk files, such as a merge).
+    pub(super) fn known_indexes(&self, vi: usize, from: usize) -> Vec<(usize, Arc<MergedIndex>)> {
+        (from..self.volumes[vi].sessions.len())
+            .filter_map(|si| self.known_index(vi, si).map(|ix| (si, ix)))
+            .collect()
+    }
+
+    /// The view of session `si` as `old` has it, with each entry's origin mapped to its new
+    /// position (the sessions before it changed, the view did not). O(data entries).
+    pub(super) fn remap_index(
+        &self,
+        vi: usize,
+        si: usize,
+        old: &MergedIndex,
+        map: impl Fn(u16) -> u16,
+    ) -> Result<Arc<MergedIndex>> {
+        let mut b = self.builder(vi, si)?;
+        for r in old.iter_from(0) {
+            let r = r?;
+            b.push(r.idx, r.hash, map(r.origin))?;
+        }
+        self.install(vi, si, b)
     }
 
     /// A builder for the view of the session a send is about to commit as volume `vi`'s

@@ -80,18 +80,19 @@ impl WriteArchive {
             .map_err(spool_err)?;
         for e in Merge::new(layers)? {
             let (idx, r, layer) = e?;
-            let p = ListPath::chunk(&src0, idx * cs);
+            // Paths are only made for the entries that move (few, after the base session).
+            let p = || ListPath::chunk(&src0, idx * cs);
             let op = if idx >= n {
-                Some(MergeOp::Remove(p))
+                Some(MergeOp::Remove(p()))
             } else {
                 manifest.entry(idx, &r).map_err(spool_err)?;
                 match (layer, r) {
                     (0, _) => None,
                     (_, ChunkRef::Data(_)) => Some(MergeOp::Rename {
                         from: ListPath::chunk(names[layer], idx * cs),
-                        to: p,
+                        to: p(),
                     }),
-                    (_, ChunkRef::Zero) => Some(MergeOp::Remove(p)),
+                    (_, ChunkRef::Zero) => Some(MergeOp::Remove(p())),
                 }
             };
             if let Some(op) = op {
@@ -169,10 +170,27 @@ impl WriteArchive {
             .write(&layout::info_tmp(&vid, tdir), &ienc.file)?;
         failpoint("merge-staged");
 
+        // The views of the target and later sessions do not change, only where their chunk
+        // files are: their indexes are carried over with the origins moved, not rebuilt.
+        let carried = self.a.known_indexes(vi, ti);
+
         // 3 and 4.
         self.run_merge(&vid)?;
         self.reload_all()?;
         if let Some(vi) = self.a.volumes.iter().position(|v| v.vid == vid) {
+            let gone = (last - first + 1) as u16;
+            let (first, ti) = (first as u16, ti as u16);
+            let map = |o: u16| match o {
+                o if o < first => o,
+                o if o <= ti => first,
+                o => o - gone,
+            };
+            for (old_si, ix) in carried {
+                let si = old_si - gone as usize;
+                if let Err(e) = self.a.remap_index(vi, si, &ix, map) {
+                    tracing::debug!("index of session {si} not carried over: {e}");
+                }
+            }
             self.a.prune_indexes(vi);
         }
         Ok(())

@@ -40,38 +40,75 @@ pub fn chunk_len(idx: u64, volsize: u64, chunksize: u64) -> u64 {
     (volsize - idx * chunksize).min(chunksize)
 }
 
+/// Hex digit values, 0xff for anything else.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The 16 hex digits of an address.
+fn parse_hex16(d: &[u8]) -> Option<u64> {
+    let mut addr = 0u64;
+    let mut bad = 0u8;
+    for &c in &d[..16] {
+        let v = HEX_VALUE[c as usize];
+        bad |= v;
+        addr = addr << 4 | (v & 15) as u64;
+    }
+    // Any invalid digit set the high bits of `bad`.
+    (bad & 0xf0 == 0).then_some(addr)
+}
+
 /// Parses one manifest line (without its newline): `(chunk index, value)`.
 pub fn parse_line(
     line: &[u8],
     chunksize: u64,
     volsize: u64,
 ) -> std::result::Result<Entry, &'static str> {
-    let sp = line.iter().position(|&b| b == b' ').ok_or("no separator")?;
-    let (h, a) = (&line[..sp], &line[sp + 1..]);
-    if a.len() != 17 || a[0] != b'x' {
-        return Err("bad address");
-    }
-    let mut addr = 0u64;
-    for &c in &a[1..] {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return Err("bad address"),
-        };
-        addr = addr << 4 | d as u64;
-    }
+    // The two shapes every manifest is made of, first (a few ns per line); anything else
+    // goes the general way, which says what is wrong.
+    let fast = match line.len() {
+        19 if line[..3] == *b"0 x" => parse_hex16(&line[3..]).map(|a| (a, None)),
+        62 if line[44] == b' ' && line[45] == b'x' => {
+            parse_hex16(&line[46..]).map(|a| (a, Some(&line[..44])))
+        }
+        _ => None,
+    };
+    let (addr, hash) = match fast {
+        Some(x) => x,
+        None => {
+            let sp = line.iter().position(|&b| b == b' ').ok_or("no separator")?;
+            let (h, a) = (&line[..sp], &line[sp + 1..]);
+            if a.len() != 17 || a[0] != b'x' {
+                return Err("bad address");
+            }
+            let addr = parse_hex16(&a[1..]).ok_or("bad address")?;
+            (addr, (h != b"0").then_some(h))
+        }
+    };
     if addr % chunksize != 0 {
         return Err("address not aligned to the chunk size");
     }
     if addr > volsize {
         return Err("address beyond the volume size");
     }
-    let r = if h == b"0" {
-        ChunkRef::Zero
-    } else {
-        let s = std::str::from_utf8(h).map_err(|_| "bad hash")?;
-        ChunkRef::Data(Hash32::parse_b64(s).ok_or("bad hash")?)
+    let r = match hash {
+        None => ChunkRef::Zero,
+        Some(h) => {
+            let s = std::str::from_utf8(h).map_err(|_| "bad hash")?;
+            ChunkRef::Data(Hash32::parse_b64(s).ok_or("bad hash")?)
+        }
     };
     Ok((addr / chunksize, r))
 }
@@ -149,6 +186,46 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
+impl<R: BufRead> LineReader<R> {
+    /// The next line parsed: straight from the reader's buffer when it holds the whole line
+    /// (nearly always), else gathered in `self.buf`.
+    fn next_entry(&mut self) -> Result<Option<Entry>> {
+        let in_place = match self.r.fill_buf() {
+            Ok(avail) => {
+                let look = &avail[..avail.len().min(MAX_LINE as usize)];
+                look.iter().position(|&b| b == b'\n').map(|nl| {
+                    (
+                        parse_line(&look[..nl], self.chunksize, self.volsize),
+                        nl + 1,
+                    )
+                })
+            }
+            Err(_) => None,
+        };
+        let parsed = match in_place {
+            Some((p, used)) => {
+                self.r.consume(used);
+                p
+            }
+            None => match self.next_line()? {
+                None => return Ok(None),
+                Some(()) => parse_line(&self.buf, self.chunksize, self.volsize),
+            },
+        };
+        match parsed {
+            Err(what) => Err(self.bad(what)),
+            Ok((idx, _)) if self.last.is_some_and(|l| idx <= l) => {
+                Err(self.bad("addresses not in ascending order"))
+            }
+            Ok(e) => {
+                self.last = Some(e.0);
+                self.line_no += 1;
+                Ok(Some(e))
+            }
+        }
+    }
+}
+
 impl<R: BufRead> Iterator for LineReader<R> {
     type Item = Result<Entry>;
 
@@ -156,28 +233,17 @@ impl<R: BufRead> Iterator for LineReader<R> {
         if self.done {
             return None;
         }
-        let r = match self.next_line() {
+        match self.next_entry() {
+            Ok(Some(e)) => Some(Ok(e)),
             Ok(None) => {
                 self.done = true;
-                return None;
+                None
             }
-            Err(e) => Err(e),
-            Ok(Some(())) => match parse_line(&self.buf, self.chunksize, self.volsize) {
-                Err(what) => Err(self.bad(what)),
-                Ok((idx, _)) if self.last.is_some_and(|l| idx <= l) => {
-                    Err(self.bad("addresses not in ascending order"))
-                }
-                Ok(e) => {
-                    self.last = Some(e.0);
-                    self.line_no += 1;
-                    Ok(e)
-                }
-            },
-        };
-        if r.is_err() {
-            self.done = true;
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
         }
-        Some(r)
     }
 }
 
@@ -202,6 +268,8 @@ pub struct Lines<W: Write> {
     chunksize: u64,
     /// Bytes written so far.
     len: u64,
+    /// Zero lines given one by one and not written yet: `from..to`.
+    zero_run: Option<(u64, u64)>,
 }
 
 const FLUSH_AT: usize = 1 << 16;
@@ -213,6 +281,7 @@ impl<W: Write> Lines<W> {
             buf: Vec::with_capacity(FLUSH_AT + 128),
             chunksize,
             len: 0,
+            zero_run: None,
         }
     }
 
@@ -225,10 +294,28 @@ impl<W: Write> Lines<W> {
         Ok(())
     }
 
+    fn flush_zero_run(&mut self) -> std::io::Result<()> {
+        match self.zero_run.take() {
+            Some((from, to)) => self.write_zeros(from, to),
+            None => Ok(()),
+        }
+    }
+
     pub fn entry(&mut self, idx: u64, r: &ChunkRef) -> std::io::Result<()> {
-        match r {
-            ChunkRef::Zero => self.buf.push(b'0'),
-            ChunkRef::Data(h) => self.buf.extend_from_slice(h.to_b64().as_bytes()),
+        if let ChunkRef::Zero = r {
+            // Consecutive zero lines are written as one run.
+            match &mut self.zero_run {
+                Some((_, to)) if *to == idx => *to += 1,
+                _ => {
+                    self.flush_zero_run()?;
+                    self.zero_run = Some((idx, idx + 1));
+                }
+            }
+            return Ok(());
+        }
+        self.flush_zero_run()?;
+        if let ChunkRef::Data(h) = r {
+            self.buf.extend_from_slice(h.to_b64().as_bytes());
         }
         self.buf.extend_from_slice(b" x");
         let at = self.buf.len();
@@ -240,6 +327,20 @@ impl<W: Write> Lines<W> {
 
     /// Zero lines for every index in `from..to`.
     pub fn zeros(&mut self, from: u64, to: u64) -> std::io::Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        match &mut self.zero_run {
+            Some((_, end)) if *end == from => *end = to,
+            _ => {
+                self.flush_zero_run()?;
+                self.zero_run = Some((from, to));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, from: u64, to: u64) -> std::io::Result<()> {
         let mut idx = from;
         while idx < to {
             let room = (FLUSH_AT + 64 - self.buf.len()) / ZERO_LINE as usize;
@@ -260,9 +361,10 @@ impl<W: Write> Lines<W> {
         Ok(())
     }
 
-    /// Bytes written so far (flushed or buffered).
+    /// Bytes written so far (flushed, buffered, or in a pending run of zero lines).
     pub fn len(&self) -> u64 {
-        self.len + self.buf.len() as u64
+        let run = self.zero_run.map_or(0, |(a, b)| (b - a) * ZERO_LINE);
+        self.len + self.buf.len() as u64 + run
     }
 
     pub fn is_empty(&self) -> bool {
@@ -270,6 +372,7 @@ impl<W: Write> Lines<W> {
     }
 
     pub fn finish(mut self) -> std::io::Result<W> {
+        self.flush_zero_run()?;
         self.w.write_all(&self.buf)?;
         self.w.flush()?;
         Ok(self.w)
@@ -329,10 +432,16 @@ impl Mfcs {
 
 /// A k-way merge of sorted manifest streams, `layers[0]` oldest: yields each index once, with
 /// the value of the newest layer holding it and that layer's position (§10.2).
+///
+/// The layer just read from is kept out of the heap while its entries stay below every other
+/// layer's head: the base session of a volume lists every address and later ones few, so
+/// nearly every entry is a comparison, not a heap operation.
 pub struct Merge<I> {
     layers: Vec<I>,
     /// Min-heap on (index, newest layer first).
     heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, std::cmp::Reverse<usize>, Slot)>>,
+    /// The head of the layer last advanced, not yet in the heap.
+    held: Option<(u64, usize, ChunkRef)>,
     failed: bool,
 }
 
@@ -362,19 +471,53 @@ impl<I: Iterator<Item = Result<Entry>>> Merge<I> {
         let mut m = Merge {
             layers,
             heap: std::collections::BinaryHeap::new(),
+            held: None,
             failed: false,
         };
         for l in 0..m.layers.len() {
-            m.advance(l)?;
+            if let Some(e) = m.layers[l].next() {
+                let (idx, r) = e?;
+                m.push(idx, l, r);
+            }
         }
         Ok(m)
     }
 
+    fn push(&mut self, idx: u64, layer: usize, r: ChunkRef) {
+        self.heap
+            .push(std::cmp::Reverse((idx, std::cmp::Reverse(layer), Slot(r))));
+    }
+
+    /// The smallest head (newest layer first among equal indices).
+    fn pop_min(&mut self) -> Option<(u64, usize, ChunkRef)> {
+        if let Some((idx, layer, r)) = self.held {
+            let below = match self.heap.peek() {
+                None => true,
+                Some(std::cmp::Reverse((i, std::cmp::Reverse(l), _))) => {
+                    idx < *i || (idx == *i && layer > *l)
+                }
+            };
+            self.held = None;
+            if below {
+                return Some((idx, layer, r));
+            }
+            self.push(idx, layer, r);
+        }
+        let std::cmp::Reverse((idx, std::cmp::Reverse(layer), Slot(r))) = self.heap.pop()?;
+        Some((idx, layer, r))
+    }
+
+    /// Reads the next entry of `layer` into the held slot.
     fn advance(&mut self, layer: usize) -> Result<()> {
         if let Some(e) = self.layers[layer].next() {
             let (idx, r) = e?;
-            self.heap
-                .push(std::cmp::Reverse((idx, std::cmp::Reverse(layer), Slot(r))));
+            match self.held.take() {
+                None => self.held = Some((idx, layer, r)),
+                Some((hi, hl, hr)) => {
+                    self.push(hi, hl, hr);
+                    self.held = Some((idx, layer, r));
+                }
+            }
         }
         Ok(())
     }
@@ -388,16 +531,29 @@ impl<I: Iterator<Item = Result<Entry>>> Iterator for Merge<I> {
         if self.failed {
             return None;
         }
-        let std::cmp::Reverse((idx, std::cmp::Reverse(layer), Slot(r))) = self.heap.pop()?;
+        let (idx, layer, r) = self.pop_min()?;
         let mut step = || -> Result<()> {
             self.advance(layer)?;
-            while let Some(std::cmp::Reverse((i, std::cmp::Reverse(l), _))) = self.heap.peek() {
-                if *i != idx {
-                    break;
+            // Older layers with the same index: skip their entries.
+            loop {
+                let older = match (&self.held, self.heap.peek()) {
+                    (Some((i, l, _)), _) if *i == idx => Some(*l),
+                    (_, Some(std::cmp::Reverse((i, std::cmp::Reverse(l), _)))) if *i == idx => {
+                        let l = *l;
+                        self.heap.pop();
+                        Some(l)
+                    }
+                    _ => None,
+                };
+                match older {
+                    Some(l) => {
+                        if matches!(&self.held, Some((i, hl, _)) if *i == idx && *hl == l) {
+                            self.held = None;
+                        }
+                        self.advance(l)?;
+                    }
+                    None => break,
                 }
-                let l = *l;
-                self.heap.pop();
-                self.advance(l)?;
             }
             Ok(())
         };

@@ -73,8 +73,8 @@ pub struct Attr {
     /// Stored data in 512-byte blocks (what `du` shows).
     pub blocks: u64,
     pub mtime: SystemTime,
-    /// How long the kernel may cache this: session files never change; directories and
-    /// links follow the archive.
+    /// How long the kernel may cache this: directories, links and the existence of a session
+    /// follow the archive (a session's content never changes: open files keep their cache).
     pub ttl: Duration,
 }
 
@@ -134,12 +134,8 @@ pub struct View {
     prefetch_rx: crossbeam_channel::Receiver<(NodeId, u64, u64)>,
 }
 
-/// Chunks fetched ahead of a sequential reader.
-const READ_AHEAD: u64 = 8;
 /// Chunks fetched per request from a remote destination when reading sequentially.
 const REMOTE_WINDOW: u64 = 32;
-/// Attributes of things that never change.
-const FOREVER: Duration = Duration::from_secs(3600);
 
 fn session_time(name: &SessionName) -> SystemTime {
     chrono::NaiveDateTime::parse_from_str(name.date(), "%Y%m%d-%H%M%S")
@@ -498,7 +494,8 @@ impl View {
                     size,
                     blocks: ix.data_bytes().min(size.next_multiple_of(512)) / 512,
                     mtime,
-                    ttl: FOREVER,
+                    // The content never changes, but the session may be pruned.
+                    ttl: short,
                 })
             }
             None => {
@@ -600,18 +597,23 @@ impl View {
         Ok(())
     }
 
-    /// The decoded, verified chunk at `loc`.
+    /// The decoded, verified chunk at `loc`. One thread decodes a chunk; others that want it
+    /// meanwhile wait for it (readers of neighbouring ranges, and several sessions sharing it).
     fn chunk(&self, a: &Archive, loc: &ChunkLoc) -> io::Result<Arc<Vec<u8>>> {
-        if let Some(c) = self.chunks.lock().get(&loc.hash) {
-            return Ok(c.clone());
-        }
-        // Being fetched by another thread: wait for it rather than fetch it again.
-        {
-            let mut pending = self.pending.lock();
-            while pending.contains(&loc.hash) {
-                self.pending_done.wait(&mut pending);
+        loop {
+            if let Some(c) = self.chunks.lock().get(&loc.hash) {
+                return Ok(c.clone());
             }
+            let mut pending = self.pending.lock();
+            if pending.contains(&loc.hash) {
+                self.pending_done.wait(&mut pending);
+                continue;
+            }
+            pending.insert(loc.hash);
+            break;
         }
+        let _done = PendingGuard(self, vec![loc.hash]);
+        // Another thread may have finished it between the two checks.
         if let Some(c) = self.chunks.lock().get(&loc.hash) {
             return Ok(c.clone());
         }
@@ -700,17 +702,10 @@ impl View {
                         let _ = self.prefetch.try_send((node, w, REMOTE_WINDOW));
                     }
                 }
-            } else {
-                for r in ix.iter_from(last + 1) {
-                    let Ok(r) = r else { break };
-                    if r.idx > last + READ_AHEAD {
-                        break;
-                    }
-                    if !self.chunks.lock().contains(&r.hash) {
-                        let _ = self.prefetch.try_send((node, r.idx, 1));
-                    }
-                }
             }
+            // A local destination needs no read-ahead of ours: the kernel's (FUSE async reads,
+            // up to 1 MiB ahead) already keeps every read thread busy, and more threads
+            // fetching the same chunks would only contend for the two cores.
         }
         Ok(n)
     }

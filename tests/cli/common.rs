@@ -471,3 +471,51 @@ pub fn open_library(ar: &Path, pass: Option<&str>) -> wyng::archive::Archive {
     )
     .unwrap()
 }
+
+/// Runs a command to completion and returns its output with its own peak RSS in KiB, as the
+/// kernel accounts it for that process (`wait4` in GNU time, which forks and execs it from a
+/// small process: a child spawned straight from this large, multi-threaded test process
+/// would be charged this process's pages up to its exec).
+pub fn run_measured(c: Command) -> (Output, u64) {
+    let t = tmp();
+    let report = t.path().join("rss");
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(c.get_program())
+        .args(c.get_args())
+        .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .stdin(std::process::Stdio::null());
+    let o = timed
+        .output()
+        .expect("GNU time (/usr/bin/time, package `time`)");
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let rss = text
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no peak RSS from GNU time: {text:?}"));
+    (o, rss)
+}
+
+/// A sparse file of `size` bytes with `extents` runs of 1 MiB of random data spread over it;
+/// returns where they are.
+pub fn sparse_volume(path: &Path, size: u64, extents: u64, seed: u64) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut img = Image::new(seed);
+    let step = size / extents;
+    let mut at = Vec::new();
+    for i in 0..extents {
+        let off = (i * step + (img.next() % (step / 2))) & !((1 << 20) - 1);
+        let mut data = Image::new(seed + i + 1);
+        data.random(1 << 20);
+        f.write_all_at(&data.data, off).unwrap();
+        at.push(off);
+    }
+    at
+}

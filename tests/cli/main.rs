@@ -21,4 +21,5 @@ mod prune;
 mod reflink;
 mod retention;
 mod roundtrip;
+mod scale;
 mod ssh;

@@ -357,3 +357,119 @@ fn parallel_random_readers_get_correct_data() {
         }
     });
 }
+
+/// The mount follows the archive: a session sent while mounted appears and `latest.img`
+/// follows it within seconds, while a file already open keeps reading the session it opened.
+#[test]
+fn a_session_sent_while_mounted_appears() {
+    if !can_run_privileged(&["/dev/fuse"]) {
+        return;
+    }
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let t = tmp();
+    let mut w = Wyng::new(&t.path().join("archive"), &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let src = t.path().join("v.img");
+    let mut one = Image::new(3);
+    one.random(3 << 20);
+    one.write(&src);
+    w.send("vol", &src, &[]);
+    w.env.push(("WYNG_MOUNT_REFRESH".into(), "0.3".into()));
+    let mnt = t.path().join("mnt");
+    let _g = mount(&w, &mnt, &[]);
+    let old = std::fs::File::open(mnt.join("vol/latest.img")).unwrap();
+    let first_target = std::fs::read_link(mnt.join("vol/latest.img")).unwrap();
+    let mut two = Image::new(4);
+    two.random(3 << 20);
+    two.write(&src);
+    let s2 = w.send("vol", &src, &[])["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = PathBuf::from(format!("{s2}.img"));
+    let started = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_link(mnt.join("vol/latest.img")).unwrap();
+        if now == want {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "latest.img still points at {now:?}, not {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_ne!(first_target, want);
+    assert!(mnt.join("vol").join(&want).exists());
+    // The new session reads back as sent; the file opened before reads the old one.
+    let mut now = Vec::new();
+    std::fs::File::open(mnt.join("vol/latest.img"))
+        .unwrap()
+        .read_to_end(&mut now)
+        .unwrap();
+    assert!(now == two.data, "the new latest.img");
+    let mut before = vec![0u8; one.data.len()];
+    old.read_exact_at(&mut before, 0).unwrap();
+    assert!(before == one.data, "an open file keeps its session");
+}
+
+/// A prune under a running mount: a surviving session whose chunk files moved still reads
+/// exactly (no EIO), and a file of the pruned session fails with ESTALE and a log line saying
+/// it was pruned, not that the archive is damaged.
+#[test]
+fn a_prune_under_open_files() {
+    if !can_run_privileged(&["/dev/fuse"]) {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let t = tmp();
+    let meta = t.path().join("meta");
+    let mut w = Wyng::new(&t.path().join("archive"), &meta);
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let src = t.path().join("v.img");
+    let mut img = Image::new(9);
+    img.random(4 << 20);
+    img.write(&src);
+    let s1 = w.send("vol", &src, &[])["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v1 = img.data.clone();
+    // The second session changes little: most of its chunks are files of the first.
+    img.scribble(100_000, 70_000);
+    img.write(&src);
+    let s2 = w.send("vol", &src, &[])["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v2 = img.data.clone();
+    img.scribble(3 << 20, 10_000);
+    img.write(&src);
+    w.send("vol", &src, &[]);
+    w.env.push(("WYNG_MOUNT_REFRESH".into(), "0.3".into()));
+    let mnt = t.path().join("mnt");
+    let _g = mount(&w, &mnt, &[]);
+    let f1 = std::fs::File::open(mnt.join(format!("vol/{s1}.img"))).unwrap();
+    let f2 = std::fs::File::open(mnt.join(format!("vol/{s2}.img"))).unwrap();
+    let mut head = vec![0u8; 4096];
+    f1.read_exact_at(&mut head, 0).unwrap();
+    f2.read_exact_at(&mut head, 0).unwrap();
+    // Merging the first session into the second moves its chunk files.
+    w.ok(&["prune", "vol", &format!("--session={}", &s1[2..]), "-u"]);
+    let mut all = vec![0u8; v2.len()];
+    f2.read_exact_at(&mut all, 0).unwrap();
+    assert!(
+        all == v2,
+        "the surviving session reads exactly after the prune"
+    );
+    let mut rest = vec![0u8; 1 << 20];
+    let e = f1.read_exact_at(&mut rest, 2 << 20).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+    let _ = v1;
+    let log = std::fs::read_to_string(meta.join("mount.log")).unwrap();
+    assert!(log.contains("was pruned"), "{log}");
+    assert!(!log.contains("archive damaged"), "{log}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!mnt.join(format!("vol/{s1}.img")).exists());
+}
