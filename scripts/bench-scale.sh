@@ -74,7 +74,7 @@ PY
   if [ "$sessions" -gt 0 ]; then
     have=$("$W" list vol --dest="$ar" $meta | grep -c '^[0-9]')
     for i in $(seq "$have" $((sessions - 1))); do
-      "$B" poke "$img" 10 $((i + 100))
+      "$B" poke "$img" 10 $((2 * i + 101))
       "$W" send vol "$imp" --dest="$ar" $meta -q
     done
     n=$("$W" list vol --dest="$ar" $meta | grep -c '^[0-9]')

@@ -15,6 +15,7 @@ use crate::crypto::{ArchiveCipher, HashFn, DATA_OVERHEAD, META_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::format::Hash32;
 use crate::spool::Spool;
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -187,13 +188,14 @@ impl Compressor {
 }
 
 impl Compressor {
-    /// Compresses `len` bytes from `input` into `out` as [`compress`](Self::compress) would
-    /// (a zstd frame carries the content size, which the original and the checker require).
-    pub fn compress_stream(
+    /// Compresses the `len` bytes `input` writes into `out`, as [`compress`](Self::compress)
+    /// would (a zstd frame carries the content size, which the original and the checker
+    /// require).
+    pub fn compress_with(
         &self,
-        input: &mut dyn Read,
         len: u64,
         out: &mut dyn Write,
+        input: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         match self.kind {
             Compression::Zstd => {
@@ -201,7 +203,7 @@ impl Compressor {
                 e.include_contentsize(true)?;
                 e.include_checksum(false)?;
                 e.set_pledged_src_size(Some(len))?;
-                std::io::copy(input, &mut e)?;
+                input(&mut e)?;
                 e.finish()?;
             }
             Compression::Zlib => {
@@ -209,13 +211,13 @@ impl Compressor {
                     out,
                     flate2::Compression::new(self.level as u32),
                 );
-                std::io::copy(input, &mut e)?;
+                input(&mut e)?;
                 e.finish()?;
             }
             Compression::Bz2 => {
                 let mut e =
                     bzip2::write::BzEncoder::new(out, bzip2::Compression::new(self.level as u32));
-                std::io::copy(input, &mut e)?;
+                input(&mut e)?;
                 e.finish()?;
             }
         }
@@ -510,23 +512,29 @@ impl Codec {
             .map_err(|e| Error::corrupt(path, format!("does not decompress: {e}")))
     }
 
-    /// [`encode_meta`](Self::encode_meta) for a large object staged in a spool (a manifest):
-    /// compressed, hashed and sealed in streaming passes; the result is spooled beside it.
-    pub fn encode_meta_spool(&self, text: &Spool) -> Result<(Hash32, Spool)> {
+    /// [`encode_meta`](Self::encode_meta) for a large object (a manifest) given as a text of
+    /// `len` bytes that `text` writes: compressed as it is written (its size pledged, so a zstd
+    /// frame carries its content size), hashed, then sealed; the result is spooled in `dir`.
+    pub fn encode_meta_stream(
+        &self,
+        len: u64,
+        text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+        dir: &Path,
+    ) -> Result<(Hash32, Spool)> {
         let io = |e: std::io::Error| Error::io("metadata spool", e);
-        let mut compressed = Spool::new(text.dir());
+        let mut compressed = Spool::new(dir);
         let mut hashing = HashingWriter {
             inner: &mut compressed,
             hasher: self.meta_hash.hasher(),
         };
         self.compressor
-            .compress_stream(&mut text.reader().map_err(io)?, text.len(), &mut hashing)
+            .compress_with(len, &mut hashing, text)
             .map_err(io)?;
         let hash = hashing.hasher.finish();
         let file = match &self.cipher {
             None => compressed,
             Some(c) => {
-                let mut sealed = Spool::new(text.dir());
+                let mut sealed = Spool::new(dir);
                 c.encrypt_meta_spool(&compressed, &mut sealed)?;
                 sealed
             }

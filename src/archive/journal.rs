@@ -26,13 +26,14 @@ use std::collections::BTreeSet;
 use std::io::{BufReader, Write};
 
 use super::layout::{self, Dir};
+use super::session::NewManifest;
 use super::write::{failpoint, WriteArchive};
 use crate::codec::Encoded;
 use crate::dest::Move;
 use crate::error::{Error, Result};
 use crate::format::ini::ArchiveIni;
 use crate::format::journal::{Journal, ListPath, MergeList, MergeListHead, MergeOp};
-use crate::format::manifest::{chunk_count, ChunkRef, Lines, Merge};
+use crate::format::manifest::{chunk_count, ChunkRef, ManifestLog, Merge};
 use crate::format::{self as fmt, Session, SessionInfo, SessionName, VolumeId};
 
 /// Moves applied per round trip to the destination.
@@ -73,7 +74,7 @@ impl WriteArchive {
                 .chain(src[1..].iter().rev().map(|s| s.name.clone()))
                 .collect(),
         };
-        let mut manifest = Lines::new(self.a.spool(), cs);
+        let mut manifest = ManifestLog::new(self.a.spool());
         let spool_err = |e: std::io::Error| Error::io("merge spool", e);
         let mut list = flate2::write::GzEncoder::new(self.a.spool(), flate2::Compression::new(4));
         list.write_all(head.to_text().as_bytes())
@@ -99,8 +100,8 @@ impl WriteArchive {
                 list.write_all(op.to_line().as_bytes()).map_err(spool_err)?;
             }
         }
+        let manifest = NewManifest::new(manifest)?;
         let empty = manifest.is_empty();
-        let manifest = manifest.finish().map_err(spool_err)?;
         let list = list.finish().map_err(spool_err)?;
 
         // 1. Stage what the journal's recovery may need (all of it is swept by recovery as
@@ -113,7 +114,7 @@ impl WriteArchive {
         let staged_manifest = if empty {
             None
         } else {
-            Some(self.a.codec.encode_meta_spool(&manifest)?)
+            Some(self.a.encode_manifest(&manifest)?)
         };
         info.manifest_hash = staged_manifest.as_ref().map(|(h, _)| *h);
         let ienc = self.a.codec.encode_meta(info.to_text().as_bytes())?;

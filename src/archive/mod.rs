@@ -58,7 +58,7 @@ pub use crate::dest::{Capabilities, DestOptions, MemDest};
 pub use chunks::{ChunkLoc, ChunkReader};
 pub use index::MergedIndex;
 pub use local::LocalState;
-pub use session::SessionWriter;
+pub use session::{NewManifest, SessionWriter};
 pub(crate) use write::failpoint;
 pub use write::{InitParams, WriteArchive};
 

@@ -11,6 +11,7 @@ use super::write::{failpoint, WriteArchive};
 use super::{layout, Archive, ChunkLoc};
 use crate::codec::Encoded;
 use crate::error::{Error, Result};
+use crate::format::manifest::{write_log_text, ManifestLog};
 use crate::format::{self as fmt, Session, SessionInfo, SessionName};
 use crate::spool::Spool;
 
@@ -30,6 +31,37 @@ impl Hashed {
 
     pub fn is_empty(&self) -> bool {
         self.0.file.is_empty()
+    }
+}
+
+/// A session's own manifest as the writer built it: a compact log of its lines (see
+/// `format::manifest::ManifestLog`), turned into text only as it is compressed.
+pub struct NewManifest {
+    log: Spool,
+    text_len: u64,
+}
+
+impl NewManifest {
+    pub fn new(log: ManifestLog<Spool>) -> Result<NewManifest> {
+        let text_len = log.text_len();
+        let log = log.finish().map_err(|e| Error::io("manifest spool", e))?;
+        Ok(NewManifest { log, text_len })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text_len == 0
+    }
+}
+
+impl Archive {
+    /// A new manifest's stored file: compressed, hashed and sealed as it is generated.
+    pub(super) fn encode_manifest(&self, m: &NewManifest) -> Result<(fmt::Hash32, Spool)> {
+        let cs = self.chunksize();
+        self.codec.encode_meta_stream(
+            m.text_len,
+            |w| write_log_text(m.log.reader()?, cs, w),
+            &self.spool_dir(),
+        )
     }
 }
 
@@ -96,7 +128,7 @@ impl SessionWriter<'_> {
     pub fn commit(
         mut self,
         mut info: SessionInfo,
-        manifest: Option<Spool>,
+        manifest: Option<NewManifest>,
         index: Option<Builder>,
     ) -> Result<Option<Arc<MergedIndex>>> {
         let w = &mut *self.w;
@@ -104,9 +136,9 @@ impl SessionWriter<'_> {
         let vid = w.a.volumes[vi].vid.clone();
         let staging = layout::Dir::Staging;
         info.manifest_hash = match manifest {
-            Some(text) if !text.is_empty() => {
-                let (hash, file) = w.a.codec.encode_meta_spool(&text)?;
-                drop(text);
+            Some(m) if !m.is_empty() => {
+                let (hash, file) = w.a.encode_manifest(&m)?;
+                drop(m);
                 let len = file.len();
                 let mut r = file.reader().map_err(|e| Error::io("manifest spool", e))?;
                 w.a.dest

@@ -379,6 +379,135 @@ impl<W: Write> Lines<W> {
     }
 }
 
+/// A session's manifest kept compactly until it is written out: runs of zero lines as one
+/// record, data lines as index and hash. Its text is produced from it (twice costs nothing:
+/// [`ManifestLog::text_len`] is known exactly beforehand), so a multi-terabyte first session's
+/// gigabytes of `0 x…` lines are never stored, only compressed as they are generated.
+pub struct ManifestLog<W: Write> {
+    w: W,
+    zero_run: Option<(u64, u64)>,
+    text_len: u64,
+    lines: u64,
+}
+
+const LOG_ZEROS: u8 = 0;
+const LOG_DATA: u8 = 1;
+
+impl<W: Write> ManifestLog<W> {
+    pub fn new(w: W) -> Self {
+        ManifestLog {
+            w,
+            zero_run: None,
+            text_len: 0,
+            lines: 0,
+        }
+    }
+
+    fn flush_run(&mut self) -> std::io::Result<()> {
+        if let Some((a, b)) = self.zero_run.take() {
+            let mut rec = [0u8; 17];
+            rec[0] = LOG_ZEROS;
+            rec[1..9].copy_from_slice(&a.to_le_bytes());
+            rec[9..].copy_from_slice(&b.to_le_bytes());
+            self.w.write_all(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// Zero lines for `from..to`.
+    pub fn zeros(&mut self, from: u64, to: u64) -> std::io::Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        self.text_len += (to - from) * ZERO_LINE;
+        self.lines += to - from;
+        match &mut self.zero_run {
+            Some((_, end)) if *end == from => *end = to,
+            _ => {
+                self.flush_run()?;
+                self.zero_run = Some((from, to));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn entry(&mut self, idx: u64, r: &ChunkRef) -> std::io::Result<()> {
+        match r {
+            ChunkRef::Zero => self.zeros(idx, idx + 1),
+            ChunkRef::Data(h) => {
+                self.flush_run()?;
+                let mut rec = [0u8; 41];
+                rec[0] = LOG_DATA;
+                rec[1..9].copy_from_slice(&idx.to_le_bytes());
+                rec[9..].copy_from_slice(&h.0);
+                self.text_len += MAX_LINE;
+                self.lines += 1;
+                self.w.write_all(&rec)
+            }
+        }
+    }
+
+    /// The length of the manifest's text.
+    pub fn text_len(&self) -> u64 {
+        self.text_len
+    }
+
+    /// Lines so far.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.flush_run()?;
+        self.w.flush()?;
+        Ok(self.w)
+    }
+}
+
+/// Writes the text of a manifest log (what [`ManifestLog::finish`] gave) to `out`.
+pub fn write_log_text(
+    mut log: impl std::io::Read,
+    chunksize: u64,
+    out: impl Write,
+) -> std::io::Result<()> {
+    let mut lines = Lines::new(out, chunksize);
+    let mut tag = [0u8; 1];
+    loop {
+        match log.read_exact(&mut tag) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+        match tag[0] {
+            LOG_ZEROS => {
+                let mut b = [0u8; 16];
+                log.read_exact(&mut b)?;
+                let from = u64::from_le_bytes(b[..8].try_into().expect("8"));
+                let to = u64::from_le_bytes(b[8..].try_into().expect("8"));
+                lines.zeros(from, to)?;
+            }
+            LOG_DATA => {
+                let mut b = [0u8; 40];
+                log.read_exact(&mut b)?;
+                let idx = u64::from_le_bytes(b[..8].try_into().expect("8"));
+                let h = Hash32(b[8..].try_into().expect("32"));
+                lines.entry(idx, &ChunkRef::Data(h))?;
+            }
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a damaged manifest log",
+                ))
+            }
+        }
+    }
+    lines.finish().map(drop)
+}
+
 /// A writer that only computes the CRC32 of what passes through (the `mfcs` of §10.3).
 #[derive(Default)]
 pub struct Crc(crc32fast::Hasher);
@@ -671,6 +800,37 @@ mod tests {
         }
         assert_eq!(a.len(), b.len());
         assert_eq!(a.finish().unwrap(), b.finish().unwrap());
+    }
+
+    #[test]
+    fn a_log_gives_back_the_text_of_its_lines() {
+        let h = |b| ChunkRef::Data(Hash32([b; 32]));
+        let entries = [
+            (0, ChunkRef::Zero),
+            (1, ChunkRef::Zero),
+            (2, h(1)),
+            (3, ChunkRef::Zero),
+            (9, h(2)),
+        ];
+        let mut log = ManifestLog::new(Vec::new());
+        let mut direct = Lines::new(Vec::new(), CS);
+        for (i, r) in &entries {
+            log.entry(*i, r).unwrap();
+            direct.entry(*i, r).unwrap();
+        }
+        log.zeros(10, 70_000).unwrap();
+        direct.zeros(10, 70_000).unwrap();
+        let want = direct.finish().unwrap();
+        assert_eq!(log.text_len(), want.len() as u64);
+        let bytes = log.finish().unwrap();
+        assert!(
+            bytes.len() < 200,
+            "runs are one record each: {}",
+            bytes.len()
+        );
+        let mut text = Vec::new();
+        write_log_text(&bytes[..], CS, &mut text).unwrap();
+        assert_eq!(text, want);
     }
 
     #[test]

@@ -24,9 +24,9 @@ use crossbeam_channel::bounded;
 use crate::archive::dedup::DedupIndex;
 use crate::archive::digests::{self, Digest, DigestCursor, DigestWriter};
 use crate::archive::index::{Builder, Rec};
-use crate::archive::{Archive, SessionWriter, WriteArchive};
+use crate::archive::{Archive, NewManifest, SessionWriter, WriteArchive};
 use crate::error::{Error, Result};
-use crate::format::manifest::{chunk_count, chunk_len, ChunkRef, Lines};
+use crate::format::manifest::{chunk_count, chunk_len, ChunkRef, ManifestLog};
 use crate::format::{Hash32, Session, SessionInfo, SessionName, Tag};
 use crate::ops::is_all_zero;
 use crate::parallel::workers;
@@ -361,7 +361,7 @@ struct Output<'a> {
     /// Every chunk below this has been emitted.
     next: u64,
     /// The new session's own lines (`None`: a dry run).
-    manifest: Option<Lines<Spool>>,
+    manifest: Option<ManifestLog<Spool>>,
     manifest_lines: u64,
     /// The new merged view (`None`: a dry run).
     view: Option<Builder>,
@@ -566,7 +566,7 @@ fn send_volume(
         },
         old_n,
         next: 0,
-        manifest: (!dry).then(|| Lines::new(spool, cs)),
+        manifest: (!dry).then(|| ManifestLog::new(spool)),
         manifest_lines: 0,
         view,
         me,
@@ -818,12 +818,7 @@ fn send_volume(
         return Ok(report);
     }
     let mut view = out.view.take().expect("not a dry run");
-    let manifest = out
-        .manifest
-        .take()
-        .expect("not a dry run")
-        .finish()
-        .map_err(|e| Error::io("manifest spool", e))?;
+    let manifest = NewManifest::new(out.manifest.take().expect("not a dry run"))?;
     let info = SessionInfo {
         localtime: src.mtime_ns,
         previous: last.as_ref().map(|l| l.name.clone()),

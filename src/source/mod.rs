@@ -84,14 +84,14 @@ impl Source {
 /// if there is none, `offset` itself if the filesystem cannot tell.
 pub fn seek_data(f: &File, offset: u64) -> u64 {
     use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on an open descriptor; no memory is passed.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
-    if r >= 0 {
-        r as u64
-    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-        u64::MAX
-    } else {
-        offset
+    match nix::unistd::lseek(
+        f.as_raw_fd(),
+        offset as libc::off_t,
+        nix::unistd::Whence::SeekData,
+    ) {
+        Ok(r) => r as u64,
+        Err(nix::errno::Errno::ENXIO) => u64::MAX,
+        Err(_) => offset,
     }
 }
 

@@ -97,6 +97,13 @@ impl Wyng {
         }
     }
 
+    /// A new unencrypted archive with 64 KiB chunks: the set-up most tests start from.
+    pub fn fresh(archive: &Path, meta: &Path) -> Wyng {
+        let w = Wyng::new(archive, meta);
+        w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+        w
+    }
+
     /// With the passphrase if there is one (encrypted archive), without otherwise.
     pub fn maybe_pass(archive: &Path, meta: &Path, pass: Option<&str>) -> Wyng {
         Wyng {

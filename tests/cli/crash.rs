@@ -30,8 +30,7 @@ fn check_sessions(w: &Wyng, t: &Path, known: &[(String, String)]) {
 
 fn setup(t: &Path) -> (Wyng, Image, Vec<(String, String)>) {
     let ar = t.join("archive");
-    let w = Wyng::new(&ar, &t.join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.join("meta"));
     let mut img = Image::new(42);
     img.random(6 << 20).text(2 << 20);
     img.write(&t.join("src.img"));

@@ -317,8 +317,7 @@ fn full_destination_disk() {
     assert!(st.success());
     let _u = MountGuard(mnt.clone());
     let ar = mnt.join("archive");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let small = t.path().join("small.img");
     Image::new(1).random(2 << 20).write(&small);
     w.send("vol", &small, &[]);

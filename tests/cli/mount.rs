@@ -317,8 +317,7 @@ fn parallel_random_readers_get_correct_data() {
     }
     let t = tmp();
     let ar = t.path().join("a");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let mut img = Image::new(11);
     img.random(6 << 20)
         .zeros(3 << 20)
@@ -368,8 +367,7 @@ fn a_session_sent_while_mounted_appears() {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
     let t = tmp();
-    let mut w = Wyng::new(&t.path().join("archive"), &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let mut w = Wyng::fresh(&t.path().join("archive"), &t.path().join("meta"));
     let src = t.path().join("v.img");
     let mut one = Image::new(3);
     one.random(3 << 20);
@@ -425,8 +423,7 @@ fn a_prune_under_open_files() {
     use std::os::unix::fs::FileExt;
     let t = tmp();
     let meta = t.path().join("meta");
-    let mut w = Wyng::new(&t.path().join("archive"), &meta);
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let mut w = Wyng::fresh(&t.path().join("archive"), &meta);
     let src = t.path().join("v.img");
     let mut img = Image::new(9);
     img.random(4 << 20);

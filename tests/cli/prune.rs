@@ -91,8 +91,7 @@ fn random_histories_and_selections() {
     for seed in [3u64, 17, 101] {
         let t = tmp();
         let ar = t.path().join("a");
-        let w = Wyng::new(&ar, &t.path().join("meta"));
-        w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+        let w = Wyng::fresh(&ar, &t.path().join("meta"));
         let mut rng = Rng(seed * 0x9E37_79B9 + 1);
         let mut live = random_history(&w, t.path(), &mut rng, 8);
         for _round in 0..3 {
@@ -149,8 +148,7 @@ fn random_histories_and_selections() {
 fn tags_keep_and_dry_run() {
     let t = tmp();
     let ar = t.path().join("a");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let mut rng = Rng(7);
     let live = random_history(&w, t.path(), &mut rng, 6);
     let names: Vec<&String> = live.keys().collect();
@@ -352,8 +350,7 @@ fn a_crash_at_any_step_is_finished_or_rolled_back() {
     ] {
         let t = tmp();
         let ar = t.path().join("a");
-        let w = Wyng::new(&ar, &t.path().join("meta"));
-        w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+        let w = Wyng::fresh(&ar, &t.path().join("meta"));
         let mut rng = Rng(11);
         let live = random_history(&w, t.path(), &mut rng, 5);
         let names: Vec<String> = live.keys().cloned().collect();
@@ -433,8 +430,7 @@ fn delete_rename_add() {
 fn retention_policy_with_dry_run_reasons() {
     let t = tmp();
     let ar = t.path().join("a");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let mut rng = Rng(5);
     let mut live = random_history(&w, t.path(), &mut rng, 6);
     let names: Vec<String> = live.keys().cloned().collect();
@@ -487,8 +483,7 @@ fn kill_9_during_prune_delete_and_dedup() {
     use std::time::{Duration, Instant};
     let t = tmp();
     let base = t.path().join("base");
-    let w = Wyng::new(&base, &t.path().join("meta-base"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&base, &t.path().join("meta-base"));
     let src = t.path().join("s.img");
     let mut img = Image::new(9);
     img.random(12 << 20);
@@ -613,8 +608,7 @@ fn send_autoprune_on_makes_room() {
         .success());
     let _guard = MountGuard(small.clone());
     let ar = small.join("archive");
-    let mut w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let mut w = Wyng::fresh(&ar, &t.path().join("meta"));
     let img = t.path().join("vol.img");
     let mut sessions = Vec::new();
     // Four sessions of 8 MiB that does not compress: ~34 MiB of the 40.
@@ -673,8 +667,7 @@ fn send_autoprune_on_makes_room() {
 fn failed_retries_need_force_retry_and_delete_by_vid() {
     let t = tmp();
     let ar = t.path().join("a");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let mut rng = Rng(5);
     let live = random_history(&w, t.path(), &mut rng, 3);
     let names: Vec<String> = live.keys().cloned().collect();

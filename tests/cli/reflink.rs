@@ -88,8 +88,7 @@ fn incremental_on(kind: &str) {
     img.random(24 << 20);
     img.write(&vol);
     let ar = t.path().join("archive");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let loc = format!("--local={}", local.display());
     let send = || -> serde_json::Value { w.json(&["send", "vms/disk.img", &loc])[0].clone() };
     let mut sessions = Vec::new();
@@ -323,8 +322,7 @@ fn randomized_on(kind: &str, seed: u64, rounds: usize) {
         touched: Default::default(),
     };
     let ar = t.path().join("archive");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let loc = format!("--local={}", local.display());
     let mut sessions = Vec::new();
     let r = w.json(&["send", "vol.img", &loc])[0].clone();
@@ -430,8 +428,7 @@ impl Setup {
         let local = local_dir(&fs, kind);
         std::fs::write(local.join("vol.img"), volume).unwrap();
         let ar = t.path().join("archive");
-        let w = Wyng::new(&ar, &t.path().join("meta"));
-        w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+        let w = Wyng::fresh(&ar, &t.path().join("meta"));
         let loc = format!("--local={}", local.display());
         Some(Setup {
             t,

@@ -157,8 +157,7 @@ fn zlib_level0_512k_chunks() {
 fn empty_and_tiny_volumes() {
     let t = tmp();
     let ar = t.path().join("a");
-    let w = Wyng::new(&ar, &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let src = t.path().join("s");
     std::fs::write(&src, b"").unwrap();
     let r = w.send("empty", &src, &[]);

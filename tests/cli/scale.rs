@@ -34,8 +34,7 @@ fn a_terabyte_volume_costs_what_it_holds() {
     let t = tmp();
     let img = t.path().join("big.img");
     let at = sparse_volume(&img, TIB, 24, 5);
-    let w = Wyng::new(&t.path().join("archive"), &t.path().join("meta"));
-    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let w = Wyng::fresh(&t.path().join("archive"), &t.path().join("meta"));
     let imp = format!("--import-other-from=big:|:{}", img.display());
     let r: serde_json::Value =
         serde_json::from_str(&measured(&w, &["send", "big", &imp, "--json"])).unwrap();
