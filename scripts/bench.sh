@@ -130,6 +130,10 @@ if [ "${BENCH_SCALE:-1}" != 0 ]; then
   scripts/bench-scale.sh 1024 2000 50
   echo
   scripts/bench-scale.sh 16383 2000
+  if [ "$(id -u)" = 0 ] && command -v mkfs.btrfs >/dev/null; then
+    echo
+    scripts/bench-scale-cow.sh 1024
+  fi
 fi
 # Copy-on-write rows (Btrfs on a loop file): need root and btrfs-progs.
 if [ "$(id -u)" = 0 ] && command -v mkfs.btrfs >/dev/null; then
