@@ -14,7 +14,7 @@ use blake2::{Blake2b, Digest};
 use linux_keyutils::{KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, Permission};
 use zeroize::Zeroizing;
 
-use crate::crypto::{derive_master, CipherMode, MasterKeys, SaltFile};
+use crate::crypto::MasterKeys;
 use crate::error::{Error, Result};
 
 /// Minimum passphrase length when creating an archive (the original's rule).
@@ -99,48 +99,129 @@ impl Auth {
         Ok(p)
     }
 
+    /// A passphrase given explicitly while cached keys exist: `--passcmd`, or a line waiting
+    /// on a standard input that is not a terminal (a pipe or file with data; an empty or idle
+    /// one gives none, so `< /dev/null` and unattended runs keep using the cache).
+    fn given_passphrase(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        if self.passcmd.is_some() {
+            return self.passphrase(false).map(Some);
+        }
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return Ok(None);
+        }
+        {
+            use std::os::fd::AsFd;
+            let mut fds = [nix::poll::PollFd::new(
+                stdin.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            // A writer that hands the passphrase over does so as the command starts; a pipe
+            // left idle (ssh without -n, a supervisor's stdin) must not hold the command up.
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u8)) {
+                Ok(n) if n > 0 => {}
+                _ => return Ok(None),
+            }
+            let ready = fds[0].revents().unwrap_or(nix::poll::PollFlags::empty());
+            if !ready.contains(nix::poll::PollFlags::POLLIN) {
+                return Ok(None);
+            }
+        }
+        let mut line = Zeroizing::new(String::new());
+        if stdin.lock().read_line(&mut line).is_err() {
+            return Ok(None);
+        }
+        let t = line.trim_end_matches(['\n', '\r']);
+        Ok((!t.is_empty()).then(|| Zeroizing::new(t.as_bytes().to_vec())))
+    }
+
     /// Keys for an existing archive. `opens` says whether keys open this archive (it tries the
-    /// root with them), so cached keys of an archive re-created at the same URL are not used.
+    /// root with them), so cached keys of an archive re-created at the same URL are not used;
+    /// `derive` makes keys from a passphrase (and says why they are wrong if they are).
+    ///
+    /// Cached keys are used without a passphrase. If one is given anyway (`--passcmd`, or
+    /// piped on standard input), it must be the archive's: it is checked against the cache
+    /// entry's verifier (no second scrypt), and a wrong one fails as a wrong passphrase would
+    /// without the cache (exit 3).
     pub fn unlock(
         &self,
         url: &str,
-        salt: &SaltFile,
-        mode: CipherMode,
         opens: &dyn Fn(&MasterKeys) -> bool,
+        derive: &dyn Fn(&[u8]) -> Result<MasterKeys>,
     ) -> Result<MasterKeys> {
         let id = cache_id(url);
-        let cached = load_keys(&id).filter(|k| opens(k));
-        let keys = match cached {
-            Some(k) => {
-                tracing::debug!("using keys cached in the kernel keyring");
-                k
-            }
-            None => {
-                let pass = self.passphrase(false)?;
-                let k = derive_master(&pass, salt, mode);
-                if !opens(&k) {
-                    return Err(Error::Auth(WRONG_PASSPHRASE.into()));
+        if let Some(entry) = load_entry(&id).filter(|e| opens(&e.keys)) {
+            tracing::debug!("using keys cached in the kernel keyring");
+            let verifier = match self.given_passphrase()? {
+                None => entry.verifier,
+                Some(pass) => {
+                    let given = verifier(&entry.keys, &pass);
+                    let matches = match &entry.verifier {
+                        Some(v) => subtle::ConstantTimeEq::ct_eq(&v[..], &given[..]).into(),
+                        // An entry without a verifier: the slow way, once.
+                        None => derive(&pass).is_ok_and(|k| *k.meta == *entry.keys.meta),
+                    };
+                    if !matches {
+                        return Err(Error::Auth(format!(
+                            "{WRONG_PASSPHRASE} (the passphrase given is checked even while keys are cached)"
+                        )));
+                    }
+                    Some(given)
                 }
-                k
-            }
-        };
-        self.remember(url, &keys);
+            };
+            self.store(&id, &entry.keys, verifier);
+            return Ok(entry.keys);
+        }
+        let pass = self.passphrase(false)?;
+        let keys = derive(&pass)?;
+        self.remember(url, &keys, &pass);
         Ok(keys)
     }
 
-    /// Stores (or, with `authmin = -1`, forgets) keys per `--authmin`.
-    pub fn remember(&self, url: &str, keys: &MasterKeys) {
-        let id = cache_id(url);
+    /// Stores (or, with `authmin = -1`, forgets) keys per `--authmin`, with a verifier of the
+    /// passphrase they came from.
+    pub fn remember(&self, url: &str, keys: &MasterKeys, pass: &[u8]) {
+        self.store(&cache_id(url), keys, Some(verifier(keys, pass)));
+    }
+
+    fn store(&self, id: &str, keys: &MasterKeys, verifier: Option<Verifier>) {
         match self.authmin {
             0 => {}
-            m if m < 0 => forget_keys(&id),
+            m if m < 0 => forget_keys(id),
             m => {
-                if let Err(e) = store_keys(&id, keys, (m.min(60 * 24) * 60) as usize) {
+                let entry = Entry {
+                    keys: MasterKeys {
+                        data: keys.data.clone(),
+                        meta: keys.meta.clone(),
+                    },
+                    verifier,
+                };
+                if let Err(e) = store_entry(id, &entry, (m.min(60 * 24) * 60) as usize) {
                     tracing::warn!("could not keep the keys in the kernel keyring ({e}); later runs will ask again");
                 }
             }
         }
     }
+}
+
+/// A check value of a passphrase, kept beside the keys it gave. It is keyed by those keys, so
+/// it tells nothing to anyone who could not already read the keys themselves (the same uid).
+type Verifier = Zeroizing<[u8; 32]>;
+
+fn verifier(keys: &MasterKeys, pass: &[u8]) -> Verifier {
+    use blake2::digest::consts::U32;
+    let mut h = Blake2b::<U32>::new();
+    h.update(b"wyng passphrase verifier\0");
+    h.update(&keys.meta[..]);
+    h.update(&keys.data[..]);
+    h.update(pass);
+    Zeroizing::new(h.finalize().into())
+}
+
+/// A key cache entry: the two keys, and the verifier of the passphrase they came from.
+struct Entry {
+    keys: MasterKeys,
+    verifier: Option<Verifier>,
 }
 
 fn cache_id(url: &str) -> String {
@@ -156,24 +237,36 @@ fn user_keyring() -> Option<KeyRing> {
     KeyRing::from_special_id(KeyRingIdentifier::User, false).ok()
 }
 
-fn load_keys(id: &str) -> Option<MasterKeys> {
+fn load_entry(id: &str) -> Option<Entry> {
     let key = user_keyring()?.search(id).ok()?;
-    let mut buf = Zeroizing::new([0u8; 64]);
-    if key.read(&mut *buf).ok()? != 64 {
+    let mut buf = Zeroizing::new([0u8; 96]);
+    let n = key.read(&mut *buf).ok()?;
+    if n != 64 && n != 96 {
         return None;
     }
     let mut data = Zeroizing::new([0u8; 32]);
     let mut meta = Zeroizing::new([0u8; 32]);
     data.copy_from_slice(&buf[..32]);
-    meta.copy_from_slice(&buf[32..]);
-    Some(MasterKeys { data, meta })
+    meta.copy_from_slice(&buf[32..64]);
+    let verifier = (n == 96).then(|| {
+        let mut v = Zeroizing::new([0u8; 32]);
+        v.copy_from_slice(&buf[64..]);
+        v
+    });
+    Some(Entry {
+        keys: MasterKeys { data, meta },
+        verifier,
+    })
 }
 
-fn store_keys(id: &str, keys: &MasterKeys, seconds: usize) -> std::result::Result<(), String> {
+fn store_entry(id: &str, e: &Entry, seconds: usize) -> std::result::Result<(), String> {
     let ring = user_keyring().ok_or("no user keyring")?;
-    let mut payload = Zeroizing::new([0u8; 64]);
-    payload[..32].copy_from_slice(&keys.data[..]);
-    payload[32..].copy_from_slice(&keys.meta[..]);
+    let mut payload = Zeroizing::new(Vec::with_capacity(96));
+    payload.extend_from_slice(&e.keys.data[..]);
+    payload.extend_from_slice(&e.keys.meta[..]);
+    if let Some(v) = &e.verifier {
+        payload.extend_from_slice(&v[..]);
+    }
     let key = ring
         .add_key(id, &payload[..])
         .map_err(|e| format!("{e:?}"))?;

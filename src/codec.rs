@@ -159,12 +159,16 @@ impl Compressor {
                         }
                         Ok(out)
                     }
-                    _ => read_bounded(
-                        zstd::stream::read::Decoder::with_buffer(data)
+                    _ => {
+                        // No declared size: the frame's window is the only allocation it can
+                        // claim, so it may not exceed what `max` bytes of output could need.
+                        let mut d = zstd::stream::read::Decoder::with_buffer(data)
                             .map_err(|e| e.to_string())?
-                            .single_frame(),
-                        max,
-                    ),
+                            .single_frame();
+                        let log = (max.max(1).next_power_of_two().trailing_zeros()).clamp(10, 27);
+                        d.window_log_max(log).map_err(|e| e.to_string())?;
+                        read_bounded(d, max)
+                    }
                 }
             }
             Compression::Zlib => {

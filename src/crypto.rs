@@ -237,6 +237,12 @@ impl SaltFile {
             if slot[..2].iter().any(|&x| x != 0) && n < 2 {
                 return Err(bad("counter out of range"));
             }
+            // The bytes the format leaves zero (slots 2 and 3 have no counter): not covered by
+            // the check block, so checked here, or damage to them would go unnoticed.
+            if (n >= 2 && slot[..10].iter().any(|&x| x != 0)) || slot[74..].iter().any(|&x| x != 0)
+            {
+                return Err(bad("unused bytes are not zero"));
+            }
             if n < 2 {
                 f.counters[n] = u64::from_be_bytes(slot[2..10].try_into().expect("8 bytes"));
             }
@@ -339,7 +345,8 @@ pub struct Counter {
     persist: Mutex<Option<PersistFn>>,
 }
 
-pub type PersistFn = Box<dyn FnMut(u64) -> std::io::Result<()> + Send>;
+/// Persists a counter limit (in local state; its error names where).
+pub type PersistFn = Box<dyn FnMut(u64) -> Result<()> + Send>;
 
 /// How far ahead counters are reserved in local storage.
 pub const COUNTER_RESERVE: u64 = 4096;
@@ -360,7 +367,7 @@ impl Counter {
     /// From now on, values above the persisted limit are reserved through `persist` first.
     pub fn reserve_with(&self, mut persist: PersistFn) -> Result<()> {
         let limit = self.value.load(Ordering::SeqCst) + COUNTER_RESERVE;
-        persist(limit).map_err(|e| Error::io("local counter store", e))?;
+        persist(limit)?;
         self.limit.store(limit, Ordering::SeqCst);
         *self.persist.lock() = Some(persist);
         self.reserved.store(true, Ordering::SeqCst);
@@ -397,7 +404,7 @@ impl Counter {
             if v > self.limit.load(Ordering::SeqCst) {
                 let new = v + COUNTER_RESERVE;
                 let f = p.as_mut().ok_or(Error::CountersNotReserved)?;
-                f(new).map_err(|e| Error::io("local counter store", e))?;
+                f(new)?;
                 self.limit.store(new, Ordering::SeqCst);
             }
         }

@@ -19,6 +19,8 @@ pub mod crypto;
 pub mod dest;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ops;
 pub mod parallel;
 pub mod progress;

@@ -27,7 +27,8 @@ fn main() {
     init_logging(&cli.global);
     wyng::progress::set_enabled(!cli.global.quiet);
     if let Err(e) = cmd::run(cli) {
-        eprintln!("wyng: error: {e}");
+        // Errors quote archive-supplied strings: never raw control bytes to the terminal.
+        eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
         std::process::exit(e.exit_code());
     }
 }

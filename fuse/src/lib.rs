@@ -13,9 +13,11 @@
 //! * `lseek(SEEK_DATA/SEEK_HOLE)` follows the tree's holes, so `cp --sparse`, `qemu-img` and
 //!   `du`-aware tools see them; `st_blocks` is the tree's count of stored data.
 
+pub mod mounts;
+
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -84,20 +86,52 @@ impl Default for MountConfig {
     }
 }
 
-/// A mounted tree. Dropping it unmounts.
+/// A mounted tree. Dropping it unmounts, but only its own mount: once the mount is gone from
+/// outside (`umount`, `fusermount3 -u`), the mountpoint may already hold a new one, which must
+/// not be touched (fuser's own unmount-on-drop would unmount whatever is there by path).
 pub struct Mounted {
-    session: fuser::BackgroundSession,
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+    /// The device number of this mount's root, to recognise it at the mountpoint.
+    dev: u64,
 }
 
 impl Mounted {
     /// Whether the kernel side has gone away (unmounted from outside, e.g. `fusermount3 -u`).
     pub fn is_finished(&self) -> bool {
-        self.session.guard.is_finished()
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Whether the mountpoint still shows this mount.
+    fn still_mounted_here(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        !self.is_finished()
+            && std::fs::metadata(&self.mountpoint).is_ok_and(|m| m.dev() == self.dev)
     }
 
     /// Unmounts and waits for the session to end.
-    pub fn unmount(self) {
-        self.session.join();
+    pub fn unmount(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        let ours = self.still_mounted_here();
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if ours {
+            session.join();
+        } else {
+            // Gone already: nothing of ours is mounted, so nothing may be unmounted. The
+            // session's device handle is released with the process.
+            std::mem::forget(session);
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -131,7 +165,15 @@ pub fn mount(
     }
     let fs = ReadOnlyFs { tree, reads: tx };
     let session = fuser::spawn_mount2(fs, mountpoint, &options)?;
-    Ok(Mounted { session })
+    let dev = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(mountpoint)?.dev()
+    };
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+        dev,
+    })
 }
 
 const BLOCK: u32 = 4096;

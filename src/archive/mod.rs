@@ -58,6 +58,7 @@ pub use crate::dest::{Capabilities, DestOptions, MemDest};
 pub use chunks::{ChunkLoc, ChunkReader};
 pub use index::MergedIndex;
 pub use local::LocalState;
+pub use recovery::Leftover;
 pub use session::{NewManifest, SessionWriter};
 pub(crate) use write::failpoint;
 pub use write::{InitParams, WriteArchive};
@@ -113,6 +114,20 @@ impl Volume {
     }
 }
 
+/// A volume the root lists whose metadata cannot be loaded. It is left out of the archive's
+/// volumes, so every other volume stays usable; naming it gives its damage, and it can be
+/// deleted (`delete --vid`).
+#[derive(Clone, Debug)]
+pub struct DamagedVolume {
+    pub vid: VolumeId,
+    /// Its name, if its volinfo could still be read.
+    pub name: Option<String>,
+    pub error: String,
+    /// Its volinfo is damaged but `volinfo.bak` holds the committed version (arch-check
+    /// --clean restores it).
+    pub repairable: bool,
+}
+
 /// How to open an archive.
 pub struct OpenOptions<'a> {
     pub auth: &'a Auth,
@@ -131,8 +146,13 @@ pub struct Archive {
     ini: ArchiveIni,
     codec: Codec,
     volumes: Vec<Volume>,
+    /// Volumes the root lists that cannot be loaded (see [`DamagedVolume`]).
+    damaged: Vec<DamagedVolume>,
     local: Option<LocalState>,
     salt: Option<SaltFile>,
+    /// Copies of the salt file found damaged or missing (`archive.salt` or `salt.bak`, and
+    /// what is wrong); the one in use passed its check block. A write command rewrites them.
+    salt_problems: Vec<(&'static str, String)>,
     /// The root file as last loaded or committed (to tell whether the archive changed).
     root: Vec<u8>,
     force_retry: bool,
@@ -162,34 +182,71 @@ impl Archive {
                 url: dest.url().into(),
             })?;
         let (ci, body) = ini::parse_header(&file)?;
+        let mut salt_problems = Vec::new();
         let (codec, ini, salt) = if ci == "00" {
             let ini = ArchiveIni::parse(&gunzip_root(body)?)?;
             (codec_for(&ini, None)?, ini, None)
         } else {
             let mode = CipherMode::from_ci(&ci)
                 .ok_or_else(|| Error::Unsupported(format!("cipher mode {ci}")))?;
-            let salt_bytes = dest
-                .read(layout::SALT, crypto::SALT_FILE_LEN as u64)?
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        layout::SALT,
-                        "missing: an encrypted archive cannot be opened without it",
-                    )
-                })?;
-            let salt = SaltFile::parse(&salt_bytes)?;
-            let opens = |k: &MasterKeys| {
-                ArchiveCipher::new(mode, k, &salt, [0, 0])
-                    .0
-                    .decrypt_meta(body)
-                    .is_some()
+            let salts = read_salts(&*dest)?;
+            // Keys fit when they open the root and the salt file's check block: the check
+            // covers all four salts, so damage to any of them (even the unused-looking slots
+            // the subkeys come from) is caught before anything is decrypted with it.
+            let fits = |k: &MasterKeys, s: &SaltFile| {
+                let (c, _) = ArchiveCipher::new(mode, k, s, [0, 0]);
+                c.decrypt_meta(body).is_some() && c.verify_check(s)
             };
-            let keys = o.auth.unlock(dest.url(), &salt, mode, &opens)?;
+            // Cached keys came from a salt file that passed its check: any copy that passes
+            // with them is theirs. Derived keys belong to the copy they were derived from.
+            let fit = |k: &MasterKeys| salts.files.iter().position(|(_, s)| fits(k, s));
+            let opens = |k: &MasterKeys| fit(k).is_some();
+            let derived_from = std::cell::Cell::new(None);
+            let derive = |pass: &[u8]| -> Result<MasterKeys> {
+                let mut root_opened = false;
+                for (i, (_, s)) in salts.files.iter().enumerate() {
+                    let k = crypto::derive_master(pass, s, mode);
+                    if fits(&k, s) {
+                        derived_from.set(Some(i));
+                        return Ok(k);
+                    }
+                    let (c, _) = ArchiveCipher::new(mode, &k, s, [0, 0]);
+                    root_opened |= c.decrypt_meta(body).is_some();
+                }
+                Err(if root_opened {
+                    salts.unusable()
+                } else {
+                    Error::Auth(crate::crypto::WRONG_PASSPHRASE.into())
+                })
+            };
+            let keys = o.auth.unlock(dest.url(), &opens, &derive)?;
+            let chosen = derived_from
+                .get()
+                .or_else(|| fit(&keys))
+                .ok_or_else(|| salts.unusable())?;
+            let (which, salt) = salts.files[chosen].clone();
             let (cipher, _) = ArchiveCipher::new(mode, &keys, &salt, [0, 0]);
+            let mut salt_damage = salts.problems.clone();
+            for (w, s) in &salts.files {
+                if *w != which && !(s.same_salts(&salt) && cipher.verify_check(s)) {
+                    salt_damage.push((w, "does not match its check block".to_string()));
+                }
+            }
+            salt_damage.sort();
+            salt_damage.dedup();
+            if which != layout::SALT {
+                tracing::warn!(
+                    "{} is damaged; using {which} (the next write command rewrites {})",
+                    layout::SALT,
+                    layout::SALT
+                );
+            }
             let gz = cipher
                 .decrypt_meta(body)
                 .ok_or_else(|| Error::Auth(crate::crypto::WRONG_PASSPHRASE.into()))?;
             let ini = ArchiveIni::parse(&gunzip_root(&gz)?)?;
             let codec = codec_for(&ini, Some((&keys, &salt)))?;
+            salt_problems = salt_damage;
             (codec, ini, Some(salt))
         };
         validate_var(&ini, &ci)?;
@@ -199,8 +256,10 @@ impl Archive {
             ini,
             codec,
             volumes: Vec::new(),
+            damaged: Vec::new(),
             local: None,
             salt,
+            salt_problems,
             root: file.clone(),
             force_retry: o.force_retry,
             indexes: Mutex::new(index::Memo::default()),
@@ -275,11 +334,27 @@ impl Archive {
             .flatten()
             .map(|j| j.vid().clone());
         self.volumes.clear();
+        self.damaged.clear();
         for (vid, h) in self.ini.volumes.clone() {
             match self.load_volume(&vid, &h) {
                 Ok(v) => self.volumes.push(v),
                 Err(e) if pending.as_ref() == Some(&vid) => {
                     tracing::warn!("volume {vid} is in an interrupted prune or delete and cannot be read until a write command (such as `wyng prune`) finishes it: {e}");
+                }
+                // Damage is confined to its volume: the others stay usable.
+                Err(e @ Error::Corrupt { .. }) | Err(e @ Error::Unsupported(_)) => {
+                    let (name, repairable) = self.salvage(&vid, &h);
+                    tracing::warn!(
+                        "volume {}{vid} is damaged and left out: {e}",
+                        name.as_ref()
+                            .map_or(String::new(), |n| format!("'{}' ", sanitized(n)))
+                    );
+                    self.damaged.push(DamagedVolume {
+                        vid,
+                        name,
+                        error: e.to_string(),
+                        repairable,
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -290,6 +365,55 @@ impl Archive {
             );
         }
         Ok(())
+    }
+
+    /// What can still be told of a damaged volume: its name (from volinfo or volinfo.bak),
+    /// and whether volinfo.bak is the committed volinfo (so a repair can restore it).
+    fn salvage(&self, vid: &VolumeId, hash: &Hash32) -> (Option<String>, bool) {
+        let limit = fmt::MAX_VOLINFO_Z as u64;
+        let decode = |p: &str, checked: bool| -> Option<VolInfo> {
+            let f = self.dest.read(p, self.meta_limit(limit)).ok()??;
+            let t = if checked {
+                self.codec.decode_meta(&f, hash, limit, 8 << 20, p).ok()?
+            } else {
+                self.codec.open_meta_unhashed(&f, 8 << 20, p).ok()?
+            };
+            VolInfo::parse(&String::from_utf8(t).ok()?, p).ok()
+        };
+        let bak = decode(&layout::volinfo_bak(vid), true);
+        let repairable = bak.is_some() && decode(&layout::volinfo(vid), true).is_none();
+        let name = bak
+            .or_else(|| decode(&layout::volinfo(vid), false))
+            .map(|v| v.name);
+        (name, repairable)
+    }
+
+    /// Whether a volinfo that does not match the root is the one a commit was about to make
+    /// current: the commit's staged root (`archive.ini.tmp`, durable before any rename of the
+    /// commit) names it. Only then is `volinfo.bak` the right fallback; otherwise the volinfo
+    /// is damaged.
+    fn in_commit_window(&self, vid: &VolumeId, volinfo: &[u8]) -> bool {
+        let Ok(Some(tmp)) = self.dest.read(layout::ROOT_TMP, ROOT_MAX) else {
+            return false;
+        };
+        let Ok((ci, body)) = ini::parse_header(&tmp) else {
+            return false;
+        };
+        if ci != self.ci {
+            return false;
+        }
+        let staged = self
+            .codec
+            .open_root(body)
+            .ok()
+            .and_then(|t| ArchiveIni::parse(&t).ok());
+        let Some(h) = staged.as_ref().and_then(|i| i.volume_hash(vid).copied()) else {
+            return false;
+        };
+        let limit = fmt::MAX_VOLINFO_Z as u64;
+        self.codec
+            .decode_meta(volinfo, &h, limit, 8 << 20, "volinfo")
+            .is_ok()
     }
 
     /// The largest stored size of a metadata object whose compressed text may be `max` bytes.
@@ -309,13 +433,30 @@ impl Archive {
         };
         let (text, restored_from_bak) = match read(&path) {
             Ok(t) => (t, false),
-            Err(first) => match read(&layout::volinfo_bak(vid)) {
-                Ok(t) => {
-                    tracing::warn!("{path} is from an interrupted commit; using volinfo.bak");
-                    (t, true)
+            Err(first) => {
+                // `volinfo.bak` stands in only for a commit that was interrupted between the
+                // volinfo and root renames; anything else is damage, reported as such.
+                let current = self
+                    .dest
+                    .read(&path, self.meta_limit(limit))?
+                    .unwrap_or_default();
+                match read(&layout::volinfo_bak(vid)) {
+                    Ok(t) if self.in_commit_window(vid, &current) => {
+                        tracing::info!("{path} is from an interrupted commit; using volinfo.bak");
+                        (t, true)
+                    }
+                    Ok(_) => {
+                        return Err(Error::corrupt(
+                            &path,
+                            format!(
+                                "{}; volinfo.bak holds the committed version: `wyng arch-check --clean` restores it",
+                                what_of(&first)
+                            ),
+                        ))
+                    }
+                    Err(_) => return Err(first),
                 }
-                Err(_) => return Err(first),
-            },
+            }
         };
         let text = String::from_utf8(text).map_err(|_| Error::corrupt(&path, "not UTF-8 text"))?;
         let volinfo = VolInfo::parse(&text, &path)?;
@@ -439,23 +580,87 @@ impl Archive {
         self.volumes.iter().map(|v| v.name().to_string()).collect()
     }
 
+    /// The volume of this name (`None` if there is none, or if two volumes share it: see
+    /// [`Archive::find`]).
     pub fn volume(&self, name: &str) -> Option<&Volume> {
-        self.volumes.iter().find(|v| v.name() == name)
+        self.volume_index(name).map(|i| &self.volumes[i])
     }
 
     pub fn volume_index(&self, name: &str) -> Option<usize> {
-        self.volumes.iter().position(|v| v.name() == name)
+        let mut it = self
+            .volumes
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.name() == name);
+        match (it.next(), it.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
     }
 
-    /// The volume of this name, or the error that says it is not there.
+    /// Volumes the root lists that could not be loaded.
+    pub fn damaged(&self) -> &[DamagedVolume] {
+        &self.damaged
+    }
+
+    /// The volume of this name, or the error that says why there is none: not in the archive,
+    /// damaged, or a name two volumes share.
     pub fn find(&self, name: &str) -> Result<&Volume> {
-        self.volume(name)
-            .ok_or_else(|| Error::VolumeNotFound(name.to_string()))
+        self.find_index(name).map(|i| &self.volumes[i])
     }
 
     pub fn find_index(&self, name: &str) -> Result<usize> {
-        self.volume_index(name)
-            .ok_or_else(|| Error::VolumeNotFound(name.to_string()))
+        let matches: Vec<usize> = (0..self.volumes.len())
+            .filter(|&i| self.volumes[i].name() == name)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => match self
+                .damaged
+                .iter()
+                .find(|d| d.name.as_deref() == Some(name))
+            {
+                Some(d) => Err(Error::corrupt(
+                    d.vid.as_str(),
+                    format!(
+                        "volume '{}' is damaged: {}; `wyng delete --vid={}` removes it",
+                        sanitized(name),
+                        d.error,
+                        d.vid
+                    ),
+                )),
+                None => {
+                    let unnamed: Vec<String> = self
+                        .damaged
+                        .iter()
+                        .filter(|d| d.name.is_none())
+                        .map(|d| d.vid.to_string())
+                        .collect();
+                    if unnamed.is_empty() {
+                        Err(Error::VolumeNotFound(sanitized(name)))
+                    } else {
+                        // It may be one of them: that is damage, not a mistyped name.
+                        Err(Error::corrupt(
+                            layout::ROOT,
+                            format!(
+                                "volume '{}' is not among the readable volumes, and the archive has damaged volumes whose names cannot be read ({}): see `wyng arch-check`",
+                                sanitized(name),
+                                unnamed.join(", ")
+                            ),
+                        ))
+                    }
+                }
+            },
+            many => Err(Error::Selection(format!(
+                "the name '{}' is used by {} volumes ({}): rename or delete one by its id (`wyng delete --vid=VID`)",
+                sanitized(name),
+                many.len(),
+                many.iter()
+                    .map(|&i| self.volumes[i].vid.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     /// Compresses and hashes raw volume data as a chunk of this archive would be, to compare
@@ -498,8 +703,10 @@ impl Archive {
             ini,
             codec: self.codec.clone(),
             volumes: Vec::new(),
+            damaged: Vec::new(),
             local: self.local.clone(),
             salt: self.salt.clone(),
+            salt_problems: self.salt_problems.clone(),
             root: file,
             force_retry: false,
             indexes: Mutex::new(self.indexes.lock().clone()),
@@ -517,6 +724,86 @@ impl Archive {
     pub fn detach_after_fork(&self) {
         self.dest.detach_after_fork();
     }
+}
+
+/// A name from an archive, safe to print: control characters (a terminal's escape sequences)
+/// are shown escaped, never sent to the terminal.
+pub fn sanitized(s: &str) -> String {
+    escape_controls(s, |_| false)
+}
+
+/// Report text, safe to print: as [`sanitized`], but line breaks and tabs stay.
+pub fn printable(s: &str) -> String {
+    escape_controls(s, |c| c == '\n' || c == '\t')
+}
+
+fn escape_controls(s: &str, keep: impl Fn(char) -> bool) -> String {
+    if !s.chars().any(|c| c.is_control() && !keep(c)) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && !keep(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What an error says, without the advice its message ends with.
+fn what_of(e: &Error) -> String {
+    match e {
+        Error::Corrupt { what, .. } => what.clone(),
+        e => e.to_string(),
+    }
+}
+
+/// The two copies of the salt file (`archive.salt`, and `salt.bak` with every byte inverted)
+/// that could be parsed, and what is wrong with the others.
+struct Salts {
+    files: Vec<(&'static str, SaltFile)>,
+    problems: Vec<(&'static str, String)>,
+}
+
+impl Salts {
+    fn unusable(&self) -> Error {
+        Error::corrupt(
+            layout::SALT,
+            "neither archive.salt nor salt.bak matches its check block: the salts the keys come from are damaged; restore archive.salt from a copy of this archive",
+        )
+    }
+}
+
+fn read_salts(dest: &dyn Dest) -> Result<Salts> {
+    let mut s = Salts {
+        files: Vec::new(),
+        problems: Vec::new(),
+    };
+    let len = crypto::SALT_FILE_LEN as u64;
+    for (name, inverted) in [(layout::SALT, false), (layout::SALT_BAK, true)] {
+        match dest.read(name, len + 1)? {
+            None => s.problems.push((name, "is missing".to_string())),
+            Some(b) => {
+                let b = if inverted { SaltFile::inverted(&b) } else { b };
+                match SaltFile::parse(&b) {
+                    Ok(f) => s.files.push((name, f)),
+                    Err(e) => s
+                        .problems
+                        .push((name, format!("is damaged ({})", what_of(&e)))),
+                }
+            }
+        }
+    }
+    if s.files.is_empty() {
+        let (name, what) = &s.problems[0];
+        return Err(Error::corrupt(
+            *name,
+            format!("{what} (and so is salt.bak): an encrypted archive cannot be opened without its salts"),
+        ));
+    }
+    Ok(s)
 }
 
 fn validate_var(ini: &ArchiveIni, ci: &str) -> Result<()> {

@@ -137,10 +137,10 @@ impl Archive {
                 "destination does not support hard links; deduplication will not be available"
             );
         }
-        let (codec, salt, master) = match (p.cipher, keys) {
+        let (codec, salt, master) = match (p.cipher, &keys) {
             (Some(mode), Some(pass)) => {
                 let salt = SaltFile::random();
-                let master = crypto::derive_master(&pass, &salt, mode);
+                let master = crypto::derive_master(pass, &salt, mode);
                 let c = codec_for(&ini, Some((&master, &salt)))?;
                 (c, Some(salt), Some(master))
             }
@@ -153,8 +153,10 @@ impl Archive {
                 codec,
                 ini,
                 volumes: Vec::new(),
+                damaged: Vec::new(),
                 local: None,
                 salt,
+                salt_problems: Vec::new(),
                 root: Vec::new(),
                 force_retry: false,
                 indexes: Default::default(),
@@ -186,8 +188,8 @@ impl Archive {
                 .write(layout::SALT_BAK, &SaltFile::inverted(&bytes))?;
             w.a.dest.sync()?;
         }
-        if let Some(m) = &master {
-            auth.remember(w.a.dest.url(), m);
+        if let (Some(m), Some(pass)) = (&master, &keys) {
+            auth.remember(w.a.dest.url(), m, pass);
         }
         Ok(w)
     }
@@ -216,7 +218,9 @@ impl WriteArchive {
             counter.reserve_with(Box::new(move |limit| {
                 let mut s = shared.lock();
                 s.counters[slot] = limit;
-                local.save_salt(&s)
+                local
+                    .save_salt(&s)
+                    .map_err(|e| Error::local_state(local.dir().join("archive.salt"), e))
             }))?;
         }
         Ok(())

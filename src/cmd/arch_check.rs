@@ -35,7 +35,7 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
             return Ok(());
         }
         for p in ops::check::clean(&mut wa)? {
-            g.say(format!("Removed {p}"));
+            g.say(capitalized(&p));
         }
         ops::check::run(&wa, &a.volumes, &o)?
     } else {
@@ -47,7 +47,13 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
     } else {
         for r in &reports {
             for p in &r.problems {
-                eprintln!("{}: {p}", r.volume);
+                eprintln!(
+                    "{}",
+                    wyng::archive::printable(&format!("{}: {p}", r.volume))
+                );
+            }
+            if r.volume == ops::check::ARCHIVE {
+                continue;
             }
             g.say(format!(
                 "{}: {} sessions, {} chunk files checked, {}.",
@@ -69,4 +75,10 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map_or(String::new(), |f| f.to_uppercase().chain(c).collect())
 }

@@ -81,6 +81,13 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
         .iter()
         .find(|v| v.vid == vid)
         .map(|v| v.name().to_string())
+        .or_else(|| {
+            wa.damaged()
+                .iter()
+                .find(|d| d.vid == vid)
+                .map(|d| d.name.clone().unwrap_or_else(|| vid.to_string()))
+        })
+        .map(|n| wyng::archive::sanitized(&n))
         .unwrap_or_default();
     g.confirm(&format!("Delete volume '{name}' and all its sessions?"))?;
     ops::volume::delete(&mut wa, &vid)?;

@@ -38,6 +38,7 @@ pub fn run(g: &Global, a: ListArgs) -> Result<()> {
             session,
         },
     )?;
+    let text = wyng::archive::printable(&text);
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(())
 }

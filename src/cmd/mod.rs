@@ -249,7 +249,8 @@ impl Global {
     /// A line of report text (nothing with `--quiet` or `--json`).
     pub fn say(&self, s: impl AsRef<str>) {
         if !self.quiet && !self.json {
-            println!("{}", s.as_ref());
+            // Report text carries names from the archive: never raw control bytes.
+            println!("{}", wyng::archive::printable(s.as_ref()));
         }
     }
 

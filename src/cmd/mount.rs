@@ -125,7 +125,8 @@ fn serve(
             tracing::info!("signal {sig}: unmounting {}", o.mountpoint.display());
             break;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // Short: `wyng umount` waits for this process to exit.
+        std::thread::sleep(Duration::from_millis(25));
     }
     mounted.unmount();
     Ok(())

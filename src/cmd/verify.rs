@@ -72,9 +72,25 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<()> {
             }
             Err(e) if names.len() == 1 => return Err(e),
             Err(e) => {
-                eprintln!("wyng: error: {e}");
+                eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
                 failed.push((n.clone(), e));
             }
+        }
+    }
+    if a.all {
+        // A damaged volume is part of "all": its damage is a failure, not a silent skip.
+        for d in archive.damaged() {
+            let name = d.name.clone().unwrap_or_else(|| d.vid.to_string());
+            let e = Error::corrupt(
+                d.vid.as_str(),
+                format!(
+                    "volume '{}' is damaged: {}",
+                    wyng::archive::sanitized(&name),
+                    d.error
+                ),
+            );
+            eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+            failed.push((name, e));
         }
     }
     if g.json {

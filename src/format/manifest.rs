@@ -100,7 +100,9 @@ pub fn parse_line(
     if addr % chunksize != 0 {
         return Err("address not aligned to the chunk size");
     }
-    if addr > volsize {
+    // Every address is that of a chunk of the volume: below its size (an empty volume's
+    // manifest may still name address 0).
+    if addr >= volsize && addr != 0 {
         return Err("address beyond the volume size");
     }
     let r = match hash {

@@ -8,7 +8,7 @@
 //! parallel, so memory does not grow with the archive. It reports every problem it finds, not
 //! just the first.
 
-use crate::archive::{Archive, ChunkLoc, WriteArchive};
+use crate::archive::{sanitized, Archive, ChunkLoc, WriteArchive};
 use crate::error::{Error, Result};
 use crate::format::manifest::chunk_len;
 use crate::format::{ChunkRef, SessionName};
@@ -28,9 +28,55 @@ pub struct CheckOptions {
 }
 
 /// `arch-check --clean`: leftovers of interrupted commands are removed (recovery, which
-/// opening for write already ran, and `*.tmp` files inside session directories).
+/// opening for write already ran, and `*.tmp` files inside session directories), and a
+/// damaged volinfo whose `volinfo.bak` is the committed version is restored.
 pub fn clean(wa: &mut WriteArchive) -> Result<Vec<String>> {
     wa.clean_deep()
+}
+
+/// The name reports about the archive as a whole carry.
+pub const ARCHIVE: &str = "(archive)";
+
+/// Problems of the archive as a whole: leftovers of interrupted commands, volinfo files in use
+/// from `volinfo.bak`, damaged volumes (each with what to do).
+fn archive_problems(archive: &Archive, names: &[String]) -> Result<Vec<String>> {
+    let mut p = Vec::new();
+    if names.is_empty() {
+        for (file, what) in archive.salt_problems() {
+            p.push(format!(
+                "{file} {what}; the other copy is sound and in use: the next write command (or `wyng arch-check --clean`) rewrites {file}"
+            ));
+        }
+        for l in archive.leftovers(true)? {
+            p.push(format!(
+                "{}: {} (or of one still running); `wyng arch-check --clean` removes it",
+                l.path, l.why
+            ));
+        }
+        for vid in archive.interrupted_commits() {
+            p.push(format!(
+                "{vid}/volinfo is from an interrupted commit and volinfo.bak stands in for it; the next write command (or `wyng arch-check --clean`) restores it"
+            ));
+        }
+    }
+    for d in archive.damaged() {
+        let named = d.name.as_deref().map(sanitized);
+        if !names.is_empty() && !names.iter().any(|n| Some(sanitized(n)) == named) {
+            continue;
+        }
+        let what = if d.repairable {
+            "`wyng arch-check --clean` restores its volinfo from volinfo.bak".to_string()
+        } else {
+            format!("`wyng delete --vid={}` removes it", d.vid)
+        };
+        p.push(format!(
+            "volume {}{} is damaged and cannot be used: {}; {what}",
+            named.map_or(String::new(), |n| format!("'{n}' ")),
+            d.vid,
+            d.error
+        ));
+    }
+    Ok(p)
 }
 
 pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<CheckReport>> {
@@ -42,11 +88,27 @@ pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<
         ),
     };
     for n in names {
-        archive.find(n)?;
+        if let Err(e) = archive.find(n) {
+            if !archive
+                .damaged()
+                .iter()
+                .any(|d| d.name.as_deref() == Some(n))
+            {
+                return Err(e);
+            }
+        }
     }
     let newest_only = o.session.as_deref() == Some("newest");
     let cs = archive.chunksize();
     let mut reports = Vec::new();
+    let problems = archive_problems(archive, names)?;
+    if !problems.is_empty() {
+        reports.push(CheckReport {
+            volume: ARCHIVE.to_string(),
+            problems,
+            ..Default::default()
+        });
+    }
     for (vi, vol) in archive.volumes().iter().enumerate() {
         if !names.is_empty() && !names.iter().any(|n| n == vol.name()) {
             continue;

@@ -42,10 +42,12 @@ impl Purge {
 /// The snapshots a clean would remove.
 pub fn select(archive: &Archive, local: &Path, purge: Purge) -> Vec<FoundSnapshot> {
     let ours = archive.uuid();
+    // Damaged volumes are still the archive's: their snapshots are not orphans.
     let current: std::collections::HashSet<String> = archive
         .volumes()
         .iter()
         .map(|v| v.vid.to_string())
+        .chain(archive.damaged().iter().map(|d| d.vid.to_string()))
         .collect();
     reflink::find_snapshots(local)
         .into_iter()

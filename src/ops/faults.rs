@@ -157,6 +157,16 @@ fn every_step(
             copy_dir(meta.path(), local.path());
             let mut wa = open(&found, local.path())
                 .unwrap_or_else(|e| panic!("recovery after step {n} of {steps}: {e}"));
+            // Recovery leaves nothing for arch-check to report: no leftovers (session
+            // directories included), no volume damaged or still on its volinfo.bak.
+            let left = wa.leftovers(true).unwrap();
+            assert!(left.is_empty(), "after step {n} of {steps}: {left:?}");
+            assert!(
+                wa.damaged().is_empty(),
+                "after step {n}: {:?}",
+                wa.damaged()
+            );
+            assert!(wa.interrupted_commits().is_empty());
             check(&mut wa, files.path(), false);
             // The archive takes the next send, and still reads back.
             send(&mut wa, files.path(), "vol", 40, &image(40, 5)).unwrap();

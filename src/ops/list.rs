@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::archive::sanitized;
 use crate::archive::{Archive, Volume};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::SessionSel;
 
 #[derive(Serialize)]
@@ -22,6 +23,18 @@ pub struct ListJson {
     pub is_auth: bool,
     pub url: String,
     pub volumes: BTreeMap<String, VolumeJson>,
+    /// Volumes the archive lists but whose metadata cannot be loaded (not in the original's
+    /// schema, which has no such state; absent when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<DamagedJson>,
+}
+
+#[derive(Serialize)]
+pub struct DamagedJson {
+    pub vid: String,
+    pub name: Option<String>,
+    pub error: String,
+    pub repairable: bool,
 }
 
 #[derive(Serialize)]
@@ -55,19 +68,25 @@ fn selected<'a>(archive: &'a Archive, names: &[String]) -> Result<Vec<&'a Volume
     if names.is_empty() {
         return Ok(archive.volumes().iter().collect());
     }
-    names
-        .iter()
-        .map(|n| {
-            archive
-                .volume(n)
-                .ok_or_else(|| Error::VolumeNotFound(n.clone()))
-        })
-        .collect()
+    names.iter().map(|n| archive.find(n)).collect()
 }
 
 pub fn json(archive: &Archive, names: &[String]) -> Result<ListJson> {
     let mut volumes = BTreeMap::new();
+    let mut damaged: Vec<DamagedJson> = Vec::new();
     for v in selected(archive, names)? {
+        if archive.volume_index(v.name()).is_none() {
+            // A name two volumes share cannot key the map: both are listed as unusable by
+            // name instead of one hiding the other.
+            damaged.push(DamagedJson {
+                vid: v.vid.to_string(),
+                name: Some(v.name().to_string()),
+                error: "its name is used by another volume too: rename or delete one by its id"
+                    .into(),
+                repairable: false,
+            });
+            continue;
+        }
         let sessions = v
             .sessions
             .iter()
@@ -113,6 +132,15 @@ pub fn json(archive: &Archive, names: &[String]) -> Result<ListJson> {
         is_auth: false,
         url: archive.url().into(),
         volumes,
+        damaged: damaged
+            .into_iter()
+            .chain(archive.damaged().iter().map(|d| DamagedJson {
+                vid: d.vid.to_string(),
+                name: d.name.clone(),
+                error: d.error.clone(),
+                repairable: d.repairable,
+            }))
+            .collect(),
     })
 }
 
@@ -181,9 +209,24 @@ pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<Stri
                 if !v.volinfo.desc.is_empty() {
                     let _ = writeln!(out, "            {}", v.volinfo.desc);
                 }
+            } else if archive.volume_index(v.name()).is_none() {
+                let _ = writeln!(
+                    out,
+                    " {}  ({}: the name is used by another volume too; rename or delete one by its id)",
+                    sanitized(v.name()),
+                    v.vid
+                );
             } else {
-                let _ = writeln!(out, " {}", v.name());
+                let _ = writeln!(out, " {}", sanitized(v.name()));
             }
+        }
+        for d in archive.damaged() {
+            let name = d.name.as_deref().map_or("?".to_string(), sanitized);
+            let _ = writeln!(
+                out,
+                " {name}  DAMAGED ({}): {}; see `wyng arch-check`",
+                d.vid, d.error
+            );
         }
         return Ok(out);
     }

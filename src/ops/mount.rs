@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::ops::SessionSel;
-use crate::view::fuse::Mount;
+use crate::view::fuse::{at_mountpoint, AtMountpoint, Mount};
 use crate::view::{View, ViewOptions};
 
 pub struct MountOptions {
@@ -36,8 +36,20 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
             "FUSE is not available: install fuse3 (e.g. `apt install fuse3`) and load the fuse module (`modprobe fuse`)",
         ));
     }
-    let md = std::fs::metadata(mountpoint)
-        .map_err(|e| Error::local(mountpoint, format!("cannot use as a mountpoint: {e}")))?;
+    clear_dead_mount(mountpoint)?;
+    let md = std::fs::metadata(mountpoint).map_err(|e| {
+        Error::local(
+            mountpoint,
+            if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) {
+                format!(
+                    "is a broken mount (transport endpoint is not connected): `umount -l {}` it first",
+                    mountpoint.display()
+                )
+            } else {
+                format!("cannot use as a mountpoint: {e}")
+            },
+        )
+    })?;
     if !md.is_dir() {
         return Err(Error::local(
             mountpoint,
@@ -64,6 +76,43 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A wyng mount whose process no longer runs (killed) can serve nothing any more: it is
+/// detached so the mountpoint can be used again. A live wyng mount, or a broken mount of
+/// something else, is the user's to unmount.
+fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
+    let Ok(abs) = crate::view::fuse::absolute(mountpoint) else {
+        return Ok(()); // reported by the checks that follow
+    };
+    match at_mountpoint(&abs) {
+        AtMountpoint::Wyng { server } if !server.is_some_and(is_wyng_process) => {
+            crate::view::fuse::detach(&abs).map_err(|e| {
+                Error::local(
+                    mountpoint,
+                    format!(
+                        "holds a dead wyng mount that cannot be removed ({e}): run `wyng umount {}`",
+                        mountpoint.display()
+                    ),
+                )
+            })?;
+            tracing::warn!(
+                "{}: removed a dead wyng mount (its process{} is gone)",
+                mountpoint.display(),
+                server.map_or(String::new(), |p| format!(" {p}"))
+            );
+            Ok(())
+        }
+        AtMountpoint::Wyng { server } => Err(Error::local(
+            mountpoint,
+            format!(
+                "is busy: a wyng mount is there{} (`wyng umount {}` it first)",
+                server.map_or(String::new(), |p| format!(", served by process {p}")),
+                mountpoint.display()
+            ),
+        )),
+        AtMountpoint::Other(_) | AtMountpoint::Nothing => Ok(()),
+    }
 }
 
 /// Builds the view and mounts it. The archive's lock is released first: a mount is a
@@ -101,8 +150,23 @@ pub fn start(archive: Archive, o: &MountOptions) -> Result<Mount> {
     })
 }
 
-/// `wyng umount MOUNTPOINT`.
+/// `wyng umount MOUNTPOINT`: unmounts, then waits until the process that served the mount
+/// has exited, so a `wyng mount` right after starts from a clean slate.
 pub fn umount(mountpoint: &Path) -> Result<()> {
+    let abs = crate::view::fuse::absolute(mountpoint)
+        .map_err(|e| Error::local(mountpoint, format!("cannot use as a mountpoint: {e}")))?;
+    let server = match at_mountpoint(&abs) {
+        AtMountpoint::Wyng { server } => server,
+        _ => None,
+    };
+    unmount_path(&abs)?;
+    if let Some(pid) = server {
+        wait_for_exit(pid, Duration::from_secs(10));
+    }
+    Ok(())
+}
+
+fn unmount_path(mountpoint: &Path) -> Result<()> {
     match nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EPERM) => {
@@ -128,5 +192,32 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
         )),
         Err(nix::errno::Errno::EINVAL) => Err(Error::local(mountpoint, "is not mounted")),
         Err(e) => Err(Error::local(mountpoint, format!("cannot unmount: {e}"))),
+    }
+}
+
+/// Whether `pid` is a running wyng process (a pid reused by another program is not, and
+/// neither is an exited one not yet reaped).
+fn is_wyng_process(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ...`: comm may hold spaces and parentheses, so split at the last ')'.
+    let Some((head, tail)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let comm = head.split_once('(').map_or("", |(_, c)| c);
+    let state = tail.trim_start().chars().next().unwrap_or('?');
+    comm == "wyng" && !matches!(state, 'Z' | 'X' | 'x')
+}
+
+/// Waits (bounded) for the mount's server to exit once its mount is gone.
+fn wait_for_exit(pid: i32, limit: Duration) {
+    let started = std::time::Instant::now();
+    while is_wyng_process(pid) {
+        if started.elapsed() > limit {
+            tracing::warn!("the mount process {pid} is still running after the unmount");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -212,13 +212,52 @@ fn receive_to_file(archive: &Archive, ix: &MergedIndex, target: &Path, s: &Sessi
     result
 }
 
-/// The temporary name a restore is built under, beside its target.
+/// The temporary name a restore is built under, beside its target. Earlier receives of the
+/// same target that were killed left theirs behind; they are removed first.
 fn partial_name(target: &Path) -> PathBuf {
     let fname = target
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_stale_partials(target, &fname);
     target.with_file_name(format!(".{fname}.wyng-partial-{}", std::process::id()))
+}
+
+/// Removes `.<target>.wyng-partial-<pid>` files whose process is gone (a receive killed
+/// before it could clean up; such a file can be as large as the volume). A live process's
+/// file is left alone: it may be a receive running now.
+fn remove_stale_partials(target: &Path, fname: &str) {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{fname}.wyng-partial-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid != std::process::id() as i32
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let p = e.path();
+            match fs::remove_file(&p) {
+                Ok(()) => tracing::info!(
+                    "removed {}: left by an interrupted receive (process {pid})",
+                    p.display()
+                ),
+                Err(err) => tracing::warn!("could not remove {}: {err}", p.display()),
+            }
+        }
+    }
 }
 
 /// Writes zeros over `len` bytes at `off` of a device: asks the device to zero the range,
@@ -317,13 +356,41 @@ fn update_file(
             ))
         }
     };
+    let old_len = fs::metadata(work).map(|m| m.len()).ok();
+    if !staged {
+        check_room_in_place(ix, work)?;
+    }
     let result = (|| {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(work)
             .map_err(|e| Error::local(work, format!("cannot open for writing: {e}")))?;
-        let counts = update_in_place(archive, ix, &f, work, false, only, mode)?;
+        let counts = update_in_place(archive, ix, &f, work, false, only, mode).map_err(|e| {
+            // Say exactly what state the target is left in. Only a local failure's text is
+            // extended; others keep their kind (and exit code), with the state logged.
+            let state = if staged {
+                "the target is unchanged (the update was made on a reflink copy, now removed)"
+                    .to_string()
+            } else {
+                let restored =
+                    old_len.is_some_and(|n| n < ix.volsize() && f.set_len(n).is_ok());
+                format!(
+                    "the target was being updated in place (no reflink copy possible) and is now partly updated{}: run the receive again once the problem is fixed (only what still differs is written), or receive to a new file",
+                    if restored { ", its size restored to what it was" } else { "" }
+                )
+            };
+            match e {
+                Error::Local { path, what } => Error::Local {
+                    path,
+                    what: format!("{what}; {state}"),
+                },
+                e => {
+                    tracing::warn!("{}: {state}", target.display());
+                    e
+                }
+            }
+        })?;
         apply_metadata(&f, work, &session.info.permissions, session.info.localtime);
         if staged {
             fs::rename(work, target)
@@ -338,6 +405,35 @@ fn update_file(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Before a file is updated in place: refuses (leaving it untouched) when its filesystem
+/// certainly lacks the room, i.e. when the session's data exceeds what the file already has
+/// allocated plus the free space. Passing does not promise success (a copy-on-write
+/// filesystem needs room for rewritten blocks too); a failure later says what state the file
+/// is in.
+fn check_room_in_place(ix: &MergedIndex, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else {
+        return Ok(());
+    };
+    let free = st.blocks_available().saturating_mul(st.fragment_size());
+    let allocated = md.blocks() * 512;
+    let need = ix.data_bytes().saturating_sub(allocated);
+    if need > free {
+        return Err(Error::local(
+            path,
+            format!(
+                "not enough free space to update it in place: up to {} more needed, {} free; the target is unchanged (free space, or receive to another filesystem)",
+                crate::size::human(need),
+                crate::size::human(free)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes an open file or device hold the view `ix`, touching only chunks whose content
@@ -561,7 +657,8 @@ pub fn receive_local(
         chunks_written: written,
     };
     let r = if baseline && newest {
-        let tmp = target.with_extension("wyng-partial");
+        let tmp = partial_name(&target);
+        let _ = fs::remove_file(&tmp);
         reflink::snapshot(&snaps.snap1, &tmp)?;
         let f = OpenOptions::new()
             .write(true)

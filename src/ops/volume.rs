@@ -15,18 +15,32 @@ pub fn rename(wa: &mut WriteArchive, old: &str, new: &str, desc: &str) -> Result
     wa.rename_volume(old, new, desc)
 }
 
-/// Which volume `delete` removes: by name, or by id (`--vid`).
+/// Which volume `delete` removes: by name, or by id (`--vid`). A damaged volume (one whose
+/// metadata cannot be loaded) can be deleted too, by its id or by the name it still shows; a
+/// name two volumes share must be given as an id.
 pub fn resolve(wa: &WriteArchive, name: Option<&str>, vid: Option<&str>) -> Result<VolumeId> {
     match (name, vid) {
-        (Some(n), None) => Ok(wa.find(n)?.vid.clone()),
+        (Some(n), None) => match wa.find(n) {
+            Ok(v) => Ok(v.vid.clone()),
+            Err(e @ Error::Corrupt { .. }) => wa
+                .damaged()
+                .iter()
+                .find(|d| d.name.as_deref() == Some(n))
+                .map(|d| d.vid.clone())
+                .ok_or(e),
+            Err(e) => Err(e),
+        },
         (None, Some(v)) => wa
             .volumes()
             .iter()
-            .find(|x| x.vid.as_str() == v)
-            .map(|x| x.vid.clone())
+            .map(|x| &x.vid)
+            .chain(wa.damaged().iter().map(|d| &d.vid))
+            .find(|x| x.as_str() == v)
+            .cloned()
             .ok_or_else(|| {
                 Error::Selection(format!(
-                    "no volume has the id '{v}': `wyng list -v` shows the ids"
+                    "no volume has the id '{}': `wyng list -v` shows the ids",
+                    crate::archive::sanitized(v)
                 ))
             }),
         _ => Err(Error::Usage(

@@ -26,6 +26,62 @@ pub struct DeltaMap {
     bytes: Vec<u8>,
 }
 
+/// Changed chunks as sorted, disjoint, non-adjacent half-open ranges of chunk indices: what a
+/// change scan finds, in memory that follows the number of changed *runs*, not of chunks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkRanges(Vec<(u64, u64)>);
+
+impl ChunkRanges {
+    /// Adds chunks `from..to`, keeping the ranges sorted and merged. Cheap when ranges come
+    /// in ascending order (as scans produce them).
+    pub fn add(&mut self, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(last) if from >= last.0 => {
+                if from <= last.1 {
+                    last.1 = last.1.max(to);
+                } else {
+                    self.0.push((from, to));
+                }
+            }
+            None => self.0.push((from, to)),
+            Some(_) => {
+                // Out of order: insert, then merge what now touches.
+                let i = self.0.partition_point(|r| r.0 < from);
+                self.0.insert(i, (from, to));
+                let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.0.len());
+                for &(a, b) in &self.0 {
+                    match merged.last_mut() {
+                        Some(m) if a <= m.1 => m.1 = m.1.max(b),
+                        _ => merged.push((a, b)),
+                    }
+                }
+                self.0 = merged;
+            }
+        }
+    }
+
+    /// How many chunks.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|(a, b)| b - a).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
+    /// Every chunk index, ascending.
+    pub fn chunks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().flat_map(|&(a, b)| a..b)
+    }
+}
+
 /// How a baseline snapshot relates to the newest session (behaviour §5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Pairing {
@@ -65,6 +121,39 @@ impl DeltaMap {
             self.bytes.resize(byte + 1, 0);
         }
         self.bytes[byte] |= 1 << (chunk & 7);
+    }
+
+    /// Marks chunks `from..to` (a byte at a time where it can).
+    pub fn mark_range(&mut self, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        let last = ((to - 1) >> 3) as usize;
+        if self.bytes.len() <= last {
+            self.bytes.resize(last + 1, 0);
+        }
+        let mut c = from;
+        while c < to {
+            if c & 7 == 0 && c + 8 <= to {
+                self.bytes[(c >> 3) as usize] = 0xff;
+                c += 8;
+            } else {
+                self.bytes[(c >> 3) as usize] |= 1 << (c & 7);
+                c += 1;
+            }
+        }
+    }
+
+    /// Marks every chunk of `ranges`.
+    pub fn mark_ranges(&mut self, ranges: &ChunkRanges) {
+        for &(a, b) in &ranges.0 {
+            self.mark_range(a, b);
+        }
+    }
+
+    /// A map read from bytes (a map file's content).
+    pub fn from_bytes(bytes: Vec<u8>) -> DeltaMap {
+        DeltaMap { bytes }
     }
 
     pub fn is_marked(&self, chunk: u64) -> bool {
@@ -262,6 +351,32 @@ mod tests {
         assert_eq!(pairing(&map, &snap), Pairing::Unpaired);
         remove_others(d.path(), None);
         assert!(!map.exists() && snap.exists());
+    }
+
+    #[test]
+    fn ranges_stay_sorted_and_merged_and_mark_like_single_marks() {
+        let mut r = ChunkRanges::default();
+        for (a, b) in [
+            (10, 12),
+            (12, 15),
+            (20, 21),
+            (3, 5),
+            (4, 11),
+            (30, 30),
+            (100, 117),
+        ] {
+            r.add(a, b);
+        }
+        assert_eq!(r.ranges(), &[(3, 15), (20, 21), (100, 117)]);
+        assert_eq!(r.count(), 12 + 1 + 17);
+        let mut by_range = DeltaMap::default();
+        by_range.mark_ranges(&r);
+        let mut by_one = DeltaMap::default();
+        for c in r.chunks() {
+            by_one.mark(c);
+        }
+        assert_eq!(by_range, by_one);
+        assert_eq!(by_range.chunks(u64::MAX), r.chunks().collect::<Vec<_>>());
     }
 
     proptest::proptest! {

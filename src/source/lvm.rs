@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::deltamap::{self, DeltaMap, Pairing};
+use super::deltamap::{self, ChunkRanges, DeltaMap, Pairing};
 use super::{Plan, Prepared, Snapshots};
 use crate::error::{Error, Result};
 use crate::format::Session;
@@ -122,7 +122,7 @@ pub fn parse_lvs(out: &str) -> Result<Vec<Lv>> {
 /// Chunk indices that `thin_delta` output marks as changed (§5.4): every `different`,
 /// `right_only` and `left_only` range, in data blocks of `data_block_size` sectors, clipped at
 /// the larger of the two volume sizes.
-pub fn parse_thin_delta(xml: &str, chunksize: u64, size1: u64, size2: u64) -> Result<Vec<u64>> {
+pub fn parse_thin_delta(xml: &str, chunksize: u64, size1: u64, size2: u64) -> Result<ChunkRanges> {
     let bad = |what: &str| Error::Tool {
         program: "thin_delta".into(),
         what: what.to_string(),
@@ -135,8 +135,8 @@ pub fn parse_thin_delta(xml: &str, chunksize: u64, size1: u64, size2: u64) -> Re
         .filter(|&v| v > 0)
         .ok_or_else(|| bad("no data_block_size"))?;
     let limit = size1.max(size2) / 512;
-    let per_chunk = chunksize / 512;
-    let mut out = DeltaMap::default();
+    let per_chunk = (chunksize / 512).max(1);
+    let mut out = ChunkRanges::default();
     for n in root.descendants().filter(|n| n.is_element()) {
         if !matches!(
             n.tag_name().name(),
@@ -153,12 +153,10 @@ pub fn parse_thin_delta(xml: &str, chunksize: u64, size1: u64, size2: u64) -> Re
         let from = begin.saturating_mul(dbs);
         let to = begin.saturating_add(length).saturating_mul(dbs).min(limit);
         if to > from {
-            for c in from / per_chunk..=(to - 1) / per_chunk {
-                out.mark(c);
-            }
+            out.add(from / per_chunk, (to - 1) / per_chunk + 1);
         }
     }
-    Ok(out.chunks(u64::MAX))
+    Ok(out)
 }
 
 /// A device-mapper name part: hyphens doubled.
@@ -347,12 +345,10 @@ impl ThinPool {
         };
         for ((i, _, size), changed) in jobs.iter().zip(found) {
             let p = &mut out[*i];
-            p.found = changed.len() as u64;
+            p.found = changed.count();
             if let Plan::Incremental(map) = &mut p.plan {
                 map.cover(*size, chunksize);
-                for c in changed {
-                    map.mark(c);
-                }
+                map.mark_ranges(&changed);
             }
         }
         Ok(out)
@@ -365,7 +361,7 @@ impl ThinPool {
         jobs: &[(usize, Lv, u64)],
         vols: &[super::reflink::PrepareVolume],
         chunksize: u64,
-    ) -> Result<Vec<Vec<u64>>> {
+    ) -> Result<Vec<ChunkRanges>> {
         let lvs = self.lvs()?;
         let tpool = format!("{}-{}-tpool", dm_escape(&self.vg), dm_escape(&self.pool));
         let tmeta = format!(
@@ -374,7 +370,7 @@ impl ThinPool {
             dm_escape(&self.pool)
         );
         self.run(&["dmsetup", "message", &tpool, "0", "reserve_metadata_snap"])?;
-        let result: Result<Vec<Vec<u64>>> = jobs
+        let result: Result<Vec<ChunkRanges>> = jobs
             .iter()
             .map(|(i, tick, size)| {
                 let name = format!("{}.tock", vols[*i].name);
@@ -543,10 +539,10 @@ mod tests {
     fn thin_delta_ranges_become_chunks() {
         // 128 sectors per block = 64 KiB; chunks of 128 KiB hold two blocks.
         let c = parse_thin_delta(DELTA, 131072, 2 << 30, 2 << 30).unwrap();
-        assert_eq!(c, vec![0, 50, 51, 1000]);
+        assert_eq!(c.chunks().collect::<Vec<_>>(), vec![0, 50, 51, 1000]);
         // Clipped at the larger volume size.
         let c = parse_thin_delta(DELTA, 131072, 1 << 20, 1 << 20).unwrap();
-        assert_eq!(c, vec![0]);
+        assert_eq!(c.chunks().collect::<Vec<_>>(), vec![0]);
         assert!(parse_thin_delta("<superblock/>", 65536, 1, 1).is_err());
         assert!(parse_thin_delta("not xml", 65536, 1, 1).is_err());
     }

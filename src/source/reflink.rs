@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::deltamap::{self, DeltaMap, Pairing};
+use super::deltamap::{self, ChunkRanges, DeltaMap, Pairing};
 use super::{Plan, Prepared, Snapshots};
 use crate::error::{Error, Result};
 use crate::format::Session;
@@ -364,10 +364,8 @@ pub fn prepare(
         let p = &mut out[*i];
         if let Plan::Incremental(map) = &mut p.plan {
             map.cover(size, chunksize);
-            p.found = changed.len() as u64;
-            for c in changed {
-                map.mark(c);
-            }
+            p.found = changed.count();
+            map.mark_ranges(&changed);
         }
     }
     Ok(out)
@@ -477,7 +475,7 @@ pub fn deltas(
     store: &ReflinkStore,
     jobs: &[DeltaJob],
     chunksize: u64,
-) -> Result<Vec<(Vec<u64>, u64)>> {
+) -> Result<Vec<(ChunkRanges, u64)>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -735,7 +733,7 @@ pub fn changed_chunks(
     old_size: u64,
     new_size: u64,
     chunksize: u64,
-) -> Vec<u64> {
+) -> ChunkRanges {
     // Flags that only describe sharing or position in the list do not change data.
     let data_flags = |e: &Extent| e.flags & !(FIEMAP_EXTENT_LAST | FIEMAP_EXTENT_SHARED);
     let unplaced = |e: &Extent| {
@@ -760,13 +758,14 @@ pub fn changed_chunks(
     bounds.sort_unstable();
     bounds.dedup();
     let n = new_size.div_ceil(chunksize);
-    let mut marked = vec![false; n as usize];
+    let mut marked = ChunkRanges::default();
     let mut mark = |from: u64, to: u64| {
         if to <= from || n == 0 {
             return;
         }
-        for i in from / chunksize..=((to - 1) / chunksize).min(n - 1) {
-            marked[i as usize] = true;
+        let first = from / chunksize;
+        if first < n {
+            marked.add(first, ((to - 1) / chunksize).min(n - 1) + 1);
         }
     };
     for w in bounds.windows(2) {
@@ -791,11 +790,6 @@ pub fn changed_chunks(
         mark(from, new_size.max(from + 1));
     }
     marked
-        .iter()
-        .enumerate()
-        .filter(|(_, &m)| m)
-        .map(|(i, _)| i as u64)
-        .collect()
 }
 
 #[cfg(test)]
@@ -824,22 +818,42 @@ mod tests {
             e(180, 1180, 120),
             e(300, 5000, 200),
         ];
-        assert_eq!(changed_chunks(&old, &new, 500, 500, cs), vec![1]);
+        assert_eq!(
+            changed_chunks(&old, &new, 500, 500, cs)
+                .chunks()
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
         // The same mapping reported in other pieces (as Btrfs does) is no change.
         let pieces = vec![e(0, 1000, 50), e(50, 1050, 250), e(300, 5000, 200)];
         assert!(changed_chunks(&old, &pieces, 500, 500, cs).is_empty());
         // A punched hole: the extent disappears.
         let new = vec![e(0, 1000, 300)];
-        assert_eq!(changed_chunks(&old, &new, 500, 500, cs), vec![3, 4]);
+        assert_eq!(
+            changed_chunks(&old, &new, 500, 500, cs)
+                .chunks()
+                .collect::<Vec<_>>(),
+            vec![3, 4]
+        );
         // Growth: the old partial last chunk and the new area.
-        assert_eq!(changed_chunks(&old, &old, 450, 650, cs), vec![4, 5, 6]);
+        assert_eq!(
+            changed_chunks(&old, &old, 450, 650, cs)
+                .chunks()
+                .collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
         // Sharing flags alone do not count; unplaced extents always do.
         let mut shared = old.clone();
         shared[0].flags = FIEMAP_EXTENT_SHARED | FIEMAP_EXTENT_LAST;
         assert!(changed_chunks(&old, &shared, 500, 500, cs).is_empty());
         let mut inline = old.clone();
         inline[1].flags = FIEMAP_EXTENT_DATA_INLINE;
-        assert_eq!(changed_chunks(&inline, &inline, 500, 500, cs), vec![3, 4]);
+        assert_eq!(
+            changed_chunks(&inline, &inline, 500, 500, cs)
+                .chunks()
+                .collect::<Vec<_>>(),
+            vec![3, 4]
+        );
     }
 
     #[test]

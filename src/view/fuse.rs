@@ -77,6 +77,51 @@ impl Mount {
     }
 }
 
+/// A wyng mount's source in the mount table is this prefix and its server's pid.
+pub const FS_NAME_PREFIX: &str = "wyng:";
+
+/// What the mount table shows at a mountpoint.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AtMountpoint {
+    Nothing,
+    /// Another filesystem (its type).
+    Other(String),
+    /// A wyng mount, and the pid of the process serving it (older wyng mounts name none).
+    Wyng {
+        server: Option<i32>,
+    },
+}
+
+/// `path` made absolute without touching it (a dead FUSE mountpoint fails every `stat`).
+pub fn absolute(path: &std::path::Path) -> io::Result<std::path::PathBuf> {
+    wyng_fuse::mounts::absolute(path)
+}
+
+/// Detaches whatever is mounted at `path` (`umount -l`).
+pub fn detach(path: &std::path::Path) -> io::Result<()> {
+    wyng_fuse::mounts::detach(path)
+}
+
+/// What is mounted at `mountpoint` (absolute).
+pub fn at_mountpoint(mountpoint: &std::path::Path) -> AtMountpoint {
+    match wyng_fuse::mounts::mount_at(mountpoint) {
+        None => AtMountpoint::Nothing,
+        // `fuse` when mounted directly, `fuse.wyng` through fusermount3.
+        Some(m)
+            if (m.fstype == "fuse" || m.fstype == "fuse.wyng")
+                && (m.source == "wyng" || m.source.starts_with(FS_NAME_PREFIX)) =>
+        {
+            AtMountpoint::Wyng {
+                server: m
+                    .source
+                    .strip_prefix(FS_NAME_PREFIX)
+                    .and_then(|p| p.parse().ok()),
+            }
+        }
+        Some(m) => AtMountpoint::Other(m.fstype),
+    }
+}
+
 /// Mounts a view read-only.
 pub fn mount(
     view: Arc<View>,
@@ -86,7 +131,9 @@ pub fn mount(
     let cfg = wyng_fuse::MountConfig {
         allow_other,
         read_threads: (crate::parallel::workers() * 2).max(4),
-        fs_name: "wyng".into(),
+        // The serving process, for `wyng umount` to wait for (and for `mount` to tell a
+        // dead mount from a live one).
+        fs_name: format!("{FS_NAME_PREFIX}{}", std::process::id()),
     };
     wyng_fuse::mount(Arc::new(Adapter(view)), mountpoint, &cfg).map(Mount)
 }

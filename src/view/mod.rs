@@ -180,6 +180,16 @@ fn build(
         if o.volume.as_ref().is_some_and(|v| v != vol.name()) || vol.sessions.is_empty() {
             continue;
         }
+        if archive.volume_index(vol.name()).is_none() {
+            // Two volumes of one name (a hostile or hand-edited archive): neither is shown
+            // rather than one passing for the other.
+            tracing::warn!(
+                "volume {} is not shown: its name '{}' is used by another volume too (rename or delete one by its id)",
+                vol.vid,
+                crate::archive::sanitized(vol.name())
+            );
+            continue;
+        }
         let sessions: Vec<usize> = match &o.session {
             None => (0..vol.sessions.len()).collect(),
             Some(f) => match f(vol) {
@@ -227,7 +237,7 @@ fn build(
         if clash {
             tracing::warn!(
                 "volume '{}' clashes with another name in the tree; not shown",
-                vol.name()
+                crate::archive::sanitized(vol.name())
             );
             continue;
         }

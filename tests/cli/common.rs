@@ -273,6 +273,27 @@ pub fn check_strict_with(archive: &Path, pass: Option<&str>) -> Option<serde_jso
     Some(report)
 }
 
+/// The checker's report on an archive expected to be invalid (no assertion on its verdict);
+/// `None` where the checker is not available.
+pub fn check_report(archive: &Path, pass: Option<&str>) -> Option<serde_json::Value> {
+    let c = checker()?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(&c).arg(archive).arg("--json");
+    if let Some(p) = pass {
+        cmd.arg("--passphrase-env")
+            .arg("WYNG_TEST_PASS")
+            .env("WYNG_TEST_PASS", p);
+    }
+    let o = cmd.output().unwrap();
+    Some(serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "checker output: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }))
+}
+
 /// The sha256 the checker computed for each session of a volume, by session name.
 pub fn checker_hashes(report: &serde_json::Value, vol: &str) -> Vec<(String, String)> {
     report["volumes"][vol]["sessions"]

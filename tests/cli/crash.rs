@@ -150,3 +150,30 @@ fn kill_9_at_random_points() {
         }
     }
 }
+
+/// Issue 16, finding 5: a receive killed before it could clean up leaves its partial file; the
+/// next receive of that target removes it (its process is gone), never one of a live process.
+#[test]
+fn killed_receive_leaves_no_partial_file_behind() {
+    let t = tmp();
+    let (w, img, _) = setup(t.path());
+    let out = t.path().join("out.img");
+    // What a receive killed by SIGKILL leaves: its partial file, named by its (now dead) pid.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    dead.wait().unwrap();
+    let partial = t.path().join(format!(".out.img.wyng-partial-{pid}"));
+    std::fs::File::create(&partial)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    // One of a process that is still alive (this test's own) stays.
+    let live = t
+        .path()
+        .join(format!(".out.img.wyng-partial-{}", std::process::id()));
+    std::fs::write(&live, b"busy").unwrap();
+    w.receive("vol", None, &out);
+    assert_eq!(sha256_file(&out), img.sha256());
+    assert!(!partial.exists(), "the stale partial file was removed");
+    assert!(live.exists());
+}

@@ -356,3 +356,112 @@ fn key_cache_follows_authmin() {
     without.ok(&["list", "--authmin=-1"]);
     without.fails(&["list"], 3);
 }
+
+/// Issue 16, finding 7: a passphrase given while keys are cached is checked: a wrong one is
+/// exit 3 (and changes nothing) whatever the command; none given uses the cache.
+#[test]
+fn explicit_passphrase_is_checked_against_cached_keys() {
+    let t = tmp();
+    let ar = t.path().join("a");
+    let meta = t.path().join("meta");
+    let pass = "the right passphrase";
+    let right = Wyng::with_pass(&ar, &meta, pass);
+    right.ok(&["arch-init", "--chunk-factor=1"]);
+    let img = t.path().join("img");
+    Image::new(5).random(200 << 10).write(&img);
+    right.send("v", &img, &[]);
+    let cached = Wyng::new(&ar, &meta);
+    cached.ok(&["list"]);
+    let wrong = Wyng::with_pass(&ar, &meta, "a wrong passphrase");
+    let before = snapshot(&ar);
+    for args in [
+        &["list"][..],
+        &["verify", "v"],
+        &["delete", "v", "-u"],
+        &["prune", "v", "--all-before", "--session=newest", "-u"],
+    ] {
+        let err = wrong.fails(args, 3);
+        assert!(err.contains("wrong passphrase"), "{args:?}: {err}");
+    }
+    let err = cached.fails(&["list", "--passcmd=printf %s nope-nope-nope"], 3);
+    assert!(err.contains("checked even while keys are cached"), "{err}");
+    assert_eq!(snapshot(&ar), before);
+    cached.ok(&["list", &format!("--passcmd=printf %s '{pass}'")]);
+    right.ok(&["verify", "v"]);
+    cached.ok(&["verify", "v"]);
+    cached.ok(&["list", "--authmin=-1"]);
+}
+
+/// Issue 16, finding 2: archive.salt is checked against its check block on every load (keys
+/// cached or not); a damaged copy falls back to salt.bak with a warning, arch-check reports
+/// it and the next write command rewrites it. Both damaged is a clear error.
+#[test]
+fn damaged_salt_falls_back_to_bak_and_is_repaired() {
+    let t = tmp();
+    let ar = t.path().join("a");
+    let meta = t.path().join("meta");
+    let pass = "salt test passphrase";
+    let w = Wyng::with_pass(&ar, &meta, pass);
+    w.ok(&["arch-init", "--chunk-factor=1"]);
+    let img = t.path().join("img");
+    let mut im = Image::new(9);
+    im.random(300 << 10);
+    im.write(&img);
+    w.send("v", &img, &[]);
+    let salt = ar.join("archive.salt");
+    let good = std::fs::read(&salt).unwrap();
+    let flip = |at: usize| {
+        let mut b = good.clone();
+        b[at] ^= 0x04;
+        std::fs::write(&salt, &b).unwrap();
+    };
+    // 20: the data-key salt; 170 + 5: the nonce-subkey salt; 160 + 76: a zero byte of slot 2.
+    for (at, cached) in [(20, true), (175, true), (236, false), (20, false)] {
+        flip(at);
+        let w = if cached {
+            w.ok(&["list"]);
+            Wyng::new(&ar, &meta)
+        } else {
+            w.ok(&["list", "--authmin=-1"]);
+            Wyng::with_pass(&ar, &meta, pass)
+        };
+        let o = w.run(&["list", "--authmin=0"]);
+        assert!(
+            o.status.success(),
+            "{at}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("archive.salt is damaged; using salt.bak"),
+            "{at}: {err}"
+        );
+        let err = w.fails(&["arch-check", "--authmin=0"], 1);
+        assert!(err.contains("archive.salt"), "{at}: {err}");
+        let out = t.path().join("out.img");
+        w.receive("v", None, &out);
+        assert_eq!(sha256_file(&out), im.sha256());
+        // A write command rewrites it from salt.bak.
+        w.ok(&["arch-check", "--clean", "--authmin=0"]);
+        assert_eq!(std::fs::read(&salt).unwrap()[..320], good[..320], "{at}");
+        w.ok(&["arch-check", "--authmin=0"]);
+    }
+    // salt.bak damaged: reported, and rewritten by a write command.
+    let bak = ar.join("salt.bak");
+    let bak_good = std::fs::read(&bak).unwrap();
+    let mut b = bak_good.clone();
+    b[30] ^= 1;
+    std::fs::write(&bak, &b).unwrap();
+    let err = w.fails(&["arch-check"], 1);
+    assert!(err.contains("salt.bak"), "{err}");
+    w.send("v", &img, &[]);
+    assert_eq!(std::fs::read(&bak).unwrap()[..320], bak_good[..320]);
+    // Both damaged: a clear error, nothing written.
+    flip(20);
+    std::fs::write(&bak, &b).unwrap();
+    let err = Wyng::with_pass(&ar, &meta, pass).fails(&["list", "--authmin=-1"], 1);
+    assert!(err.contains("neither archive.salt nor salt.bak"), "{err}");
+    if let Some(r) = check_report(&ar, Some(pass)) {
+        assert_eq!(r["valid"], false);
+    }
+}

@@ -1,5 +1,7 @@
 //! Bad input gets one clear line, the original's exit code, and leaves everything as it was.
 
+use std::path::{Path, PathBuf};
+
 use crate::common::*;
 
 /// The first error line is the whole message: one line, naming what to do.
@@ -289,16 +291,12 @@ fn verify_checks_every_volume_and_reports_all_failures() {
 
 /// A destination that runs out of space: a clear error (exit 5), earlier sessions intact, and
 /// once there is room again the next send succeeds. Uses a small real ext4 filesystem.
-#[test]
-fn full_destination_disk() {
-    if !can_run_privileged(&["/dev/loop-control"]) {
-        return;
-    }
-    let t = tmp();
-    let img = t.path().join("fs.img");
+/// A small real ext4 filesystem (no reflinks) mounted at `<t>/<name>`.
+fn small_ext4(t: &Path, name: &str, mib: u64) -> (PathBuf, MountGuard) {
+    let img = t.join(format!("{name}.fs"));
     std::fs::File::create(&img)
         .unwrap()
-        .set_len(24 << 20)
+        .set_len(mib << 20)
         .unwrap();
     assert!(std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F", "-m", "0"])
@@ -306,7 +304,7 @@ fn full_destination_disk() {
         .status()
         .unwrap()
         .success());
-    let mnt = t.path().join("mnt");
+    let mnt = t.join(name);
     std::fs::create_dir(&mnt).unwrap();
     let st = std::process::Command::new("mount")
         .args(["-o", "loop"])
@@ -315,7 +313,27 @@ fn full_destination_disk() {
         .status()
         .unwrap();
     assert!(st.success());
-    let _u = MountGuard(mnt.clone());
+    (mnt.clone(), MountGuard(mnt))
+}
+
+/// Fills a filesystem to the last block.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0xa5u8; 1 << 16];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    let mut f = std::fs::File::create(dir.join("filler2")).unwrap();
+    while f.write_all(&block[..512]).is_ok() {}
+}
+
+#[test]
+fn full_destination_disk() {
+    if !can_run_privileged(&["/dev/loop-control"]) {
+        return;
+    }
+    let t = tmp();
+    let (mnt, _u) = small_ext4(t.path(), "mnt", 24);
     let ar = mnt.join("archive");
     let w = Wyng::fresh(&ar, &t.path().join("meta"));
     let small = t.path().join("small.img");
@@ -333,4 +351,83 @@ fn full_destination_disk() {
     std::fs::write(&big, &std::fs::read(&small).unwrap()[..1 << 20]).unwrap();
     w.send("vol", &big, &[]);
     check_strict(&ar);
+}
+
+/// Issue 16, finding 9: a full --meta-dir is reported as wyng's local state (never as a full
+/// destination), saying where to free space. Unencrypted, the send goes on without the
+/// optional local copies; encrypted, counters cannot be reserved, so nothing is written.
+#[test]
+fn full_meta_dir_is_reported_as_local_state() {
+    if !can_run_privileged(&["/dev/loop-control"]) {
+        return;
+    }
+    for pass in [None, Some("meta dir passphrase")] {
+        let t = tmp();
+        let (meta, _u) = small_ext4(t.path(), "meta", 8);
+        let ar = t.path().join("ar");
+        let w = Wyng::maybe_pass(&ar, &meta, pass);
+        w.init(&["--chunk-factor=1"]);
+        let img = t.path().join("img");
+        Image::new(4).random(4 << 20).write(&img);
+        w.send("vol", &img, &[]);
+        fill(&meta);
+        let before = snapshot(&ar);
+        Image::new(5).random(4 << 20).write(&img);
+        let imp = format!("--import-other-from=vol:|:{}", img.display());
+        let o = w.run(&["send", "vol", &imp]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("destination is full"), "{err}");
+        assert!(
+            err.contains("local state in") && err.contains("--meta-dir"),
+            "{err}"
+        );
+        if pass.is_some() {
+            assert!(!o.status.success(), "{err}");
+            assert_eq!(
+                snapshot(&ar),
+                before,
+                "nothing written without reserved counters"
+            );
+        } else {
+            assert!(o.status.success(), "{err}");
+        }
+        std::fs::remove_file(meta.join("filler")).unwrap();
+        std::fs::remove_file(meta.join("filler2")).unwrap();
+        w.ok(&["verify", "vol"]);
+        check_strict_with(&ar, pass);
+    }
+}
+
+/// Issue 16, finding 9: `receive --sparse-write` onto a file whose filesystem lacks the room
+/// refuses before touching it (no grown, half-written target).
+#[test]
+fn in_place_receive_without_room_leaves_the_target_untouched() {
+    if !can_run_privileged(&["/dev/loop-control"]) {
+        return;
+    }
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let img = t.path().join("img");
+    Image::new(6).random(30 << 20).write(&img);
+    w.send("vol", &img, &[]);
+    let (mnt, _u) = small_ext4(t.path(), "small", 16);
+    let target = mnt.join("vol.img");
+    Image::new(7).random(1 << 20).write(&target);
+    let before = sha256_file(&target);
+    let err = w.fails(
+        &[
+            "receive",
+            "vol",
+            &format!("--save-to={}", target.display()),
+            "--sparse-write",
+            "-u",
+        ],
+        7,
+    );
+    assert!(
+        err.contains("not enough free space") && err.contains("unchanged"),
+        "{err}"
+    );
+    assert_eq!(sha256_file(&target), before);
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 1 << 20);
 }

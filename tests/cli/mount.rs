@@ -470,3 +470,125 @@ fn a_prune_under_open_files() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(!mnt.join(format!("vol/{s1}.img")).exists());
 }
+
+fn is_mounted(mnt: &Path) -> bool {
+    let abs = mnt.canonicalize().unwrap_or(mnt.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(abs.to_str().unwrap()))
+}
+
+/// Whether a process runs (an exited one not yet reaped does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !matches!(
+            s.rsplit_once(')')
+                .map(|(_, t)| t.trim_start().as_bytes()[0]),
+            Some(b'Z' | b'X')
+        )
+    })
+}
+
+/// The pid serving the wyng mount at `mnt` (its source in the mount table is `wyng:<pid>`).
+fn server_pid(mnt: &Path) -> i32 {
+    let abs = mnt.canonicalize().unwrap();
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(abs.to_str().unwrap()))
+        .expect("mounted");
+    let right = line.split_once(" - ").unwrap().1;
+    right.split(' ').nth(1).unwrap()["wyng:".len()..]
+        .parse()
+        .unwrap()
+}
+
+/// The a-plain-zstd fixture, mounted at `<tmp>/mnt`.
+fn mounted_fixture() -> (tempfile::TempDir, Wyng, PathBuf, MountGuard) {
+    let t = tmp();
+    let ar = copy_fixture("a-plain-zstd", t.path());
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    let mnt = t.path().join("mnt");
+    let g = mount(&w, &mnt, &[]);
+    (t, w, mnt, g)
+}
+
+/// Issue 16, finding 6: `umount` returns only once the old mount's process is gone, and a
+/// process never unmounts what it did not mount: `mount; umount; mount` leaves the second
+/// mount up, every time.
+#[test]
+fn umount_then_mount_again_keeps_the_new_mount() {
+    if !can_run_privileged(&["/dev/fuse"]) {
+        return;
+    }
+    let (_t, w, mnt, _g) = mounted_fixture();
+    let m = mnt.display().to_string();
+    for round in 0..8 {
+        let old = server_pid(&mnt);
+        w.ok(&["umount", &m]);
+        assert!(
+            !alive(old),
+            "round {round}: umount returned before the mount process {old} exited"
+        );
+        w.ok(&["mount", &m]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(is_mounted(&mnt), "round {round}: the new mount vanished");
+        assert!(mnt.join("vol1/latest.img").exists(), "round {round}");
+    }
+    // Unmounted from outside: the process exits without touching the mountpoint.
+    let old = server_pid(&mnt);
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    w.ok(&["mount", &m]);
+    let started = std::time::Instant::now();
+    while alive(old) && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(is_mounted(&mnt), "the old process unmounted the new mount");
+    w.ok(&["umount", &m]);
+    assert!(!is_mounted(&mnt));
+}
+
+/// Issue 16, finding 6: after the mount process is killed (SIGKILL), `wyng mount` on that
+/// mountpoint clears the dead mount and mounts; `wyng umount` works on a dead mount too.
+#[test]
+fn a_killed_mount_is_cleared_by_the_next_mount() {
+    if !can_run_privileged(&["/dev/fuse"]) {
+        return;
+    }
+    let (_t, w, mnt, _g) = mounted_fixture();
+    let m = mnt.display().to_string();
+    let kill = |pid: i32| {
+        assert!(Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        while alive(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    kill(server_pid(&mnt));
+    // The kernel answers ECONNABORTED at first, ENOTCONN after.
+    let err = std::fs::read_dir(&mnt).unwrap_err();
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED)
+        ),
+        "{err}"
+    );
+    let o = w.run(&["mount", &m]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("removed a dead wyng mount"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(mnt.join("vol1/latest.img").exists());
+    kill(server_pid(&mnt));
+    w.ok(&["umount", &m]);
+    assert!(!is_mounted(&mnt));
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+}

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 pub use self::url::default_ssh_opts;
 
 /// The available bytes in the output of `df -P -k` (its last line's 4th field, in KiB).
-fn parse_df_available(out: &str) -> Option<u64> {
+pub(crate) fn parse_df_available(out: &str) -> Option<u64> {
     let line = out.lines().last()?;
     let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
     Some(kib.saturating_mul(1024))
@@ -209,9 +209,7 @@ impl RemoteDest {
         let files = self.request(&format!("cat -- {}", list.join(" ")), true, |stdout| {
             let mut files = Vec::with_capacity(present.len());
             for &(i, s) in &present {
-                let mut buf = vec![0u8; s as usize];
-                stdout.read_exact(&mut buf)?;
-                files.push((i, buf));
+                files.push((i, shell::read_exactly(stdout, s)?));
             }
             Ok(files)
         })?;

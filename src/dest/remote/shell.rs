@@ -121,34 +121,10 @@ impl Shell {
             self.stdin.write_all(text.as_bytes())?;
             self.stdin.flush()?;
             let value = read_out(&mut self.stdout);
-            let mut tail = [0u8; 1];
-            let mut status = Vec::new();
-            while !status.ends_with(b"\n") || status.len() < 2 {
-                self.stdout.read_exact(&mut tail)?;
-                status.push(tail[0]);
-                if status.len() > 64 {
-                    break;
-                }
+            match read_status(&mut self.stdout)? {
+                Ok(()) => value.map(Ok),
+                Err(failed) => Ok(Err(failed)),
             }
-            if status == OK {
-                return value.map(Ok);
-            }
-            let st = String::from_utf8_lossy(&status).into_owned();
-            let Some(rest) = st.strip_prefix(ERR) else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "remote output out of step",
-                ));
-            };
-            let mut parts = rest.split_whitespace();
-            let rc: i32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(1);
-            let len: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-            let mut msg = vec![0u8; len.min(MAX_REPLY)];
-            self.stdout.read_exact(&mut msg)?;
-            Ok(Err((
-                rc,
-                String::from_utf8_lossy(&msg).trim().replace('\n', "; "),
-            )))
         })();
         match result {
             Ok(Ok(v)) => Ok(v),
@@ -179,19 +155,64 @@ impl Shell {
     }
 }
 
+fn out_of_step() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "remote output out of step")
+}
+
+/// Reads exactly `n` bytes, allocating as they arrive (never `n` up front: the length is the
+/// remote side's claim).
+pub fn read_exactly(r: &mut impl Read, n: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(n.min(1 << 16) as usize);
+    r.take(n).read_to_end(&mut buf)?;
+    if buf.len() as u64 != n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "remote output ended early",
+        ));
+    }
+    Ok(buf)
+}
+
+/// Reads the status that ends every reply: `Ok`, or the failed command's exit code and stderr.
+pub fn read_status(r: &mut impl BufRead) -> std::io::Result<Result<(), (i32, String)>> {
+    let mut status = Vec::new();
+    // At most one status line, read a byte at a time so nothing after it is consumed.
+    let mut byte = [0u8; 1];
+    while !status.ends_with(b"\n") || status.len() < 2 {
+        r.read_exact(&mut byte)?;
+        status.push(byte[0]);
+        if status.len() > 64 {
+            break;
+        }
+    }
+    if status == OK {
+        return Ok(Ok(()));
+    }
+    let st = String::from_utf8_lossy(&status).into_owned();
+    let rest = st.strip_prefix(ERR).ok_or_else(out_of_step)?;
+    let mut parts = rest.split_whitespace();
+    let rc: i32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(1);
+    let len: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if len > MAX_REPLY {
+        return Err(out_of_step());
+    }
+    let msg = read_exactly(r, len as u64)?;
+    Ok(Err((
+        rc,
+        String::from_utf8_lossy(&msg).trim().replace('\n', "; "),
+    )))
+}
+
 /// Reads a framed reply: a decimal length line, then that many bytes.
 pub fn read_framed(out: &mut impl BufRead) -> std::io::Result<String> {
     let mut len = String::new();
-    out.read_line(&mut len)?;
+    out.take(24).read_line(&mut len)?;
     let n: usize = len
         .trim()
         .parse()
         .ok()
         .filter(|&n| n <= MAX_REPLY)
-        .ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "remote output out of step")
-        })?;
-    let mut text = vec![0u8; n];
-    out.read_exact(&mut text)?;
+        .ok_or_else(out_of_step)?;
+    let text = read_exactly(out, n as u64)?;
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
