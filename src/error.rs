@@ -179,6 +179,35 @@ impl Error {
         }
     }
 
+    /// A stable name for the kind of error (`--json` error reports carry it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::ArchiveNotFound { .. } => "archive_not_found",
+            Error::ArchiveExists { .. } => "archive_exists",
+            Error::DestUnavailable { .. } => "dest_unavailable",
+            Error::DestFull { .. } => "dest_full",
+            Error::DestIo { .. } => "dest_io",
+            Error::Busy { .. } => "busy",
+            Error::VolumeNotFound(_) => "volume_not_found",
+            Error::Selection(_) => "selection",
+            Error::VolumesFailed { .. } => "volumes_failed",
+            Error::Corrupt { .. } => "damaged",
+            Error::Pruned { .. } => "pruned",
+            Error::Unsupported(_) => "unsupported",
+            Error::Auth(_) => "auth",
+            Error::Local { .. } => "local",
+            Error::LocalState { .. } => "local_state",
+            Error::Io { .. } => "io",
+            Error::Rollback { .. } => "rollback",
+            Error::FutureTimestamp => "future_timestamp",
+            Error::RetryPending { .. } => "retry_pending",
+            Error::CountersNotReserved => "counters_not_reserved",
+            Error::Tool { .. } => "tool",
+            Error::Interrupted => "interrupted",
+        }
+    }
+
     /// Whether this is damage to the archive (as opposed to a failure to reach it, bad input…).
     pub fn is_damage(&self) -> bool {
         matches!(self, Error::Corrupt { .. })

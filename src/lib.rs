@@ -31,6 +31,8 @@ pub mod view;
 
 pub use error::{Error, Result};
 
+pub use format::RELEASE_DATE;
+
 /// The version line `wyng version` prints.
 pub const VERSION_LINE: &str = concat!(
     "wyng ",

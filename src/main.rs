@@ -7,30 +7,54 @@ mod cmd;
 use clap::Parser;
 
 fn main() {
-    let args =
-        match cmd::config::apply_config(cmd::config::normalize_args(std::env::args_os().collect()))
-        {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("wyng: error: {e}");
-                std::process::exit(9);
-            }
-        };
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Errors go to stderr as one line; with --json also as JSON on stdout, for scripts.
+    let json = raw.iter().any(|a| a == "--json");
+    let args = cmd::config::normalize_args(raw);
+    let args = cmd::config::check_repeats(&args)
+        .and_then(|()| cmd::config::apply_config(args))
+        .unwrap_or_else(|e| fail(json, &e, 9, "usage"));
     let cli = match cmd::Cli::try_parse_from(args) {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 9 } else { 0 };
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(0);
+        }
+        Err(e) if json => {
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            fail(true, first, 9, "usage")
+        }
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(9);
         }
     };
     init_logging(&cli.global);
     wyng::progress::set_enabled(!cli.global.quiet);
     if let Err(e) = cmd::run(cli) {
-        // Errors quote archive-supplied strings: never raw control bytes to the terminal.
-        eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
-        std::process::exit(e.exit_code());
+        fail(json, &e.to_string(), e.exit_code(), e.kind());
     }
+}
+
+/// Reports an error (stderr; and stdout as JSON with --json) and exits with `code`.
+fn fail(json: bool, message: &str, code: i32, kind: &str) -> ! {
+    // Errors quote archive-supplied strings: never raw control bytes to the terminal.
+    let message = wyng::archive::printable(message);
+    eprintln!("wyng: error: {message}");
+    // Stdout holds one JSON document: a report already printed stands (the exit code and
+    // stderr say what failed after it).
+    if json && !cmd::json_written() {
+        println!(
+            "{}",
+            serde_json::json!({"error": {"message": message, "exit_code": code, "kind": kind}})
+        );
+    }
+    std::process::exit(code);
 }
 
 fn init_logging(g: &cmd::Global) {

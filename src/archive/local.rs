@@ -43,6 +43,46 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// `--meta-reduce` (behaviour §10): removes, under every archive's state directory in
+/// `meta_dir`, cache files not modified for `minutes`: merged-view index files, and with
+/// `extra` also the raw-chunk digest maps. Never what safety rests on (root copy, counters,
+/// retry marker) nor delta maps (they are the pairing with local snapshots). Returns how
+/// many files went.
+pub fn reduce(meta_dir: &Path, minutes: u64, extra: bool) -> usize {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(std::time::Duration::from_secs(minutes.saturating_mul(60)))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let old = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t <= cutoff)
+    };
+    let dirs = |d: &Path, prefix: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect()
+    };
+    let mut removed = 0;
+    for archive in dirs(meta_dir, "a_") {
+        for vol in dirs(&archive, "Vol_") {
+            let mut candidates = dirs(&vol.join("index"), "");
+            if extra {
+                candidates.push(vol.join("digests"));
+            }
+            for f in candidates {
+                if f.is_file() && old(&f) && std::fs::remove_file(&f).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
 impl LocalState {
     /// The state directory of an archive (created if missing).
     pub fn open(meta_dir: &Path, uuid: &str, url: &str) -> Result<LocalState> {

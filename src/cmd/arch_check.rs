@@ -13,12 +13,19 @@ pub const HELP: &str = "Examples:\n  wyng arch-check --dest=file:/mnt/usb/laptop
 pub struct ArchCheckArgs {
     /// Volumes to check (none: all)
     pub volumes: Vec<String>,
+    /// Every volume (as with no names), except --volex ones
+    #[arg(short, long)]
+    pub all: bool,
     /// `newest` (only the newest session's own chunks) or a date-time
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
     /// Remove leftovers of interrupted commands first
     #[arg(long)]
     pub clean: bool,
+    /// Upgrade a V2 archive to V3. wyng does not convert V2 archives: it says so, and checks
+    /// a V3 archive as usual (see docs/compatibility.md)
+    #[arg(long)]
+    pub upgrade_format: bool,
     /// Give the archive a new UUID (for a copy that must not be confused with its original)
     #[arg(long)]
     pub change_uuid: bool,
@@ -26,6 +33,24 @@ pub struct ArchCheckArgs {
 
 pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
     let o = ops::check::CheckOptions { session: a.session };
+    let open_read = || {
+        g.read().map_err(|e| match e {
+            Error::Unsupported(_) if a.upgrade_format => Error::Usage(format!(
+                "{e}. wyng does not convert V2 archives: run the original Wyng 0.8 once (`wyng arch-check --upgrade-format`), then use wyng"
+            )),
+            e => e,
+        })
+    };
+    let mut volumes = a.volumes.clone();
+    if a.upgrade_format || a.all {
+        let archive = open_read()?;
+        if a.upgrade_format {
+            g.say("The archive is already format V3: nothing to upgrade.");
+        }
+        if a.all {
+            volumes = g.selection(&archive, &a.volumes, true)?;
+        }
+    }
     let reports = if a.clean || a.change_uuid {
         let mut wa = g.write()?;
         if a.change_uuid {
@@ -37,9 +62,9 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
         for p in ops::check::clean(&mut wa)? {
             g.say(capitalized(&p));
         }
-        ops::check::run(&wa, &a.volumes, &o)?
+        ops::check::run(&wa, &volumes, &o)?
     } else {
-        ops::check::run(&g.read()?, &a.volumes, &o)?
+        ops::check::run(&g.read()?, &volumes, &o)?
     };
     let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
     if g.json {

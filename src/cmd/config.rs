@@ -115,6 +115,48 @@ pub fn apply_config(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     Ok(out)
 }
 
+/// A single-valued option given twice on the command line is an error (the original would
+/// silently take the last one, which hides mistakes such as two `--dest`). Repeatable options
+/// (`--volex`, `--tag`, ...) and flags may repeat; values from the configuration file are
+/// defaults and never count. Expects normalised args (the command word first).
+pub fn check_repeats(args: &[OsString]) -> Result<(), String> {
+    let cmd = Cli::command();
+    let Some(sub) = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .and_then(|w| cmd.get_subcommands().find(|s| s.get_name() == w))
+    else {
+        return Ok(());
+    };
+    let single: Vec<&clap::Arg> = sub
+        .get_arguments()
+        .chain(cmd.get_arguments())
+        .filter(|a| matches!(a.get_action(), ArgAction::Set) && !a.is_positional())
+        .collect();
+    let mut seen: Vec<String> = Vec::new();
+    for a in args[2..].iter().map(|a| a.to_string_lossy()) {
+        if a == "--" {
+            break;
+        }
+        let Some(word) = a
+            .strip_prefix("--")
+            .map(|w| w.split('=').next().unwrap_or(w))
+        else {
+            continue;
+        };
+        if let Some(arg) = single.iter().find(|x| x.get_long() == Some(word)) {
+            let long = arg.get_long().unwrap_or(word).to_string();
+            if seen.contains(&long) {
+                return Err(format!(
+                    "--{long} was given more than once; give it once (options repeat only where their help says so)"
+                ));
+            }
+            seen.push(long);
+        }
+    }
+    Ok(())
+}
+
 /// Moves options given before the command word to after it, so that `wyng --save-to=x receive
 /// vol` and `wyng receive vol --save-to=x` parse alike.
 pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {

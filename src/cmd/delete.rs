@@ -58,6 +58,14 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
             (false, Some(PurgeArg::Full)) => Purge::Full,
         };
         let found = ops::clean::select(&wa, local, purge);
+        if (!found.is_empty() || purge == Purge::All) && g.unattended() && !g.force {
+            // As the original: removing local snapshots unattended takes --force.
+            return Err(Error::Usage(format!(
+                "delete --clean would remove {} snapshot(s) from {} without asking: add --force to do so unattended",
+                found.len(),
+                local.display()
+            )));
+        }
         if !found.is_empty() || purge == Purge::All {
             g.confirm(&format!(
                 "Remove {} wyng snapshot(s) from {}?",
@@ -89,6 +97,11 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
         })
         .map(|n| wyng::archive::sanitized(&n))
         .unwrap_or_default();
+    if wyng::format::ids::is_metadata_volume(&name) && !g.force {
+        return Err(Error::Usage(format!(
+            "'{name}' is a wyng-*metadata volume (another tool's metadata, e.g. Qubes'): deleting it needs --force"
+        )));
+    }
     g.confirm(&format!("Delete volume '{name}' and all its sessions?"))?;
     ops::volume::delete(&mut wa, &vid)?;
     if let Some(local) = &a.local {

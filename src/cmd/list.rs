@@ -15,13 +15,38 @@ pub const HELP: &str = "Examples:\n  wyng list --dest=file:/mnt/usb/laptop.backu
 pub struct ListArgs {
     /// Volumes whose sessions to list (none: list volumes)
     pub volumes: Vec<String>,
+    /// List the sessions of every volume (except --volex ones)
+    #[arg(short, long)]
+    pub all: bool,
     /// Only volumes having this session (date-time or ^TAG)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
+    /// The tag view: every tag (or only TAG; --tag=@ as --tag) with the sessions that carry it
+    #[arg(long, value_name = "TAG", num_args = 0..=1, default_missing_value = "")]
+    pub tag: Option<String>,
 }
 
 pub fn run(g: &Global, a: ListArgs) -> Result<()> {
     let archive = g.read()?;
+    let volumes = if a.all {
+        g.selection(&archive, &a.volumes, true)?
+    } else {
+        a.volumes.clone()
+    };
+    if let Some(tag) = &a.tag {
+        // `--tag=@` (the original's prompt marker) and a bare `--tag`: every tag.
+        let tag = if tag == "@" { "" } else { tag.as_str() };
+        let rows = ops::list::tags(&archive, &volumes, tag)?;
+        if g.json {
+            return g.json(&rows);
+        }
+        let out = ops::list::tags_text(&archive, &rows);
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(wyng::archive::printable(&out).as_bytes());
+        return Ok(());
+    }
+    let a = ListArgs { volumes, ..a };
     if g.json {
         return g.json(&ops::list::json(&archive, &a.volumes)?);
     }

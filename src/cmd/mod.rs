@@ -8,6 +8,7 @@ pub mod arch_init;
 pub mod config;
 pub mod delete;
 pub mod diff;
+pub mod docs;
 pub mod list;
 pub mod monitor;
 pub mod mount;
@@ -47,6 +48,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Archive location: file:/path, ssh://[user@]host[:port]/path, qubes://vm/path or
     /// qubes-ssh://vm:[user@]host[:port]/path
@@ -102,6 +104,87 @@ pub struct Global {
     /// (repeatable; each value is split at spaces)
     #[arg(long, global = true, value_name = "OPTS", allow_hyphen_values = true)]
     pub opt_ssh: Vec<String>,
+    /// qvm-run options replacing wyng's defaults for qubes:// destinations (repeatable; each
+    /// value is split at spaces)
+    #[arg(long, global = true, value_name = "OPTS", allow_hyphen_values = true)]
+    pub opt_qubes: Vec<String>,
+    /// Leave this volume out of --all (repeatable)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub volex: Vec<String>,
+    /// Skip confirmations; also needed to delete a wyng-*metadata volume
+    #[arg(long, global = true)]
+    pub force: bool,
+    /// Trim wyng's local cache at exit: off, or on:MIN / extra:MIN to remove cached index files
+    /// not used for MIN minutes (extra: also the chunk digest maps kept for --dedup)
+    #[arg(long, global = true, value_name = "MODE:MIN", default_value = "on:3000", value_parser = meta_reduce)]
+    pub meta_reduce: MetaReduce,
+    /// LVM send/monitor: remove a volume's .tick snapshot that belongs to another archive (the
+    /// volume is then scanned in full) instead of failing
+    #[arg(long, global = true)]
+    pub remap: bool,
+    /// Vouch for what wyng cannot check itself: reflink_fs_TYPE trusts the filesystem type TYPE
+    /// (as /proc/mounts names it) to do reflinks for --local, and needs fs_online_factors too
+    /// (you vouch that its copy-on-write snapshots are consistent while online); repeatable
+    #[arg(long, global = true, value_name = "FLAG", value_parser = vouch)]
+    pub vouch: Vec<String>,
+    /// Accepted for the original's scripts; changes nothing: wyng always writes file: chunks
+    /// directly (the original's --tar-bypass behaviour), and sends to ssh:// as a stream
+    #[arg(long, global = true)]
+    pub tar_bypass: bool,
+    /// Accepted for the original's scripts; changes nothing: wyng keeps no temporary run
+    /// directory to purge (temporary files are unlinked as they are made)
+    #[arg(long, global = true)]
+    pub purge_tmp: bool,
+    /// Accepted for the original's scripts; changes nothing: wyng already syncs the destination
+    /// at every commit point and removes snapshots synchronously
+    #[arg(long, global = true)]
+    pub maxsync: bool,
+}
+
+fn vouch(s: &str) -> std::result::Result<String, String> {
+    match s.strip_prefix("reflink_fs_") {
+        Some(t) if !t.is_empty() => Ok(s.to_string()),
+        _ if s == "fs_online_factors" => Ok(s.to_string()),
+        _ => Err(format!(
+            "'{s}': use reflink_fs_TYPE (e.g. reflink_fs_bcachefs) or fs_online_factors"
+        )),
+    }
+}
+
+/// Whether this run printed its JSON report: stdout then holds one document, so a later error
+/// is reported by the exit code and on stderr only.
+static JSON_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn json_written() -> bool {
+    JSON_WRITTEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--meta-reduce MODE:MIN` (behaviour §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaReduce {
+    pub mode: MetaMode,
+    pub minutes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaMode {
+    Off,
+    On,
+    Extra,
+}
+
+fn meta_reduce(s: &str) -> std::result::Result<MetaReduce, String> {
+    let (mode, min) = s.split_once(':').unwrap_or((s, "0"));
+    let mode = match mode {
+        "off" => MetaMode::Off,
+        "on" => MetaMode::On,
+        "extra" => MetaMode::Extra,
+        _ => return Err(format!("'{s}': use off, on:MINUTES or extra:MINUTES")),
+    };
+    let minutes = min
+        .parse()
+        .map_err(|_| format!("'{s}': MINUTES must be a whole number"))?;
+    Ok(MetaReduce { mode, minutes })
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,7 +210,7 @@ pub enum Cmd {
     /// Record what changed since the last send and rotate snapshots, without sending
     #[command(after_help = monitor::HELP)]
     Monitor(monitor::MonitorArgs),
-    /// Compare a local volume with its newest session in the archive
+    /// Compare local volumes with their newest (or a chosen) session in the archive
     #[command(after_help = diff::HELP)]
     Diff(diff::DiffArgs),
     /// Unmount a `wyng mount`
@@ -153,13 +236,57 @@ pub enum Cmd {
     Add(volume::AddArgs),
     /// Print the version
     Version,
+    /// Print a shell completion script
+    #[command(after_help = docs::COMPLETIONS_HELP)]
+    Completions(docs::CompletionsArgs),
+    /// Print a manual page (roff), or write them all to a directory
+    #[command(after_help = docs::MAN_HELP)]
+    Man(docs::ManArgs),
 }
 
-/// Runs one command.
+/// Runs one command, then trims the local cache as `--meta-reduce` says.
 pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
-    match cli.cmd {
+    let reflink_fs: Vec<String> = g
+        .vouch
+        .iter()
+        .filter_map(|v| v.strip_prefix("reflink_fs_").map(str::to_string))
+        .collect();
+    if !reflink_fs.is_empty() && !g.vouch.iter().any(|v| v == "fs_online_factors") {
+        return Err(Error::Usage(
+            "--vouch=reflink_fs_TYPE needs --vouch=fs_online_factors too (you vouch that the filesystem's reflink copies are consistent while it is in use)".into(),
+        ));
+    }
+    wyng::source::configure(wyng::source::LocalOptions {
+        remap: g.remap,
+        reflink_fs,
+    });
+    let result = run_command(g, cli.cmd);
+    if g.meta_reduce.mode != MetaMode::Off && g.meta_dir.is_dir() {
+        let n = wyng::archive::local::reduce(
+            &g.meta_dir,
+            g.meta_reduce.minutes,
+            g.meta_reduce.mode == MetaMode::Extra,
+        );
+        if n > 0 {
+            tracing::debug!("--meta-reduce: removed {n} cached file(s)");
+        }
+    }
+    result
+}
+
+fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Version => {
+            if g.json {
+                return g.json(&serde_json::json!({
+                    "wyng": env!("CARGO_PKG_VERSION"),
+                    "wdate": wyng::RELEASE_DATE,
+                    "format": 3,
+                    "compatible": "Wyng 0.8",
+                    "version_line": wyng::VERSION_LINE,
+                }));
+            }
             println!("{}", wyng::VERSION_LINE);
             Ok(())
         }
@@ -178,6 +305,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::ArchCheck(a) => arch_check::run(g, a),
         Cmd::Rename(a) => volume::rename(g, a),
         Cmd::Add(a) => volume::add(g, a),
+        Cmd::Completions(a) => docs::completions(a),
+        Cmd::Man(a) => docs::man(a),
     }
 }
 
@@ -216,13 +345,20 @@ impl Global {
         let url = self.dest.as_deref().ok_or_else(|| {
             Error::Usage("--dest is required, e.g. --dest=file:/mnt/usb/laptop.backup".into())
         })?;
-        let ssh_opts = (!self.opt_ssh.is_empty()).then(|| {
-            self.opt_ssh
-                .iter()
-                .flat_map(|o| o.split_whitespace().map(str::to_string))
-                .collect()
-        });
-        Location::open(url, &DestOptions { ssh_opts })
+        let words = |v: &[String]| {
+            (!v.is_empty()).then(|| {
+                v.iter()
+                    .flat_map(|o| o.split_whitespace().map(str::to_string))
+                    .collect()
+            })
+        };
+        Location::open(
+            url,
+            &DestOptions {
+                ssh_opts: words(&self.opt_ssh),
+                qubes_opts: words(&self.opt_qubes),
+            },
+        )
     }
 
     fn open_options<'a>(&'a self, auth: &'a wyng::auth::Auth) -> OpenOptions<'a> {
@@ -258,6 +394,7 @@ impl Global {
         let s = serde_json::to_string_pretty(v)
             .map_err(|e| Error::io("stdout", std::io::Error::other(e)))?;
         println!("{s}");
+        JSON_WRITTEN.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -274,13 +411,51 @@ impl Global {
         Ok(())
     }
 
-    /// Asks before destructive work, unless `-u`.
+    /// Whether nobody can be asked: `-u`, `--quiet`, or (as the original) a standard input
+    /// that is not a terminal.
+    pub fn unattended(&self) -> bool {
+        self.unattended || self.quiet || !std::io::IsTerminal::is_terminal(&std::io::stdin())
+    }
+
+    /// Asks before destructive work on a terminal; unattended (see [`Global::unattended`]) or
+    /// with `--force`, the answer is yes, as in the original.
     pub fn confirm(&self, question: &str) -> Result<()> {
-        if self.unattended {
+        if self.force || self.unattended() {
             return Ok(());
         }
         prompt::confirm(question)
     }
+
+    /// The named volumes, or with `--all` every volume of the archive except `--volex` ones
+    /// (named ones first); none of either is an error, as in the original.
+    pub fn selection(&self, archive: &Archive, named: &[String], all: bool) -> Result<Vec<String>> {
+        let names = named_or_all(archive, named, all, &self.volex);
+        if names.is_empty() {
+            return Err(Error::Usage(if all {
+                "--all selects no volume (the archive has none, or --volex left out all)".into()
+            } else {
+                "volume name(s) or --all required".into()
+            }));
+        }
+        Ok(names)
+    }
+}
+
+/// The end of a command over several volumes: the failures (each already reported) as one
+/// error, exit 1 if any was damage, else 2, as the original's "Error on volumes".
+pub fn volumes_failed(command: &'static str, failed: &[(String, Error)]) -> Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::VolumesFailed {
+        command,
+        volumes: failed
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        damage: failed.iter().any(|(_, e)| e.exit_code() != 2),
+    })
 }
 
 /// `1.5 GiB`.
@@ -288,15 +463,21 @@ pub fn human(bytes: u64) -> String {
     wyng::size::human(bytes)
 }
 
-/// The named volumes, and with `--all` every other volume of the archive after them.
-pub fn named_or_all(archive: &Archive, named: &[String], all: bool) -> Vec<String> {
+/// The named volumes, and with `--all` every other volume of the archive after them, minus
+/// the `--volex` ones.
+pub fn named_or_all(
+    archive: &Archive,
+    named: &[String],
+    all: bool,
+    volex: &[String],
+) -> Vec<String> {
     let mut names = named.to_vec();
     if all {
         names.extend(
             archive
                 .volume_names()
                 .into_iter()
-                .filter(|n| !named.contains(n)),
+                .filter(|n| !named.contains(n) && !volex.contains(n)),
         );
     }
     names

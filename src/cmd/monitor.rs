@@ -59,7 +59,7 @@ pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
     }
     // Pairing state changes: one writer at a time, as for send.
     let wa = g.write()?;
-    let refs: Vec<ops::VolumeRef> = named_or_all(&wa, &a.volumes, a.all)
+    let refs: Vec<ops::VolumeRef> = named_or_all(&wa, &a.volumes, a.all, &g.volex)
         .iter()
         .map(|n| ops::VolumeRef::same(n))
         .collect();

@@ -1,5 +1,5 @@
-//! Questions on the terminal. Without a terminal there is nobody to ask: the answer is no,
-//! with a message saying how to say yes (`-u`).
+//! Questions on the terminal. Callers decide first whether anybody can be asked
+//! ([`super::Global::unattended`]); without a terminal these refuse, saying how to answer.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -21,4 +21,21 @@ pub fn confirm(question: &str) -> Result<()> {
     } else {
         Err(Error::Usage("cancelled; nothing was changed".into()))
     }
+}
+
+/// Reads one line typed on the terminal after `question`.
+pub fn ask(question: &str) -> Result<String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "{question}: nobody to ask without a terminal"
+        )));
+    }
+    eprint!("{question} ");
+    let _ = std::io::stderr().flush();
+    let mut a = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut a)
+        .map_err(|e| Error::io("stdin", e))?;
+    Ok(a)
 }

@@ -7,7 +7,7 @@ use wyng::Result;
 
 use super::{date, Global};
 
-pub const HELP: &str = "Examples:\n  wyng prune vm1.img --session=20261101-020000 --dest=...           # one session\n  wyng prune --session=20261101-000000,20261130-235959 --dest=...    # a range, every volume\n  wyng prune vm1.img --session=^daily --keep=^monthly --dest=...\n  wyng prune --all-before --session=20261001-000000 --dry-run --dest=...\n  wyng prune --keep-daily=7 --keep-weekly=4 --keep-monthly=12 --keep=^release --dry-run --dest=...\n\nThe newest session of a volume is always kept. Chunk files are moved, not rewritten, and an\ninterrupted prune is finished (or rolled back) by the next write command.";
+pub const HELP: &str = "Examples:\n  wyng prune vm1.img --session=20261101-020000 --dest=...           # one session\n  wyng prune --all --session=20261101-000000,20261130-235959 --dest=...  # a range, every volume\n  wyng prune vm1.img --session=^daily --keep=^monthly --dest=...\n  wyng prune -a --all-before --session=20261001-000000 --dry-run --dest=...\n  wyng prune -a --keep-daily=7 --keep-weekly=4 --keep-monthly=12 --keep=^release --dry-run --dest=...\n\nThe newest session of a volume is always kept. Chunk files are moved, not rewritten, and an\ninterrupted prune is finished (or rolled back) by the next write command.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Autoprune {
@@ -46,8 +46,12 @@ impl AutopruneArgs {
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
-    /// Volumes to prune (none: every volume)
+    /// Volumes to prune
     pub volumes: Vec<String>,
+    /// Prune every volume (except --volex ones; wyng-*metadata volumes only when none is
+    /// left out)
+    #[arg(short, long)]
+    pub all: bool,
     /// What to remove: DATE, ^TAG, or a range FROM,TO (dates and/or ^tags)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
@@ -99,17 +103,22 @@ pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
         autoprune: a.auto.autoprune(),
         apdays: a.auto.apdays,
         on_limit: None,
+        // As the original: only an --all of every volume touches wyng-*metadata volumes.
+        spare_metadata: !(a.all && g.volex.is_empty()),
     };
     let reports = if o.dry_run {
-        ops::prune::plan(&g.read()?, &a.volumes, &o)?
+        let archive = g.read()?;
+        let names = g.selection(&archive, &a.volumes, a.all)?;
+        ops::prune::plan(&archive, &names, &o)?
     } else {
         let mut wa = g.write()?;
+        let names = g.selection(&wa, &a.volumes, a.all)?;
         // Nothing is asked unless something would go.
-        let plan = ops::prune::plan(&wa, &a.volumes, &o)?;
+        let plan = ops::prune::plan(&wa, &names, &o)?;
         if plan.iter().any(|r| !r.removed.is_empty()) {
             g.confirm("Prune the selected sessions?")?;
         }
-        ops::prune::run(&mut wa, &a.volumes, &o)?
+        ops::prune::run(&mut wa, &names, &o)?
     };
     if g.json {
         return g.json(&reports);

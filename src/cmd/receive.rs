@@ -13,14 +13,17 @@ pub const HELP: &str = "Examples:\n  wyng receive vm1.img --save-to=/tmp/vm1.img
 
 #[derive(Args, Debug)]
 pub struct ReceiveArgs {
-    /// The volume to restore
-    #[arg(required_unless_present = "vols_from")]
-    pub volume: Option<String>,
+    /// The volumes to restore (one with --save-to)
+    pub volumes: Vec<String>,
+    /// Restore every volume (except --volex ones) into --local
+    #[arg(short, long, conflicts_with = "save_to")]
+    pub all: bool,
     /// Where to write the volume: a file path or an existing block device
     #[arg(long, value_name = "PATH")]
     pub save_to: Option<PathBuf>,
-    /// Restore into this reflink directory (Btrfs/XFS) as the volume's file, paired again for
-    /// incremental sends when it is the newest session
+    /// Restore into this directory as DIR/<volume>: on Btrfs/XFS the volume is paired again
+    /// for incremental sends when it is the newest session; any other directory just gets
+    /// the file
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
     /// Keep the existing target; fetch only chunks whose local content differs (by hash) and
@@ -39,12 +42,20 @@ pub struct ReceiveArgs {
     /// later sessions changed
     #[arg(long)]
     pub use_snapshot_diff: bool,
+    /// With --use-snapshot: fail, receiving nothing, unless the session comes from the paired
+    /// snapshot (wyng-*metadata volumes are exempt, as in the original)
+    #[arg(long, requires = "use_snapshot")]
+    pub req_snapshot: bool,
+    /// Full receive: a damaged chunk is reported and left as zeros instead of failing (for
+    /// rescuing what can be read from a damaged archive)
+    #[arg(long)]
+    pub skip_corrupt_chunks: bool,
     #[command(flatten)]
     pub session: SessionArgs,
     /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
     /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
     /// FILE.error and the run exits 2
-    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volume", "local", "save_to"])]
+    #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volumes", "all", "local", "save_to"])]
     pub vols_from: Option<PathBuf>,
 }
 
@@ -58,6 +69,12 @@ pub fn summary(r: &ops::receive::ReadReport, to: &str) -> String {
     );
     if let Some(w) = r.chunks_written {
         s += &format!("; {} chunks fetched, {w} rewritten", r.data_chunks);
+    }
+    if r.chunks_skipped > 0 {
+        s += &format!(
+            "; {} DAMAGED chunk(s) skipped, left as zeros",
+            r.chunks_skipped
+        );
     }
     s + ")."
 }
@@ -84,6 +101,8 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
         save_to,
         confirm: &confirm,
         mode,
+        skip_corrupt: a.skip_corrupt_chunks,
+        require_snapshot: a.req_snapshot,
     };
     if let Some(file) = &a.vols_from {
         return super::vols_from::run(
@@ -103,42 +122,93 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
             |r| vec![summary(r, "its --vols-from storage")],
         );
     }
-    let volume = a.volume.clone().unwrap_or_default();
     if snapshot_use != SnapshotUse::No && a.local.is_none() {
         return Err(Error::Usage(
             "--use-snapshot and --use-snapshot-diff restore into --local=DIR".into(),
         ));
     }
-    if let (None, Some(dir)) = (&a.save_to, &a.local) {
-        let local = wyng::source::LocalStorage::open(dir)?;
-        let store = local.reflink("receive --local")?;
-        // Writing pairing state: the archive is opened as a writer (one at a time).
-        let wa = g.write()?;
-        let r = ops::receive::receive_local(
-            &wa,
-            &ops::VolumeRef::same(&volume),
-            &sel,
-            store,
-            &opts(PathBuf::new()),
-            snapshot_use,
-        )?;
+    if let Some(save_to) = &a.save_to {
+        let [volume] = &a.volumes[..] else {
+            return Err(Error::Usage(
+                "--save-to takes exactly one volume (use --local=DIR for several)".into(),
+            ));
+        };
+        let archive = g.read()?;
+        let r = ops::receive::receive(&archive, volume, &sel, &opts(save_to.clone()))?;
         if g.json {
             return g.json(&r);
         }
-        g.say(summary(&r, &dir.display().to_string()));
+        g.say(summary(&r, &save_to.display().to_string()));
         return Ok(());
     }
-    let save_to = a.save_to.ok_or_else(|| {
-        Error::Usage(
+    let Some(dir) = &a.local else {
+        return Err(Error::Usage(
             "receive needs --save-to=PATH (a file or an existing block device) or --local=DIR"
                 .into(),
-        )
-    })?;
-    let archive = g.read()?;
-    let r = ops::receive::receive(&archive, &volume, &sel, &opts(save_to.clone()))?;
-    if g.json {
-        return g.json(&r);
+        ));
+    };
+    // A reflink directory (or vg/pool) pairs restored volumes again; any other directory
+    // just receives the files, as DIR/<volume>.
+    let storage = match wyng::source::LocalStorage::open(dir) {
+        Ok(l) => Some(l),
+        Err(_) if dir.is_dir() && snapshot_use == SnapshotUse::No => None,
+        Err(e) => return Err(e),
+    };
+    let mut reports = Vec::new();
+    let mut failed: Vec<(String, Error)> = Vec::new();
+    let mut each =
+        |names: &[String], one: &mut dyn FnMut(&str) -> Result<ops::receive::ReadReport>| {
+            for n in names {
+                match one(n) {
+                    Ok(r) => {
+                        g.say(summary(&r, &dir.join(n).display().to_string()));
+                        reports.push(r);
+                    }
+                    Err(e) if names.len() == 1 => return Err(e),
+                    Err(e) => {
+                        eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+                        failed.push((n.clone(), e));
+                    }
+                }
+            }
+            Ok(())
+        };
+    match &storage {
+        Some(local) => {
+            let store = local.reflink("receive --local")?;
+            // Writing pairing state: the archive is opened as a writer (one at a time).
+            let wa = g.write()?;
+            let names = g.selection(&wa, &a.volumes, a.all)?;
+            each(&names, &mut |n| {
+                ops::receive::receive_local(
+                    &wa,
+                    &ops::VolumeRef::same(n),
+                    &sel,
+                    store,
+                    &opts(PathBuf::new()),
+                    snapshot_use,
+                )
+            })?;
+        }
+        None => {
+            let archive = g.read()?;
+            let names = g.selection(&archive, &a.volumes, a.all)?;
+            each(&names, &mut |n| {
+                let target = dir.join(n);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::local(parent, e.to_string()))?;
+                }
+                ops::receive::receive(&archive, n, &sel, &opts(target))
+            })?;
+        }
     }
-    g.say(summary(&r, &save_to.display().to_string()));
-    Ok(())
+    // One volume named: its report (as with --save-to); several or --all: a list.
+    if g.json {
+        match &reports[..] {
+            [one] if a.volumes.len() == 1 && !a.all => g.json(one)?,
+            _ => g.json(&reports)?,
+        }
+    }
+    super::volumes_failed("receive", &failed)
 }

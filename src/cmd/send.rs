@@ -14,9 +14,54 @@ use super::{date, human, named_or_all, Global};
 
 pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.";
 
-fn tag(s: &str) -> Result<Tag, String> {
+/// `--tag=ID[,DESC]`, or `--tag=@` / `--tag=` to be asked for tags on the terminal.
+#[derive(Clone, Debug)]
+pub enum TagArg {
+    Tag(Tag),
+    Ask,
+}
+
+fn tag(s: &str) -> Result<TagArg, String> {
+    if s.is_empty() || s == "@" {
+        return Ok(TagArg::Ask);
+    }
     let (id, desc) = s.split_once(',').unwrap_or((s, ""));
-    Tag::new(id, desc)
+    Tag::new(id, desc).map(TagArg::Tag)
+}
+
+/// The tags of `--tag`, asking on the terminal for those of `--tag=@` (as the original: up to
+/// five, one `ID[,DESCRIPTION]` per line, an empty line ends).
+fn tags(g: &Global, args: &[TagArg]) -> Result<Vec<Tag>> {
+    let mut out: Vec<Tag> = args
+        .iter()
+        .filter_map(|t| match t {
+            TagArg::Tag(t) => Some(t.clone()),
+            TagArg::Ask => None,
+        })
+        .collect();
+    if args.iter().any(|t| matches!(t, TagArg::Ask)) {
+        if g.unattended() {
+            return Err(Error::Usage(
+                "--tag=@ asks for tags on a terminal; unattended, give them as --tag=ID[,DESCRIPTION]".into(),
+            ));
+        }
+        while out.len() < wyng::format::info::MAX_TAGS {
+            let line = super::prompt::ask("Tag ID[,description] (empty line: done):")?;
+            let line = line.trim();
+            if line.is_empty() {
+                break;
+            }
+            let (id, desc) = line.split_once(',').unwrap_or((line, ""));
+            match Tag::new(id.trim(), desc.trim()) {
+                Ok(t) => out.push(t),
+                Err(e) => eprintln!("{e}; try again"),
+            }
+        }
+    }
+    if out.len() > wyng::format::info::MAX_TAGS {
+        return Err(Error::Usage("at most 5 tags per session".into()));
+    }
+    Ok(out)
 }
 
 fn import(s: &str) -> Result<(String, PathBuf), String> {
@@ -36,9 +81,10 @@ pub struct SendArgs {
     /// Record a session even if nothing changed
     #[arg(long)]
     pub send_unchanged: bool,
-    /// Tag the new sessions: ID[,DESCRIPTION] (repeatable, up to 5)
+    /// Tag the new sessions: ID[,DESCRIPTION] (repeatable, up to 5); --tag=@ or --tag= asks
+    /// for them on the terminal
     #[arg(long, value_name = "ID[,DESC]", value_parser = tag)]
-    pub tag: Vec<Tag>,
+    pub tag: Vec<TagArg>,
     /// Description for volumes this send adds to the archive
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub volume_desc: String,
@@ -129,13 +175,11 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
 }
 
 pub fn run(g: &Global, a: SendArgs) -> Result<()> {
-    if a.tag.len() > wyng::format::info::MAX_TAGS {
-        return Err(Error::Usage("at most 5 tags per session".into()));
-    }
+    let tags = tags(g, &a.tag)?;
     let apdays: ApDays = a.auto.apdays;
     let base = |local| ops::send::SendOptions {
         send_unchanged: a.send_unchanged,
-        tags: a.tag.clone(),
+        tags: tags.clone(),
         volume_desc: a.volume_desc.clone(),
         dedup: a.dedup,
         dry_run: a.dry_run,
@@ -179,7 +223,7 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
         ));
     }
     let mut wa = g.write()?;
-    for v in &named_or_all(&wa, &a.volumes, a.all) {
+    for v in &named_or_all(&wa, &a.volumes, a.all, &g.volex) {
         if reqs.iter().any(|r| &r.volume == v) {
             continue;
         }

@@ -50,16 +50,7 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<()> {
         );
     }
     let archive = g.read()?;
-    let names: Vec<String> = if a.all {
-        archive.volume_names()
-    } else {
-        a.volumes.clone()
-    };
-    if names.is_empty() {
-        return Err(Error::Usage(
-            "name the volumes to verify, or use --all".into(),
-        ));
-    }
+    let names = g.selection(&archive, &a.volumes, a.all)?;
     // Every volume is checked; failures are reported together at the end, as the original
     // does ("Error on volumes"): exit 1 if any was damaged, else 2.
     let mut reports = Vec::new();
@@ -79,7 +70,11 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<()> {
     }
     if a.all {
         // A damaged volume is part of "all": its damage is a failure, not a silent skip.
-        for d in archive.damaged() {
+        for d in archive
+            .damaged()
+            .iter()
+            .filter(|d| d.name.as_ref().is_none_or(|n| !g.volex.contains(n)))
+        {
             let name = d.name.clone().unwrap_or_else(|| d.vid.to_string());
             let e = Error::corrupt(
                 d.vid.as_str(),
@@ -96,13 +91,5 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<()> {
     if g.json {
         g.json(&reports)?;
     }
-    if !failed.is_empty() {
-        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
-        return Err(Error::VolumesFailed {
-            command: "verification",
-            volumes: names.join(", "),
-            damage: failed.iter().any(|(_, e)| e.exit_code() != 2),
-        });
-    }
-    Ok(())
+    super::volumes_failed("verification", &failed)
 }

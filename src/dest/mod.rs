@@ -146,6 +146,8 @@ pub struct FileStat {
 pub struct DestOptions {
     /// Replaces the default ssh options (`--opt-ssh`).
     pub ssh_opts: Option<Vec<String>>,
+    /// Options for `qvm-run` (`--opt-qubes`; `-p`, which the protocol needs, is always given).
+    pub qubes_opts: Option<Vec<String>>,
 }
 
 /// Opens a destination URL (behaviour notes §4.1).
@@ -178,7 +180,7 @@ pub fn open(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
         .iter()
         .any(|s| url.starts_with(s))
     {
-        return Ok(Box::new(RemoteDest::new(url, o.ssh_opts.clone())?));
+        return Ok(Box::new(RemoteDest::new(url, o)?));
     }
     Err(Error::Usage(format!(
         "--dest '{url}' is not a destination URL; use file:/path/to/archive (or ssh://user@host/path, qubes://vm/path)"

@@ -121,6 +121,12 @@ impl fmt::Display for Hash32 {
 }
 
 /// Volume names (format §1): 1–4000 printable chars, no `.`/`..` component, no leading `/`.
+/// A `wyng-*metadata` volume (`^wyng-.*metadata$`): where wrapper tools such as Qubes keep
+/// their own metadata; prune, autoprune, dedup and delete treat it specially (behaviour §11).
+pub fn is_metadata_volume(name: &str) -> bool {
+    name.starts_with("wyng-") && name.ends_with("metadata") && name.len() >= "wyng-metadata".len()
+}
+
 pub fn check_volume_name(name: &str) -> Result<()> {
     let bad = |why: &str| Err(Error::Usage(format!("invalid volume name '{name}': {why}")));
     if name.is_empty() || name.chars().count() > 4000 {

@@ -15,6 +15,9 @@ pub use ini::ArchiveIni;
 pub use manifest::ChunkRef;
 pub use volinfo::VolInfo;
 
+/// This release's date (`wdate` in `list --json` and `version --json`, as the original's).
+pub const RELEASE_DATE: &str = "20261201";
+
 /// Size limits of metadata objects as stored (format §1).
 pub const MAX_VOLINFO_Z: usize = (44 + 17 + 10) * 16384 + 4000 * 4 + 100 * 4 + 10;
 pub const MAX_INFO_Z: usize = 3388;

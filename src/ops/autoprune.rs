@@ -79,6 +79,15 @@ fn date_of(n: &SessionName) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(&n.date()[..8], "%Y%m%d").ok()
 }
 
+/// Whether step 3 (removal by age) alone marks session `n` as of `today`.
+pub fn past_age(n: &SessionName, ap: ApDays, today: NaiveDate) -> bool {
+    ap.remove_after > 0
+        && today
+            .checked_sub_days(Days::new(ap.remove_after))
+            .zip(date_of(n))
+            .is_some_and(|(oldest, d)| d <= oldest)
+}
+
 /// The sessions (by name) that autoprune removes, from the calendar `candidates` (every
 /// volume's sessions except each volume's newest), as of `today`. `keep` are never removed.
 pub fn marks(

@@ -94,6 +94,8 @@ fn sessions(a: &Archive, files: &Path, vol: &str) -> Vec<(SessionName, Vec<u8>)>
                 save_to: to.clone(),
                 confirm: &|_| Ok(()),
                 mode: ops::receive::Mode::Full,
+                skip_corrupt: false,
+                require_snapshot: false,
             },
         )
         .unwrap_or_else(|e| panic!("{vol} {}: {e}", s.name));

@@ -121,7 +121,7 @@ pub fn json(archive: &Archive, names: &[String]) -> Result<ListJson> {
     Ok(ListJson {
         wversion: env!("CARGO_PKG_VERSION").into(),
         fver: 3,
-        wdate: String::new(),
+        wdate: crate::format::RELEASE_DATE.into(),
         uuid: archive.uuid().into(),
         updated_at: archive
             .settings()
@@ -150,7 +150,8 @@ pub struct TextOptions {
     pub session: Option<SessionSel>,
 }
 
-pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<String> {
+/// The two lines every listing starts with (archive kind and URL, last update), and a blank.
+pub fn header(archive: &Archive) -> String {
     let mut out = String::new();
     let updated = archive
         .updated_at()
@@ -172,6 +173,11 @@ pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<Stri
         archive.url()
     );
     let _ = writeln!(out, "Last updated {updated}\n");
+    out
+}
+
+pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<String> {
+    let mut out = header(archive);
     if o.verbose {
         out.push_str("Archive Properties:\n");
         for (k, v) in archive.settings() {
@@ -250,4 +256,81 @@ pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<Stri
         out.push('\n');
     }
     Ok(out)
+}
+
+/// One row of the tag view (`list --tag`).
+#[derive(Serialize)]
+pub struct TagRow {
+    pub tag: String,
+    pub volume: String,
+    pub session: String,
+    pub desc: String,
+}
+
+/// Every tag (or only `only`, unless empty) of the named volumes (none: all), by tag, then
+/// volume, then session.
+pub fn tags(archive: &Archive, names: &[String], only: &str) -> Result<Vec<TagRow>> {
+    let mut rows = Vec::new();
+    for v in selected(archive, names)? {
+        for s in &v.sessions {
+            for t in &s.info.tags {
+                if only.is_empty() || t.id == only.trim_start_matches('^') {
+                    rows.push(TagRow {
+                        tag: t.id.clone(),
+                        volume: v.name().to_string(),
+                        session: s.name.to_string(),
+                        desc: t.desc.clone(),
+                    });
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| (&a.tag, &a.volume, &a.session).cmp(&(&b.tag, &b.volume, &b.session)));
+    Ok(rows)
+}
+
+/// The tag view as the original prints it: each tag, then its sessions as
+/// `('volume', 'date-time', 'description')`.
+pub fn tags_text(archive: &Archive, rows: &[TagRow]) -> String {
+    let mut out = header(archive);
+    out.push_str("Tag Assignments\n");
+    let mut last: Option<&str> = None;
+    for r in rows {
+        if last != Some(r.tag.as_str()) {
+            let _ = write!(out, "\n{}:\n", r.tag);
+            last = Some(&r.tag);
+        }
+        let date = r.session.strip_prefix("S_").unwrap_or(&r.session);
+        let _ = writeln!(
+            out,
+            "  ({}, {}, {})",
+            py_repr(&r.volume),
+            py_repr(date),
+            py_repr(&r.desc)
+        );
+    }
+    out
+}
+
+/// A string as Python's `repr` shows it (the original prints tuples): single quotes unless
+/// the text has one and no double quote; backslashes and the quote escaped.
+fn py_repr(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::from(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+    out
 }

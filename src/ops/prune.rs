@@ -31,6 +31,9 @@ pub struct PruneOptions {
     pub apdays: crate::ops::autoprune::ApDays,
     /// With [`AutoMode::On`]: at most this many marked sessions per volume (default 3).
     pub on_limit: Option<usize>,
+    /// Leave `wyng-*metadata` volumes alone (the original prunes them only when `--all`
+    /// selected every volume).
+    pub spare_metadata: bool,
 }
 
 /// `--autoprune`.
@@ -317,14 +320,75 @@ pub fn make_room(
     Ok(removed)
 }
 
+use crate::format::ids::is_metadata_volume;
+
+/// Autoprune's marks less its thinning: wyng-*metadata volumes lose only sessions older than
+/// the calendar's A days (behaviour §7.6 step 4 exempts them from thinning).
+fn age_marks_only(
+    marks: &std::collections::BTreeSet<SessionName>,
+    o: &PruneOptions,
+) -> Result<std::collections::BTreeSet<SessionName>> {
+    let today = today()?;
+    Ok(marks
+        .iter()
+        .filter(|s| crate::ops::autoprune::past_age(s, o.apdays, today))
+        .cloned()
+        .collect())
+}
+
+/// Today, or `WYNG_TODAY=YYYY-MM-DD` to preview autoprune as of another day (with --dry-run).
+fn today() -> Result<chrono::NaiveDate> {
+    match std::env::var("WYNG_TODAY") {
+        Ok(d) => chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+            .map_err(|_| Error::Usage(format!("WYNG_TODAY '{d}': use YYYY-MM-DD"))),
+        Err(_) => Ok(chrono::Local::now().date_naive()),
+    }
+}
+
 /// What a prune would do to the named volumes (all, if none are named), changing nothing.
 pub fn plan(archive: &Archive, names: &[String], o: &PruneOptions) -> Result<Vec<PruneReport>> {
-    let names = resolve(archive, names)?;
+    let mut names = resolve(archive, names)?;
+    // wyng-*metadata volumes last (behaviour §11), or not at all.
+    names.sort_by_key(|n| is_metadata_volume(n));
+    if o.spare_metadata {
+        names.retain(|n| {
+            let spare = is_metadata_volume(n);
+            if spare {
+                tracing::warn!(
+                    "{n}: a wyng-*metadata volume is pruned only by --all (of every volume)"
+                );
+            }
+            !spare
+        });
+    }
+    if let Some(spec) = &o.session {
+        // A selection that matches no session of any volume is a mistake (a mistyped tag or
+        // date), not a prune with nothing to do.
+        let mut matched = false;
+        for n in &names {
+            matched |= !select_spec(archive.find(n)?, spec, o.all_before)?.is_empty();
+        }
+        if !matched && !names.is_empty() {
+            return Err(Error::Usage(format!(
+                "--session={spec} matches no session of {}",
+                if names.len() == 1 {
+                    format!("volume '{}'", names[0])
+                } else {
+                    "the selected volumes".into()
+                }
+            )));
+        }
+    }
     let auto = autoprune_marks(archive, o)?;
     names
         .iter()
         .map(|name| {
             let vol = archive.find(name)?;
+            let auto = if is_metadata_volume(name) {
+                age_marks_only(&auto, o)?
+            } else {
+                auto.clone()
+            };
             let Selection { remove, keep } = select_with(vol, o, &auto)?;
             Ok(PruneReport {
                 volume: name.clone(),
@@ -413,12 +477,7 @@ fn autoprune_marks(
             }
         }
     }
-    // `WYNG_TODAY=YYYY-MM-DD` previews autoprune as of another day (with --dry-run).
-    let today = match std::env::var("WYNG_TODAY") {
-        Ok(d) => chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
-            .map_err(|_| Error::Usage(format!("WYNG_TODAY '{d}': use YYYY-MM-DD")))?,
-        Err(_) => chrono::Local::now().date_naive(),
-    };
+    let today = today()?;
     Ok(crate::ops::autoprune::marks(
         &candidates,
         &keep,

@@ -38,6 +38,13 @@ pub struct ReadReport {
     /// In the sparse modes: chunks whose local content differed and were rewritten (or punched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks_written: Option<u64>,
+    /// With `--skip-corrupt-chunks`: damaged chunks left as zeros in the target.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub chunks_skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Asked before an existing target is overwritten: `Ok` to go ahead (the binary prompts, or
@@ -48,6 +55,30 @@ pub struct ReceiveOptions<'a> {
     pub save_to: PathBuf,
     pub confirm: Confirm<'a>,
     pub mode: Mode,
+    /// `--skip-corrupt-chunks` (a full receive to a path): a chunk that fails its checks is
+    /// reported and left as zeros instead of failing the receive.
+    pub skip_corrupt: bool,
+    /// `--req-snapshot`: fail (before anything is written) unless the session can be served
+    /// from the paired local snapshot; wyng-*metadata volumes are exempt (behaviour §7.3).
+    pub require_snapshot: bool,
+}
+
+/// What a full receive does with a chunk that fails its checks: stop, or with
+/// `--skip-corrupt-chunks` report it, count it and leave zeros (`zero` clears its range where
+/// the target may hold old data).
+fn on_chunk_error<'a>(
+    skip: bool,
+    skipped: &'a AtomicU64,
+    zero: impl Fn(&crate::archive::ChunkLoc) -> Result<()> + Sync + 'a,
+) -> impl Fn(&crate::archive::ChunkLoc, Error) -> Result<()> + Sync + 'a {
+    move |loc, e| {
+        if !(skip && e.is_damage()) {
+            return Err(e);
+        }
+        tracing::warn!("skipping a damaged chunk (zeros in its place): {e}");
+        skipped.fetch_add(1, Ordering::Relaxed);
+        zero(loc)
+    }
 }
 
 /// How an existing target is brought to the session (behaviour §7.3).
@@ -85,6 +116,7 @@ fn report(
         chunks: ix.chunks(),
         data_chunks: data,
         chunks_written: written,
+        chunks_skipped: 0,
     }
 }
 
@@ -118,6 +150,12 @@ pub fn receive(
     let block = existing
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());
+    if o.skip_corrupt && existing.is_some() && o.mode != Mode::Full {
+        return Err(Error::Usage(
+            "--skip-corrupt-chunks works with a full receive, not with --sparse or --sparse-write"
+                .into(),
+        ));
+    }
     if existing.is_some() && o.mode != Mode::Full {
         let (data, written) = if block {
             let f = OpenOptions::new()
@@ -131,8 +169,9 @@ pub fn receive(
         };
         return Ok(report(name, session, &ix, data, Some(written)));
     }
+    let skipped = AtomicU64::new(0);
     let data = if block {
-        receive_to_device(archive, &ix, target)?
+        receive_to_device(archive, &ix, target, o.skip_corrupt, &skipped)?
     } else {
         if target.starts_with("/dev") && existing.is_none() {
             return Err(Error::local(
@@ -140,12 +179,28 @@ pub fn receive(
                 "no such device; to restore to a block device it must exist",
             ));
         }
-        receive_to_file(archive, &ix, target, session)?
+        receive_to_file(archive, &ix, target, session, o.skip_corrupt, &skipped)?
     };
-    Ok(report(name, session, &ix, data, None))
+    let mut r = report(name, session, &ix, data, None);
+    r.chunks_skipped = skipped.into_inner();
+    if r.chunks_skipped > 0 {
+        tracing::warn!(
+            "{name}: {} damaged chunk(s) skipped; those ranges of {} are zeros",
+            r.chunks_skipped,
+            target.display()
+        );
+    }
+    Ok(r)
 }
 
-fn receive_to_file(archive: &Archive, ix: &MergedIndex, target: &Path, s: &Session) -> Result<u64> {
+fn receive_to_file(
+    archive: &Archive,
+    ix: &MergedIndex,
+    target: &Path,
+    s: &Session,
+    skip: bool,
+    skipped: &AtomicU64,
+) -> Result<u64> {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -188,7 +243,8 @@ fn receive_to_file(archive: &Archive, ix: &MergedIndex, target: &Path, s: &Sessi
                     tx.send((loc.idx * cs, d))
                         .map_err(|_| Error::local(&tmp, "write failed"))
                 },
-                |_, e| Err(e),
+                // A skipped chunk stays a hole: zeros.
+                on_chunk_error(skip, skipped, |_| Ok(())),
             );
             drop(tx);
             let written = writer
@@ -285,7 +341,13 @@ fn zero_device(f: &File, path: &Path, off: u64, len: u64) -> Result<()> {
     Ok(())
 }
 
-fn receive_to_device(archive: &Archive, ix: &MergedIndex, target: &Path) -> Result<u64> {
+fn receive_to_device(
+    archive: &Archive,
+    ix: &MergedIndex,
+    target: &Path,
+    skip: bool,
+    skipped: &AtomicU64,
+) -> Result<u64> {
     let mut f = OpenOptions::new()
         .write(true)
         .open(target)
@@ -318,7 +380,10 @@ fn receive_to_device(archive: &Archive, ix: &MergedIndex, target: &Path) -> Resu
             f.write_all_at(&d, loc.idx * cs)
                 .map_err(|e| write_err(target, e))
         },
-        |_, e| Err(e),
+        // The device may hold anything where a skipped chunk goes: zero it.
+        on_chunk_error(skip, skipped, |loc| {
+            zero_device(&f, target, loc.idx * cs, loc.len as u64)
+        }),
     )?;
     progress.finish();
     f.sync_all().map_err(|e| write_err(target, e))?;
@@ -655,7 +720,15 @@ pub fn receive_local(
         chunks: session.info.volsize.div_ceil(cs),
         data_chunks: data,
         chunks_written: written,
+        chunks_skipped: 0,
     };
+    if o.require_snapshot && !(baseline && newest) && !crate::format::ids::is_metadata_volume(name)
+    {
+        return Err(Error::Selection(format!(
+            "{name}: --req-snapshot: session {} cannot be served from a paired local snapshot (it needs --use-snapshot and the newest session, paired); nothing was received",
+            session.name
+        )));
+    }
     let r = if baseline && newest {
         let tmp = partial_name(&target);
         let _ = fs::remove_file(&tmp);
@@ -699,6 +772,8 @@ pub fn receive_local(
                 save_to: target.clone(),
                 confirm: &|_| Ok(()),
                 mode: Mode::Full,
+                skip_corrupt: o.skip_corrupt,
+                require_snapshot: false,
             },
         )?
     };

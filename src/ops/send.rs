@@ -117,7 +117,9 @@ pub fn run(
         Some(n) => n.clone(),
         None => session_name(wa, reqs.iter().map(|r| r.volume.as_str()))?,
     };
-    let mut index = if opts.dedup {
+    // wyng-*metadata volumes never dedup (behaviour §11): no index for them alone.
+    let metadata = |v: &str| crate::format::ids::is_metadata_volume(v);
+    let mut index = if opts.dedup && reqs.iter().any(|r| !metadata(&r.volume)) {
         if !opts.dry_run {
             wa.check_hard_links()?;
         }
@@ -181,10 +183,11 @@ pub fn run(
                 }
             }
         }
+        let dedup = index.as_ref().filter(|_| !metadata(&req.volume));
         let r = if req.reflink {
             match prep {
                 Some(p) => {
-                    let r = send_local(wa, vi, req, src, &p, &name, opts, index.as_ref());
+                    let r = send_local(wa, vi, req, src, &p, &name, opts, dedup);
                     if r.is_err() {
                         pending.push(p);
                     }
@@ -193,7 +196,7 @@ pub fn run(
                 None => Err(Error::local(&req.source, "needs --local")),
             }
         } else {
-            send_volume(wa, vi, src, &name, opts, Scan::Full, index.as_ref())
+            send_volume(wa, vi, src, &name, opts, Scan::Full, dedup)
         };
         match r {
             Ok(mut rep) => {

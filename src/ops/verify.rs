@@ -31,5 +31,6 @@ pub fn verify(archive: &Archive, name: &str, sel: &SessionSel) -> Result<ReadRep
         chunks: ix.chunks(),
         data_chunks: stats.chunks,
         chunks_written: None,
+        chunks_skipped: 0,
     })
 }

@@ -169,6 +169,8 @@ pub struct ThinPool {
     pub vg: String,
     pub pool: String,
     runner: Box<dyn Runner>,
+    /// `--remap`: a `.tick` of another archive is removed rather than refused.
+    pub remap: bool,
 }
 
 impl ThinPool {
@@ -187,6 +189,7 @@ impl ThinPool {
             vg: vg.into(),
             pool: pool.into(),
             runner,
+            remap: super::options().remap,
         };
         let lvs = tp.lvs().map_err(|e| {
             Error::local(
@@ -259,6 +262,29 @@ impl ThinPool {
                 }
             }
             let tick = find(&format!("{}.tick", v.name));
+            // A .tick of another archive (or of none) is not ours to use, nor to drop unasked.
+            let foreign = tick.filter(|t| !t.tags.contains(&arch_tag));
+            let tick = if let Some(t) = foreign {
+                if !self.remap {
+                    cleanup(&out);
+                    return Err(Error::local(
+                        Path::new(&t.name),
+                        "this snapshot belongs to another archive (or to none): send with --remap to replace it (the volume is then scanned in full)",
+                    ));
+                }
+                tracing::warn!(
+                    "{}: removing {}, a snapshot of another archive (--remap)",
+                    v.name,
+                    t.name
+                );
+                if let Err(e) = self.remove(&t.name) {
+                    cleanup(&out);
+                    return Err(e);
+                }
+                None
+            } else {
+                tick
+            };
             let paired = match (tick, v.last.and_then(|l| snaps.map_path(l))) {
                 (Some(t), Some(map))
                     if t.tags.iter().any(|x| x == "wyng")
@@ -579,7 +605,19 @@ mod tests {
         last: &Session,
         monitor: bool,
     ) -> Result<Vec<Prepared>> {
-        let pool = Arc::new(ThinPool::open("qubes_dom0/pool00", Box::new(fake.clone())).unwrap());
+        prepare_with(fake, cache, last, monitor, false)
+    }
+
+    fn prepare_with(
+        fake: &Fake,
+        cache: &Path,
+        last: &Session,
+        monitor: bool,
+        remap: bool,
+    ) -> Result<Vec<Prepared>> {
+        let mut pool = ThinPool::open("qubes_dom0/pool00", Box::new(fake.clone())).unwrap();
+        pool.remap = remap;
+        let pool = Arc::new(pool);
         let vols = [super::super::reflink::PrepareVolume {
             name: "vm-work-private",
             file: pool.device("vm-work-private"),
@@ -692,6 +730,29 @@ mod tests {
         // monitor leaves it alone.
         let p = prepare_one(&fake, d.path(), &last, true).unwrap();
         assert!(matches!(p[0].plan, Plan::Skip));
+    }
+
+    #[test]
+    fn a_tick_of_another_archive_needs_remap() {
+        let d = tempfile::tempdir().unwrap();
+        let last = session("S_20261101-020000", 4);
+        paired_map(d.path(), &last);
+        let foreign = LVS.replace("arch-UUID", "arch-OTHER");
+        let fake = Fake::default();
+        fake.answer("lvm lvs", &foreign);
+        let Err(e) = prepare_with(&fake, d.path(), &last, false, false) else {
+            panic!("a foreign .tick was used or dropped without --remap");
+        };
+        assert!(e.to_string().contains("--remap"), "{e}");
+        assert!(!fake.calls().iter().any(|c| c.contains("lvremove")));
+        // --remap: the foreign snapshot goes and the volume is scanned in full.
+        let fake = Fake::default();
+        fake.answer("lvm lvs", &foreign);
+        let p = prepare_with(&fake, d.path(), &last, false, true).unwrap();
+        assert!(matches!(p[0].plan, Plan::Full));
+        assert!(fake
+            .calls()
+            .contains(&"lvm lvremove -f qubes_dom0/vm-work-private.tick".to_string()));
     }
 
     #[test]

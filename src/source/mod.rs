@@ -115,6 +115,29 @@ pub struct Prepared {
     pub found: u64,
 }
 
+/// How this run treats local storage: `--remap` and `--vouch`. Set once by the binary, before
+/// any storage is opened (the default: neither).
+#[derive(Clone, Debug, Default)]
+pub struct LocalOptions {
+    /// LVM: a `.tick` snapshot of another archive is removed (the volume is then scanned in
+    /// full) instead of stopping the send.
+    pub remap: bool,
+    /// `--vouch=reflink_fs_<type>`: filesystem types (as `/proc/self/mounts` names them)
+    /// trusted to do reflinks besides Btrfs and XFS.
+    pub reflink_fs: Vec<String>,
+}
+
+static LOCAL_OPTIONS: std::sync::OnceLock<LocalOptions> = std::sync::OnceLock::new();
+
+/// Sets this run's [`LocalOptions`] (once; later calls are ignored).
+pub fn configure(o: LocalOptions) {
+    let _ = LOCAL_OPTIONS.set(o);
+}
+
+pub fn options() -> &'static LocalOptions {
+    LOCAL_OPTIONS.get_or_init(LocalOptions::default)
+}
+
 /// Where `--local` volumes live: a reflink directory or an LVM thin pool (behaviour §5.1).
 pub enum LocalStorage {
     Reflink(reflink::ReflinkStore),

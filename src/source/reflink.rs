@@ -48,7 +48,12 @@ impl ReflinkStore {
         }
         let st = nix::sys::statfs::statfs(dir).map_err(|e| Error::local(dir, e.to_string()))?;
         let magic = st.filesystem_type().0 as i64;
-        if magic != BTRFS_SUPER_MAGIC && magic != XFS_SUPER_MAGIC {
+        let vouched = || {
+            let opts = super::options();
+            !opts.reflink_fs.is_empty()
+                && fs_type(dir).is_some_and(|t| opts.reflink_fs.contains(&t))
+        };
+        if magic != BTRFS_SUPER_MAGIC && magic != XFS_SUPER_MAGIC && !vouched() {
             return Err(Error::local(
                 dir,
                 "is not on a reflink-capable filesystem (Btrfs, or XFS made with reflink=1); use --import-other-from for full-scan sends",
@@ -64,7 +69,26 @@ impl ReflinkStore {
         crate::format::ids::check_volume_name(name)?;
         Ok(self.dir.join(name))
     }
+}
 
+/// The type of the filesystem holding `dir` (`/proc/self/mounts`: the longest mountpoint that
+/// contains it).
+fn fs_type(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (_, mp, ty) = (f.next()?, f.next()?, f.next()?);
+            let mp = mp.replace("\\040", " ");
+            dir.starts_with(&mp).then(|| (mp.len(), ty.to_string()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, t)| t)
+}
+
+impl ReflinkStore {
     /// A Btrfs subvolume root (inode 256) can be frozen with a read-only snapshot.
     fn is_btrfs_subvolume(&self) -> bool {
         self.btrfs && std::fs::metadata(&self.dir).is_ok_and(|m| m.ino() == 256)

@@ -547,3 +547,29 @@ pub fn sparse_volume(path: &Path, size: u64, extents: u64, seed: u64) -> Vec<u64
     }
     at
 }
+
+/// Runs `c` on a terminal (a pty made by util-linux `script`), typing `lines` half a second
+/// apart; its stdout and stderr both come back as stdout. `None` where `script` is missing.
+pub fn on_terminal(c: Command, lines: &[&str]) -> Option<Output> {
+    use std::io::Write;
+    let line = std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| shlex::try_quote(a.to_str().unwrap()).unwrap().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = writeln!(stdin, "{l}");
+    }
+    drop(stdin);
+    Some(child.wait_with_output().unwrap())
+}

@@ -136,18 +136,26 @@ fn existing_target_needs_confirmation() {
     let w = Wyng::new(&ar, &t.path().join("meta"));
     let out = t.path().join("precious");
     std::fs::write(&out, b"keep me").unwrap();
-    let err = w.fails(
-        &["receive", "vol1", &format!("--save-to={}", out.display())],
-        9,
-    );
-    assert!(one_line(&err).contains("-u"), "{err}");
-    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
-    w.ok(&[
-        "receive",
-        "vol1",
-        "-u",
-        &format!("--save-to={}", out.display()),
-    ]);
+    let save = format!("--save-to={}", out.display());
+    // On a terminal (a pty from util-linux `script`), wyng asks; "n" keeps the target.
+    let on_terminal = |answer: &str| on_terminal(w.cmd(&["receive", "vol1", &save]), &[answer]);
+    match on_terminal("n") {
+        Some(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                text.contains("will be overwritten. Continue? [y/N]"),
+                "{text}"
+            );
+            assert_eq!(o.status.code(), Some(9), "{text}");
+            assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+        }
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("util-linux `script` is needed for the terminal prompt test")
+        }
+        None => println!("skipped the terminal prompt: util-linux `script` is not installed"),
+    }
+    // Without a terminal the run is unattended, as the original: no question, overwritten.
+    w.ok(&["receive", "vol1", &save]);
     assert_ne!(std::fs::read(&out).unwrap(), b"keep me");
 }
 

@@ -8,6 +8,7 @@ mod common;
 
 mod check;
 mod config;
+mod conformance;
 mod crash;
 mod dedup;
 mod diff;

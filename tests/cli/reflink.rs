@@ -733,10 +733,12 @@ fn delete_clean_removes_only_what_it_should() {
     let unrelated = s.local.join("snapshot-notes.wyng1.txt");
     std::fs::write(&unrelated, b"x").unwrap();
 
-    s.w.fails(&["delete", "--clean", &s.loc], 9); // not on a terminal: needs -u
-    s.w.ok(&["delete", "--clean", &s.loc, "-u"]);
+    // Unattended (no terminal, or -u), removing snapshots takes --force, as in the original.
+    s.w.fails(&["delete", "--clean", &s.loc], 9);
+    s.w.fails(&["delete", "--clean", &s.loc, "-u"], 9);
+    s.w.ok(&["delete", "--clean", &s.loc, "--force"]);
     assert!(!orphan.exists() && other.exists() && ours.exists());
-    s.w.ok(&["delete", "--clean", "--purge=other", &s.loc, "-u"]);
+    s.w.ok(&["delete", "--clean", "--purge=other", &s.loc, "--force"]);
     assert!(!other.exists() && ours.exists() && unrelated.exists());
     // Still paired: incremental.
     s.scribble(0, b"x");

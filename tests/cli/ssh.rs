@@ -200,6 +200,7 @@ fn round_trip(sshd: &Sshd, pass: Option<&str>) {
                 "-F".into(),
                 sshd.dir.path().join("ssh_config").display().to_string(),
             ]),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -359,7 +360,8 @@ fn qubes_destination_through_qvm_run() {
     let fake = bin.join("qvm-run");
     std::fs::write(
         &fake,
-        "#!/bin/sh\n[ \"$1\" = \"-p\" ] && shift\nshift\nexec sh -c \"$1\"\n",
+        // qvm-run [OPTIONS] -p VM COMMAND: the options, -p and the VM name are dropped.
+        "#!/bin/sh\nwhile [ \"${1#-}\" != \"$1\" ]; do shift; done\nshift\nexec sh -c \"$1\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

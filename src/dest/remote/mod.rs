@@ -43,8 +43,8 @@ pub struct RemoteDest {
 }
 
 impl RemoteDest {
-    /// Parses a remote URL. `ssh_opts` replaces the default ssh options (`--opt-ssh`).
-    pub fn new(url: &str, ssh_opts: Option<Vec<String>>) -> Result<RemoteDest> {
+    /// Parses a remote URL (`o`: `--opt-ssh`, `--opt-qubes`).
+    pub fn new(url: &str, o: &super::DestOptions) -> Result<RemoteDest> {
         let control_dir = std::env::temp_dir().join(format!("wyng-ssh-{}", nix::unistd::getuid()));
         std::fs::create_dir_all(&control_dir)
             .map_err(|e| Error::local(&control_dir, format!("cannot create: {e}")))?;
@@ -52,7 +52,7 @@ impl RemoteDest {
             &control_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         );
-        let (transport, root) = Transport::parse(url, ssh_opts, &control_dir)?;
+        let (transport, root) = Transport::parse(url, o, &control_dir)?;
         Ok(RemoteDest {
             url: url.to_string(),
             root,
@@ -517,7 +517,8 @@ mod tests {
 
     #[test]
     fn paths_are_quoted() {
-        let d = RemoteDest::new("ssh://backup@nas.local:2222/srv/my b", None).unwrap();
+        let d =
+            RemoteDest::new("ssh://backup@nas.local:2222/srv/my b", &Default::default()).unwrap();
         assert_eq!(d.path("Vol_1/volinfo"), "'/srv/my b/Vol_1/volinfo'");
         assert_eq!(d.unquoted(""), "/srv/my b");
     }

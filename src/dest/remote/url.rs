@@ -14,6 +14,14 @@ pub fn sh_quote(s: &str) -> String {
         .unwrap_or_else(|_| format!("'{}'", s.replace('\'', "'\\''")))
 }
 
+/// qvm-run's options when `--opt-qubes` gives none: the original's list.
+pub const QUBES_DEFAULT_OPTS: [&str; 4] = [
+    "--no-color-stderr",
+    "--no-color-output",
+    "--nogui",
+    "--no-filter-escape-chars",
+];
+
 /// How remote commands are run.
 #[derive(Clone, Debug)]
 pub enum Transport {
@@ -25,6 +33,8 @@ pub enum Transport {
     },
     Qubes {
         vm: String,
+        /// `--opt-qubes` (before the VM name).
+        opts: Vec<String>,
         ssh: Option<Box<Transport>>,
     },
 }
@@ -49,9 +59,15 @@ impl Transport {
     /// the login directory, when the URL names none, as the original does).
     pub fn parse(
         url: &str,
-        ssh_opts: Option<Vec<String>>,
+        o: &crate::dest::DestOptions,
         control_dir: &Path,
     ) -> Result<(Transport, String)> {
+        let ssh_opts = &o.ssh_opts;
+        // The original's qvm-run options unless --opt-qubes replaces them (behaviour §4).
+        let qubes_opts = o
+            .qubes_opts
+            .clone()
+            .unwrap_or_else(|| QUBES_DEFAULT_OPTS.iter().map(|s| s.to_string()).collect());
         let bad = |why: &str| Error::Usage(format!("--dest '{url}': {why}"));
         let ssh = |netloc: &str| -> Result<Transport> {
             let (userhost, port) = match netloc.rsplit_once(':') {
@@ -88,6 +104,7 @@ impl Transport {
             (
                 Transport::Qubes {
                     vm: vm.into(),
+                    opts: qubes_opts.clone(),
                     ssh: Some(Box::new(ssh(hostpart)?)),
                 },
                 path,
@@ -97,7 +114,14 @@ impl Transport {
             if vm.is_empty() || vm.starts_with('-') {
                 return Err(bad("no VM name; write qubes://vm/path"));
             }
-            (Transport::Qubes { vm, ssh: None }, path)
+            (
+                Transport::Qubes {
+                    vm,
+                    opts: qubes_opts.clone(),
+                    ssh: None,
+                },
+                path,
+            )
         } else {
             return Err(bad("not a remote URL"));
         };
@@ -146,7 +170,7 @@ impl Transport {
                     .arg(format!("sh -c {}", sh_quote(script)));
                 c
             }
-            Transport::Qubes { vm, ssh } => {
+            Transport::Qubes { vm, opts, ssh } => {
                 let inner = match ssh {
                     None => format!("sh -c {}", sh_quote(script)),
                     Some(t) => {
@@ -157,7 +181,7 @@ impl Transport {
                     }
                 };
                 let mut c = Command::new("qvm-run");
-                c.arg("-p").arg(vm).arg(inner);
+                c.args(opts).arg("-p").arg(vm).arg(inner);
                 c
             }
         }
@@ -171,7 +195,8 @@ mod tests {
     #[test]
     fn urls() {
         let cd = Path::new("/tmp");
-        let (t, root) = Transport::parse("ssh://backup@nas.local:2222/srv/b", None, cd).unwrap();
+        let (t, root) =
+            Transport::parse("ssh://backup@nas.local:2222/srv/b", &Default::default(), cd).unwrap();
         match &t {
             Transport::Ssh { target, port, .. } => {
                 assert_eq!(target, "backup@nas.local");
@@ -180,12 +205,37 @@ mod tests {
             _ => panic!(),
         }
         assert_eq!(root, "/srv/b");
-        assert_eq!(Transport::parse("ssh://host", None, cd).unwrap().1, ".");
-        assert!(Transport::parse("ssh:///x", None, cd).is_err());
-        assert!(Transport::parse("ssh://-oProxyCommand=x/y", None, cd).is_err());
-        assert!(Transport::parse("qubes://", None, cd).is_err());
-        assert!(Transport::parse("qubes-ssh://vm/x", None, cd).is_err());
-        assert!(Transport::parse("qubes-ssh://vm:me@h:22/x", None, cd).is_ok());
+        assert_eq!(
+            Transport::parse("ssh://host", &Default::default(), cd)
+                .unwrap()
+                .1,
+            "."
+        );
+        assert!(Transport::parse("ssh:///x", &Default::default(), cd).is_err());
+        assert!(Transport::parse("ssh://-oProxyCommand=x/y", &Default::default(), cd).is_err());
+        assert!(Transport::parse("qubes://", &Default::default(), cd).is_err());
+        assert!(Transport::parse("qubes-ssh://vm/x", &Default::default(), cd).is_err());
+        assert!(Transport::parse("qubes-ssh://vm:me@h:22/x", &Default::default(), cd).is_ok());
+        // --opt-qubes replaces the defaults, before -p (the protocol needs it, always) and the VM.
+        let (t, _) = Transport::parse("qubes://backupvm/srv", &Default::default(), cd).unwrap();
+        let args: Vec<String> = t
+            .command("true")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[..4], QUBES_DEFAULT_OPTS);
+        assert_eq!(args[4..6], ["-p", "backupvm"]);
+        let o = crate::dest::DestOptions {
+            qubes_opts: Some(vec!["--no-autostart".into()]),
+            ..Default::default()
+        };
+        let (t, _) = Transport::parse("qubes://backupvm/srv", &o, cd).unwrap();
+        let args: Vec<String> = t
+            .command("true")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[..3], ["--no-autostart", "-p", "backupvm"]);
         // Quoted so the shell reads back the same word.
         for w in ["a'b", "x y", "$(rm)", "plain/path"] {
             assert_eq!(shlex::split(&sh_quote(w)).unwrap(), vec![w.to_string()]);
