@@ -123,6 +123,11 @@ cmp "$img" "$dir/out.img" && echo "(restored image identical)"
 echo "archive: $(du -sm "$ar" | cut -f1) MiB on disk"
 echo "ratios: send vs single-core compress+hash (target >= 1.6x), unchanged send vs single-core read"
 echo "(target: no slower than reading the volume once), receive/verify vs single-core hash+decompress (target >= 1.5x)"
+# s3:// rows against file: in the same run, on SeaweedFS on 127.0.0.1 (needs weed).
+if command -v weed >/dev/null; then
+  echo
+  scripts/bench-s3.sh "$size_mib"
+fi
 # Scale rows: 1 TiB (with 50 sessions for the mount) and 16 TiB sparse volumes at 64 KiB
 # chunks (16,383 GiB: ext4's largest file). BENCH_SCALE=0 leaves them out.
 if [ "${BENCH_SCALE:-1}" != 0 ]; then

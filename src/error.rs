@@ -28,6 +28,10 @@ pub enum Error {
     #[error("destination '{url}' is not usable: {detail}")]
     DestUnavailable { url: String, detail: String },
 
+    /// The destination itself (an S3 bucket) is not there.
+    #[error("destination '{url}' not found: {detail}")]
+    DestMissing { url: String, detail: String },
+
     #[error("destination is full while writing {path} in '{url}': free space there and run the command again (an interrupted command is finished or rolled back by the next one)")]
     DestFull { url: String, path: String },
 
@@ -163,7 +167,7 @@ impl Error {
             | Error::DestFull { .. }
             | Error::DestIo { .. }
             | Error::Busy { .. } => 5,
-            Error::ArchiveNotFound { .. } => 6,
+            Error::ArchiveNotFound { .. } | Error::DestMissing { .. } => 6,
             Error::Local { .. } => 7,
             Error::Interrupted => 8,
             Error::Corrupt { .. }
@@ -184,6 +188,7 @@ impl Error {
         match self {
             Error::Usage(_) => "usage",
             Error::ArchiveNotFound { .. } => "archive_not_found",
+            Error::DestMissing { .. } => "destination_not_found",
             Error::ArchiveExists { .. } => "archive_exists",
             Error::DestUnavailable { .. } => "dest_unavailable",
             Error::DestFull { .. } => "dest_full",

@@ -16,12 +16,21 @@ pub fn workers() -> usize {
 /// Runs `f(0..n)` on one worker per core, each taking the next index; stops at the first error
 /// and returns it.
 pub fn run<E: Send>(n: usize, f: impl Fn(usize) -> Result<(), E> + Sync) -> Result<(), E> {
+    run_on(workers(), n, f)
+}
+
+/// [`run`] on `threads` workers (for work that waits on the network rather than the CPU).
+pub fn run_on<E: Send>(
+    threads: usize,
+    n: usize,
+    f: impl Fn(usize) -> Result<(), E> + Sync,
+) -> Result<(), E> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_err = parking_lot::Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..workers() {
+        for _ in 0..threads.clamp(1, n.max(1)) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n || failed.load(Ordering::Relaxed) {

@@ -54,7 +54,7 @@ use crate::spool::Spool;
 
 pub use crate::codec::{Compression, Compressor};
 pub use crate::crypto::CipherMode;
-pub use crate::dest::{Capabilities, DestOptions, MemDest};
+pub use crate::dest::{Capabilities, DestOptions, MemDest, S3Options};
 pub use chunks::{ChunkLoc, ChunkReader};
 pub use index::MergedIndex;
 pub use local::LocalState;

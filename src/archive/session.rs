@@ -65,6 +65,18 @@ impl Archive {
     }
 }
 
+/// Where a session is staged: `S-tmp`, renamed to the session's name at commit; or, where
+/// rename is not atomic (object storage, where renaming a directory is copying every chunk),
+/// under the final name from the start. Either way nothing references it until the root is
+/// written, and recovery removes a session directory no root refers to.
+fn staging_dir<'n>(dest: &dyn crate::dest::Dest, name: &'n SessionName) -> layout::Dir<'n> {
+    if dest.capabilities().atomic_rename {
+        layout::Dir::Staging
+    } else {
+        layout::Dir::Session(name)
+    }
+}
+
 pub struct SessionWriter<'a> {
     w: &'a mut WriteArchive,
     vi: usize,
@@ -73,10 +85,11 @@ pub struct SessionWriter<'a> {
 }
 
 impl WriteArchive {
-    /// Starts staging session `name` of volume `vi` (an empty `S-tmp`).
+    /// Starts staging session `name` of volume `vi` (an empty `S-tmp`, or on a destination
+    /// without atomic rename the session's own directory: see [`SessionWriter::staging`]).
     pub fn begin_session(&mut self, vi: usize, name: SessionName) -> Result<SessionWriter<'_>> {
         let vid = self.a.volumes[vi].vid.clone();
-        let dir = layout::dir(&vid, layout::Dir::Staging);
+        let dir = layout::dir(&vid, staging_dir(&*self.a.dest, &name));
         self.a.dest.remove_all(&dir)?;
         self.a.dest.mkdir_all(&dir)?;
         Ok(SessionWriter {
@@ -89,6 +102,11 @@ impl WriteArchive {
 }
 
 impl SessionWriter<'_> {
+    /// The directory this session is staged in ([`staging_dir`]).
+    fn staging(&self) -> layout::Dir<'_> {
+        staging_dir(&*self.w.a.dest, &self.name)
+    }
+
     pub fn archive(&self) -> &Archive {
         self.w
     }
@@ -100,7 +118,7 @@ impl SessionWriter<'_> {
     fn staged(&self, idx: u64) -> String {
         layout::chunk(
             &self.w.a.volumes[self.vi].vid,
-            layout::Dir::Staging,
+            self.staging(),
             idx * self.w.a.chunksize(),
         )
     }
@@ -134,7 +152,8 @@ impl SessionWriter<'_> {
         let w = &mut *self.w;
         let vi = self.vi;
         let vid = w.a.volumes[vi].vid.clone();
-        let staging = layout::Dir::Staging;
+        let in_place = !w.a.dest.capabilities().atomic_rename;
+        let staging = staging_dir(&*w.a.dest, &self.name);
         info.manifest_hash = match manifest {
             Some(m) if !m.is_empty() => {
                 let (hash, file) = w.a.encode_manifest(&m)?;
@@ -156,10 +175,12 @@ impl SessionWriter<'_> {
         w.a.dest.write(&layout::info(&vid, staging), &enc.file)?;
         w.a.dest.sync()?;
         failpoint("before-session-rename");
-        w.a.dest.rename(
-            &layout::dir(&vid, staging),
-            &layout::dir(&vid, layout::Dir::Session(&self.name)),
-        )?;
+        if !in_place {
+            w.a.dest.rename(
+                &layout::dir(&vid, staging),
+                &layout::dir(&vid, layout::Dir::Session(&self.name)),
+            )?;
+        }
         self.done = true;
         failpoint("after-session-rename");
         let mut volinfo = w.a.volumes[vi].volinfo.clone();
@@ -191,10 +212,7 @@ impl SessionWriter<'_> {
     pub fn abort(mut self) -> Result<()> {
         self.done = true;
         let vid = &self.w.a.volumes[self.vi].vid;
-        self.w
-            .a
-            .dest
-            .remove_all(&layout::dir(vid, layout::Dir::Staging))
+        self.w.a.dest.remove_all(&layout::dir(vid, self.staging()))
     }
 }
 
@@ -202,12 +220,7 @@ impl Drop for SessionWriter<'_> {
     fn drop(&mut self) {
         if !self.done {
             let vid = &self.w.a.volumes[self.vi].vid;
-            if let Err(e) = self
-                .w
-                .a
-                .dest
-                .remove_all(&layout::dir(vid, layout::Dir::Staging))
-            {
+            if let Err(e) = self.w.a.dest.remove_all(&layout::dir(vid, self.staging())) {
                 tracing::debug!("could not remove an abandoned staging directory: {e}");
             }
         }

@@ -50,8 +50,8 @@ pub struct Cli {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// Archive location: file:/path, ssh://[user@]host[:port]/path, qubes://vm/path or
-    /// qubes-ssh://vm:[user@]host[:port]/path
+    /// Archive location: file:/path, ssh://[user@]host[:port]/path, qubes://vm/path,
+    /// qubes-ssh://vm:[user@]host[:port]/path or s3://bucket[/prefix]
     #[arg(long, global = true, value_name = "URL")]
     pub dest: Option<String>,
     /// Directory for wyng's local state about archives (created if missing)
@@ -131,6 +131,28 @@ pub struct Global {
     /// directly (the original's --tar-bypass behaviour), and sends to ssh:// as a stream
     #[arg(long, global = true)]
     pub tar_bypass: bool,
+    /// s3:// endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL, the profile's
+    /// endpoint_url, else AWS itself)
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// s3:// region (default: AWS_REGION, the profile's region, else us-east-1)
+    #[arg(long, global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// s3:// credentials profile of ~/.aws/credentials (default: AWS_PROFILE, else default);
+    /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment take precedence
+    #[arg(long, global = true, value_name = "NAME")]
+    pub s3_profile: Option<String>,
+    /// s3:// addressing: path (https://host/bucket/key), virtual (https://bucket.host/key), or
+    /// auto (path for a custom endpoint, virtual for AWS)
+    #[arg(long, global = true, value_name = "STYLE", value_parser = ["auto", "path", "virtual"])]
+    pub s3_addressing: Option<String>,
+    /// s3:// requests in flight at once
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub s3_parallel: Option<u16>,
+    /// s3:// on an engine that ignores conditional writes: lock without them. Only safe if
+    /// you make sure a single wyng writes to the archive at a time
+    #[arg(long, global = true)]
+    pub s3_no_conditional_lock: bool,
     /// Accepted for the original's scripts; changes nothing: wyng keeps no temporary run
     /// directory to purge (temporary files are unlinked as they are made)
     #[arg(long, global = true)]
@@ -357,6 +379,15 @@ impl Global {
             &DestOptions {
                 ssh_opts: words(&self.opt_ssh),
                 qubes_opts: words(&self.opt_qubes),
+                s3: wyng::archive::S3Options {
+                    endpoint: self.s3_endpoint.clone(),
+                    region: self.s3_region.clone(),
+                    profile: self.s3_profile.clone(),
+                    addressing: self.s3_addressing.clone(),
+                    no_conditional_lock: self.s3_no_conditional_lock,
+                    parallel: self.s3_parallel.map(usize::from),
+                    access_key: None,
+                },
             },
         )
     }

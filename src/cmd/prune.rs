@@ -64,6 +64,15 @@ pub struct PruneArgs {
     /// Only show what would be removed, and why every other session stays
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub auto: AutopruneArgs,
+}
+
+/// `--keep-last/-hourly/-daily/-weekly/-monthly/-yearly` (prune, and send after it commits).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RetentionArgs {
     /// Keep the N newest sessions
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_last: usize,
@@ -82,8 +91,32 @@ pub struct PruneArgs {
     /// ... of each of the last N years that have one
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_yearly: usize,
-    #[command(flatten)]
-    pub auto: AutopruneArgs,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> ops::prune::Policy {
+        ops::prune::Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        [
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ]
+        .iter()
+        .any(|&n| n > 0)
+    }
 }
 
 pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
@@ -92,14 +125,7 @@ pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
         all_before: a.all_before,
         keep: a.keep,
         dry_run: a.dry_run,
-        policy: ops::prune::Policy {
-            last: a.keep_last,
-            hourly: a.keep_hourly,
-            daily: a.keep_daily,
-            weekly: a.keep_weekly,
-            monthly: a.keep_monthly,
-            yearly: a.keep_yearly,
-        },
+        policy: a.retention.policy(),
         autoprune: a.auto.autoprune(),
         apdays: a.auto.apdays,
         on_limit: None,

@@ -9,7 +9,7 @@ use wyng::format::Tag;
 use wyng::ops::{self, autoprune::ApDays, prune::AutoMode};
 use wyng::{Error, Result};
 
-use super::prune::AutopruneArgs;
+use super::prune::{AutopruneArgs, RetentionArgs};
 use super::{date, human, named_or_all, Global};
 
 pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.";
@@ -104,6 +104,10 @@ pub struct SendArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub auto: AutopruneArgs,
+    /// Retention after the send (as `wyng prune --keep-*`, in the same run, journaled as prune
+    /// is): for each volume that got a session, sessions no policy keeps are pruned
+    #[command(flatten, next_help_heading = "Retention (after a successful send)")]
+    pub retention: RetentionArgs,
     /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
     /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
     /// FILE.error and the run exits 2
@@ -136,6 +140,38 @@ fn autoprune_full(g: &Global, wa: &mut WriteArchive, a: &SendArgs) -> Result<()>
     Ok(())
 }
 
+/// `send --keep-*`: prunes the volumes that just got a session by the retention policy, once
+/// the send has committed (a failed send prunes nothing). Returns the sessions removed, by
+/// volume.
+fn retain(
+    wa: &mut WriteArchive,
+    a: &SendArgs,
+    reports: &mut [ops::send::VolumeReport],
+) -> Result<()> {
+    if !a.retention.is_set() || a.dry_run {
+        return Ok(());
+    }
+    let names: Vec<String> = reports
+        .iter()
+        .filter(|r| r.session.is_some())
+        .map(|r| r.volume.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let o = ops::prune::PruneOptions {
+        policy: a.retention.policy(),
+        spare_metadata: true,
+        ..Default::default()
+    };
+    for p in ops::prune::run(wa, &names, &o)? {
+        if let Some(r) = reports.iter_mut().find(|r| r.volume == p.volume) {
+            r.retention_removed = p.removed;
+        }
+    }
+    Ok(())
+}
+
 fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
     let mut out = Vec::new();
     if !r.autopruned.is_empty() {
@@ -152,6 +188,15 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
     } else {
         format!("{} chunks changed", r.chunks_changed)
     };
+    let retention = (!r.retention_removed.is_empty()).then(|| {
+        let names: Vec<&str> = r.retention_removed.iter().map(|s| date(s)).collect();
+        format!(
+            "{}: retention removed {} session(s): {}",
+            r.volume,
+            names.len(),
+            names.join(" ")
+        )
+    });
     out.push(if dry_run {
         format!(
             "{}: would store {what}, {} ({} chunks read).",
@@ -171,6 +216,7 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
             None => format!("{}: no change; no session recorded.", r.volume),
         }
     });
+    out.extend(retention);
     out
 }
 
@@ -195,7 +241,9 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
             |wa, vf, failures| {
                 autoprune_full(g, wa, &a)?;
                 let mut opts = base(None);
-                ops::vols_from::send(wa, vf, &mut opts, failures)
+                let mut reports = ops::vols_from::send(wa, vf, &mut opts, failures)?;
+                retain(wa, &a, &mut reports)?;
+                Ok(reports)
             },
             |r| lines(r, a.dry_run),
         );
@@ -253,6 +301,7 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
     }
     let opts = base(store);
     autoprune_full(g, &mut wa, &a)?;
-    let reports = ops::send::run(&mut wa, &reqs, &opts)?;
+    let mut reports = ops::send::run(&mut wa, &reqs, &opts)?;
+    retain(&mut wa, &a, &mut reports)?;
     g.reports(&reports, |r| lines(r, a.dry_run))
 }

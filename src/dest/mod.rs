@@ -11,12 +11,14 @@
 mod file;
 pub mod memory;
 pub mod remote;
+pub mod s3;
 
 use std::io::{Read, Write};
 
 pub use file::FileDest;
 pub use memory::MemDest;
 pub use remote::RemoteDest;
+pub use s3::{S3Dest, S3Options};
 
 use crate::error::{Error, Result};
 
@@ -148,6 +150,8 @@ pub struct DestOptions {
     pub ssh_opts: Option<Vec<String>>,
     /// Options for `qvm-run` (`--opt-qubes`; `-p`, which the protocol needs, is always given).
     pub qubes_opts: Option<Vec<String>>,
+    /// Endpoint, region, profile and lock options for `s3://`.
+    pub s3: S3Options,
 }
 
 /// Opens a destination URL (behaviour notes §4.1).
@@ -182,8 +186,11 @@ pub fn open(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
     {
         return Ok(Box::new(RemoteDest::new(url, o)?));
     }
+    if url.starts_with("s3://") {
+        return Ok(Box::new(S3Dest::new(url, &o.s3)?));
+    }
     Err(Error::Usage(format!(
-        "--dest '{url}' is not a destination URL; use file:/path/to/archive (or ssh://user@host/path, qubes://vm/path)"
+        "--dest '{url}' is not a destination URL; use file:/path/to/archive (or ssh://user@host/path, qubes://vm/path, s3://bucket/prefix)"
     )))
 }
 

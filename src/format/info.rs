@@ -131,15 +131,19 @@ impl SessionInfo {
 
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "localtime = {}\nprevious = {}\npermissions = {}\nmanifesthash = {}\nvolsize = {}\nsequence = {}\nmfcs = {}\n",
+            "localtime = {}\nprevious = {}\npermissions = {}\nmanifesthash = {}\nvolsize = {}\nsequence = {}\n",
             self.localtime,
             self.previous.as_ref().map_or("None", |p| p.as_str()),
             self.permissions,
             self.manifest_hash.map_or("0".to_string(), |h| h.to_b64()),
             self.volsize,
             self.sequence,
-            self.mfcs.unwrap_or(0),
         );
+        // A beta archive's info may have no mfcs (optional on read, format §9): keep it absent.
+        // Writing 0 would make a later check fail for any non-empty manifest (found by fuzzing).
+        if let Some(m) = self.mfcs {
+            s.push_str(&format!("mfcs = {m}\n"));
+        }
         for t in &self.tags {
             s.push_str(&format!("tag = {} {}\n", t.id, t.desc));
         }
@@ -154,7 +158,9 @@ fn parse_localtime(v: &str) -> Option<i128> {
     // Legacy form YYYYMMDD-HHMMSS, local time.
     let t = chrono::NaiveDateTime::parse_from_str(v, "%Y%m%d-%H%M%S").ok()?;
     let t = t.and_local_timezone(chrono::Local).earliest()?;
-    Some(t.timestamp() as i128 * 1_000_000_000)
+    // Before 1970 is no session time; it would also be written back as a negative number,
+    // which is not a localtime (found by fuzzing).
+    (t.timestamp() >= 0).then(|| t.timestamp() as i128 * 1_000_000_000)
 }
 
 /// `r`, `w`, empty, or `mode:user:group` with a decimal mode and alphanumeric names (§9).
@@ -176,6 +182,18 @@ pub fn permissions_valid(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fuzz_findings_round_trip() {
+        // An absent mfcs stays absent (it used to come back as 0, a wrong checksum).
+        let t = "localtime = 1\nprevious = None\nvolsize = 11\nsequence = 6\nmanifesthash = 0\n";
+        let i = SessionInfo::parse(t, "info").unwrap();
+        assert_eq!(i.mfcs, None);
+        assert_eq!(SessionInfo::parse(&i.to_text(), "info").unwrap(), i);
+        // A legacy date before 1970 is refused, not turned into a negative localtime.
+        let t = "localtime = 00000101-000000\nvolsize = 1\nsequence = 0\nmanifesthash = 0\n";
+        assert!(SessionInfo::parse(t, "info").is_err());
+    }
 
     #[test]
     fn info_roundtrip() {

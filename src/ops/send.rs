@@ -87,6 +87,9 @@ pub struct VolumeReport {
     pub chunks_linked: u64,
     /// Sessions of this volume that `--autoprune=on` removed to make room for this send.
     pub autopruned: Vec<String>,
+    /// Sessions that `send --keep-*` (retention) removed after this send committed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retention_removed: Vec<String>,
 }
 
 pub fn run(
@@ -800,6 +803,7 @@ fn send_volume(
         bytes_stored: out.stored,
         chunks_linked: linked.into_inner(),
         autopruned: Vec::new(),
+        retention_removed: Vec::new(),
     };
     let is_changed = match &last {
         None => true,

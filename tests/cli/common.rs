@@ -573,3 +573,16 @@ pub fn on_terminal(c: Command, lines: &[&str]) -> Option<Output> {
     drop(stdin);
     Some(child.wait_with_output().unwrap())
 }
+
+/// The sessions of `vol` as `--session` takes them (`YYYYMMDD-HHMMSS`, no `S_`), oldest
+/// first, through `list --json`.
+pub fn session_names(w: &Wyng, vol: &str) -> Vec<String> {
+    let j = w.json(&["list", vol]);
+    let key = first_key(&j["volumes"]);
+    j["volumes"][key]["sessions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|s| s.trim_start_matches("S_").to_string())
+        .collect()
+}

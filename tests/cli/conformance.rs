@@ -32,17 +32,6 @@ fn expected_sha(archive: &str, vol: &str, idx: usize) -> String {
         .to_string()
 }
 
-fn session_names(w: &Wyng, vol: &str) -> Vec<String> {
-    let j = w.json(&["list", vol]);
-    let key = first_key(&j["volumes"]);
-    j["volumes"][key]["sessions"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|s| s.trim_start_matches("S_").to_string())
-        .collect()
-}
-
 /// The two-volume fixture (root.img, vms/disk1.img; two sessions each), writable.
 fn two_volumes(t: &Path) -> (PathBuf, Wyng) {
     let ar = copy_fixture("i-two-volumes", t);

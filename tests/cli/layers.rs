@@ -14,7 +14,8 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         "spool" | "size" | "parallel" | "progress" => &["error"],
         "crypto" => &["error", "format", "spool"],
         "codec" => &["error", "format", "crypto", "spool"],
-        "dest" => &["error", "spool"],
+        // The foundations, and format's pure ini parser (for ~/.aws/credentials).
+        "dest" => &["error", "spool", "size", "parallel", "format"],
         "auth" => &["error", "crypto"],
         "archive" => &[
             "error", "format", "crypto", "codec", "dest", "spool", "parallel", "size", "auth",

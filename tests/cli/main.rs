@@ -22,5 +22,6 @@ mod prune;
 mod reflink;
 mod retention;
 mod roundtrip;
+mod s3;
 mod scale;
 mod ssh;

@@ -167,3 +167,61 @@ fn prune_dry_run_output_on_an_original_archive() {
     // Nothing was changed.
     assert_eq!(w.json(&["list"]), list);
 }
+
+#[test]
+fn send_keeps_what_its_retention_policy_says() {
+    // btrfs-backup's `-n`: send --keep-last=2 prunes after each successful send, in the same
+    // run; the newest two sessions remain and restore exactly. A dry run prunes nothing.
+    use crate::common::*;
+    let t = tmp();
+    let ar = t.path().join("a");
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    let img = t.path().join("v.img");
+    let mut shas = Vec::new();
+    for i in 0..4u64 {
+        Image::new(100 + i).random(200_000).write(&img);
+        let r = w.send("v.img", &img, &["--keep-last=2"]);
+        shas.push((
+            r["session"].as_str().unwrap().to_string(),
+            sha256_file(&img),
+        ));
+        let removed = r["retention_removed"].as_array().map_or(0, |a| a.len());
+        assert_eq!(removed, usize::from(i >= 2), "send {i}: {r}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let list = w.json(&["list", "v.img"]);
+    let names: Vec<String> = list["volumes"]["v.img"]["sessions"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(names, [shas[2].0.clone(), shas[3].0.clone()]);
+    for (s, sha) in &shas[2..] {
+        let out = t.path().join("out.img");
+        w.receive("v.img", Some(s), &out);
+        assert_eq!(&sha256_file(&out), sha);
+    }
+    // A dry run records and prunes nothing; text output says what retention removed.
+    w.ok(&[
+        "send",
+        "v.img",
+        &format!("--import-other-from=v.img:|:{}", img.display()),
+        "--keep-last=1",
+        "--dry-run",
+        "--send-unchanged",
+    ]);
+    assert_eq!(w.json(&["list", "v.img"]), list);
+    Image::new(200).random(200_000).write(&img);
+    let text = w.ok(&[
+        "send",
+        "v.img",
+        &format!("--import-other-from=v.img:|:{}", img.display()),
+        "--keep-last=1",
+    ]);
+    assert!(
+        text.contains("v.img: retention removed 2 session(s)"),
+        "{text}"
+    );
+    check_strict(&ar);
+}
