@@ -6,8 +6,10 @@
 #   FUZZ_TARGETS="salt volinfo" scripts/fuzz.sh 30     only these targets
 #
 # Each target runs with one libFuzzer process per core (-fork). Memory rules: no single
-# allocation over 64 MiB (-malloc_limit_mb; every target caps its decompressed output at
-# 1 MiB, so only an allocation sized by what the input claims can reach it), 1 GiB RSS.
+# allocation over 160 MiB (-malloc_limit_mb; every target caps its decompressed output at
+# 1 MiB, so only an allocation sized by what the input claims can reach it: the one such
+# allocation allowed is a zstd frame's window, capped at 2^27 bytes, the largest the format's
+# compression levels write), 1 GiB RSS.
 # Findings land in fuzz/artifacts/<target>/; copy one into tests/fixtures/fuzz/<target>/ once
 # fixed, so `cargo test` replays it forever. The corpus (fuzz/corpus/) is kept between runs.
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain, or RUSTC_BOOTSTRAP.
@@ -42,7 +44,7 @@ for t in $targets; do
     set +e
     WYNG_FUZZ_TARGET=$t "${fuzz[@]}" run --release parsers "fuzz/corpus/$t" -- \
         -fork="$cores" -ignore_crashes=1 -max_total_time="$per" -max_len=65536 \
-        -malloc_limit_mb=64 -rss_limit_mb=1024 -timeout=10 \
+        -malloc_limit_mb=160 -rss_limit_mb=1024 -timeout=10 \
         -artifact_prefix="fuzz/artifacts/$t/" >"fuzz/artifacts/$t/log" 2>&1
     set -e
     found=$(find "fuzz/artifacts/$t" -type f ! -name log | wc -l)

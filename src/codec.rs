@@ -243,7 +243,11 @@ impl Compressor {
         };
         Ok(Box::new(BufReader::with_capacity(
             1 << 16,
-            Strict { inner, done: false },
+            Strict {
+                inner,
+                done: false,
+                failed: None,
+            },
         )))
     }
 }
@@ -272,14 +276,28 @@ impl StrictRead for bzip2::bufread::BzDecoder<Box<dyn BufRead + Send>> {
 struct Strict {
     inner: Box<dyn StrictRead>,
     done: bool,
+    /// The first error, repeated to every later read without touching the decoder again:
+    /// libbzip2 reads out of bounds when called again after it reported damage (found by
+    /// fuzzing under AddressSanitizer), and no decoder promises anything after an error.
+    failed: Option<(std::io::ErrorKind, String)>,
 }
 
 impl Read for Strict {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some((kind, msg)) = &self.failed {
+            return Err(std::io::Error::new(*kind, msg.clone()));
+        }
         if self.done || buf.is_empty() {
             return Ok(0);
         }
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.failed = Some((e.kind(), e.to_string()));
+                return Err(e);
+            }
+        };
         if n == 0 {
             self.done = true;
             if self.inner.input_left()? {
@@ -615,6 +633,38 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decoder that fails once and must never be called again after that.
+    struct FailsOnce(bool);
+    impl Read for FailsOnce {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            assert!(!self.0, "decoder called again after its error");
+            self.0 = true;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "damaged",
+            ))
+        }
+    }
+    impl StrictRead for FailsOnce {
+        fn input_left(&mut self) -> std::io::Result<bool> {
+            Ok(false)
+        }
+    }
+
+    #[test]
+    fn a_decoder_error_is_repeated_not_retried() {
+        let mut s = Strict {
+            inner: Box::new(FailsOnce(false)),
+            done: false,
+            failed: None,
+        };
+        let mut b = [0u8; 16];
+        for _ in 0..3 {
+            let e = s.read(&mut b).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        }
+    }
 
     fn all() -> Vec<Compressor> {
         vec![
