@@ -44,14 +44,6 @@ const MAX_LIST: u64 = 1 << 40;
 impl WriteArchive {
     /// Merges sessions `first..=last` of volume `vi` into the session after them.
     pub fn merge_sessions(&mut self, vi: usize, first: usize, last: usize) -> Result<()> {
-        // The format's merge moves session directories aside and back (format §13.4): on
-        // object storage every such rename is a copy of each chunk, and not atomic.
-        if !self.a.dest.capabilities().atomic_rename {
-            return Err(Error::Unsupported(format!(
-                "prune merges sessions by renaming directories, which {} (object storage) cannot do atomically; pruning s3:// archives is not available yet, and nothing was changed (copy the archive to a file: destination to prune it there)",
-                self.a.dest.url()
-            )));
-        }
         let vol = self.a.volumes[vi].clone();
         let vid = vol.vid.clone();
         let ti = last + 1;

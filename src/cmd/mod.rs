@@ -387,6 +387,7 @@ impl Global {
                     no_conditional_lock: self.s3_no_conditional_lock,
                     parallel: self.s3_parallel.map(usize::from),
                     access_key: None,
+                    report_json: self.json,
                 },
             },
         )

@@ -25,6 +25,9 @@ pub struct S3Options {
     pub parallel: Option<usize>,
     /// Access key id and secret given by a program embedding wyng (before the environment).
     pub access_key: Option<(String, String)>,
+    /// At the end, also print the requests and bytes as one JSON line on stderr (`--json`:
+    /// stdout keeps the command's own report).
+    pub report_json: bool,
 }
 
 pub struct S3Config {
@@ -39,6 +42,7 @@ pub struct S3Config {
     pub credential_source: String,
     pub no_conditional_lock: bool,
     pub parallel: usize,
+    pub report_json: bool,
 }
 
 /// Splits `s3://BUCKET[/PREFIX]`.
@@ -204,6 +208,7 @@ impl S3Config {
             credential_source,
             no_conditional_lock: o.no_conditional_lock,
             parallel: o.parallel.unwrap_or(16).clamp(1, 256),
+            report_json: o.report_json,
         })
     }
 
@@ -224,6 +229,15 @@ impl S3Config {
             k
         } else {
             format!("{k}/")
+        }
+    }
+
+    /// The redo marker of a directory move in progress (beside the prefix, like the lock).
+    pub fn rename_key(&self) -> String {
+        if self.prefix.is_empty() {
+            ".wyng-rename".into()
+        } else {
+            format!("{}.wyng-rename", self.prefix)
         }
     }
 
@@ -269,6 +283,7 @@ mod tests {
             credential_source: String::new(),
             no_conditional_lock: false,
             parallel: 1,
+            report_json: false,
         };
         assert_eq!(c.key("archive.ini"), "p/q/archive.ini");
         assert_eq!(c.key(""), "p/q");

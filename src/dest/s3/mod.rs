@@ -6,8 +6,10 @@
 //! What the engine may rely on (see [`Capabilities`]):
 //! * **No atomic rename, no hard links.** A file rename is a server-side copy then a delete;
 //!   the engine stages a session under its final keys (nothing references them before the
-//!   root is written) and never asks to rename a directory here: the one command that would,
-//!   prune's merge, is refused before it changes anything. Hard links are refused.
+//!   root is written). A directory rename (prune's merge) copies every object, then deletes
+//!   the sources, under a redo marker beside the prefix that the next writer completes first
+//!   (after taking the lock), so to the engine a rename is all or nothing. Hard links are
+//!   refused.
 //! * **`sync` is a barrier on uploads**: chunk uploads run in parallel in the background
 //!   (a bounded number in flight); `sync` returns once every one of them has been acknowledged
 //!   (S3 acknowledges a PUT only once it is durable), or with the first failure.
@@ -568,6 +570,56 @@ impl S3Dest {
         &self.inner.stats
     }
 
+    /// Moves every object under `from/` to `to/` (copies first, then deletes, so a crash at
+    /// any point leaves every object in at least one place), then drops the redo marker.
+    /// Running it again after a crash completes the move.
+    fn finish_rename(&self, from: &str, to: &str) -> Result<()> {
+        let i = &self.inner;
+        let (src, dst) = (i.cfg.dir_prefix(from), i.cfg.dir_prefix(to));
+        let keys = i.list(&src, false, None)?;
+        crate::parallel::run_on(i.cfg.parallel, keys.len(), |n| {
+            let k = &keys[n];
+            i.copy(k, &format!("{dst}{}", &k[src.len()..]))
+        })?;
+        // Deleting the sources is one `remove_all` (batched, folders included).
+        self.remove_all(from)?;
+        i.delete(&i.cfg.rename_key(), &[])?;
+        Ok(())
+    }
+
+    /// Finishes a directory move an interrupted writer left (its redo marker exists).
+    fn recover_rename(&self) -> Result<()> {
+        let i = &self.inner;
+        let Some(text) = i.get(&i.cfg.rename_key(), 4096)? else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let (Some(from), Some(to)) = (field("from"), field("to")) else {
+            return Err(Error::corrupt(
+                i.cfg.rename_key(),
+                "the redo marker of an interrupted directory move is unreadable; \
+                 check which of its directories holds the objects, then delete it",
+            ));
+        };
+        // Paths come from our own writes; still refuse anything that leaves the archive.
+        if [&from, &to]
+            .iter()
+            .any(|p| p.split('/').any(|c| c.is_empty() || c == ".."))
+        {
+            return Err(Error::corrupt(
+                i.cfg.rename_key(),
+                "bad path in the redo marker",
+            ));
+        }
+        tracing::warn!("finishing an interrupted move of {from} to {to}");
+        self.finish_rename(&from, &to)
+    }
+
     /// Whether the bucket exists (HeadBucket).
     fn bucket_exists(&self) -> Result<bool> {
         let i = &self.inner;
@@ -591,6 +643,17 @@ impl Drop for S3Dest {
             l.release(&self.inner);
         }
         let s = &self.inner.stats;
+        if self.inner.cfg.report_json {
+            eprintln!(
+                "{}",
+                serde_json::json!({"s3": {
+                    "requests": s.requests.load(Ordering::Relaxed),
+                    "retries": s.retries.load(Ordering::Relaxed),
+                    "bytes_up": s.bytes_up.load(Ordering::Relaxed),
+                    "bytes_down": s.bytes_down.load(Ordering::Relaxed),
+                }})
+            );
+        }
         tracing::info!(
             "s3: {} requests ({} retried), {} uploaded, {} downloaded",
             s.requests.load(Ordering::Relaxed),
@@ -755,17 +818,31 @@ impl Dest for S3Dest {
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         let (f, t) = (self.inner.cfg.key(from), self.inner.cfg.key(to));
-        if self.inner.head(&f)?.is_none() {
-            return Err(Error::Unsupported(format!(
-                "{} has no object {from} to rename (object storage cannot rename directories)",
-                self.inner.url
-            )));
+        if self.inner.head(&f)?.is_some() {
+            // Copy, then delete: a crash between leaves both, and the source is a leftover
+            // the engine's recovery treats as it treats the staged file it was.
+            self.inner.copy(&f, &t)?;
+            self.inner.delete(&f, &[])?;
+            return Ok(());
         }
-        // Copy, then delete: a crash between leaves both, and the source is a leftover the
-        // engine's recovery treats as it treats the staged file it was.
-        self.inner.copy(&f, &t)?;
-        self.inner.delete(&f, &[])?;
-        Ok(())
+        // A directory (prune's merge moves session directories): every object is copied, then
+        // the sources deleted, under a redo marker beside the prefix, so that after a crash the
+        // next writer finishes the move before anything looks at the archive (see `lock`).
+        if self
+            .inner
+            .list(&self.inner.cfg.dir_prefix(from), false, Some(1))?
+            .is_empty()
+        {
+            return Err(Error::DestIo {
+                url: self.inner.url.clone(),
+                path: from.to_string(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let marker = format!("from={from}\nto={to}\n");
+        self.inner
+            .put_ok(&self.inner.cfg.rename_key(), marker.as_bytes())?;
+        self.finish_rename(from, to)
     }
 
     fn hard_link(&self, _from: &str, _to: &str) -> Result<()> {
@@ -804,15 +881,28 @@ impl Dest for S3Dest {
         self.inner.delete_many(&keys)?;
         if !dir.is_empty() {
             // Engines with a filer (SeaweedFS) keep emptied folders listed until their own
-            // keys are deleted, deepest first; elsewhere these delete nothing.
-            let mut folders: Vec<&str> = keys
+            // keys are deleted, deepest first (a folder with a subfolder stays); elsewhere
+            // there are none and these delete nothing.
+            let mut folders: Vec<String> = keys
                 .iter()
-                .filter_map(|k| Some(&k[..k.rfind('/')? + 1]))
+                .filter_map(|k| Some(k[..k.rfind('/')? + 1].to_string()))
                 .filter(|f| f.len() > dir.len())
                 .collect();
+            if keys.is_empty() {
+                // Only empty folders left (their objects were moved away): find them.
+                let mut todo = vec![dir.clone()];
+                while let Some(d) = todo.pop() {
+                    for k in self.inner.list(&d, true, None)? {
+                        if k.ends_with('/') && k.len() > d.len() {
+                            folders.push(k.clone());
+                            todo.push(k);
+                        }
+                    }
+                }
+            }
             folders.sort_by_key(|f| std::cmp::Reverse(f.len()));
             folders.dedup();
-            for f in folders {
+            for f in &folders {
                 self.inner.delete(f, &[])?;
             }
             self.inner.delete(&dir, &[])?;
@@ -861,7 +951,9 @@ impl Dest for S3Dest {
         }
         let held = lock::acquire(&self.inner)?;
         *self.lock.lock() = Some(held);
-        Ok(())
+        // Before the engine looks at anything: a directory move a crash interrupted is
+        // finished, so renames look atomic to it.
+        self.recover_rename()
     }
 
     fn unlock(&self) {
