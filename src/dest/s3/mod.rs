@@ -158,9 +158,9 @@ impl Inner {
                     match code {
                         401 | 403 => {
                             return Err(Error::Auth(format!(
-                                "S3 refused the credentials from {} for {key} ({code}{}{code_name}): check the access key, secret and region",
+                                "S3 refused {method} {key} ({code}{}{code_name}) with the credentials from {}: check the access key, secret and region, or a bucket policy or quota that forbids it",
+                                if code_name.is_empty() { "" } else { " " },
                                 self.cfg.credential_source,
-                                if code_name.is_empty() { "" } else { " " }
                             )))
                         }
                         // The bucket (or the archive) is not there.
