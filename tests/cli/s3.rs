@@ -226,10 +226,6 @@ fn upload(d: &dyn wyng::dest::Dest, dir: &Path) {
     d.sync().unwrap();
 }
 
-fn sessions(w: &Wyng, vol: &str) -> Vec<String> {
-    session_names(w, vol)
-}
-
 /// Runs `args`, calls `interrupt` `after` it started, and returns how it ended.
 fn interrupted(
     w: &Wyng,
@@ -420,7 +416,7 @@ fn one_writer_at_a_time() {
     let o = w.run(&["send", "v.img", &imp]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("stale archive lock"));
-    assert_eq!(sessions(&w, "v.img").len(), 2);
+    assert_eq!(session_names(&w, "v.img").len(), 2);
     // A live one is not.
     lock_key_writer
         .write(
@@ -575,7 +571,7 @@ fn link_cut_mid_send_and_mid_receive() {
     assert!(!err.contains("panicked") && !err.contains("X-Amz"), "{err}");
     proxy.restore();
     // The archive is as before; the next send succeeds and both sessions are exact.
-    assert_eq!(sessions(&w, "big.img").len(), 1);
+    assert_eq!(session_names(&w, "big.img").len(), 1);
     let second = w.send("big.img", &img, &[]);
     assert_ne!(first["session"], second["session"]);
     w.ok(&["arch-check"]);
@@ -906,7 +902,7 @@ fn prune_on_s3_and_a_link_cut_in_the_middle_of_it() {
     // Prune the two oldest: what they held moves into the third, which still restores exactly.
     let upto = format!("--session={}", &shas[2].0[2..]);
     w.ok(&["prune", "p.img", "--all-before", &upto]);
-    assert_eq!(sessions(&w, "p.img").len(), 3);
+    assert_eq!(session_names(&w, "p.img").len(), 3);
     let out = t.path().join("out.img");
     for (s, sha) in &shas[2..] {
         w.receive("p.img", Some(s), &out);
@@ -928,7 +924,7 @@ fn prune_on_s3_and_a_link_cut_in_the_middle_of_it() {
         String::from_utf8_lossy(&o.stderr)
     );
     w.ok(&["arch-check", "--clean"]);
-    let left = sessions(&w, "p.img");
+    let left = session_names(&w, "p.img");
     assert!(left.len() == 1 || left.len() == 3, "{left:?}");
     for (s, sha) in &shas {
         if left.iter().any(|l| s.ends_with(l.as_str())) {
@@ -939,7 +935,7 @@ fn prune_on_s3_and_a_link_cut_in_the_middle_of_it() {
     // The newest always survives; the prune, run again, completes.
     assert!(left.iter().any(|l| shas[4].0.ends_with(l.as_str())));
     w.ok(&["prune", "p.img", "--all-before", &upto]);
-    assert_eq!(sessions(&w, "p.img").len(), 1);
+    assert_eq!(session_names(&w, "p.img").len(), 1);
     w.receive("p.img", None, &out);
     assert_eq!(sha256_file(&out), shas[4].1);
     let copy = t.path().join("copy");

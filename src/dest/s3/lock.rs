@@ -122,16 +122,7 @@ pub fn acquire(inner: &Arc<Inner>) -> Result<Held> {
         let resp = match inner.send(
             &key,
             "GET",
-            &|| {
-                use rusty_s3::S3Action;
-                (
-                    inner
-                        .bucket
-                        .get_object(inner.creds(), &key)
-                        .sign(super::SIGN_FOR),
-                    Vec::new(),
-                )
-            },
+            &|| super::signed(inner.bucket.get_object(inner.creds(), &key), &[]),
             &super::Body::Empty,
         )? {
             Reply::Ok(r) => r,

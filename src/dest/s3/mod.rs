@@ -46,10 +46,29 @@ const ATTEMPTS: u32 = 6;
 const RETRY_BUFFER: u64 = 64 << 20;
 
 /// A slot of [`S3Dest::read_many`]: filled with the object (or its absence).
-type Fetched = Option<Option<Vec<u8>>>;
+type Slot = Option<Option<Vec<u8>>>;
 
 /// An upload job: the key and the bytes.
 type Job = (String, Vec<u8>);
+
+/// What [`Inner::fetch`] got.
+enum Fetched {
+    Missing,
+    Whole(Vec<u8>),
+    /// Larger than the caller holds: the unread response and its length.
+    Large(Box<ureq::Response>, u64),
+}
+
+/// The signed URL of `action` with `extra` headers signed in, and the headers to send with it.
+fn signed<'a>(
+    mut action: impl S3Action<'a>,
+    extra: &[(&'static str, String)],
+) -> (url::Url, Vec<(&'static str, String)>) {
+    for (h, v) in extra {
+        action.headers_mut().insert(*h, v.clone());
+    }
+    (action.sign(SIGN_FOR), extra.to_vec())
+}
 
 /// What came back, once retries are over.
 enum Reply {
@@ -64,13 +83,13 @@ enum Body<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Requests and bytes of this run, reported at the end (`-v`).
+/// Requests and bytes of this run, reported at the end (`-v`, `--json`).
 #[derive(Default)]
-pub struct Stats {
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub bytes_up: AtomicU64,
-    pub bytes_down: AtomicU64,
+struct Stats {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
 }
 
 /// What the upload workers and the destination share.
@@ -217,13 +236,7 @@ impl Inner {
         self.send(
             key,
             "PUT",
-            &|| {
-                let mut a = self.bucket.put_object(self.creds(), key);
-                for (h, v) in extra {
-                    a.headers_mut().insert(*h, v.clone());
-                }
-                (a.sign(SIGN_FOR), extra.to_vec())
-            },
+            &|| signed(self.bucket.put_object(self.creds(), key), extra),
             &Body::Bytes(data),
         )
     }
@@ -237,20 +250,26 @@ impl Inner {
 
     /// GET of a whole object of at most `max` bytes, checked against its Content-Length.
     fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        match self.fetch(key, max, u64::MAX)? {
+            Fetched::Missing => Ok(None),
+            Fetched::Whole(b) => Ok(Some(b)),
+            Fetched::Large(..) => unreachable!("every size is held"),
+        }
+    }
+
+    /// One GET of an object of at most `max` bytes: a body of at most `hold` bytes is read
+    /// whole and checked against its Content-Length (a short one is fetched again, never
+    /// used); a larger one comes back unread, for the caller to stream once.
+    fn fetch(&self, key: &str, max: u64, hold: u64) -> Result<Fetched> {
         for _ in 0..ATTEMPTS {
             let resp = match self.send(
                 key,
                 "GET",
-                &|| {
-                    (
-                        self.bucket.get_object(self.creds(), key).sign(SIGN_FOR),
-                        Vec::new(),
-                    )
-                },
+                &|| signed(self.bucket.get_object(self.creds(), key), &[]),
                 &Body::Empty,
             )? {
                 Reply::Ok(r) => r,
-                Reply::NotFound => return Ok(None),
+                Reply::NotFound => return Ok(Fetched::Missing),
                 Reply::PreconditionFailed => {
                     return Err(self.unavailable(format!("GET {key}: precondition failed")))
                 }
@@ -261,6 +280,9 @@ impl Inner {
                     key,
                     format!("object is {n} bytes, more than the {max} allowed"),
                 ));
+            }
+            if let Some(n) = len.filter(|&n| n > hold) {
+                return Ok(Fetched::Large(resp, n));
             }
             let mut buf = Vec::with_capacity(len.unwrap_or(0).min(max) as usize);
             let read = resp.into_reader().take(max + 1).read_to_end(&mut buf);
@@ -276,7 +298,7 @@ impl Inner {
                 }
                 // A short body (a dropped connection) is fetched again, never used.
                 Ok(_) if len.is_some_and(|n| n != buf.len() as u64) => {}
-                Ok(_) => return Ok(Some(buf)),
+                Ok(_) => return Ok(Fetched::Whole(buf)),
                 Err(_) => {}
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -312,13 +334,7 @@ impl Inner {
         self.send(
             key,
             "DELETE",
-            &|| {
-                let mut a = self.bucket.delete_object(self.creds(), key);
-                for (h, v) in extra {
-                    a.headers_mut().insert(*h, v.clone());
-                }
-                (a.sign(SIGN_FOR), extra.to_vec())
-            },
+            &|| signed(self.bucket.delete_object(self.creds(), key), extra),
             &Body::Empty,
         )
     }
@@ -565,11 +581,6 @@ impl S3Dest {
         })
     }
 
-    /// Requests and bytes so far.
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
-    }
-
     /// Moves every object under `from/` to `to/` (copies first, then deletes, so a crash at
     /// any point leaves every object in at least one place), then drops the redo marker.
     /// Running it again after a crash completes the move.
@@ -702,7 +713,7 @@ impl Dest for S3Dest {
 
     fn read_many(&self, rels: &[String], max: u64) -> Result<Vec<Option<Vec<u8>>>> {
         // Parallel GETs, results in order.
-        let slots: Vec<Mutex<Fetched>> = rels.iter().map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Slot>> = rels.iter().map(|_| Mutex::new(None)).collect();
         crate::parallel::run_on(self.inner.cfg.parallel, rels.len(), |i| {
             *slots[i].lock() = Some(self.read(&rels[i], max)?);
             Ok::<(), Error>(())
@@ -721,44 +732,19 @@ impl Dest for S3Dest {
     }
 
     fn read_into(&self, rel: &str, max: u64, out: &mut dyn Write) -> Result<Option<u64>> {
-        let key = self.inner.cfg.key(rel);
-        // Small enough to hold: fetched whole (with retries), then written.
-        if let Some(n) = self.inner.head(&key)? {
-            if n <= RETRY_BUFFER {
-                return match self.inner.get(&key, max)? {
-                    None => Ok(None),
-                    Some(b) => {
-                        out.write_all(&b)
-                            .map_err(|e| Error::io("local spool for a download", e))?;
-                        Ok(Some(b.len() as u64))
-                    }
-                };
-            }
-            if n > max {
-                return Err(Error::corrupt(
-                    &key,
-                    format!("object is {n} bytes, more than the {max} allowed"),
-                ));
-            }
-        } else {
-            return Ok(None);
-        }
         let i = &self.inner;
-        let resp = match i.send(
-            &key,
-            "GET",
-            &|| {
-                (
-                    i.bucket.get_object(i.creds(), &key).sign(SIGN_FOR),
-                    Vec::new(),
-                )
-            },
-            &Body::Empty,
-        )? {
-            Reply::Ok(r) => r,
-            _ => return Ok(None),
+        let key = i.cfg.key(rel);
+        // Small enough to hold: fetched whole (with retries), then written; larger: streamed
+        // once from the same response.
+        let (resp, len) = match i.fetch(&key, max, RETRY_BUFFER)? {
+            Fetched::Missing => return Ok(None),
+            Fetched::Whole(b) => {
+                out.write_all(&b)
+                    .map_err(|e| Error::io("local spool for a download", e))?;
+                return Ok(Some(b.len() as u64));
+            }
+            Fetched::Large(resp, len) => (resp, len),
         };
-        let len: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
         let mut r = resp.into_reader().take(max + 1);
         let n = std::io::copy(&mut r, out).map_err(|e| Error::DestIo {
             url: i.url.clone(),
@@ -766,11 +752,8 @@ impl Dest for S3Dest {
             source: e,
         })?;
         i.stats.bytes_down.fetch_add(n, Ordering::Relaxed);
-        if n > max || len.is_some_and(|l| l != n) {
-            return Err(i.unavailable(format!(
-                "GET {key}: {n} bytes received, {} expected",
-                len.unwrap_or(0)
-            )));
+        if n != len {
+            return Err(i.unavailable(format!("GET {key}: {n} bytes received, {len} expected")));
         }
         Ok(Some(n))
     }
