@@ -283,8 +283,13 @@ pub fn run(cli: Cli) -> Result<()> {
         remap: g.remap,
         reflink_fs,
     });
+    // Commands that never open an archive leave its cache alone (no walk of the meta dir).
+    let uses_archive = !matches!(
+        cli.cmd,
+        Cmd::Version | Cmd::Completions(_) | Cmd::Man(_) | Cmd::Umount(_)
+    );
     let result = run_command(g, cli.cmd);
-    if g.meta_reduce.mode != MetaMode::Off && g.meta_dir.is_dir() {
+    if uses_archive && g.meta_reduce.mode != MetaMode::Off && g.meta_dir.is_dir() {
         let n = wyng::archive::local::reduce(
             &g.meta_dir,
             g.meta_reduce.minutes,

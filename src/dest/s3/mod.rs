@@ -581,6 +581,19 @@ impl S3Dest {
         })
     }
 
+    /// Renames the object `from` (copy, then delete: a crash between leaves both, and the
+    /// source is a leftover the engine's recovery treats as it treats the staged file it was).
+    /// `false` if `from` is no object (a directory, or nothing).
+    fn move_object(&self, from: &str, to: &str) -> Result<bool> {
+        let (f, t) = (self.inner.cfg.key(from), self.inner.cfg.key(to));
+        if self.inner.head(&f)?.is_none() {
+            return Ok(false);
+        }
+        self.inner.copy(&f, &t)?;
+        self.inner.delete(&f, &[])?;
+        Ok(true)
+    }
+
     /// Moves every object under `from/` to `to/` (copies first, then deletes, so a crash at
     /// any point leaves every object in at least one place), then drops the redo marker.
     /// Running it again after a crash completes the move.
@@ -800,12 +813,7 @@ impl Dest for S3Dest {
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let (f, t) = (self.inner.cfg.key(from), self.inner.cfg.key(to));
-        if self.inner.head(&f)?.is_some() {
-            // Copy, then delete: a crash between leaves both, and the source is a leftover
-            // the engine's recovery treats as it treats the staged file it was.
-            self.inner.copy(&f, &t)?;
-            self.inner.delete(&f, &[])?;
+        if self.move_object(from, to)? {
             return Ok(());
         }
         // A directory (prune's merge moves session directories): every object is copied, then
@@ -826,6 +834,22 @@ impl Dest for S3Dest {
         self.inner
             .put_ok(&self.inner.cfg.rename_key(), marker.as_bytes())?;
         self.finish_rename(from, to)
+    }
+
+    /// As the default, one move at a time in order, but a source is looked up once (the
+    /// default asks `exists` and then `rename` asks again: two HEADs per chunk of a merge).
+    fn apply_moves(&self, moves: &[super::Move]) -> Result<()> {
+        for m in moves {
+            match m {
+                super::Move::Rename { from, to } => {
+                    if !self.move_object(from, to)? && self.exists(from)? {
+                        self.rename(from, to)?;
+                    }
+                }
+                super::Move::Remove(p) => self.remove_all(p)?,
+            }
+        }
+        Ok(())
     }
 
     fn hard_link(&self, _from: &str, _to: &str) -> Result<()> {
