@@ -19,12 +19,15 @@ pub const DEDUP_PROBE: &str = "dedup-probe.tmp";
 
 /// Where a send stages its session before the commit renames it.
 pub const STAGING: &str = "S-tmp";
+/// Where a resumed send sets the interrupted send's staging aside (see `archive::resume`).
+pub const ASIDE: &str = "S-resume";
 
 /// A session's directory: a committed session, or the one being staged.
 #[derive(Clone, Copy, Debug)]
 pub enum Dir<'a> {
     Session(&'a SessionName),
     Staging,
+    Aside,
 }
 
 impl Dir<'_> {
@@ -32,6 +35,7 @@ impl Dir<'_> {
         match self {
             Dir::Session(s) => s.as_str(),
             Dir::Staging => STAGING,
+            Dir::Aside => ASIDE,
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod layout;
 pub mod local;
 pub mod manifest;
 mod recovery;
+pub mod resume;
 pub mod session;
 mod write;
 
@@ -54,6 +55,8 @@ use crate::spool::Spool;
 
 pub use crate::codec::{Compression, Compressor};
 pub use crate::crypto::CipherMode;
+/// A move of a staged file (taking chunks from an interrupted send, merges).
+pub use crate::dest::Move;
 pub use crate::dest::{Capabilities, DestOptions, MemDest, S3Options};
 pub use chunks::{ChunkLoc, ChunkReader};
 pub use index::MergedIndex;

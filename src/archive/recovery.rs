@@ -39,18 +39,25 @@ impl Archive {
         for name in self.dest.list("")? {
             if name.ends_with(".tmp") {
                 add(name, "a file an interrupted command staged");
-            } else if VolumeId::parse(&name).is_some()
+            } else if let Some(vid) = VolumeId::parse(&name).filter(|v| {
                 // The root decides, not what could be loaded: a damaged volume's directory
                 // is kept.
-                && !self.ini.volumes.iter().any(|(v, _)| v.as_str() == name)
-            {
-                add(name, "a volume directory no archive.ini refers to");
+                !self.ini.volumes.iter().any(|(x, _)| x == v)
+            }) {
+                if !self.resumable_first_send(&vid) {
+                    add(name, "a volume directory no archive.ini refers to");
+                }
             }
         }
         for v in &self.volumes {
             for name in self.dest.list(v.vid.as_str())? {
                 let why = if name == layout::STAGING {
+                    if self.resumable(&v.vid, &name) {
+                        continue; // kept for the next send to resume (see `resume`)
+                    }
                     "the staging directory of an interrupted send"
+                } else if name == layout::ASIDE {
+                    "what a resumed send did not take of an interrupted one"
                 } else if name.ends_with(".tmp") {
                     "a file an interrupted command staged"
                 } else if name.starts_with("merge") {
@@ -60,6 +67,9 @@ impl Archive {
                 } else if SessionName::parse(&name).is_some()
                     && !v.volinfo.sessions.iter().any(|(s, _)| s.as_str() == name)
                 {
+                    if self.resumable(&v.vid, &name) {
+                        continue; // a send staged in place, kept for its resume
+                    }
                     "a session directory the volume does not list"
                 } else {
                     continue;

@@ -4,12 +4,17 @@
 //! order). Dropping a writer that was not committed aborts it: the staging directory is
 //! removed, and nothing ever referred to it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use super::index::{Builder, MergedIndex};
+use super::resume::{self, RecordWriter, ReuseCursor};
 use super::write::{failpoint, WriteArchive};
 use super::{layout, Archive, ChunkLoc};
 use crate::codec::Encoded;
+use crate::dest::Move;
 use crate::error::{Error, Result};
 use crate::format::manifest::{write_log_text, ManifestLog};
 use crate::format::{self as fmt, Session, SessionInfo, SessionName};
@@ -82,22 +87,157 @@ pub struct SessionWriter<'a> {
     vi: usize,
     name: SessionName,
     done: bool,
+    /// `None` without local state: an interrupted send then starts over.
+    resume: Option<Resume>,
+}
+
+/// A session's part in resuming (see [`super::resume`]).
+struct Resume {
+    /// This session's record, appended to at each checkpoint.
+    record: Mutex<RecordWriter>,
+    /// An interrupted send's staging, set aside, and its record: where chunks may be taken
+    /// from.
+    from: Option<(String, PathBuf)>,
 }
 
 impl WriteArchive {
     /// Starts staging session `name` of volume `vi` (an empty `S-tmp`, or on a destination
     /// without atomic rename the session's own directory: see [`SessionWriter::staging`]).
+    /// With local state the staging is resumable: what an interrupted send of this volume
+    /// staged, that its record names, is set aside for [`SessionWriter::reuse_cursor`].
     pub fn begin_session(&mut self, vi: usize, name: SessionName) -> Result<SessionWriter<'_>> {
         let vid = self.a.volumes[vi].vid.clone();
-        let dir = layout::dir(&vid, staging_dir(&*self.a.dest, &name));
-        self.a.dest.remove_all(&dir)?;
-        self.a.dest.mkdir_all(&dir)?;
+        let dest = &*self.a.dest;
+        let dir = layout::dir(&vid, staging_dir(dest, &name));
+        let local = self.a.local_volume_dir(&vid);
+        let mut from = None;
+        if let Some(ld) = &local {
+            let rec = resume::record_path(ld);
+            // A record without pairs has nothing to take: its staging goes now, not after
+            // the commit (it may be what filled the destination).
+            let takes = ReuseCursor::open(&rec).is_some_and(|c| !c.is_empty());
+            match resume::read_header(&rec).filter(|_| takes) {
+                Some(h) if self.a.marker_matches(&h) => {
+                    let aside = if h.staging == dir {
+                        let a = layout::dir(&vid, layout::Dir::Aside);
+                        dest.remove_all(&a)?;
+                        dest.rename(&h.staging, &a)?;
+                        a
+                    } else {
+                        h.staging.clone()
+                    };
+                    let taken = resume::taken_path(ld);
+                    if std::fs::rename(&rec, &taken).is_ok() {
+                        from = Some((aside, taken));
+                    }
+                }
+                other => {
+                    if let Some(h) = other.filter(|h| h.staging != dir) {
+                        if self.a.marker_matches(&h) {
+                            dest.remove_all(&h.staging)?;
+                        }
+                    }
+                    let _ = std::fs::remove_file(&rec);
+                }
+            }
+        }
+        dest.remove_all(&dir)?;
+        dest.mkdir_all(&dir)?;
+        let resume = match &local {
+            Some(ld) => {
+                let h = resume::Header {
+                    id: resume::new_id(),
+                    staging: dir.clone(),
+                    volume: self.a.volumes[vi].name().to_string(),
+                };
+                dest.write(&h.marker(), h.id.as_bytes())?;
+                match RecordWriter::create(&resume::record_path(ld), &h) {
+                    Ok(record) => Some(Resume {
+                        record: Mutex::new(record),
+                        from,
+                    }),
+                    Err(e) => {
+                        tracing::warn!("cannot keep a resume record ({e}): an interrupted send will start over");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(SessionWriter {
             w: self,
             vi,
             name,
             done: false,
+            resume,
         })
+    }
+}
+
+impl WriteArchive {
+    /// Removes what an interrupted send of volume `vi` staged for its resume (to make room:
+    /// sessions are worth more than a head start).
+    pub fn drop_resume(&mut self, vi: usize) -> Result<()> {
+        let vid = self.a.volumes[vi].vid.clone();
+        let Some(ld) = self.a.local_volume_dir(&vid) else {
+            return Ok(());
+        };
+        let rec = resume::record_path(&ld);
+        if let Some(h) = resume::read_header(&rec) {
+            if self.a.marker_matches(&h) {
+                tracing::info!(
+                    "removing {}: staged by an interrupted send, to make room",
+                    h.staging
+                );
+                self.a.dest.remove_all(&h.staging)?;
+            }
+        }
+        let _ = std::fs::remove_file(rec);
+        Ok(())
+    }
+}
+
+impl Archive {
+    /// Whether the staging directory `h` names holds the marker with `h`'s id.
+    pub(super) fn marker_matches(&self, h: &resume::Header) -> bool {
+        matches!(self.dest.read(&h.marker(), 64), Ok(Some(m)) if m == h.id.as_bytes())
+    }
+
+    /// Whether `dir` (a directory of volume `vid`) is the staging of an interrupted send that
+    /// this host's record can resume (recovery keeps it).
+    pub(super) fn resumable(&self, vid: &crate::format::VolumeId, dir: &str) -> bool {
+        self.local_volume_dir(vid)
+            .and_then(|ld| resume::read_header(&resume::record_path(&ld)))
+            .is_some_and(|h| h.names(vid, dir) && self.marker_matches(&h))
+    }
+
+    /// Whether `vid`, a volume directory no root names, holds the resumable staging of this
+    /// host's interrupted first send of it (whatever else it holds is staging too: no root
+    /// names the volume; the first commit's recovery removes what is left over).
+    pub(super) fn resumable_first_send(&self, vid: &crate::format::VolumeId) -> bool {
+        let Some(h) = self
+            .local_volume_dir(vid)
+            .and_then(|ld| resume::read_header(&resume::record_path(&ld)))
+        else {
+            return false;
+        };
+        h.staging.starts_with(&format!("{vid}/")) && self.marker_matches(&h)
+    }
+
+    /// The id of a volume `name` whose first send this host began and that can resume: no
+    /// root names it yet, its directory holds only that staging.
+    pub(super) fn resumable_new_volume(&self, name: &str) -> Option<crate::format::VolumeId> {
+        let local = self.local_dir()?;
+        std::fs::read_dir(local)
+            .ok()?
+            .flatten()
+            .filter_map(|e| crate::format::VolumeId::parse(&e.file_name().to_string_lossy()))
+            .filter(|v| !self.volumes.iter().any(|x| &x.vid == v))
+            .find(|v| {
+                resume::read_header(&resume::record_path(&local.join(v.as_str())))
+                    .is_some_and(|h| h.volume == name)
+                    && self.resumable_first_send(v)
+            })
     }
 }
 
@@ -140,6 +280,64 @@ impl SessionWriter<'_> {
         self.staged(idx)
     }
 
+    /// The chunks an interrupted send of this volume staged and recorded, if this session
+    /// resumes one: a cursor over their addresses and hashes.
+    pub fn reuse_cursor(&self) -> Option<ReuseCursor> {
+        let (_, rec) = self.resume.as_ref()?.from.as_ref()?;
+        ReuseCursor::open(rec)
+    }
+
+    /// The move that takes chunk `idx` from the interrupted send's staging into this one
+    /// (its recorded hash is what this send read: see [`Self::reuse_cursor`]).
+    pub fn take(&self, idx: u64) -> Option<Move> {
+        let (aside, _) = self.resume.as_ref()?.from.as_ref()?;
+        let addr = idx * self.w.a.chunksize();
+        Some(Move::Rename {
+            from: format!("{aside}/{:09x}/x{addr:016x}", addr >> 28),
+            to: self.staged(idx),
+        })
+    }
+
+    /// Makes what was staged so far durable and records it for a resume: `moves` (chunks
+    /// taken from an interrupted send) are carried out, the destination synced, then
+    /// `entries` (address, hash of every chunk staged since the last checkpoint, taken or
+    /// stored) appended to the record.
+    pub fn checkpoint(&self, entries: &[(u64, fmt::Hash32)], moves: &[Move]) -> Result<()> {
+        let dest = &*self.w.a.dest;
+        if !moves.is_empty() {
+            let mut dirs: Vec<&str> = moves
+                .iter()
+                .filter_map(|m| match m {
+                    Move::Rename { to, .. } => to.rsplit_once('/').map(|(d, _)| d),
+                    Move::Remove(_) => None,
+                })
+                .collect();
+            dirs.dedup();
+            for d in dirs {
+                dest.mkdir_all(d)?;
+            }
+            dest.apply_moves(moves)?;
+        }
+        dest.sync()?;
+        if let Some(r) = &self.resume {
+            r.record.lock().append(entries);
+        }
+        Ok(())
+    }
+
+    /// Forgets the resume state once the session is committed or abandoned: the record, and
+    /// the interrupted send's staging (what this session did not take of it).
+    fn end_resume(&mut self) {
+        let Some(r) = self.resume.take() else { return };
+        let _ = std::fs::remove_file(r.record.lock().path());
+        if let Some((aside, rec)) = r.from {
+            if let Err(e) = self.w.a.dest.remove_all(&aside) {
+                tracing::debug!("could not remove {aside}: {e}");
+            }
+            let _ = std::fs::remove_file(rec);
+        }
+    }
+
     /// Commits the staged session with its `info` (the manifest hash is filled in here) and
     /// its manifest text (`None`: nothing changed). With `index`, the merged view of the new
     /// session that the caller built as it went is kept for later commands.
@@ -166,6 +364,13 @@ impl SessionWriter<'_> {
             }
             _ => None,
         };
+        if self.resume.is_some() {
+            w.a.dest.remove_all(&format!(
+                "{}/{}",
+                layout::dir(&vid, staging),
+                resume::MARKER
+            ))?;
+        }
         let enc = w.a.codec.encode_meta(info.to_text().as_bytes())?;
         if enc.file.len() as u64 > w.a.meta_limit(fmt::MAX_INFO_Z as u64) {
             return Err(Error::Usage(
@@ -205,19 +410,30 @@ impl SessionWriter<'_> {
             None => None,
         };
         w.a.prune_indexes(vi);
+        self.end_resume();
         Ok(installed)
     }
 
     /// Abandons the session explicitly (dropping the writer does the same).
     pub fn abort(mut self) -> Result<()> {
         self.done = true;
+        self.end_resume();
         let vid = &self.w.a.volumes[self.vi].vid;
         self.w.a.dest.remove_all(&layout::dir(vid, self.staging()))
     }
 }
 
+/// A writer dropped before its commit (an error, an interrupt) keeps a resumable staging for
+/// the next send; without local state it removes the staging, which nothing refers to.
 impl Drop for SessionWriter<'_> {
     fn drop(&mut self) {
+        if let (false, Some(r)) = (self.done, self.resume.take()) {
+            if let Some((aside, rec)) = r.from {
+                let _ = self.w.a.dest.remove_all(&aside);
+                let _ = std::fs::remove_file(rec);
+            }
+            return;
+        }
         if !self.done {
             let vid = &self.w.a.volumes[self.vi].vid;
             if let Err(e) = self.w.a.dest.remove_all(&layout::dir(vid, self.staging())) {

@@ -409,7 +409,13 @@ impl WriteArchive {
                 "the archive already holds 1024 volumes, the format's limit".into(),
             ));
         }
+        // A first send of this name that this host began and that was interrupted keeps its
+        // id, so that the next send resumes it (see `resume`).
+        let resumed = self.a.resumable_new_volume(name);
         let vid = loop {
+            if let Some(v) = &resumed {
+                break v.clone();
+            }
             let v = VolumeId::random();
             if !self.a.volumes.iter().any(|x| x.vid == v) && !self.a.dest.exists(v.as_str())? {
                 break v;

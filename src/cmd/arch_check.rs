@@ -95,7 +95,7 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
     }
     if problems > 0 {
         return Err(Error::corrupt(
-            g.dest.clone().unwrap_or_default(),
+            g.dest_url().to_string(),
             format!("arch-check found {problems} problem(s)"),
         ));
     }

@@ -66,10 +66,18 @@ pub fn apply_config(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let Some(sub) = cmd.get_subcommands().find(|s| s.get_name() == sub_name) else {
         return Ok(args);
     };
+    // Destinations on the command line replace the file's (which may list several, one per
+    // line, for send).
+    let cli_dest = strs
+        .iter()
+        .any(|a| a == "--dest" || a.starts_with("--dest="));
     let mut inject: Vec<OsString> = Vec::new();
     for (key, value) in items {
         if CONFIG_IGNORED.contains(&key.as_str()) {
             eprintln!("Ignoring config item: {key}");
+            continue;
+        }
+        if key == "dest" && cli_dest {
             continue;
         }
         let find = |c: &clap::Command| {

@@ -51,9 +51,11 @@ pub struct Cli {
 #[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Archive location: file:/path, ssh://[user@]host[:port]/path, qubes://vm/path,
-    /// qubes-ssh://vm:[user@]host[:port]/path or s3://bucket[/prefix]
-    #[arg(long, global = true, value_name = "URL")]
-    pub dest: Option<String>,
+    /// qubes-ssh://vm:[user@]host[:port]/path or s3://bucket[/prefix]. `send` takes several
+    /// (--dest=A --dest=B, or one per line in the configuration file): one read of each
+    /// volume, written to every archive
+    #[arg(long, global = true, value_name = "URL", action = clap::ArgAction::Append)]
+    pub dest: Vec<String>,
     /// Directory for wyng's local state about archives (created if missing)
     #[arg(
         long,
@@ -368,10 +370,40 @@ impl Global {
         }
     }
 
+    /// The one archive location of this command (only `send` takes several).
     pub fn location(&self) -> Result<Location> {
-        let url = self.dest.as_deref().ok_or_else(|| {
-            Error::Usage("--dest is required, e.g. --dest=file:/mnt/usb/laptop.backup".into())
-        })?;
+        match self.dests()?.as_slice() {
+            [one] => self.location_of(one),
+            _ => Err(Error::Usage(
+                "--dest was given more than once: only send writes to several archives".into(),
+            )),
+        }
+    }
+
+    /// Every `--dest` given (at least one).
+    pub fn dests(&self) -> Result<Vec<String>> {
+        if self.dest.is_empty() {
+            return Err(Error::Usage(
+                "--dest is required, e.g. --dest=file:/mnt/usb/laptop.backup".into(),
+            ));
+        }
+        let mut seen = Vec::new();
+        for d in &self.dest {
+            if seen.contains(d) {
+                return Err(Error::Usage(format!("--dest={d} was given twice")));
+            }
+            seen.push(d.clone());
+        }
+        Ok(seen)
+    }
+
+    /// The first `--dest`, for messages.
+    pub fn dest_url(&self) -> &str {
+        self.dest.first().map_or("", String::as_str)
+    }
+
+    /// The archive location `url`.
+    pub fn location_of(&self, url: &str) -> Result<Location> {
         let words = |v: &[String]| {
             (!v.is_empty()).then(|| {
                 v.iter()
@@ -417,6 +449,12 @@ impl Global {
     pub fn write(&self) -> Result<WriteArchive> {
         let auth = self.auth();
         Archive::open_write(self.location()?, &self.open_options(&auth))
+    }
+
+    /// The archive at `url`, opened for writing (a send to several archives).
+    pub fn write_to(&self, url: &str) -> Result<WriteArchive> {
+        let auth = self.auth();
+        Archive::open_write(self.location_of(url)?, &self.open_options(&auth))
     }
 
     /// A line of report text (nothing with `--quiet` or `--json`).

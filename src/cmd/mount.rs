@@ -89,7 +89,7 @@ pub fn run(g: &Global, a: MountArgs) -> Result<()> {
     daemon(archive, &o, &g.meta_dir.join("mount.log"))?;
     g.say(format!(
         "Mounted {} at {}; `wyng umount {}` to unmount.",
-        g.dest.as_deref().unwrap_or(""),
+        g.dest_url(),
         a.mountpoint.display(),
         a.mountpoint.display()
     ));

@@ -222,32 +222,239 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
 
 pub fn run(g: &Global, a: SendArgs) -> Result<()> {
     let tags = tags(g, &a.tag)?;
+    let urls = g.dests()?;
     let apdays: ApDays = a.auto.apdays;
-    let base = |local| ops::send::SendOptions {
+    let mut opts = ops::send::SendOptions {
         send_unchanged: a.send_unchanged,
-        tags: tags.clone(),
+        tags,
         volume_desc: a.volume_desc.clone(),
         dedup: a.dedup,
         dry_run: a.dry_run,
-        local,
+        local: None,
         session: None,
         autoprune_on: (a.auto.autoprune() == AutoMode::On).then_some(apdays),
     };
-    if let Some(file) = &a.vols_from {
-        return super::vols_from::run(
-            g,
-            file,
-            || g.write(),
-            |wa, vf, failures| {
-                autoprune_full(g, wa, &a)?;
-                let mut opts = base(None);
-                let mut reports = ops::vols_from::send(wa, vf, &mut opts, failures)?;
-                retain(wa, &a, &mut reports)?;
-                Ok(reports)
-            },
-            |r| lines(r, a.dry_run),
-        );
+    let vf = a
+        .vols_from
+        .as_deref()
+        .map(wyng::ops::vols_from::VolsFrom::load)
+        .transpose()?;
+    let store = a
+        .local
+        .as_deref()
+        .map(wyng::source::LocalStorage::open)
+        .transpose()?;
+    if vf.is_none() {
+        if a.all && store.is_none() {
+            return Err(Error::Usage("send --all needs --local=DIR".into()));
+        }
+        if !a.all && a.volumes.is_empty() && a.import_other_from.is_empty() {
+            return Err(Error::Usage(
+                "nothing to send: name a volume and its --import-other-from source".into(),
+            ));
+        }
     }
+    // Every archive is opened first; with several, one that cannot be opened (unreachable,
+    // locked, missing) is outstanding and the others go on.
+    let mut archives: Vec<(String, WriteArchive)> = Vec::new();
+    let mut unreachable: Vec<(String, Error)> = Vec::new();
+    for url in &urls {
+        match g.write_to(url) {
+            Ok(wa) => archives.push((url.clone(), wa)),
+            Err(e) if urls.len() == 1 => return Err(e),
+            Err(e) => {
+                tracing::error!("{url}: {e}");
+                unreachable.push((url.clone(), e));
+            }
+        }
+    }
+    let mut failures = wyng::ops::vols_from::Failures::default();
+    let (names, mut results) = match &vf {
+        Some(vf) => {
+            let mut targets: Vec<ops::send::Target> = archives
+                .iter_mut()
+                .map(|(_, wa)| ops::send::Target {
+                    archive: wa,
+                    volumes: None,
+                })
+                .collect();
+            for t in targets.iter_mut() {
+                autoprune_full(g, t.archive, &a)?;
+            }
+            let r = ops::vols_from::send(&mut targets, vf, &mut opts, &mut failures)?;
+            let names: Vec<String> = vf.entries().map(|e| e.name.clone()).collect();
+            (names, r)
+        }
+        None => {
+            let (reqs, volumes) = requests(g, &a, &archives, store.as_ref())?;
+            opts.local = store;
+            let mut targets: Vec<ops::send::Target> = archives
+                .iter_mut()
+                .zip(volumes)
+                .map(|((_, wa), volumes)| ops::send::Target {
+                    archive: wa,
+                    volumes,
+                })
+                .collect();
+            for t in targets.iter_mut() {
+                autoprune_full(g, t.archive, &a)?;
+            }
+            let r = ops::send::run_multi(&mut targets, &reqs, &opts)?;
+            (reqs.into_iter().map(|r| r.volume).collect(), r)
+        }
+    };
+    for ((_, wa), r) in archives.iter_mut().zip(results.iter_mut()) {
+        if r.failed.is_none() {
+            if let Err(e) = retain(wa, &a, &mut r.reports) {
+                r.failed = Some((e, Vec::new()));
+            }
+        }
+    }
+    let when = opts
+        .session
+        .as_ref()
+        .map(|s| s.to_string())
+        .or_else(|| {
+            results
+                .iter()
+                .flat_map(|r| &r.reports)
+                .find_map(|r| r.session.clone())
+        })
+        .unwrap_or_else(|| wyng::format::SessionName::from_time(chrono::Local::now()).to_string());
+    // Per destination: what it got, what it misses.
+    let mut dests: Vec<DestReport> = archives
+        .iter()
+        .zip(results)
+        .map(|((url, _), r)| DestReport::new(url, r))
+        .collect();
+    dests.extend(unreachable.into_iter().map(|(url, e)| DestReport {
+        dest: url,
+        outstanding: names.clone(),
+        error: Some(e),
+        volumes: Vec::new(),
+    }));
+    if !a.dry_run {
+        let updates: Vec<ops::outstanding::Update> = dests
+            .iter()
+            .map(|d| ops::outstanding::Update {
+                url: &d.dest,
+                sent: d.volumes.iter().map(|r| r.volume.clone()).collect(),
+                missed: d.outstanding.clone(),
+                error: d.error.as_ref().map(|e| e.to_string()),
+            })
+            .collect();
+        if let Err(e) = ops::outstanding::update(&g.meta_dir, &when, &updates) {
+            tracing::warn!("cannot record what each destination misses: {e}");
+        }
+    }
+    let outstanding: Vec<(String, Vec<String>)> = dests
+        .iter()
+        .filter(|d| d.error.is_some())
+        .map(|d| (d.dest.clone(), d.outstanding.clone()))
+        .collect();
+    if urls.len() == 1 {
+        let mut d = dests.pop().expect("one destination");
+        if let Some(e) = d.error.take() {
+            if let Some(vf) = &vf {
+                let _ = vf.finish_with(&failures, &outstanding);
+            }
+            return Err(e);
+        }
+        g.reports(&d.volumes, |r| lines(r, a.dry_run))?;
+        return match &vf {
+            Some(vf) => vf.finish(&failures),
+            None => Ok(()),
+        };
+    }
+    if g.json {
+        g.json(&serde_json::json!({ "destinations": dests }))?;
+    } else {
+        for d in &dests {
+            g.say(format!("{}:", d.dest));
+            for r in &d.volumes {
+                lines(r, a.dry_run)
+                    .iter()
+                    .for_each(|l| g.say(format!("  {l}")));
+            }
+            if let Some(e) = &d.error {
+                g.say(format!(
+                    "  failed: {e}; outstanding: {}",
+                    d.outstanding.join(", ")
+                ));
+            }
+        }
+    }
+    let finished = match &vf {
+        Some(vf) => vf.finish_with(&failures, &outstanding),
+        None => Ok(()),
+    };
+    if outstanding.is_empty() {
+        return finished;
+    }
+    if dests.iter().all(|d| d.error.is_some()) {
+        // No destination got anything: the first one's error, with its exit code.
+        return Err(dests.remove(0).error.expect("failed"));
+    }
+    Err(Error::Selection(format!(
+        "not every destination got every volume (the next send catches up; `wyng list --outstanding` shows what each misses): {}",
+        outstanding
+            .iter()
+            .map(|(u, v)| format!("{u}: {}", v.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
+/// What a send did at one destination, as `--json` shows it.
+#[derive(serde::Serialize)]
+struct DestReport {
+    dest: String,
+    volumes: Vec<ops::send::VolumeReport>,
+    #[serde(serialize_with = "error_json")]
+    error: Option<Error>,
+    outstanding: Vec<String>,
+}
+
+impl DestReport {
+    fn new(url: &str, r: ops::send::TargetResult) -> DestReport {
+        let (error, outstanding) = match r.failed {
+            Some((e, missing)) => (Some(e), missing),
+            None => (None, Vec::new()),
+        };
+        DestReport {
+            dest: url.to_string(),
+            volumes: r.reports,
+            error,
+            outstanding,
+        }
+    }
+}
+
+fn error_json<S: serde::Serializer>(
+    e: &Option<Error>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    e.as_ref()
+        .map(|e| {
+            serde_json::json!({
+                "message": e.to_string(),
+                "kind": e.kind(),
+                "exit_code": e.exit_code(),
+            })
+        })
+        .serialize(s)
+}
+
+/// The requests of a send without `--vols-from`, and per archive the volumes it gets (`None`:
+/// every request; with `--all`, each archive its own volumes besides those named).
+#[allow(clippy::type_complexity)]
+fn requests(
+    g: &Global,
+    a: &SendArgs,
+    archives: &[(String, WriteArchive)],
+    store: Option<&wyng::source::LocalStorage>,
+) -> Result<(Vec<ops::send::SendRequest>, Vec<Option<Vec<String>>>)> {
     let mut reqs: Vec<ops::send::SendRequest> = a
         .import_other_from
         .iter()
@@ -257,51 +464,42 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
             reflink: false,
         })
         .collect();
-    let store = a
-        .local
-        .as_deref()
-        .map(wyng::source::LocalStorage::open)
-        .transpose()?;
-    if a.all && store.is_none() {
-        return Err(Error::Usage("send --all needs --local=DIR".into()));
-    }
-    if !a.all && a.volumes.is_empty() && reqs.is_empty() {
-        return Err(Error::Usage(
-            "nothing to send: name a volume and its --import-other-from source".into(),
-        ));
-    }
-    let mut wa = g.write()?;
-    for v in &named_or_all(&wa, &a.volumes, a.all, &g.volex) {
-        if reqs.iter().any(|r| &r.volume == v) {
-            continue;
-        }
-        if let (true, false, Some(st)) = (a.all, a.volumes.contains(v), &store) {
-            if !st.volume_path(v)?.exists() {
-                tracing::warn!("{v}: not in --local; skipped");
+    let mut per = Vec::new();
+    for (_, wa) in archives {
+        let mut mine: Vec<String> = reqs.iter().map(|r| r.volume.clone()).collect();
+        for v in &named_or_all(wa, &a.volumes, a.all, &g.volex) {
+            if mine.contains(v) {
                 continue;
             }
-        }
-        match &store {
-            Some(st) => reqs.push(ops::send::SendRequest {
-                volume: v.clone(),
-                source: st.volume_path(v)?,
-                reflink: true,
-            }),
-            None => {
-                return Err(Error::Usage(format!(
-                    "volume '{v}' has no source: give --local=DIR (a Btrfs or XFS reflink directory holding it) or --import-other-from='{v}:|:/path/to/image'"
-                )))
+            if let (true, false, Some(st)) = (a.all, a.volumes.contains(v), store) {
+                if !st.volume_path(v)?.exists() {
+                    tracing::warn!("{v}: not in --local; skipped");
+                    continue;
+                }
+            }
+            mine.push(v.clone());
+            if reqs.iter().any(|r| &r.volume == v) {
+                continue;
+            }
+            match store {
+                Some(st) => reqs.push(ops::send::SendRequest {
+                    volume: v.clone(),
+                    source: st.volume_path(v)?,
+                    reflink: true,
+                }),
+                None => {
+                    return Err(Error::Usage(format!(
+                        "volume '{v}' has no source: give --local=DIR (a Btrfs or XFS reflink directory holding it) or --import-other-from='{v}:|:/path/to/image'"
+                    )))
+                }
             }
         }
+        per.push(a.all.then_some(mine));
     }
     if reqs.is_empty() {
         return Err(Error::Usage(
             "nothing to send: the archive has no volumes yet".into(),
         ));
     }
-    let opts = base(store);
-    autoprune_full(g, &mut wa, &a)?;
-    let mut reports = ops::send::run(&mut wa, &reqs, &opts)?;
-    retain(&mut wa, &a, &mut reports)?;
-    g.reports(&reports, |r| lines(r, a.dry_run))
+    Ok((reqs, per))
 }

@@ -14,6 +14,7 @@ mod faults;
 pub mod list;
 pub mod monitor;
 pub mod mount;
+pub mod outstanding;
 pub mod prune;
 pub mod receive;
 pub mod segments;

@@ -36,6 +36,7 @@ pub fn run(
             file: store.volume_path(&v.local)?,
             vid: vol.vid.to_string(),
             last: vol.last(),
+            snapshot_of: None,
         });
     }
     let cs = archive.chunksize();

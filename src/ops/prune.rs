@@ -294,6 +294,12 @@ pub fn make_room(
     let names = [name.to_string()];
     let mut removed = Vec::new();
     let mut factor = 1;
+    if matches!(wa.free_space()?, Some(free) if free < needed) {
+        // What an interrupted send staged for its resume goes before any session does.
+        if let Some(vi) = wa.volume_index(name) {
+            wa.drop_resume(vi)?;
+        }
+    }
     loop {
         match wa.free_space()? {
             Some(free) if free < needed => {

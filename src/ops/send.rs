@@ -14,8 +14,19 @@
 //! Work per chunk slot is only what the format forces (every address listed in a volume's
 //! first session; `mfcs` over the whole merged view), at a few nanoseconds per slot for runs
 //! of zeros. A token channel bounds the chunks in flight, so memory is a few chunks per core.
+//!
+//! Several archives ([`run_multi`], `send --dest=A --dest=B`): each volume's snapshot is taken
+//! once (the other archives' `.wyng2` are reflink copies of the first, the same instant), each
+//! chunk any archive needs is read and digested once, and each archive ("lane") compares,
+//! compresses and stores it with its own pairing, view and keys. A lane that fails (its
+//! destination unreachable or full) drops out; the others finish. Chunk sizes must match to
+//! share a read: archives of other chunk sizes get their own pass.
+//!
+//! Resume: every few seconds (and every [`checkpoint_bytes`] stored) a lane makes what it
+//! staged durable and records it ([`crate::archive::resume`]); a later send of the volume
+//! takes recorded chunks whose hash it reads again instead of storing them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -90,13 +101,82 @@ pub struct VolumeReport {
     /// Sessions that `send --keep-*` (retention) removed after this send committed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retention_removed: Vec<String>,
+    /// Changed chunks taken from what an interrupted send had staged, not sent again.
+    pub chunks_reused: u64,
+    /// Their compressed size: bytes this send did not have to send.
+    pub bytes_reused: u64,
 }
 
+/// One archive a send writes to.
+pub struct Target<'a> {
+    pub archive: &'a mut WriteArchive,
+    /// The requests (by volume name) this archive gets; `None`: all of them.
+    pub volumes: Option<Vec<String>>,
+}
+
+/// What a send did in one archive.
+#[derive(Default)]
+pub struct TargetResult {
+    pub reports: Vec<VolumeReport>,
+    /// The error that stopped this archive, and the volumes it did not get.
+    pub failed: Option<(Error, Vec<String>)>,
+}
+
+/// The most archives one send writes to.
+pub const MAX_TARGETS: usize = 16;
+
+/// Stored bytes between a lane's checkpoints (`WYNG_CHECKPOINT`, a size; default 256M). A
+/// checkpoint also falls due every 10 seconds.
+pub fn checkpoint_bytes() -> u64 {
+    std::env::var("WYNG_CHECKPOINT")
+        .ok()
+        .and_then(|v| crate::size::parse(&v).ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(256 << 20)
+}
+
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends to one archive; the first error stops it (see [`run_multi`]).
 pub fn run(
     wa: &mut WriteArchive,
     reqs: &[SendRequest],
     opts: &SendOptions,
 ) -> Result<Vec<VolumeReport>> {
+    let mut t = [Target {
+        archive: wa,
+        volumes: None,
+    }];
+    let r = run_multi(&mut t, reqs, opts)?.pop().expect("one target");
+    match r.failed {
+        Some((e, _)) => Err(e),
+        None => Ok(r.reports),
+    }
+}
+
+/// Per archive: what the send prepared for it.
+#[derive(Default)]
+struct Prep {
+    index: Option<DedupIndex>,
+    /// Per request: the volume's index in the archive (`None`: not sent to this archive).
+    vis: Vec<Option<usize>>,
+    /// Per request: the snapshots taken in local storage (taken out once used or dropped).
+    prepared: Vec<Option<Prepared>>,
+}
+
+/// Sends the requests to every target archive, each volume read once for all of them. An
+/// `Err` is a problem with the request itself (nothing written); a target that fails later
+/// is reported in its [`TargetResult`] with the volumes it did not get, and the others go on.
+pub fn run_multi(
+    targets: &mut [Target],
+    reqs: &[SendRequest],
+    opts: &SendOptions,
+) -> Result<Vec<TargetResult>> {
+    if targets.len() > MAX_TARGETS {
+        return Err(Error::Usage(format!(
+            "a send writes to at most {MAX_TARGETS} archives"
+        )));
+    }
     let mut seen = std::collections::HashSet::new();
     for r in reqs {
         if !seen.insert(&r.volume) {
@@ -111,161 +191,310 @@ pub fn run(
         .iter()
         .map(|r| Source::open(&r.source))
         .collect::<Result<Vec<_>>>()?;
-    if reqs.iter().any(|r| r.reflink) && wa.local_dir().is_none() {
+    if let (Some(LocalStorage::Thin(t)), true) = (&opts.local, targets.len() > 1) {
+        return Err(Error::Unsupported(format!(
+            "a send to several archives from an LVM thin pool ({}/{}): not supported yet; send to each archive in turn",
+            t.vg, t.pool
+        )));
+    }
+    if reqs.iter().any(|r| r.reflink) && targets.iter().any(|t| t.archive.local_dir().is_none()) {
         tracing::warn!(
             "no local state: snapshot pairing cannot be recorded, every send is a full scan"
         );
     }
     let name = match &opts.session {
         Some(n) => n.clone(),
-        None => session_name(wa, reqs.iter().map(|r| r.volume.as_str()))?,
+        None => {
+            let archives: Vec<&Archive> = targets.iter().map(|t| &**t.archive).collect();
+            session_name(&archives, reqs.iter().map(|r| r.volume.as_str()))?
+        }
     };
     // wyng-*metadata volumes never dedup (behaviour §11): no index for them alone.
     let metadata = |v: &str| crate::format::ids::is_metadata_volume(v);
-    let mut index = if opts.dedup && reqs.iter().any(|r| !metadata(&r.volume)) {
-        if !opts.dry_run {
-            wa.check_hard_links()?;
+    let mut results: Vec<TargetResult> = targets.iter().map(|_| TargetResult::default()).collect();
+    let mut preps: Vec<Prep> = Vec::new();
+    for (t, tg) in targets.iter_mut().enumerate() {
+        let prep = (|| -> Result<Prep> {
+            let wa = &mut *tg.archive;
+            let mine: Vec<bool> = reqs.iter().map(|r| wants(&tg.volumes, r)).collect();
+            let index = if opts.dedup
+                && reqs
+                    .iter()
+                    .zip(&mine)
+                    .any(|(r, &m)| m && !metadata(&r.volume))
+            {
+                if !opts.dry_run {
+                    wa.check_hard_links()?;
+                }
+                let idx = DedupIndex::build(wa)?;
+                tracing::info!("dedup index: {} distinct chunks", idx.len());
+                Some(idx)
+            } else {
+                None
+            };
+            let mut vis = Vec::new();
+            for (req, &m) in reqs.iter().zip(&mine) {
+                vis.push(match (m, wa.volume_index(&req.volume)) {
+                    (false, _) => None,
+                    (true, Some(i)) => Some(i),
+                    (true, None) => Some(wa.new_volume(&req.volume, &opts.volume_desc)?),
+                });
+            }
+            Ok(Prep {
+                index,
+                prepared: reqs.iter().map(|_| None).collect(),
+                vis,
+            })
+        })();
+        match prep {
+            Ok(p) => preps.push(p),
+            Err(e) => {
+                results[t].failed = Some((e, Vec::new()));
+                preps.push(Prep {
+                    vis: reqs.iter().map(|_| None).collect(),
+                    prepared: reqs.iter().map(|_| None).collect(),
+                    ..Default::default()
+                });
+            }
         }
-        let idx = DedupIndex::build(wa)?;
-        tracing::info!("dedup index: {} distinct chunks", idx.len());
-        Some(idx)
-    } else {
-        None
-    };
-    let mut idxs = Vec::new();
-    for req in reqs {
-        idxs.push(match wa.volume_index(&req.volume) {
-            Some(i) => i,
-            None => wa.new_volume(&req.volume, &opts.volume_desc)?,
-        });
     }
-    // Volumes in local storage: snapshot them all and read what changed in one scan.
-    let mut prepared = match &opts.local {
-        Some(store) => {
-            let vols: Vec<PrepareVolume> = reqs
+    // Volumes in local storage: snapshot them all and read what changed in one scan per
+    // archive; the first archive's snapshot is what the others' are taken of.
+    if let Some(store) = &opts.local {
+        let mut first: HashMap<usize, PathBuf> = HashMap::new();
+        for (t, tg) in targets.iter().enumerate() {
+            if results[t].failed.is_some() {
+                continue;
+            }
+            let wa = &*tg.archive;
+            let list: Vec<usize> = (0..reqs.len())
+                .filter(|&ri| reqs[ri].reflink && preps[t].vis[ri].is_some())
+                .collect();
+            let vols: Vec<PrepareVolume> = list
                 .iter()
-                .zip(&idxs)
-                .filter(|(r, _)| r.reflink)
-                .map(|(r, &i)| PrepareVolume {
-                    name: &r.volume,
-                    file: r.source.clone(),
-                    vid: wa.volumes()[i].vid.to_string(),
-                    last: wa.volumes()[i].last(),
+                .map(|&ri| {
+                    let v = &wa.volumes()[preps[t].vis[ri].expect("listed")];
+                    PrepareVolume {
+                        name: &reqs[ri].volume,
+                        file: reqs[ri].source.clone(),
+                        vid: v.vid.to_string(),
+                        last: v.last(),
+                        snapshot_of: first.get(&ri).cloned(),
+                    }
                 })
                 .collect();
-            store.prepare(&vols, wa.uuid(), wa.local_dir(), wa.chunksize(), false)?
+            match store.prepare(&vols, wa.uuid(), wa.local_dir(), wa.chunksize(), false) {
+                Ok(prepared) => {
+                    for (ri, p) in list.into_iter().zip(prepared) {
+                        if !matches!(p.plan, Plan::Nocow) {
+                            first
+                                .entry(ri)
+                                .or_insert_with(|| p.snaps.snap2_path().into());
+                        }
+                        preps[t].prepared[ri] = Some(p);
+                    }
+                }
+                Err(e) => results[t].failed = Some((e, Vec::new())),
+            }
         }
-        None => Vec::new(),
     }
-    .into_iter();
-    let mut reports = Vec::new();
-    let mut pending: Vec<Prepared> = Vec::new();
-    let mut result = Ok(());
-    for ((req, src), &vi) in reqs.iter().zip(&sources).zip(&idxs) {
-        let prep = if req.reflink { prepared.next() } else { None };
-        let mut autopruned = Vec::new();
-        if let (Some(apdays), false) = (opts.autoprune_on, opts.dry_run) {
-            let needed = match prep.as_ref().map(|p| &p.plan) {
-                Some(Plan::Incremental(map)) => map.count(u64::MAX) * wa.chunksize(),
-                _ => src.size,
-            };
-            let pruned =
-                crate::ops::prune::make_room(wa, &req.volume, needed, apdays).and_then(|r| {
-                    if !r.is_empty() && index.is_some() {
-                        // Pruning moved chunk files: the index's places are stale.
-                        index = Some(DedupIndex::build(wa)?);
-                    }
-                    Ok(r)
-                });
-            match pruned {
-                Ok(r) => autopruned = r.into_iter().flat_map(|r| r.removed).collect(),
-                Err(e) => {
-                    pending.extend(prep);
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        let dedup = index.as_ref().filter(|_| !metadata(&req.volume));
-        let r = if req.reflink {
-            match prep {
-                Some(p) => {
-                    let r = send_local(wa, vi, req, src, &p, &name, opts, dedup);
-                    if r.is_err() {
-                        pending.push(p);
-                    }
-                    r
-                }
-                None => Err(Error::local(&req.source, "needs --local")),
-            }
-        } else {
-            send_volume(wa, vi, src, &name, opts, Scan::Full, dedup)
+    for (ri, (req, src)) in reqs.iter().zip(&sources).enumerate() {
+        let k = targets.len();
+        let active = |results: &[TargetResult], preps: &[Prep]| -> Vec<usize> {
+            (0..k)
+                .filter(|&t| results[t].failed.is_none() && preps[t].vis[ri].is_some())
+                .collect()
         };
-        match r {
-            Ok(mut rep) => {
-                rep.autopruned = autopruned;
-                reports.push(rep);
+        let mut autopruned: HashMap<usize, Vec<String>> = HashMap::new();
+        if let (Some(apdays), false) = (opts.autoprune_on, opts.dry_run) {
+            for t in active(&results, &preps) {
+                let wa = &mut *targets[t].archive;
+                let needed = match preps[t].prepared[ri].as_ref().map(|p| &p.plan) {
+                    Some(Plan::Incremental(map)) => map.count(u64::MAX) * wa.chunksize(),
+                    _ => src.size,
+                };
+                let pruned = crate::ops::prune::make_room(wa, &req.volume, needed, apdays)
+                    .and_then(|r| {
+                        if !r.is_empty() && preps[t].index.is_some() {
+                            // Pruning moved chunk files: the index's places are stale.
+                            preps[t].index = Some(DedupIndex::build(wa)?);
+                        }
+                        Ok(r)
+                    });
+                match pruned {
+                    Ok(r) => {
+                        autopruned.insert(t, r.into_iter().flat_map(|r| r.removed).collect());
+                    }
+                    Err(e) => results[t].failed = Some((e, Vec::new())),
+                }
             }
-            Err(e) => {
-                result = Err(e);
-                break;
+        }
+        let lanes_of = active(&results, &preps);
+        if lanes_of.is_empty() {
+            continue;
+        }
+        // What is read: the first snapshot (all hold the same instant), or the live source.
+        let mut snap: Option<Source> = None;
+        let mut scans: Vec<(usize, Scan)> = Vec::new();
+        for &t in &lanes_of {
+            let cs = targets[t].archive.chunksize();
+            if !req.reflink {
+                scans.push((t, Scan::Full));
+                continue;
+            }
+            let Some(p) = &preps[t].prepared[ri] else {
+                results[t].failed = Some((Error::local(&req.source, "needs --local"), Vec::new()));
+                continue;
+            };
+            if !matches!(p.plan, Plan::Nocow) && snap.is_none() {
+                match Source::open(p.snaps.snap2_path()) {
+                    Ok(mut s) => {
+                        // The session records the volume's own attributes, not the
+                        // read-only snapshot's.
+                        s.permissions = src.permissions.clone();
+                        snap = Some(s);
+                    }
+                    Err(e) => {
+                        results[t].failed = Some((e, Vec::new()));
+                        continue;
+                    }
+                }
+            }
+            let size = snap.as_ref().map_or(src.size, |s| s.size);
+            scans.push((
+                t,
+                match &p.plan {
+                    Plan::Incremental(map) => {
+                        let chunks = map.chunks(chunk_count(size, cs));
+                        tracing::info!(
+                            "{}: {} chunks changed according to the extent maps",
+                            req.volume,
+                            chunks.len()
+                        );
+                        Scan::Chunks(chunks)
+                    }
+                    _ => Scan::Full,
+                },
+            ));
+        }
+        let read_src = snap.as_ref().unwrap_or(src);
+        // One pass per chunk size.
+        let mut sizes: Vec<u64> = scans
+            .iter()
+            .map(|(t, _)| targets[*t].archive.chunksize())
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut scans: Vec<Option<(usize, Scan)>> = scans.into_iter().map(Some).collect();
+        for cs in sizes {
+            let mut lanes: Vec<VolTarget> = Vec::new();
+            let mut last_before = Vec::new();
+            for (t, tg) in targets.iter_mut().enumerate() {
+                let Some(pos) = scans
+                    .iter()
+                    .position(|x| matches!(x, Some((u, _)) if *u == t))
+                else {
+                    continue;
+                };
+                if tg.archive.chunksize() != cs || results[t].failed.is_some() {
+                    continue;
+                }
+                let (_, scan) = scans[pos].take().expect("found");
+                let vi = preps[t].vis[ri].expect("active");
+                last_before.push(tg.archive.volumes()[vi].last().cloned());
+                let index = preps[t].index.as_ref().filter(|_| !metadata(&req.volume));
+                lanes.push(VolTarget {
+                    t,
+                    wa: &mut *tg.archive,
+                    vi,
+                    scan,
+                    index,
+                });
+            }
+            if lanes.is_empty() {
+                continue;
+            }
+            let ts: Vec<usize> = lanes.iter().map(|l| l.t).collect();
+            let outcome = send_volume(lanes, read_src, &name, opts);
+            let outcome = match outcome {
+                Ok(v) => v,
+                // The source failed: every lane fails with it.
+                Err(e) => {
+                    let msg = e.to_string();
+                    let mut e = Some(e);
+                    ts.iter()
+                        .map(|_| {
+                            Err(e
+                                .take()
+                                .unwrap_or_else(|| Error::local(&req.source, msg.clone())))
+                        })
+                        .collect()
+                }
+            };
+            for ((t, res), before) in ts.into_iter().zip(outcome).zip(last_before) {
+                let prep = preps[t].prepared[ri].take();
+                let vi = preps[t].vis[ri].expect("active");
+                let res = res.and_then(|rep| match &prep {
+                    Some(p) => after_local(targets[t].archive, vi, p, rep, before, opts),
+                    None => Ok(rep),
+                });
+                match res {
+                    Ok(mut rep) => {
+                        rep.autopruned = autopruned.remove(&t).unwrap_or_default();
+                        results[t].reports.push(rep);
+                    }
+                    Err(e) => {
+                        if let Some(p) = prep {
+                            p.snaps.drop_snap2();
+                        }
+                        results[t].failed = Some((e, Vec::new()));
+                    }
+                }
             }
         }
     }
-    // Snapshots taken for volumes that were not sent (an earlier one failed) are dropped.
-    pending
-        .iter()
-        .chain(prepared.as_slice())
-        .for_each(|p| p.snaps.drop_snap2());
-    result.map(|()| reports)
+    // Snapshots taken for volumes that were not sent (their archive failed) are dropped.
+    for (t, p) in preps.iter_mut().enumerate() {
+        for (ri, prep) in p.prepared.iter_mut().enumerate() {
+            if let Some(prep) = prep.take() {
+                prep.snaps.drop_snap2();
+            }
+            let sent = results[t]
+                .reports
+                .iter()
+                .any(|r| r.volume == reqs[ri].volume);
+            let wanted = wants(&targets[t].volumes, &reqs[ri]);
+            if let (Some((_, missing)), true, false) = (&mut results[t].failed, wanted, sent) {
+                missing.push(reqs[ri].volume.clone());
+            }
+        }
+    }
+    Ok(results)
 }
 
-/// Sends a volume of local storage from its `.wyng2` snapshot as planned by
-/// [`LocalStorage::prepare`], then moves the baseline (behaviour §7.1 step 7): after a new
-/// session `.wyng2` becomes the paired baseline with a blank map; when nothing changed it
-/// becomes the baseline all the same (it holds what the newest session holds); a dry run keeps
-/// the changes it found in the map, as monitor does.
-#[allow(clippy::too_many_arguments)]
-fn send_local(
+/// Whether a target with this volume list gets request `r`.
+fn wants(volumes: &Option<Vec<String>>, r: &SendRequest) -> bool {
+    volumes.as_ref().is_none_or(|v| v.contains(&r.volume))
+}
+
+/// After a volume of local storage was sent from its `.wyng2` snapshot as planned by
+/// [`LocalStorage::prepare`], moves the baseline (behaviour §7.1 step 7): after a new session
+/// `.wyng2` becomes the paired baseline with a blank map; when nothing changed it becomes the
+/// baseline all the same (it holds what the newest session holds); a dry run keeps the
+/// changes it found in the map, as monitor does.
+fn after_local(
     wa: &mut WriteArchive,
     vi: usize,
-    req: &SendRequest,
-    live: &Source,
     prep: &Prepared,
-    name: &SessionName,
+    report: VolumeReport,
+    last_before: Option<Session>,
     opts: &SendOptions,
-    index: Option<&DedupIndex>,
 ) -> Result<VolumeReport> {
-    let snaps = &prep.snaps;
-    let cs = wa.chunksize();
-    let snap;
-    let (scan, src) = match &prep.plan {
-        Plan::Nocow => (Scan::Full, live),
-        plan => {
-            let mut s = Source::open(snaps.snap2_path())?;
-            // The session records the volume's own attributes, not the read-only snapshot's.
-            s.permissions = live.permissions.clone();
-            snap = s;
-            let scan = match plan {
-                Plan::Incremental(map) => {
-                    let chunks = map.chunks(chunk_count(snap.size, cs));
-                    tracing::info!(
-                        "{}: {} chunks changed according to the extent maps",
-                        req.volume,
-                        chunks.len()
-                    );
-                    Scan::Chunks(chunks)
-                }
-                _ => Scan::Full,
-            };
-            (scan, &snap)
-        }
-    };
-    let last_before = wa.volumes()[vi].last().cloned();
-    let report = send_volume(wa, vi, src, name, opts, scan, index)?;
     if matches!(prep.plan, Plan::Nocow) {
         return Ok(report);
     }
+    let cs = wa.chunksize();
+    let snaps = &prep.snaps;
     let last = wa.volumes()[vi].last().cloned();
     match (&report.session, &last, &last_before) {
         (Some(_), Some(l), _) => snaps.rotate_after_send(l, cs)?,
@@ -282,17 +511,20 @@ fn send_local(
 }
 
 /// The session name for this run: the local time, shared by all volumes (format §3.3). If a
-/// volume already has a session of that name (two sends within a second), wait for the clock.
+/// volume already has a session of that name in one of the archives (two sends within a
+/// second), wait for the clock.
 pub fn session_name<'a>(
-    archive: &Archive,
+    archives: &[&Archive],
     volumes: impl Iterator<Item = &'a str> + Clone,
 ) -> Result<SessionName> {
     for _ in 0..3 {
         let name = SessionName::from_time(chrono::Local::now());
-        let taken = volumes.clone().any(|v| {
-            archive
-                .volume(v)
-                .is_some_and(|v| v.session_index(&name).is_some())
+        let taken = archives.iter().any(|archive| {
+            volumes.clone().any(|v| {
+                archive
+                    .volume(v)
+                    .is_some_and(|v| v.session_index(&name).is_some())
+            })
         });
         if !taken {
             return Ok(name);
@@ -309,31 +541,56 @@ pub fn session_name<'a>(
 /// How many marked chunks ahead of the reader the kernel is asked to read.
 const READ_AHEAD: usize = 16;
 
+/// One archive's part in a volume's send, as the caller hands it over.
+struct VolTarget<'w> {
+    /// The target's position in [`run_multi`]'s list.
+    t: usize,
+    wa: &'w mut WriteArchive,
+    vi: usize,
+    scan: Scan,
+    index: Option<&'w DedupIndex>,
+}
+
+/// What the reader found for one lane at a data chunk.
+struct LaneJob {
+    old: Option<ChunkRef>,
+    old_digest: Option<Digest>,
+    /// The hash an interrupted send staged for this chunk.
+    staged: Option<Hash32>,
+}
+
 /// What the reader hands on, in address order.
 enum Job {
-    /// Whole chunks `from..to` that are holes in the source: zeros, not read.
-    Holes(u64, u64),
-    /// A chunk's raw data, with what the previous view and the previous digest map hold.
+    /// Whole chunks `from..to` that are holes in the source: zeros, not read, for the lanes
+    /// of the mask.
+    Holes(u64, u64, u64),
+    /// A chunk's raw data, with what each lane that looks at it knows (`None`: it does not).
     Data {
         idx: u64,
         buf: Vec<u8>,
-        old: Option<ChunkRef>,
-        old_digest: Option<Digest>,
+        lanes: Vec<Option<Result<LaneJob>>>,
     },
 }
 
-/// What a worker found.
+/// What the workers found, per lane.
+enum Found {
+    Holes(u64, u64, u64),
+    Data(Vec<Option<Result<Outcome>>>),
+}
+
+/// What a lane made of one data chunk.
 enum Outcome {
-    Holes(u64, u64),
     /// A full chunk of zeros.
     Zero(u64),
     /// The same data as the previous view holds.
     Same(u64, Digest),
-    /// New data, stored (`bytes`) or linked.
+    /// New data, stored (`bytes`), linked, or taken from an interrupted send (`taken`, its
+    /// compressed size).
     Changed {
         idx: u64,
         hash: Hash32,
         bytes: u64,
+        taken: Option<u64>,
         digest: Digest,
     },
 }
@@ -360,6 +617,23 @@ impl Writer<'_> {
     }
 }
 
+/// One archive's state while a volume is sent: shared by the reader, the workers and the
+/// collector.
+struct Lane<'w> {
+    writer: Writer<'w>,
+    vi: usize,
+    name: String,
+    last: Option<Session>,
+    old: Option<std::sync::Arc<crate::archive::index::MergedIndex>>,
+    old_n: u64,
+    /// Chunks the copy-on-write maps mark (`None`: a full scan).
+    marks: Option<Vec<u64>>,
+    local_vol: Option<PathBuf>,
+    index: Option<&'w DedupIndex>,
+    linked: AtomicU64,
+    failed: AtomicBool,
+}
+
 /// The collector's walk of the previous view and what it produces for the new one.
 struct Output<'a> {
     cursor: std::iter::Peekable<Box<dyn Iterator<Item = Result<Rec>> + 'a>>,
@@ -379,6 +653,14 @@ struct Output<'a> {
     data: u64,
     zero: u64,
     stored: u64,
+    taken: u64,
+    taken_bytes: u64,
+    /// Staged since the last checkpoint: (address, hash) for the resume record, and the
+    /// chunks to take from an interrupted send.
+    staged: Vec<(u64, Hash32)>,
+    moves: Vec<crate::archive::Move>,
+    since_bytes: u64,
+    since: std::time::Instant,
 }
 
 impl Output<'_> {
@@ -475,6 +757,7 @@ impl Output<'_> {
                 idx,
                 hash,
                 bytes,
+                taken,
                 digest,
             } => {
                 self.take_old(idx)?;
@@ -483,10 +766,17 @@ impl Output<'_> {
                 self.digest(idx, &digest)?;
                 self.data += 1;
                 self.stored += bytes;
+                self.since_bytes += bytes;
+                if let Some(t) = taken {
+                    self.taken += 1;
+                    self.taken_bytes += t;
+                }
+                if bytes > 0 || taken.is_some() {
+                    self.staged.push((idx, hash));
+                }
                 self.next = idx + 1;
             }
             Outcome::Zero(idx) => self.zeros(idx, idx + 1)?,
-            Outcome::Holes(from, to) => self.zeros(from, to)?,
         }
         Ok(())
     }
@@ -514,15 +804,46 @@ impl Output<'_> {
     }
 }
 
-fn send_volume(
-    wa: &mut WriteArchive,
-    vi: usize,
+impl Output<'_> {
+    /// Whether this lane's staged chunks should be made durable and recorded now.
+    fn due(&self, every: u64) -> bool {
+        self.moves.len() >= 2000
+            || (!self.staged.is_empty()
+                && (self.since_bytes >= every || self.since.elapsed() >= CHECKPOINT_EVERY))
+    }
+
+    fn checkpoint(&mut self, w: &SessionWriter) -> Result<()> {
+        w.checkpoint(&self.staged, &self.moves)?;
+        self.staged.clear();
+        self.moves.clear();
+        self.since_bytes = 0;
+        self.since = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+/// What a lane needs besides the [`Lane`] itself to build its output.
+struct Setup {
+    view: Option<Builder>,
+    me: u16,
+    spool: Spool,
+    digests: Option<DigestWriter>,
+}
+
+/// Prepares one archive's lane: its previous view, its staging session, its digest map.
+fn setup_lane<'w>(
+    vt: VolTarget<'w>,
     src: &Source,
     name: &SessionName,
-    opts: &SendOptions,
-    scan: Scan,
-    index: Option<&DedupIndex>,
-) -> Result<VolumeReport> {
+    dry: bool,
+) -> Result<(Lane<'w>, Setup)> {
+    let VolTarget {
+        wa,
+        vi,
+        scan,
+        index,
+        ..
+    } = vt;
     let cs = wa.chunksize();
     let vol = wa.volumes()[vi].clone();
     let last: Option<Session> = vol.last().cloned();
@@ -531,27 +852,26 @@ fn send_volume(
         n => Some(wa.merged(vi, n - 1)?),
     };
     let old_n = old.as_ref().map_or(0, |o| o.chunks());
-    let n = chunk_count(src.size, cs);
     let local_vol = wa.local_volume_dir(&vol.vid);
     tracing::info!(
-        "sending {} ({} bytes, {n} chunks) as {name}",
+        "sending {} ({} bytes, {} chunks) as {name} to {}",
         vol.name(),
-        src.size
+        src.size,
+        chunk_count(src.size, cs),
+        wa.url()
     );
-    let dry = opts.dry_run;
     let view = if dry {
         None
     } else {
         Some(wa.next_index_builder(vi, name, src.size)?)
     };
-    let me = vol.sessions.len() as u16;
     let spool = wa.spool();
     let writer = if dry {
         Writer::Dry(wa)
     } else {
         Writer::Real(wa.begin_session(vi, name.clone())?)
     };
-    let digest_out = match (&local_vol, dry) {
+    let digests = match (&local_vol, dry) {
         (Some(d), false) => match DigestWriter::new(d) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -561,30 +881,131 @@ fn send_volume(
         },
         _ => None,
     };
-    let mut out = Output {
-        cursor: match &old {
-            Some(o) => {
-                (Box::new(o.iter_from(0)) as Box<dyn Iterator<Item = Result<Rec>>>).peekable()
-            }
-            None => {
-                (Box::new(std::iter::empty()) as Box<dyn Iterator<Item = Result<Rec>>>).peekable()
-            }
-        },
-        old_n,
-        next: 0,
-        manifest: (!dry).then(|| ManifestLog::new(spool)),
-        manifest_lines: 0,
-        view,
-        me,
-        digests: digest_out,
-        old_digests: DigestCursor::open(local_vol.as_deref(), last.as_ref(), cs),
-        data: 0,
-        zero: 0,
-        stored: 0,
+    let marks = match scan {
+        Scan::Full => None,
+        Scan::Chunks(v) => Some(v),
     };
+    Ok((
+        Lane {
+            writer,
+            vi,
+            name: vol.name().to_string(),
+            last,
+            old,
+            old_n,
+            marks,
+            local_vol,
+            index,
+            linked: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        },
+        Setup {
+            view,
+            me: vol.sessions.len() as u16,
+            spool,
+            digests,
+        },
+    ))
+}
+
+/// The reader's own walk for one lane: which chunks it looks at, and its cursors.
+struct ReadLane<'a> {
+    marks: Option<&'a [u64]>,
+    /// The next mark at or after the reader's position.
+    pos: usize,
+    /// Below this a marked lane looks only at its marks; from it on at every chunk (beyond
+    /// the previous end).
+    lim: u64,
+    digests: DigestCursor,
+    staged: Option<crate::archive::resume::ReuseCursor>,
+}
+
+impl ReadLane<'_> {
+    /// The first chunk at or after `idx` this lane looks at.
+    fn next_wanted(&mut self, idx: u64) -> u64 {
+        let Some(m) = self.marks else { return idx };
+        if idx >= self.lim {
+            return idx;
+        }
+        while self.pos < m.len() && m[self.pos] < idx {
+            self.pos += 1;
+        }
+        m.get(self.pos).copied().unwrap_or(self.lim).min(self.lim)
+    }
+
+    /// At a mark: ask the kernel for the one `READ_AHEAD` marks further.
+    fn read_ahead(&self, src: &Source, idx: u64, cs: u64) {
+        if let Some(m) = self.marks.filter(|_| idx < self.lim) {
+            if let Some(&a) = m.get(self.pos + READ_AHEAD) {
+                src.will_need(a * cs, cs);
+            }
+        }
+    }
+}
+
+/// Sends one volume from `src` into every lane: per target, its report or why it failed. An
+/// `Err` is a failure of the source itself, which every lane shares.
+fn send_volume(
+    targets: Vec<VolTarget<'_>>,
+    src: &Source,
+    name: &SessionName,
+    opts: &SendOptions,
+) -> Result<Vec<Result<VolumeReport>>> {
+    let dry = opts.dry_run;
+    let mut results: Vec<Option<Result<VolumeReport>>> = targets.iter().map(|_| None).collect();
+    let mut lanes: Vec<Lane> = Vec::new();
+    let mut setups: Vec<Setup> = Vec::new();
+    let mut lane_pos: Vec<usize> = Vec::new();
+    for (pos, vt) in targets.into_iter().enumerate() {
+        match setup_lane(vt, src, name, dry) {
+            Ok((lane, setup)) => {
+                lanes.push(lane);
+                setups.push(setup);
+                lane_pos.push(pos);
+            }
+            Err(e) => results[pos] = Some(Err(e)),
+        }
+    }
+    if lanes.is_empty() {
+        return Ok(results.into_iter().map(|r| r.expect("set")).collect());
+    }
+    let cs = lanes[0].writer.archive().chunksize();
+    let n = chunk_count(src.size, cs);
+    let every = checkpoint_bytes();
+    let now = std::time::Instant::now();
+    let mut outs: Vec<Output> = lanes
+        .iter()
+        .zip(setups)
+        .map(|(l, s)| Output {
+            cursor: match &l.old {
+                Some(o) => {
+                    (Box::new(o.iter_from(0)) as Box<dyn Iterator<Item = Result<Rec>>>).peekable()
+                }
+                None => (Box::new(std::iter::empty()) as Box<dyn Iterator<Item = Result<Rec>>>)
+                    .peekable(),
+            },
+            old_n: l.old_n,
+            next: 0,
+            manifest: (!dry).then(|| ManifestLog::new(s.spool)),
+            manifest_lines: 0,
+            view: s.view,
+            me: s.me,
+            digests: s.digests,
+            old_digests: DigestCursor::open(l.local_vol.as_deref(), l.last.as_ref(), cs),
+            data: 0,
+            zero: 0,
+            stored: 0,
+            taken: 0,
+            taken_bytes: 0,
+            staged: Vec::new(),
+            moves: Vec::new(),
+            since_bytes: 0,
+            since: now,
+        })
+        .collect();
+    let mut errs: Vec<Option<Error>> = lanes.iter().map(|_| None).collect();
     let read_count = AtomicU64::new(0);
     let read_bytes = AtomicU64::new(0);
-    let linked = AtomicU64::new(0);
     let progress = Progress::bytes(src.size, "send");
     let workers = workers();
     let inflight = workers * 4;
@@ -594,22 +1015,30 @@ fn send_volume(
         tok_tx.send(()).expect("receiver alive");
     }
     let (job_tx, job_rx) = bounded::<(u64, Job)>(inflight);
-    let (res_tx, res_rx) = bounded::<Result<(u64, Outcome)>>(inflight);
+    let (res_tx, res_rx) = bounded::<Result<(u64, Found)>>(inflight);
     let mut first_err: Option<Error> = None;
-    let marked: Option<Vec<u64>> = match scan {
-        Scan::Full => None,
-        Scan::Chunks(v) => Some(v),
-    };
 
     std::thread::scope(|s| {
         let reader_res = res_tx.clone();
         let (abort_r, read_count, read_bytes) = (&abort, &read_count, &read_bytes);
-        let old_r = old.as_deref();
-        let marked = marked.as_deref();
-        let local_vol = local_vol.as_deref();
-        let last_r = last.as_ref();
+        let lanes_r = &lanes;
         s.spawn(move || {
-            let mut old_digests = DigestCursor::open(local_vol, last_r, cs);
+            let failed = |l: usize| lanes_r[l].failed.load(Ordering::Relaxed);
+            let mut rls: Vec<ReadLane> = lanes_r
+                .iter()
+                .map(|l| ReadLane {
+                    marks: l.marks.as_deref(),
+                    pos: 0,
+                    lim: n.min(l.old_n),
+                    digests: DigestCursor::open(l.local_vol.as_deref(), l.last.as_ref(), cs),
+                    staged: l.writer.session().and_then(|w| w.reuse_cursor()),
+                })
+                .collect();
+            for rl in &rls {
+                for &c in rl.marks.unwrap_or(&[]).iter().take(READ_AHEAD) {
+                    src.will_need(c * cs, cs);
+                }
+            }
             let mut seq = 0u64;
             let send = |seq: &mut u64, job: Job| -> bool {
                 if tok_rx.recv().is_err() || abort_r.load(Ordering::Relaxed) {
@@ -617,39 +1046,35 @@ fn send_volume(
                 }
                 let ok = match job {
                     // Holes need no worker.
-                    Job::Holes(a, b) => reader_res.send(Ok((*seq, Outcome::Holes(a, b)))).is_ok(),
+                    Job::Holes(a, b, m) => {
+                        reader_res.send(Ok((*seq, Found::Holes(a, b, m)))).is_ok()
+                    }
                     job => job_tx.send((*seq, job)).is_ok(),
                 };
                 *seq += 1;
                 ok
             };
-            // The chunks to look at, in order: every chunk (full scan), or the marked ones
-            // plus every chunk beyond the previous end.
-            let mut marks =
-                marked.map(|m| m.iter().copied().filter(|&c| c < n.min(old_n)).peekable());
-            if let Some(m) = marked {
-                for &c in m.iter().take(READ_AHEAD) {
-                    src.will_need(c * cs, cs);
-                }
-            }
-            let mut ahead = READ_AHEAD;
             let mut idx = 0u64;
             // No data before this offset (from the last SEEK_DATA answer).
             let mut data_from = 0u64;
-            while idx < n {
-                if let Some(m) = marks.as_mut() {
-                    if idx < old_n.min(n) {
-                        match m.next() {
-                            Some(c) => idx = c,
-                            None => {
-                                idx = old_n.min(n);
-                                continue;
-                            }
-                        }
-                        if let Some(&a) = marked.and_then(|m| m.get(ahead)) {
-                            src.will_need(a * cs, cs);
-                        }
-                        ahead += 1;
+            loop {
+                // The next chunk any lane looks at: every chunk for a full scan; for a marked
+                // lane its marks, then every chunk beyond the previous end.
+                let mut next = n;
+                for (l, rl) in rls.iter_mut().enumerate() {
+                    if !failed(l) {
+                        next = next.min(rl.next_wanted(idx));
+                    }
+                }
+                if next >= n {
+                    break;
+                }
+                idx = next;
+                let mut mask = 0u64;
+                for (l, rl) in rls.iter_mut().enumerate() {
+                    if !failed(l) && rl.next_wanted(idx) == idx {
+                        mask |= 1 << l;
+                        rl.read_ahead(src, idx, cs);
                     }
                 }
                 let (off, len) = (idx * cs, chunk_len(idx, src.size, cs));
@@ -657,16 +1082,24 @@ fn send_volume(
                     data_from = src.next_data(off);
                 }
                 if len == cs && off + len <= data_from {
-                    // A run of holes: up to the next data (whole chunks), or the next mark.
+                    // A run of holes: up to the next data (whole chunks), cut where the set of
+                    // lanes looking at the chunks changes.
                     let mut end = (data_from / cs).min(n);
                     if chunk_len(end.saturating_sub(1), src.size, cs) != cs {
                         end = end.saturating_sub(1).max(idx + 1);
                     }
-                    if marks.is_some() && idx < old_n {
-                        end = idx + 1;
+                    for (l, rl) in rls.iter_mut().enumerate() {
+                        if failed(l) {
+                            continue;
+                        }
+                        if mask & (1 << l) == 0 {
+                            end = end.min(rl.next_wanted(idx));
+                        } else if rl.marks.is_some() && idx < rl.lim {
+                            end = idx + 1;
+                        }
                     }
                     let end = end.max(idx + 1);
-                    if !send(&mut seq, Job::Holes(idx, end)) {
+                    if !send(&mut seq, Job::Holes(idx, end, mask)) {
                         return;
                     }
                     idx = end;
@@ -679,22 +1112,31 @@ fn send_volume(
                     let _ = reader_res.send(Err(e));
                     return;
                 }
-                let old = match old_r.map(|o| o.get(idx)) {
-                    Some(Ok(v)) => v.map(|(r, _)| r),
-                    Some(Err(e)) => {
-                        let _ = reader_res.send(Err(e));
-                        return;
-                    }
-                    None => None,
-                };
-                let old_digest = old_digests.get(idx);
+                let jobs = rls
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(l, rl)| {
+                        if mask & (1 << l) == 0 {
+                            return None;
+                        }
+                        let old = match lanes_r[l].old.as_ref().map(|o| o.get(idx)) {
+                            Some(Ok(v)) => v.map(|(r, _)| r),
+                            Some(Err(e)) => return Some(Err(e)),
+                            None => None,
+                        };
+                        Some(Ok(LaneJob {
+                            old,
+                            old_digest: rl.digests.get(idx),
+                            staged: rl.staged.as_mut().and_then(|c| c.get(idx)),
+                        }))
+                    })
+                    .collect();
                 if !send(
                     &mut seq,
                     Job::Data {
                         idx,
                         buf,
-                        old,
-                        old_digest,
+                        lanes: jobs,
                     },
                 ) {
                     return;
@@ -703,34 +1145,22 @@ fn send_volume(
             }
         });
         for _ in 0..workers {
-            let (job_rx, res_tx, abort, linked) = (job_rx.clone(), res_tx.clone(), &abort, &linked);
-            let writer = &writer;
+            let (job_rx, res_tx, abort) = (job_rx.clone(), res_tx.clone(), &abort);
+            let lanes = &lanes;
             s.spawn(move || {
                 for (seq, job) in job_rx.iter() {
                     if abort.load(Ordering::Relaxed) {
                         break;
                     }
-                    let out = match job {
-                        Job::Holes(a, b) => Ok(Outcome::Holes(a, b)),
+                    let found = match job {
+                        Job::Holes(a, b, m) => Found::Holes(a, b, m),
                         Job::Data {
                             idx,
                             buf,
-                            old,
-                            old_digest,
-                        } => examine(
-                            writer.archive(),
-                            writer.session(),
-                            index,
-                            vi,
-                            name,
-                            linked,
-                            idx,
-                            buf,
-                            old,
-                            old_digest,
-                        ),
+                            lanes: jobs,
+                        } => Found::Data(examine(lanes, name, cs, idx, &buf, jobs)),
                     };
-                    if res_tx.send(out.map(|o| (seq, o))).is_err() {
+                    if res_tx.send(Ok((seq, found))).is_err() {
                         break;
                     }
                 }
@@ -739,9 +1169,15 @@ fn send_volume(
         drop(res_tx);
         drop(job_rx);
 
-        // Collector: restore the order and build what the new session needs.
+        // Collector: restore the order and build what each lane's new session needs.
+        let lanes = &lanes;
+        let fail = |l: usize, e: Error, errs: &mut Vec<Option<Error>>| {
+            lanes[l].failed.store(true, Ordering::Relaxed);
+            tracing::debug!("{}: lane failed: {e}", lanes[l].writer.archive().url());
+            errs[l].get_or_insert(e);
+        };
         let mut tok_tx = Some(tok_tx);
-        let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Found> = BTreeMap::new();
         let mut next = 0u64;
         for r in res_rx.iter() {
             match r {
@@ -754,17 +1190,58 @@ fn send_volume(
                     pending.insert(seq, o);
                 }
             }
-            if first_err.is_some() {
+            if first_err.is_some() || abort.load(Ordering::Relaxed) {
                 continue;
             }
-            while let Some(o) = pending.remove(&next) {
-                let bytes = match &o {
-                    Outcome::Holes(a, b) => (b - a) * cs,
-                    _ => cs,
+            while let Some(f) = pending.remove(&next) {
+                let failed = |l: usize| lanes[l].failed.load(Ordering::Relaxed);
+                let bytes = match f {
+                    Found::Holes(a, b, mask) => {
+                        for (l, out) in outs.iter_mut().enumerate() {
+                            if mask & (1 << l) != 0 && !failed(l) {
+                                if let Err(e) = out.zeros(a, b) {
+                                    fail(l, e, &mut errs);
+                                }
+                            }
+                        }
+                        (b - a) * cs
+                    }
+                    Found::Data(v) => {
+                        for (l, o) in v.into_iter().enumerate() {
+                            let Some(o) = o.filter(|_| !failed(l)) else {
+                                continue;
+                            };
+                            let out = &mut outs[l];
+                            let done = o.and_then(|o| {
+                                if let Outcome::Changed {
+                                    idx,
+                                    taken: Some(_),
+                                    ..
+                                } = &o
+                                {
+                                    let w = lanes[l].writer.session();
+                                    out.moves.extend(w.and_then(|w| w.take(*idx)));
+                                }
+                                out.apply(o)
+                            });
+                            if let Err(e) = done {
+                                fail(l, e, &mut errs);
+                            }
+                        }
+                        cs
+                    }
                 };
-                if let Err(e) = out.apply(o) {
+                for (l, out) in outs.iter_mut().enumerate() {
+                    if let (Some(w), false) = (lanes[l].writer.session(), failed(l)) {
+                        if out.due(every) {
+                            if let Err(e) = out.checkpoint(w) {
+                                fail(l, e, &mut errs);
+                            }
+                        }
+                    }
+                }
+                if (0..lanes.len()).all(failed) {
                     abort.store(true, Ordering::Relaxed);
-                    first_err.get_or_insert(e);
                     tok_tx = None;
                     break;
                 }
@@ -778,54 +1255,126 @@ fn send_volume(
         drop(tok_tx);
     });
     if first_err.is_none() {
-        if let Err(e) = out.carry(n) {
-            first_err = Some(e);
+        for (l, out) in outs.iter_mut().enumerate() {
+            if !lanes[l].failed.load(Ordering::Relaxed) {
+                if let Err(e) = out.carry(n) {
+                    lanes[l].failed.store(true, Ordering::Relaxed);
+                    errs[l] = Some(e);
+                }
+            }
         }
     }
     progress.finish();
     crate::archive::failpoint("chunks-written");
+    let parts: Vec<Parts> = outs.into_iter().map(Parts::from).collect();
     if let Some(e) = first_err {
-        if let Some(d) = out.digests.take() {
-            d.discard();
-        }
+        parts.into_iter().for_each(Parts::discard);
         return Err(e);
     }
+    let (chunks_read, bytes_read) = (read_count.into_inner(), read_bytes.into_inner());
+    for (((lane, p), pos), err) in lanes.into_iter().zip(parts).zip(lane_pos).zip(errs) {
+        results[pos] = Some(match err {
+            Some(e) => {
+                p.discard();
+                Err(e)
+            }
+            None => finish_lane(lane, p, src, name, opts, chunks_read, bytes_read),
+        });
+    }
+    Ok(results.into_iter().map(|r| r.expect("set")).collect())
+}
+
+/// What a lane's output leaves for its commit (the walk of the previous view is done).
+struct Parts {
+    manifest: Option<ManifestLog<Spool>>,
+    manifest_lines: u64,
+    view: Option<Builder>,
+    digests: Option<DigestWriter>,
+    data: u64,
+    zero: u64,
+    stored: u64,
+    taken: u64,
+    taken_bytes: u64,
+    moves: Vec<crate::archive::Move>,
+}
+
+impl From<Output<'_>> for Parts {
+    fn from(o: Output<'_>) -> Parts {
+        Parts {
+            manifest: o.manifest,
+            manifest_lines: o.manifest_lines,
+            view: o.view,
+            digests: o.digests,
+            data: o.data,
+            zero: o.zero,
+            stored: o.stored,
+            taken: o.taken,
+            taken_bytes: o.taken_bytes,
+            moves: o.moves,
+        }
+    }
+}
+
+impl Parts {
+    fn discard(self) {
+        if let Some(d) = self.digests {
+            d.discard();
+        }
+    }
+}
+
+/// Commits one lane's session (or abandons it when nothing changed).
+fn finish_lane(
+    lane: Lane<'_>,
+    mut p: Parts,
+    src: &Source,
+    name: &SessionName,
+    opts: &SendOptions,
+    chunks_read: u64,
+    bytes_read: u64,
+) -> Result<VolumeReport> {
+    let cs = lane.writer.archive().chunksize();
+    let last = lane.last;
     let mut report = VolumeReport {
-        volume: vol.name().to_string(),
+        volume: lane.name,
         session: None,
         volsize: src.size,
         first: last.is_none(),
-        chunks_read: read_count.into_inner(),
-        chunks_changed: out.data + out.zero,
-        chunks_data: out.data,
-        chunks_zero: out.zero,
-        bytes_read: read_bytes.into_inner(),
-        bytes_stored: out.stored,
-        chunks_linked: linked.into_inner(),
-        autopruned: Vec::new(),
-        retention_removed: Vec::new(),
+        chunks_read,
+        chunks_changed: p.data + p.zero,
+        chunks_data: p.data,
+        chunks_zero: p.zero,
+        bytes_read,
+        bytes_stored: p.stored,
+        chunks_linked: lane.linked.into_inner(),
+        chunks_reused: p.taken,
+        bytes_reused: p.taken_bytes,
+        ..Default::default()
     };
     let is_changed = match &last {
         None => true,
         Some(l) => {
-            out.manifest_lines > 0
+            p.manifest_lines > 0
                 || l.info.volsize != src.size
                 || l.info.permissions != src.permissions
         }
     };
-    let writer = match writer {
+    let writer = match lane.writer {
         Writer::Real(w) => w,
         Writer::Dry(_a) => return Ok(report),
     };
     if !is_changed && !opts.send_unchanged {
         writer.abort()?;
-        if let (Some(d), Some(l)) = (out.digests.take(), &last) {
+        if let (Some(d), Some(l)) = (p.digests.take(), &last) {
             save_digests(d, l, cs);
         }
         return Ok(report);
     }
-    let mut view = out.view.take().expect("not a dry run");
-    let manifest = NewManifest::new(out.manifest.take().expect("not a dry run"))?;
+    if !p.moves.is_empty() {
+        writer.checkpoint(&[], &p.moves)?;
+    }
+    let mut view = p.view.take().expect("not a dry run");
+    let manifest = NewManifest::new(p.manifest.take().expect("not a dry run"))?;
     let info = SessionInfo {
         localtime: src.mtime_ns,
         previous: last.as_ref().map(|l| l.name.clone()),
@@ -836,66 +1385,92 @@ fn send_volume(
         mfcs: Some(view.view_mfcs()),
         tags: opts.tags.clone(),
     };
-    let digests = out.digests.take();
-    drop(out);
     let committed = Session {
         name: name.clone(),
         info: info.clone(),
     };
     writer.commit(info, Some(manifest), Some(view))?;
     report.session = Some(name.to_string());
-    if let Some(d) = digests {
+    if let Some(d) = p.digests {
         save_digests(d, &committed, cs);
     }
     Ok(report)
 }
 
-/// What one data chunk is, compared with the previous session; stores or links it if new.
-#[allow(clippy::too_many_arguments)]
+/// What one data chunk is to each lane that looks at it, compared with that lane's previous
+/// session; stores or links it there if new. The zero test and the raw digest are done once.
 fn examine(
-    archive: &Archive,
-    writer: Option<&SessionWriter>,
-    index: Option<&DedupIndex>,
-    vi: usize,
+    lanes: &[Lane],
     name: &SessionName,
-    linked: &AtomicU64,
+    cs: u64,
     idx: u64,
-    buf: Vec<u8>,
-    old: Option<ChunkRef>,
-    old_digest: Option<Digest>,
+    buf: &[u8],
+    jobs: Vec<Option<Result<LaneJob>>>,
+) -> Vec<Option<Result<Outcome>>> {
+    let zero = buf.len() as u64 == cs && is_all_zero(buf);
+    let digest = (!zero).then(|| digests::digest(buf));
+    jobs.into_iter()
+        .enumerate()
+        .map(|(l, j)| {
+            let lane = &lanes[l];
+            let j = j.filter(|_| !lane.failed.load(Ordering::Relaxed))?;
+            Some(j.and_then(|j| match digest {
+                None => Ok(Outcome::Zero(idx)),
+                Some(d) => examine_lane(lane, name, idx, buf, d, j),
+            }))
+        })
+        .collect()
+}
+
+fn examine_lane(
+    lane: &Lane,
+    name: &SessionName,
+    idx: u64,
+    buf: &[u8],
+    digest: Digest,
+    j: LaneJob,
 ) -> Result<Outcome> {
-    let cs = archive.chunksize();
-    if buf.len() as u64 == cs && is_all_zero(&buf) {
-        return Ok(Outcome::Zero(idx));
-    }
-    let digest = digests::digest(&buf);
-    if matches!(old, Some(ChunkRef::Data(_))) && old_digest == Some(digest) {
+    if matches!(j.old, Some(ChunkRef::Data(_))) && j.old_digest == Some(digest) {
         // The same raw bytes as the newest session holds: no need to compress.
         return Ok(Outcome::Same(idx, digest));
     }
-    let hashed = archive.hash_chunk(&buf);
+    let archive = lane.writer.archive();
+    let hashed = archive.hash_chunk(buf);
     let hash = hashed.hash();
-    if old == Some(ChunkRef::Data(hash)) {
+    if j.old == Some(ChunkRef::Data(hash)) {
         return Ok(Outcome::Same(idx, digest));
     }
-    let existing = index.and_then(|x| x.path(archive, &hash, vi, name));
+    let writer = lane.writer.session();
+    if writer.is_some() && j.staged == Some(hash) {
+        // An interrupted send staged exactly this: take it instead of sending it again.
+        return Ok(Outcome::Changed {
+            idx,
+            hash,
+            bytes: 0,
+            taken: Some(hashed.len() as u64),
+            digest,
+        });
+    }
+    let existing = lane
+        .index
+        .and_then(|x| x.path(archive, &hash, lane.vi, name));
     let bytes = match (writer, existing) {
         (None, Some(_)) => {
-            linked.fetch_add(1, Ordering::Relaxed);
+            lane.linked.fetch_add(1, Ordering::Relaxed);
             0
         }
         // A dry run only counts what it would store.
         (None, None) => hashed.len() as u64,
         (Some(w), Some(existing)) => {
             // Already in the archive: a hard link, nothing stored.
-            linked.fetch_add(1, Ordering::Relaxed);
+            lane.linked.fetch_add(1, Ordering::Relaxed);
             w.link(idx, &existing)?;
             0
         }
         (Some(w), None) => {
             let n = w.store(idx, hashed)?;
-            if let Some(x) = index {
-                x.insert_staged(hash, vi, idx);
+            if let Some(x) = lane.index {
+                x.insert_staged(hash, lane.vi, idx);
             }
             n
         }
@@ -904,6 +1479,7 @@ fn examine(
         idx,
         hash,
         bytes,
+        taken: None,
         digest,
     })
 }

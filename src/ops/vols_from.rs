@@ -26,7 +26,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::archive::{Archive, WriteArchive};
+use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::ops::{self, SessionSel, VolumeRef};
 use crate::source::LocalStorage;
@@ -138,11 +138,31 @@ impl VolsFrom {
     /// Writes `FILE.error` when volumes failed (atomically: a temporary name renamed into
     /// place) and turns the failures into the run's result: exit 2, naming them.
     pub fn finish(&self, failures: &Failures) -> Result<()> {
-        if failures.is_empty() {
+        self.finish_with(failures, &[])
+    }
+
+    /// [`Self::finish`], with the volumes each failed destination of a send did not get: they
+    /// count as failed, and `FILE.error` lists them by destination under `outstanding`.
+    pub fn finish_with(
+        &self,
+        failures: &Failures,
+        outstanding: &[(String, Vec<String>)],
+    ) -> Result<()> {
+        if failures.is_empty() && outstanding.is_empty() {
             return Ok(());
         }
-        let names = failures.names();
-        let body = serde_json::json!({ "rc": 2, "volumes": names });
+        let mut names = failures.names();
+        names.extend(outstanding.iter().flat_map(|(_, v)| v.iter().cloned()));
+        names.sort();
+        names.dedup();
+        let mut body = serde_json::json!({ "rc": 2, "volumes": names });
+        if !outstanding.is_empty() {
+            body["outstanding"] = outstanding
+                .iter()
+                .map(|(url, v)| (url.clone(), serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
         let path = self.error_path();
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
@@ -242,20 +262,22 @@ fn open_store(set: &StorageSet, command: &str, failures: &mut Failures) -> Optio
 }
 
 /// `send --vols-from`: one session name for every storage; see the module docs for aliases.
-/// `opts.local` and `opts.session` are set here for each storage in turn.
+/// `opts.local` and `opts.session` are set here for each storage in turn. Per target archive:
+/// what it got, and (once it failed) why and the volumes it did not get, as
+/// [`ops::send::run_multi`] reports it.
 pub fn send(
-    archive: &mut WriteArchive,
+    targets: &mut [ops::send::Target],
     vf: &VolsFrom,
     opts: &mut ops::send::SendOptions,
     failures: &mut Failures,
-) -> Result<Vec<ops::send::VolumeReport>> {
+) -> Result<Vec<ops::send::TargetResult>> {
     let mut runs = Vec::new();
     for set in &vf.sets {
         let Some(store) = open_store(set, "send", failures) else {
             continue;
         };
         let mut reqs = Vec::new();
-        for e in &set.volumes {
+        'entries: for e in &set.volumes {
             let source = match store.volume_path(e.local_name()) {
                 Ok(p) if p.exists() => p,
                 Ok(p) => {
@@ -269,19 +291,24 @@ pub fn send(
             };
             let mut volume = e.name.clone();
             if let Some(alias) = &e.alias {
-                let renamable =
-                    archive.volume(&e.name).is_some() && archive.volume(alias).is_none();
-                if renamable && !opts.dry_run {
-                    let desc = archive.volume(&e.name).map(|v| v.volinfo.desc.clone());
-                    if let Err(err) =
-                        ops::volume::rename(archive, &e.name, alias, &desc.unwrap_or_default())
-                    {
-                        failures.add(&e.name, format!("cannot rename it to '{alias}': {err}"));
-                        continue;
+                let mut use_alias = true;
+                for t in targets.iter_mut() {
+                    let archive = &mut *t.archive;
+                    let renamable =
+                        archive.volume(&e.name).is_some() && archive.volume(alias).is_none();
+                    if renamable && !opts.dry_run {
+                        let desc = archive.volume(&e.name).map(|v| v.volinfo.desc.clone());
+                        if let Err(err) =
+                            ops::volume::rename(archive, &e.name, alias, &desc.unwrap_or_default())
+                        {
+                            failures.add(&e.name, format!("cannot rename it to '{alias}': {err}"));
+                            continue 'entries;
+                        }
+                        tracing::warn!("{}: renamed to '{alias}' in {}", e.name, archive.url());
                     }
-                    tracing::warn!("{}: renamed to '{alias}' in the archive", e.name);
+                    use_alias &= !(renamable && opts.dry_run);
                 }
-                if !(renamable && opts.dry_run) {
+                if use_alias {
                     volume = alias.clone();
                 }
             }
@@ -295,21 +322,36 @@ pub fn send(
             runs.push((store, reqs));
         }
     }
+    let mut results: Vec<ops::send::TargetResult> =
+        targets.iter().map(|_| Default::default()).collect();
     if runs.is_empty() {
-        return Ok(Vec::new());
+        return Ok(results);
     }
     let all = runs
         .iter()
         .flat_map(|(_, r)| r.iter().map(|r| r.volume.as_str()));
-    opts.session = Some(ops::send::session_name(archive, all)?);
-    let mut reports = Vec::new();
+    let archives: Vec<&crate::archive::Archive> = targets.iter().map(|t| &**t.archive).collect();
+    opts.session = Some(ops::send::session_name(&archives, all)?);
     for (store, reqs) in runs {
         opts.local = Some(store);
-        let r = ops::send::run(archive, &reqs, opts);
+        let r = ops::send::run_multi(targets, &reqs, opts);
         opts.local = None;
-        reports.extend(r?);
+        for (t, r) in r?.into_iter().enumerate() {
+            let acc = &mut results[t];
+            acc.reports.extend(r.reports);
+            match (&mut acc.failed, r.failed) {
+                // Failed in an earlier storage's run: these volumes were not sent either.
+                (Some((_, missing)), _) => missing.extend(reqs.iter().map(|q| q.volume.clone())),
+                (None, Some(f)) => {
+                    acc.failed = Some(f);
+                    // Later storages skip this archive.
+                    targets[t].volumes = Some(Vec::new());
+                }
+                (None, None) => {}
+            }
+        }
     }
-    Ok(reports)
+    Ok(results)
 }
 
 /// Resolves a set's entries against the archive, failing those it does not hold.

@@ -623,6 +623,7 @@ mod tests {
             file: pool.device("vm-work-private"),
             vid: "Vol_1a2b3c".into(),
             last: Some(last),
+            snapshot_of: None,
         }];
         pool.prepare(&vols, "UUID", Some(cache), 65536, monitor)
     }

@@ -196,6 +196,10 @@ pub struct VolumeSnaps {
     pub snap2: PathBuf,
     /// The volume's directory in the local cache (where its delta maps live).
     pub cache: Option<PathBuf>,
+    /// What `.wyng2` is a snapshot of: the volume file, or (a send to several archives) the
+    /// `.wyng2` another archive's pairing took of it a moment ago, so that every archive's
+    /// snapshot holds the same instant.
+    pub origin: PathBuf,
 }
 
 impl VolumeSnaps {
@@ -206,6 +210,7 @@ impl VolumeSnaps {
             snap1,
             snap2,
             cache: cache_dir.map(|d| d.join(vid)),
+            origin: file.to_path_buf(),
         }
     }
 
@@ -226,7 +231,7 @@ impl VolumeSnaps {
     }
 
     pub fn take_snap2(&self) -> Result<()> {
-        snapshot(&self.file, &self.snap2)
+        snapshot(&self.origin, &self.snap2)
     }
 }
 
@@ -262,6 +267,8 @@ pub struct PrepareVolume<'a> {
     pub file: PathBuf,
     pub vid: String,
     pub last: Option<&'a Session>,
+    /// Snapshot this instead of `file` (see [`VolumeSnaps::origin`]).
+    pub snapshot_of: Option<PathBuf>,
 }
 
 /// Snapshots every volume (`.wyng2`), decides how each is scanned, and reads what changed for
@@ -281,7 +288,10 @@ pub fn prepare(
     let mut jobs: Vec<(usize, DeltaJob)> = Vec::new();
     let cleanup = |out: &[Prepared]| out.iter().for_each(|p| p.snaps.drop_snap2());
     for v in vols {
-        let snaps = VolumeSnaps::new(&v.file, uuid, &v.vid, cache_dir);
+        let mut snaps = VolumeSnaps::new(&v.file, uuid, &v.vid, cache_dir);
+        if let Some(o) = &v.snapshot_of {
+            snaps.origin = o.clone();
+        }
         let plan = if !v.file.is_file() && monitor {
             tracing::warn!(
                 "{}: no such volume in {}; skipped",

@@ -268,15 +268,21 @@ fn counters_never_go_down_and_nonces_never_repeat() {
         let imp = format!("--import-other-from=disk:|:{}", src.display());
         if round == 2 {
             // A send killed after it encrypted its chunks: they are in S-tmp; keep their nonces.
+            // With a checkpoint after every chunk, the next send resumes: it takes those
+            // files as they are (same nonce, same content), never seals anything twice.
             let o = w
                 .cmd(&["send", "disk", &imp, "-q"])
                 .env("WYNG_FAILPOINT", "chunks-written")
+                .env("WYNG_CHECKPOINT", "1")
                 .output()
                 .unwrap();
             assert!(!o.status.success());
             nonces(&ar, &mut seen, &mut chunk_nonces);
         }
-        w.send("disk", &src, &[]);
+        let r = w.send("disk", &src, &[]);
+        if round == 2 {
+            assert!(r["chunks_reused"].as_u64().unwrap() >= 3, "{r}");
+        }
         nonces(&ar, &mut seen, &mut chunk_nonces);
         let now = root_state(&ar, pass);
         assert!(

@@ -11,13 +11,13 @@ use crate::common::*;
 
 const CS: u64 = 65536;
 
-struct Fs {
+pub(crate) struct Fs {
     _mount: MountGuard,
     dir: std::path::PathBuf,
 }
 
 /// A Btrfs subvolume (so scans freeze it) or a plain directory, as `--local`.
-fn local_dir(fs: &Fs, kind: &str) -> std::path::PathBuf {
+pub(crate) fn local_dir(fs: &Fs, kind: &str) -> std::path::PathBuf {
     let local = fs.dir.join("pool");
     if kind == "btrfs" {
         assert!(Command::new("btrfs")
@@ -32,7 +32,7 @@ fn local_dir(fs: &Fs, kind: &str) -> std::path::PathBuf {
     local
 }
 
-fn make_fs(t: &Path, kind: &str) -> Option<Fs> {
+pub(crate) fn make_fs(t: &Path, kind: &str) -> Option<Fs> {
     let mkfs = format!("/usr/sbin/mkfs.{kind}");
     if !can_run_privileged(&["/dev/loop-control", &mkfs]) {
         return None;
