@@ -123,6 +123,9 @@ cmp "$img" "$dir/out.img" && echo "(restored image identical)"
 echo "archive: $(du -sm "$ar" | cut -f1) MiB on disk"
 echo "ratios: send vs single-core compress+hash (target >= 1.6x), unchanged send vs single-core read"
 echo "(target: no slower than reading the volume once), receive/verify vs single-core hash+decompress (target >= 1.5x)"
+# Resumed sends (killed at ~50%) and sends to two archives at once, against plain sends.
+echo
+scripts/bench-resume.sh "$size_mib"
 # s3:// rows against file: in the same run, on SeaweedFS on 127.0.0.1 (needs weed).
 if command -v weed >/dev/null; then
   echo

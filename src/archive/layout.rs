@@ -86,7 +86,22 @@ pub fn manifest_tmp(vid: &VolumeId, d: Dir) -> String {
 
 /// Chunk file for a byte address: `x%016x`, in subdir = its first 9 hex digits (§3.4).
 pub fn chunk(vid: &VolumeId, d: Dir, addr: u64) -> String {
-    format!("{vid}/{}/{:09x}/x{addr:016x}", d.name(), addr >> 28)
+    chunk_under(&format!("{vid}/{}", d.name()), addr)
+}
+
+/// A chunk's file in session directory `dir` (a path relative to the archive).
+pub fn chunk_under(dir: &str, addr: u64) -> String {
+    format!("{dir}/{}/{}", chunk_subdir(addr), chunk_file(addr))
+}
+
+/// The name of a chunk's subdirectory in its session directory.
+pub fn chunk_subdir(addr: u64) -> String {
+    format!("{:09x}", addr >> 28)
+}
+
+/// The name of a chunk's file.
+pub fn chunk_file(addr: u64) -> String {
+    format!("x{addr:016x}")
 }
 
 /// A chunk's subdirectory.

@@ -672,6 +672,20 @@ impl Archive {
         session::Hashed(self.codec.hash_chunk(raw))
     }
 
+    /// How this archive compresses chunks: archives that share it can share one compression
+    /// of a chunk ([`Archive::hash_compressed`]).
+    pub fn compressor(&self) -> Compressor {
+        self.codec.compressor
+    }
+
+    /// [`Archive::hash_chunk`] of data already compressed with [`Archive::compressor`].
+    pub fn hash_compressed(&self, file: Vec<u8>) -> session::Hashed {
+        session::Hashed(crate::codec::Encoded {
+            hash: self.codec.data_hash.hash(&file),
+            file,
+        })
+    }
+
     /// Whether the archive on the destination is still the one loaded (its root unchanged).
     pub fn is_current(&self) -> Result<bool> {
         Ok(self.dest.read(layout::ROOT, ROOT_MAX)?.as_deref() == Some(&self.root[..]))

@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! * The record (`<local state>/<vid>/resume`, on this host) lists chunks of the session being
-//!   staged as (address, hash) pairs in address order. Pairs are appended only after a
+//!   staged in address order: address, hash, raw-data digest and stored size ([`Staged`]). Pairs are appended only after a
 //!   [`sync`](crate::dest::Dest::sync) of the destination returned, so the record never names
 //!   a chunk the destination may not hold. Losing the record's tail (a crash of this host) only
 //!   costs sending those chunks again.
@@ -16,8 +16,9 @@
 //!   original Wyng removes it as any leftover.
 //! * A resumed send sets the old staging aside ([`super::layout::ASIDE`], or on object storage
 //!   the old session-named directory where it already is) and stages afresh. A chunk is taken
-//!   from the aside only when the resumed send has read, from the source, data whose hash is
-//!   the recorded one; the rest goes with the aside at commit. Taken chunks keep the bytes (and,
+//!   from the aside only when the resumed send has read, from the source, data whose digest is
+//!   the recorded one (the same test that lets a send skip compressing a chunk the previous
+//!   session holds); the rest goes with the aside at commit. Taken chunks keep the bytes (and,
 //!   encrypted, the nonce) they were written with: nothing is sealed twice, so no counter is
 //!   reused.
 
@@ -25,13 +26,26 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::digests::Digest;
 use crate::format::{Hash32, VolumeId};
 
 /// The marker file in a staging directory that a record may resume.
 pub const MARKER: &str = "wyng-resume";
 
 const MAGIC: &str = "wyng-resume 1";
-const ENTRY: usize = 8 + 32;
+const ENTRY: usize = 8 + 32 + 16 + 4;
+
+/// One chunk a session staged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staged {
+    pub idx: u64,
+    /// The chunk's hash as the manifest records it.
+    pub hash: Hash32,
+    /// The digest of its raw data.
+    pub digest: Digest,
+    /// The compressed size (what taking it saves sending).
+    pub len: u32,
+}
 
 /// The record of the session being staged for a volume.
 pub fn record_path(local_vol: &Path) -> PathBuf {
@@ -116,12 +130,14 @@ impl RecordWriter {
 
     /// Appends pairs the destination now holds durably. Best effort: a record that cannot be
     /// written only makes the next run send those chunks again.
-    pub fn append(&mut self, entries: &[(u64, Hash32)]) {
+    pub fn append(&mut self, entries: &[Staged]) {
         let Some(f) = &mut self.file else { return };
         let mut buf = Vec::with_capacity(entries.len() * ENTRY);
-        for (idx, h) in entries {
-            buf.extend_from_slice(&idx.to_le_bytes());
-            buf.extend_from_slice(&h.0);
+        for e in entries {
+            buf.extend_from_slice(&e.idx.to_le_bytes());
+            buf.extend_from_slice(&e.hash.0);
+            buf.extend_from_slice(&e.digest);
+            buf.extend_from_slice(&e.len.to_le_bytes());
         }
         if let Err(e) = f.write_all(&buf) {
             tracing::warn!(
@@ -141,7 +157,7 @@ impl RecordWriter {
 /// The pairs of an interrupted send's record, looked up in increasing address order.
 pub struct ReuseCursor {
     r: BufReader<File>,
-    next: Option<(u64, Hash32)>,
+    next: Option<Staged>,
     /// Pairs in the record (read so far).
     pub seen: u64,
 }
@@ -165,33 +181,77 @@ impl ReuseCursor {
         self.next = match self.r.read_exact(&mut b) {
             Ok(()) => {
                 self.seen += 1;
-                let idx = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-                let hash: [u8; 32] = b[8..].try_into().expect("32 bytes");
-                Some((idx, Hash32(hash)))
+                Some(Staged {
+                    idx: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+                    hash: Hash32(b[8..40].try_into().expect("32 bytes")),
+                    digest: b[40..56].try_into().expect("16 bytes"),
+                    len: u32::from_le_bytes(b[56..].try_into().expect("4 bytes")),
+                })
             }
             // A torn tail (this host crashed while appending) ends the record.
             Err(_) => None,
         };
     }
 
-    /// Whether the record holds no pair at all (nothing to take).
-    pub fn is_empty(&self) -> bool {
-        self.seen == 0
+    fn next_entry(&mut self) -> Option<Staged> {
+        let e = self.next?;
+        self.advance();
+        Some(e)
     }
 
-    /// The recorded hash of chunk `idx`; addresses must be asked in increasing order.
-    pub fn get(&mut self, idx: u64) -> Option<Hash32> {
-        while let Some((i, h)) = self.next {
-            if i > idx {
+    /// What the record says of chunk `idx`; addresses must be asked in increasing order.
+    pub fn get(&mut self, idx: u64) -> Option<Staged> {
+        while let Some(e) = self.next {
+            if e.idx > idx {
                 return None;
             }
             self.advance();
-            if i == idx {
-                return Some(h);
+            if e.idx == idx {
+                return Some(e);
             }
         }
         None
     }
+}
+
+/// Copies the record at `rec` to `out`, keeping only chunks whose file is in staging
+/// directory `dir` (`list` names a chunk subdirectory's files, sorted): what a resume may
+/// take is what is there. Returns how many were kept.
+pub fn keep_present(
+    rec: &Path,
+    out: &Path,
+    chunksize: u64,
+    dir: &str,
+    mut list: impl FnMut(&str) -> crate::error::Result<Vec<String>>,
+) -> crate::error::Result<u64> {
+    let (Some(h), Some(mut c)) = (read_header(rec), ReuseCursor::open(rec)) else {
+        return Ok(0);
+    };
+    let mut w =
+        RecordWriter::create(out, &h).map_err(|e| crate::error::Error::local_state(out, e))?;
+    let (mut sub, mut names) = (String::new(), Vec::new());
+    let (mut kept, mut batch) = (0, Vec::new());
+    while let Some(e) = c.next_entry() {
+        let addr = e.idx * chunksize;
+        let s = super::layout::chunk_subdir(addr);
+        if s != sub {
+            names = list(&format!("{dir}/{s}"))?;
+            sub = s;
+        }
+        if names
+            .binary_search(&super::layout::chunk_file(addr))
+            .is_ok()
+        {
+            batch.push(e);
+            kept += 1;
+            if batch.len() >= 4096 {
+                w.append(&batch);
+                batch.clear();
+            }
+        }
+    }
+    w.append(&batch);
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -208,17 +268,22 @@ mod tests {
             volume: "my disk.img".into(),
         };
         let mut w = RecordWriter::create(&p, &h).unwrap();
-        let hash = |b: u8| Hash32([b; 32]);
-        w.append(&[(1, hash(1)), (4, hash(4))]);
-        w.append(&[(9, hash(9))]);
+        let e = |i: u64| Staged {
+            idx: i,
+            hash: Hash32([i as u8; 32]),
+            digest: [i as u8 + 1; 16],
+            len: i as u32 * 1000,
+        };
+        w.append(&[e(1), e(4)]);
+        w.append(&[e(9)]);
         drop(w);
         assert_eq!(read_header(&p), Some(h));
         let mut c = ReuseCursor::open(&p).unwrap();
         assert_eq!(c.get(0), None);
-        assert_eq!(c.get(1), Some(hash(1)));
+        assert_eq!(c.get(1), Some(e(1)));
         assert_eq!(c.get(3), None);
-        assert_eq!(c.get(4), Some(hash(4)));
-        assert_eq!(c.get(9), Some(hash(9)));
+        assert_eq!(c.get(4), Some(e(4)));
+        assert_eq!(c.get(9), Some(e(9)));
         assert_eq!(c.get(10), None);
         // A torn last pair is not a pair.
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
@@ -226,6 +291,24 @@ mod tests {
         let mut c = ReuseCursor::open(&p).unwrap();
         assert_eq!(c.get(100), None);
         assert_eq!(c.seen, 3);
+        // Only what the staging holds is kept for taking.
+        let out = dir.path().join("kept");
+        let cs = 1 << 27; // chunks 1 and 4 in subdirectory 0, chunk 9 in 4
+        let kept = keep_present(&p, &out, cs, "Vol_1a2b3c/S-resume", |d| {
+            Ok(match d {
+                // Sorted, as `Dest::list` answers.
+                "Vol_1a2b3c/S-resume/000000000" => vec![
+                    "x0000000000000005".into(),
+                    super::super::layout::chunk_file(cs),
+                ],
+                _ => Vec::new(),
+            })
+        })
+        .unwrap();
+        assert_eq!(kept, 1);
+        let mut c = ReuseCursor::open(&out).unwrap();
+        assert_eq!(c.get(1), Some(e(1)));
+        assert_eq!(c.get(9), None);
         // Not a record.
         std::fs::write(&p, "something else\n").unwrap();
         assert_eq!(read_header(&p), None);

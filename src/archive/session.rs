@@ -113,10 +113,7 @@ impl WriteArchive {
         let mut from = None;
         if let Some(ld) = &local {
             let rec = resume::record_path(ld);
-            // A record without pairs has nothing to take: its staging goes now, not after
-            // the commit (it may be what filled the destination).
-            let takes = ReuseCursor::open(&rec).is_some_and(|c| !c.is_empty());
-            match resume::read_header(&rec).filter(|_| takes) {
+            match resume::read_header(&rec) {
                 Some(h) if self.a.marker_matches(&h) => {
                     let aside = if h.staging == dir {
                         let a = layout::dir(&vid, layout::Dir::Aside);
@@ -126,20 +123,23 @@ impl WriteArchive {
                     } else {
                         h.staging.clone()
                     };
+                    // What may be taken is what the record names and the staging holds.
                     let taken = resume::taken_path(ld);
-                    if std::fs::rename(&rec, &taken).is_ok() {
+                    let cs = self.a.chunksize();
+                    let kept = resume::keep_present(&rec, &taken, cs, &aside, |d| dest.list(d))?;
+                    if kept > 0 {
+                        tracing::info!("resuming an interrupted send: {kept} chunks staged");
                         from = Some((aside, taken));
+                    } else {
+                        // Nothing to take: the staging goes now, not after the commit (it may
+                        // be what filled the destination).
+                        dest.remove_all(&aside)?;
+                        let _ = std::fs::remove_file(&taken);
                     }
                 }
-                other => {
-                    if let Some(h) = other.filter(|h| h.staging != dir) {
-                        if self.a.marker_matches(&h) {
-                            dest.remove_all(&h.staging)?;
-                        }
-                    }
-                    let _ = std::fs::remove_file(&rec);
-                }
+                _ => {}
             }
+            let _ = std::fs::remove_file(&rec);
         }
         dest.remove_all(&dir)?;
         dest.mkdir_all(&dir)?;
@@ -288,21 +288,20 @@ impl SessionWriter<'_> {
     }
 
     /// The move that takes chunk `idx` from the interrupted send's staging into this one
-    /// (its recorded hash is what this send read: see [`Self::reuse_cursor`]).
+    /// (its recorded digest is what this send read: see [`Self::reuse_cursor`]).
     pub fn take(&self, idx: u64) -> Option<Move> {
         let (aside, _) = self.resume.as_ref()?.from.as_ref()?;
-        let addr = idx * self.w.a.chunksize();
         Some(Move::Rename {
-            from: format!("{aside}/{:09x}/x{addr:016x}", addr >> 28),
+            from: layout::chunk_under(aside, idx * self.w.a.chunksize()),
             to: self.staged(idx),
         })
     }
 
     /// Makes what was staged so far durable and records it for a resume: `moves` (chunks
     /// taken from an interrupted send) are carried out, the destination synced, then
-    /// `entries` (address, hash of every chunk staged since the last checkpoint, taken or
-    /// stored) appended to the record.
-    pub fn checkpoint(&self, entries: &[(u64, fmt::Hash32)], moves: &[Move]) -> Result<()> {
+    /// `entries` (every chunk staged since the last checkpoint, taken or stored) appended to
+    /// the record.
+    pub fn checkpoint(&self, entries: &[resume::Staged], moves: &[Move]) -> Result<()> {
         let dest = &*self.w.a.dest;
         if !moves.is_empty() {
             let mut dirs: Vec<&str> = moves

@@ -38,15 +38,18 @@ fn lines(r: &ops::monitor::MonitorReport) -> Vec<String> {
     }]
 }
 
-pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
-    if let Some(file) = &a.vols_from {
-        return super::vols_from::run(
-            g,
-            file,
-            || g.write(),
-            |wa, vf, failures| Ok(ops::vols_from::monitor(wa, vf, failures)),
-            lines,
-        );
+/// One archive's monitor run (its own pairing: snapshots and delta maps named after it).
+fn monitor_one(
+    g: &Global,
+    a: &MonitorArgs,
+    url: &str,
+    vf: Option<&ops::vols_from::VolsFrom>,
+    failures: &mut ops::vols_from::Failures,
+) -> Result<Vec<ops::monitor::MonitorReport>> {
+    // Pairing state changes: one writer at a time, as for send.
+    if let Some(vf) = vf {
+        let wa = g.write_to(url)?;
+        return Ok(ops::vols_from::monitor(&wa, vf, failures));
     }
     let dir = a.local.as_deref().ok_or_else(|| {
         Error::Usage("monitor needs --local=DIR (the reflink directory holding the volumes)".into())
@@ -57,12 +60,58 @@ pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
             "name the volumes to monitor, or use --all".into(),
         ));
     }
-    // Pairing state changes: one writer at a time, as for send.
-    let wa = g.write()?;
+    let wa = g.write_to(url)?;
     let refs: Vec<ops::VolumeRef> = named_or_all(&wa, &a.volumes, a.all, &g.volex)
         .iter()
         .map(|n| ops::VolumeRef::same(n))
         .collect();
-    let reports = ops::monitor::run(&wa, &store, &refs)?;
-    g.reports(&reports, lines)
+    ops::monitor::run(&wa, &store, &refs)
+}
+
+/// With several `--dest` (a configuration file that lists the archives a send writes to),
+/// each archive's pairing is monitored in turn: one that fails does not stop the others.
+pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
+    let urls = g.dests()?;
+    let vf = a
+        .vols_from
+        .as_deref()
+        .map(ops::vols_from::VolsFrom::load)
+        .transpose()?;
+    let mut failures = ops::vols_from::Failures::default();
+    if let [url] = urls.as_slice() {
+        let reports = monitor_one(g, &a, url, vf.as_ref(), &mut failures);
+        let finished = vf.as_ref().map_or(Ok(()), |vf| vf.finish(&failures));
+        g.reports(&reports?, lines)?;
+        return finished;
+    }
+    let runs: Vec<(&String, Result<Vec<ops::monitor::MonitorReport>>)> = urls
+        .iter()
+        .map(|url| (url, monitor_one(g, &a, url, vf.as_ref(), &mut failures)))
+        .collect();
+    if g.json {
+        let out: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|(url, r)| match r {
+                Ok(r) => serde_json::json!({ "dest": url, "volumes": r }),
+                Err(e) => serde_json::json!({ "dest": url, "volumes": [], "error": e.to_string() }),
+            })
+            .collect();
+        g.json(&serde_json::json!({ "destinations": out }))?;
+    } else {
+        for (url, r) in &runs {
+            g.say(format!("{url}:"));
+            match r {
+                Ok(r) => r
+                    .iter()
+                    .flat_map(lines)
+                    .for_each(|l| g.say(format!("  {l}"))),
+                Err(e) => g.say(format!("  failed: {e}")),
+            }
+        }
+    }
+    let finished = vf.as_ref().map_or(Ok(()), |vf| vf.finish(&failures));
+    match runs.into_iter().find_map(|(_, r)| r.err()) {
+        Some(e) => Err(e),
+        None => finished,
+    }
 }

@@ -35,6 +35,7 @@ use crossbeam_channel::bounded;
 use crate::archive::dedup::DedupIndex;
 use crate::archive::digests::{self, Digest, DigestCursor, DigestWriter};
 use crate::archive::index::{Builder, Rec};
+use crate::archive::resume::Staged;
 use crate::archive::{Archive, NewManifest, SessionWriter, WriteArchive};
 use crate::error::{Error, Result};
 use crate::format::manifest::{chunk_count, chunk_len, ChunkRef, ManifestLog};
@@ -125,14 +126,14 @@ pub struct TargetResult {
 /// The most archives one send writes to.
 pub const MAX_TARGETS: usize = 16;
 
-/// Stored bytes between a lane's checkpoints (`WYNG_CHECKPOINT`, a size; default 256M). A
+/// Stored bytes between a lane's checkpoints (`WYNG_CHECKPOINT`, a size; default 64M). A
 /// checkpoint also falls due every 10 seconds.
 pub fn checkpoint_bytes() -> u64 {
     std::env::var("WYNG_CHECKPOINT")
         .ok()
         .and_then(|v| crate::size::parse(&v).ok())
         .filter(|&b| b > 0)
-        .unwrap_or(256 << 20)
+        .unwrap_or(64 << 20)
 }
 
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -555,8 +556,8 @@ struct VolTarget<'w> {
 struct LaneJob {
     old: Option<ChunkRef>,
     old_digest: Option<Digest>,
-    /// The hash an interrupted send staged for this chunk.
-    staged: Option<Hash32>,
+    /// What an interrupted send staged for this chunk.
+    staged: Option<Staged>,
 }
 
 /// What the reader hands on, in address order.
@@ -657,7 +658,7 @@ struct Output<'a> {
     taken_bytes: u64,
     /// Staged since the last checkpoint: (address, hash) for the resume record, and the
     /// chunks to take from an interrupted send.
-    staged: Vec<(u64, Hash32)>,
+    staged: Vec<Staged>,
     moves: Vec<crate::archive::Move>,
     since_bytes: u64,
     since: std::time::Instant,
@@ -772,7 +773,12 @@ impl Output<'_> {
                     self.taken_bytes += t;
                 }
                 if bytes > 0 || taken.is_some() {
-                    self.staged.push((idx, hash));
+                    self.staged.push(Staged {
+                        idx,
+                        hash,
+                        digest,
+                        len: taken.unwrap_or(bytes) as u32,
+                    });
                 }
                 self.next = idx + 1;
             }
@@ -1409,14 +1415,32 @@ fn examine(
 ) -> Vec<Option<Result<Outcome>>> {
     let zero = buf.len() as u64 == cs && is_all_zero(buf);
     let digest = (!zero).then(|| digests::digest(buf));
+    // Compressed once per compressor: archives that compress alike share it.
+    let mut compressed: Vec<(crate::archive::Compressor, Vec<u8>)> = Vec::new();
+    let several = jobs.iter().filter(|j| j.is_some()).count() > 1;
     jobs.into_iter()
         .enumerate()
         .map(|(l, j)| {
             let lane = &lanes[l];
             let j = j.filter(|_| !lane.failed.load(Ordering::Relaxed))?;
+            let mut hash = |a: &Archive| {
+                if !several {
+                    return a.hash_chunk(buf);
+                }
+                let c = a.compressor();
+                let file = match compressed.iter().find(|(k, _)| *k == c) {
+                    Some((_, f)) => f.clone(),
+                    None => {
+                        let f = c.compress(buf);
+                        compressed.push((c, f.clone()));
+                        f
+                    }
+                };
+                a.hash_compressed(file)
+            };
             Some(j.and_then(|j| match digest {
                 None => Ok(Outcome::Zero(idx)),
-                Some(d) => examine_lane(lane, name, idx, buf, d, j),
+                Some(d) => examine_lane(lane, name, idx, d, j, &mut hash),
             }))
         })
         .collect()
@@ -1426,30 +1450,34 @@ fn examine_lane(
     lane: &Lane,
     name: &SessionName,
     idx: u64,
-    buf: &[u8],
     digest: Digest,
     j: LaneJob,
+    hash_chunk: &mut dyn FnMut(&Archive) -> crate::archive::session::Hashed,
 ) -> Result<Outcome> {
     if matches!(j.old, Some(ChunkRef::Data(_))) && j.old_digest == Some(digest) {
         // The same raw bytes as the newest session holds: no need to compress.
         return Ok(Outcome::Same(idx, digest));
     }
+    let writer = lane.writer.session();
+    if let Some(st) = j.staged.filter(|s| writer.is_some() && s.digest == digest) {
+        // An interrupted send staged exactly these raw bytes: take its file instead of
+        // compressing and sending them again.
+        if j.old == Some(ChunkRef::Data(st.hash)) {
+            return Ok(Outcome::Same(idx, digest));
+        }
+        return Ok(Outcome::Changed {
+            idx,
+            hash: st.hash,
+            bytes: 0,
+            taken: Some(st.len.into()),
+            digest,
+        });
+    }
     let archive = lane.writer.archive();
-    let hashed = archive.hash_chunk(buf);
+    let hashed = hash_chunk(archive);
     let hash = hashed.hash();
     if j.old == Some(ChunkRef::Data(hash)) {
         return Ok(Outcome::Same(idx, digest));
-    }
-    let writer = lane.writer.session();
-    if writer.is_some() && j.staged == Some(hash) {
-        // An interrupted send staged exactly this: take it instead of sending it again.
-        return Ok(Outcome::Changed {
-            idx,
-            hash,
-            bytes: 0,
-            taken: Some(hashed.len() as u64),
-            digest,
-        });
     }
     let existing = lane
         .index

@@ -68,6 +68,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+#[derive(Clone)]
 pub struct Wyng {
     pub dest: String,
     pub meta: PathBuf,

@@ -127,6 +127,32 @@ fn a_send_to_two_archives_survives_one_filling_up_and_catches_up() {
         .unwrap()
         .success());
     write_random(&vol, 0, CS as usize, 3);
+    // monitor follows both archives' pairings (the configuration a two-destination send
+    // reads gives it both --dest).
+    let o = wa
+        .cmd(&[
+            "monitor",
+            "-a",
+            &format!("--local={}", local.display()),
+            "--json",
+        ])
+        .arg(format!("--dest={}", wb.dest))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        m["destinations"][0]["volumes"][0]["state"], "rotated",
+        "{m}"
+    );
+    assert_eq!(
+        m["destinations"][0]["volumes"][0]["recorded_chunks"], 1,
+        "{m}"
+    );
+    assert_eq!(
+        m["destinations"][1]["volumes"][0]["recorded_chunks"], 129,
+        "{m}"
+    );
     let (o, j) = send_both();
     assert!(o.status.success(), "{j}");
     let (a3, b3) = (&report(&j, 0)["volumes"][0], &report(&j, 1)["volumes"][0]);
@@ -224,6 +250,30 @@ fn an_unreachable_destination_does_not_stop_the_others() {
     );
     wa.receive("disk", None, &t.path().join("o.img"));
     assert_eq!(sha256_file(&t.path().join("o.img")), sha256_file(&src));
+    // A destination another writer holds (its lock taken): outstanding too, the other
+    // archive goes on.
+    let c_dir = t.path().join("c");
+    let wc = Wyng::fresh(&c_dir, &meta);
+    let lock = std::fs::File::open(&c_dir).unwrap();
+    // SAFETY: flock on a descriptor we own, released when it closes.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    Image::new(10).random(1 << 20).write(&src);
+    let o = wa
+        .cmd(&["send", "disk", &imp, "--json"])
+        .arg(format!("--dest={}", wc.dest))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        j["destinations"][0]["volumes"][0]["session"].is_string(),
+        "{j}"
+    );
+    assert_eq!(j["destinations"][1]["error"]["kind"], "busy", "{j}");
+    drop(lock);
     // Both unreachable: the first one's own error and exit code.
     let o = Command::new(env!("CARGO_BIN_EXE_wyng"))
         .args(["send", "disk", &imp])

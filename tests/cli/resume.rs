@@ -23,7 +23,7 @@ fn staged_bytes(ar: &Path) -> u64 {
 }
 
 /// Starts `send`, kills it with SIGKILL once `at` bytes are staged; returns what was staged.
-fn kill_at(w: &Wyng, vol: &str, src: &Path, ar: &Path, at: u64) -> u64 {
+pub(crate) fn kill_at(w: &Wyng, vol: &str, src: &Path, ar: &Path, at: u64) -> u64 {
     let imp = format!("--import-other-from={vol}:|:{}", src.display());
     let mut c = w.cmd(&["send", vol, &imp, "-q"]);
     let mut child = c
@@ -162,5 +162,27 @@ fn a_resumable_staging_survives_other_commands_and_is_not_taken_blindly() {
         .all(|e| !e.path().join("S-tmp").exists()));
     let r = w.send("third", &src, &[]);
     assert_eq!(r["chunks_reused"], 0, "{r}");
+    check_strict(&ar);
+    // Staged files that went missing are not taken (the session would lack them): only what
+    // the staging still holds is.
+    kill_at(&w, "fourth", &src, &ar, 8 << 20);
+    let staged: Vec<_> = std::fs::read_dir(&ar)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("S-tmp"))
+        .filter(|p| p.is_dir())
+        .flat_map(|p| files_under(&p))
+        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with('x'))
+        .collect();
+    for f in staged.iter().step_by(2) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let r = w.send("fourth", &src, &[]);
+    assert!(
+        r["chunks_reused"].as_u64().unwrap() <= staged.len() as u64 / 2,
+        "{r}"
+    );
+    w.receive("fourth", None, &o);
+    assert_eq!(sha256_file(&o), sha256_file(&src));
     check_strict(&ar);
 }

@@ -19,6 +19,9 @@ const BUCKET: &str = "wyng-test";
 
 pub struct Weed {
     pub s3_port: u16,
+    /// For `weed shell -master=127.0.0.1:PORT -filer=127.0.0.1:PORT`.
+    pub master_port: u16,
+    pub filer_port: u16,
     _dir: PathBuf,
 }
 
@@ -36,7 +39,7 @@ fn free_port_pair(taken: &mut Vec<u16>) -> u16 {
 }
 
 /// Starts `weed mini` with S3 on a free port and `BUCKET` created; `None` if weed is missing.
-pub fn start_weed(dir: &Path, extra: &[String]) -> Option<(std::process::Child, u16)> {
+pub fn start_weed(dir: &Path, extra: &[String]) -> Option<(std::process::Child, Vec<u16>)> {
     if Command::new("weed").arg("version").output().is_err() {
         return None;
     }
@@ -67,7 +70,7 @@ pub fn start_weed(dir: &Path, extra: &[String]) -> Option<(std::process::Child, 
         .stderr(log)
         .spawn()
         .ok()?;
-    Some((child, ports[3]))
+    Some((child, ports))
 }
 
 /// Stops `pid` (and removes `dir`) once this test process is gone, whatever way it ends.
@@ -128,12 +131,15 @@ pub fn weed() -> Option<&'static Weed> {
         for attempt in 0..3 {
             let dir = std::env::temp_dir()
                 .join(format!("wyng-test-weed-{}-{attempt}", std::process::id()));
-            let (mut child, port) = start_weed(&dir, &[])?;
+            let (mut child, ports) = start_weed(&dir, &[])?;
             watchdog(child.id(), &dir);
+            let port = ports[3];
             match try_ready(&format!("http://127.0.0.1:{port}"), Duration::from_secs(60)) {
                 Ok(()) => {
                     return Some(Weed {
                         s3_port: port,
+                        master_port: ports[0],
+                        filer_port: ports[2],
                         _dir: dir,
                     })
                 }
@@ -556,24 +562,57 @@ fn link_cut_mid_send_and_mid_receive() {
     im.write(&img);
     let first = w.send("big.img", &img, &[]);
     let first_sha = im.sha256();
+    let vid = w.json(&["list"])["volumes"]["big.img"]["vid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     im.scribble(1 << 20, 60 << 20);
     im.write(&img);
-    // Cut the link shortly after the send starts: it fails cleanly (exit 5) after its retries.
+    // Cut the link once the send has staged a few MiB (staged in place, under its session's
+    // name): it fails cleanly (exit 5) after its retries.
     let imp = format!("--import-other-from=big.img:|:{}", img.display());
+    let lib = library_dest(weed.s3_port, &prefix);
+    let first_dir = first["session"].as_str().unwrap().to_string();
+    let staged = || -> usize {
+        lib.list(&vid)
+            .unwrap()
+            .iter()
+            .filter(|n| n.starts_with("S_") && **n != first_dir)
+            .map(|n| lib.list(&format!("{vid}/{n}/000000000")).unwrap().len())
+            .sum()
+    };
+    let mut w_ck = w.clone();
+    w_ck.env.push(("WYNG_CHECKPOINT".into(), "512K".into()));
     let o = interrupted(
-        &w,
+        &w_ck,
         &["send", "big.img", &imp],
-        Duration::from_millis(300),
-        || proxy.cut(),
+        Duration::from_millis(10),
+        || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while staged() < 64 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            proxy.cut()
+        },
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(5), "{err}");
     assert!(!err.contains("panicked") && !err.contains("X-Amz"), "{err}");
     proxy.restore();
-    // The archive is as before; the next send succeeds and both sessions are exact.
+    // The archive is as before; the next send resumes (it takes what was staged and
+    // recorded, with server-side copies) and both sessions are exact.
     assert_eq!(session_names(&w, "big.img").len(), 1);
     let second = w.send("big.img", &img, &[]);
     assert_ne!(first["session"], second["session"]);
+    assert!(second["chunks_reused"].as_u64().unwrap() >= 32, "{second}");
+    // Nothing of the interrupted session is left.
+    let dirs: Vec<String> = lib
+        .list(&vid)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("S_"))
+        .collect();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
     w.ok(&["arch-check"]);
     let out = t.path().join("out.img");
     // A receive whose link is cut fails (exit 5) and leaves no target behind.
@@ -941,4 +980,83 @@ fn prune_on_s3_and_a_link_cut_in_the_middle_of_it() {
     let copy = t.path().join("copy");
     download(&*library_dest(weed.s3_port, &prefix), "", &copy);
     check_strict(&copy);
+}
+
+/// A bucket over its quota: SeaweedFS's `s3.bucket.quota` and `s3.bucket.quota.enforce
+/// -apply` make it read-only, after which the engine answers every write with 500
+/// InternalError. A send then fails cleanly (exit 5, one line that names the quota as a likely
+/// cause, nothing committed), reads still work, and once the quota is lifted the next send
+/// goes through.
+#[test]
+fn a_bucket_over_its_quota() {
+    let Some(weed) = require_weed() else { return };
+    let shell = |cmd: &str| -> String {
+        use std::io::Write;
+        let mut c = Command::new("weed")
+            .arg("shell")
+            .arg(format!("-master=127.0.0.1:{}", weed.master_port))
+            .arg(format!("-filer=127.0.0.1:{}", weed.filer_port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "{cmd}").unwrap();
+        let o = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let bucket = unique("wyng-quota");
+    let out = shell(&format!("s3.bucket.create -name={bucket}"));
+    assert!(out.contains("created bucket"), "{out}");
+    let out = shell(&format!("s3.bucket.quota -name={bucket} -op=set -sizeMB=3"));
+    assert!(out.contains("updated quota"), "{out}");
+    let t = tmp();
+    let mut w = s3_wyng(t.path(), weed.s3_port, "q");
+    w.dest = format!("s3://{bucket}/q");
+    w.init(&["--chunk-factor=1"]);
+    let img = t.path().join("q.img");
+    let mut im = Image::new(31);
+    im.random(6 << 20);
+    im.write(&img);
+    let first = w.send("q.img", &img, &[]);
+    let first_sha = im.sha256();
+    // Over the quota now: enforcement makes the bucket read-only (once the engine has
+    // counted the usage).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = shell("s3.bucket.quota.enforce -apply");
+        if out.contains(&format!("changing bucket {bucket} to read only")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine never enforced the quota: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    im.scribble(0, 1 << 20);
+    im.write(&img);
+    let imp = format!("--import-other-from=q.img:|:{}", img.display());
+    let t0 = Instant::now();
+    let err = w.fails(&["send", "q.img", &imp], 5);
+    println!("the refused send ended after {:?}", t0.elapsed());
+    assert!(err.contains("quota") && err.lines().count() <= 2, "{err}");
+    // Nothing committed; what is there still reads.
+    assert_eq!(session_names(&w, "q.img").len(), 1);
+    let out_img = t.path().join("out.img");
+    w.receive("q.img", None, &out_img);
+    assert_eq!(sha256_file(&out_img), first_sha);
+    // The quota lifted (which clears the read-only flag): the next send goes through.
+    let out = shell(&format!("s3.bucket.quota -name={bucket} -op=remove"));
+    assert!(
+        out.contains(&bucket) || out.is_empty() || out.contains("quota"),
+        "{out}"
+    );
+    let second = w.send("q.img", &img, &[]);
+    assert!(second["session"].is_string(), "{second}");
+    w.receive("q.img", None, &out_img);
+    assert_eq!(sha256_file(&out_img), im.sha256());
+    w.receive("q.img", Some(first["session"].as_str().unwrap()), &out_img);
+    assert_eq!(sha256_file(&out_img), first_sha);
+    w.ok(&["arch-check"]);
 }

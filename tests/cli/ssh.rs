@@ -351,6 +351,35 @@ fn link_loss_during_send_and_receive_leaves_a_valid_archive() {
     }
 }
 
+/// A send over ssh killed (SIGKILL) mid-way resumes: what the remote synced and the record
+/// names is taken (renamed in one batch on the remote), not sent again.
+#[test]
+fn a_killed_send_over_ssh_resumes() {
+    let Some(sshd) = Sshd::start() else { return };
+    let t = tmp();
+    let remote = t.path().join("remote-resume");
+    let mut w = sshd.wyng(&remote, None);
+    w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    w.env.push(("WYNG_CHECKPOINT".into(), "1M".into()));
+    let src = t.path().join("big.img");
+    Image::new(78).random(48 << 20).write(&src);
+    let had = crate::resume::kill_at(&w, "disk", &src, &remote, 16 << 20);
+    let r = w.send("disk", &src, &[]);
+    let reused = r["chunks_reused"].as_u64().unwrap();
+    assert!(
+        reused * 65536 + (4 << 20) >= had,
+        "staged {had}, reused {r}"
+    );
+    assert!(
+        r["bytes_stored"].as_u64().unwrap() <= (48 << 20) - had + (4 << 20),
+        "{r}"
+    );
+    let o = t.path().join("o.img");
+    w.receive("disk", None, &o);
+    assert_eq!(sha256_file(&o), sha256_file(&src));
+    check_strict(&remote);
+}
+
 #[test]
 fn qubes_destination_through_qvm_run() {
     let t = tmp();

@@ -218,8 +218,15 @@ impl Inner {
             }
         }
         self.down.store(true, Ordering::Relaxed);
+        // Engines refuse writes to a bucket over its quota with a plain 500 (SeaweedFS) or a
+        // 503: say so, or the user looks for a network fault.
+        let hint = if method != "GET" && method != "HEAD" && last.starts_with('5') {
+            "; the engine refuses writes: if the bucket is over a quota or read-only, free space or raise the quota"
+        } else {
+            ""
+        };
         Err(self.unavailable(format!(
-            "{method} {key} failed {attempts} times (last: {last}); the archive is as the last completed command left it"
+            "{method} {key} failed {attempts} times (last: {last}){hint}; the archive is as the last completed command left it"
         )))
     }
 
