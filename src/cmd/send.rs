@@ -12,7 +12,7 @@ use wyng::{Error, Result};
 use super::prune::{AutopruneArgs, RetentionArgs};
 use super::{date, human, named_or_all, Global};
 
-pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.";
+pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup --dest=ssh://backup@offsite/srv/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.\n\nWith several --dest, each volume is snapshotted and read once for all the archives; one that\nfails does not stop the others (exit 2; `wyng list --outstanding` shows what it misses, and the\nnext send catches it up). An interrupted send resumes: the next send of the volume takes the\nchunks the destination already holds instead of sending them again.";
 
 /// `--tag=ID[,DESC]`, or `--tag=@` / `--tag=` to be asked for tags on the terminal.
 #[derive(Clone, Debug)]
@@ -268,9 +268,34 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
             }
         }
     }
+    if archives.is_empty() {
+        // No destination could be opened: the first one's error, with its exit code.
+        return Err(unreachable.remove(0).1);
+    }
+    // `--autoprune=full` thins each archive before anything is sent to it (after the
+    // requests are checked: a mistyped command prunes nothing).
+    let mut autoprune = |archives: &mut Vec<(String, WriteArchive)>,
+                         volumes: &mut Vec<Option<Vec<String>>>|
+     -> Result<()> {
+        let mut i = 0;
+        while i < archives.len() {
+            match autoprune_full(g, &mut archives[i].1, &a) {
+                Ok(()) => i += 1,
+                Err(e) if urls.len() == 1 => return Err(e),
+                Err(e) => {
+                    let (url, _) = archives.remove(i);
+                    volumes.remove(i);
+                    tracing::error!("{url}: {e}");
+                    unreachable.push((url, e));
+                }
+            }
+        }
+        Ok(())
+    };
     let mut failures = wyng::ops::vols_from::Failures::default();
     let (names, mut results) = match &vf {
         Some(vf) => {
+            autoprune(&mut archives, &mut vec![None; urls.len()])?;
             let mut targets: Vec<ops::send::Target> = archives
                 .iter_mut()
                 .map(|(_, wa)| ops::send::Target {
@@ -278,15 +303,20 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
                     volumes: None,
                 })
                 .collect();
-            for t in targets.iter_mut() {
-                autoprune_full(g, t.archive, &a)?;
-            }
-            let r = ops::vols_from::send(&mut targets, vf, &mut opts, &mut failures)?;
+            let r = match ops::vols_from::send(&mut targets, vf, &mut opts, &mut failures) {
+                Ok(r) => r,
+                Err(e) => {
+                    // FILE.error still lists what failed before the run stopped.
+                    let _ = vf.finish(&failures);
+                    return Err(e);
+                }
+            };
             let names: Vec<String> = vf.entries().map(|e| e.name.clone()).collect();
             (names, r)
         }
         None => {
-            let (reqs, volumes) = requests(g, &a, &archives, store.as_ref())?;
+            let (reqs, mut volumes) = requests(g, &a, &archives, store.as_ref())?;
+            autoprune(&mut archives, &mut volumes)?;
             opts.local = store;
             let mut targets: Vec<ops::send::Target> = archives
                 .iter_mut()
@@ -296,9 +326,6 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
                     volumes,
                 })
                 .collect();
-            for t in targets.iter_mut() {
-                autoprune_full(g, t.archive, &a)?;
-            }
             let r = ops::send::run_multi(&mut targets, &reqs, &opts)?;
             (reqs.into_iter().map(|r| r.volume).collect(), r)
         }

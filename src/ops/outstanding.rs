@@ -59,12 +59,16 @@ pub struct Update<'a> {
 
 /// Applies the updates of one send (its session name `when`) to the record.
 pub fn update(meta_dir: &Path, when: &str, updates: &[Update]) -> Result<()> {
+    if updates.iter().all(|u| u.missed.is_empty()) && !path(meta_dir).exists() {
+        return Ok(()); // nothing was ever missed: no record to keep
+    }
     std::fs::create_dir_all(meta_dir).map_err(|e| Error::local_state(meta_dir, e))?;
     let lock_path = meta_dir.join("outstanding.lock");
     let lock = std::fs::File::create(&lock_path).map_err(|e| Error::local_state(&lock_path, e))?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| Error::local_state(&lock_path, std::io::Error::from(e)))?;
     let mut rec = load(meta_dir)?;
+    let before = rec.clone();
     for u in updates {
         let m = rec.entry(u.url.to_string()).or_default();
         for v in &u.sent {
@@ -83,6 +87,9 @@ pub fn update(meta_dir: &Path, when: &str, updates: &[Update]) -> Result<()> {
         }
     }
     let p = path(meta_dir);
+    if rec == before {
+        return Ok(());
+    }
     let tmp = meta_dir.join("outstanding.json.tmp");
     let text = serde_json::to_string_pretty(&rec).expect("serializable") + "\n";
     std::fs::write(&tmp, text)

@@ -186,6 +186,65 @@ fn a_send_to_two_archives_survives_one_filling_up_and_catches_up() {
     check_strict(&a_dir);
     check_strict(&b_dir);
 
+    // The destinations from the configuration file, one per line, as the one timer of a
+    // local + off-site setup runs it.
+    let conf = t.path().join("wyng.ini");
+    std::fs::write(
+        &conf,
+        format!(
+            "[var-global-default]\ndest = {}\n    {}\nlocal = {}\n",
+            wa.dest,
+            wb.dest,
+            local.display()
+        ),
+    )
+    .unwrap();
+    write_random(&vol, 2 * CS, CS as usize, 4);
+    let o = Command::new(env!("CARGO_BIN_EXE_wyng"))
+        .args(["send", "-a", "--json"])
+        .arg(format!("--config={}", conf.display()))
+        .arg(format!("--meta-dir={}", meta.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for d in 0..2 {
+        assert_eq!(
+            j["destinations"][d]["volumes"][0]["chunks_changed"], 1,
+            "{j}"
+        );
+    }
+    // --vols-from: a destination that cannot be reached is listed under `outstanding` in
+    // FILE.error, its volumes as failed.
+    let vf = t.path().join("vols.json");
+    std::fs::write(
+        &vf,
+        format!("{{\"{}\": [[\"disk.img\", null]]}}", local.display()),
+    )
+    .unwrap();
+    let missing = format!("file:{}", t.path().join("gone").display());
+    let o = wa
+        .cmd(&["send", &format!("--vols-from={}", vf.display())])
+        .arg(format!("--dest={missing}"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let e: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("vols.json.error")).unwrap()).unwrap();
+    assert_eq!(e["volumes"], serde_json::json!(["disk.img"]), "{e}");
+    assert_eq!(
+        e["outstanding"][&missing],
+        serde_json::json!(["disk.img"]),
+        "{e}"
+    );
+    check_strict(&a_dir);
+    check_strict(&b_dir);
+
     // Text output names each destination; a repeated --dest elsewhere is refused.
     let o = wa
         .cmd(&["send", "disk.img", &format!("--local={}", local.display())])
