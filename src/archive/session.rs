@@ -211,6 +211,26 @@ impl Archive {
             .is_some_and(|h| h.names(vid, dir) && self.marker_matches(&h))
     }
 
+    /// The staging directories this host's interrupted sends left for their resume, with the
+    /// volume each is for (recovery keeps them; `arch-check` mentions them).
+    pub fn resumable_stagings(&self) -> Vec<(String, String)> {
+        let Some(local) = self.local_dir() else {
+            return Vec::new();
+        };
+        let Ok(rd) = std::fs::read_dir(local) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, String)> = rd
+            .flatten()
+            .filter(|e| crate::format::VolumeId::parse(&e.file_name().to_string_lossy()).is_some())
+            .filter_map(|e| resume::read_header(&resume::record_path(&e.path())))
+            .filter(|h| self.marker_matches(h))
+            .map(|h| (h.staging, h.volume))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Whether `vid`, a volume directory no root names, holds the resumable staging of this
     /// host's interrupted first send of it (whatever else it holds is staging too: no root
     /// names the volume; the first commit's recovery removes what is left over).

@@ -51,7 +51,7 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
             volumes = g.selection(&archive, &a.volumes, true)?;
         }
     }
-    let reports = if a.clean || a.change_uuid {
+    let (reports, stagings) = if a.clean || a.change_uuid {
         let mut wa = g.write()?;
         if a.change_uuid {
             g.confirm("Give this archive a new UUID?")?;
@@ -62,14 +62,23 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
         for p in ops::check::clean(&mut wa)? {
             g.say(capitalized(&p));
         }
-        ops::check::run(&wa, &volumes, &o)?
+        (ops::check::run(&wa, &volumes, &o)?, wa.resumable_stagings())
     } else {
-        ops::check::run(&g.read()?, &volumes, &o)?
+        let archive = g.read()?;
+        (
+            ops::check::run(&archive, &volumes, &o)?,
+            archive.resumable_stagings(),
+        )
     };
     let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
     if g.json {
         g.json(&reports)?;
     } else {
+        for (dir, vol) in &stagings {
+            g.say(format!(
+                "{dir}: kept for the next send of '{vol}' from this host to resume (an interrupted send staged it; nothing refers to it)"
+            ));
+        }
         for r in &reports {
             for p in &r.problems {
                 eprintln!(

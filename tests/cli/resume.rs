@@ -136,9 +136,10 @@ fn a_resumable_staging_survives_other_commands_and_is_not_taken_blindly() {
     w.send("other", &src, &[]);
     kill_at(&w, "disk", &src, &ar, 8 << 20);
     // Other writers keep it (this host's record names it); arch-check does not call it
-    // damage.
+    // damage, and says what it is.
     w.send("other", &src, &["--send-unchanged"]);
-    w.ok(&["arch-check"]);
+    let out = w.ok(&["arch-check"]);
+    assert!(out.contains("kept for the next send of 'disk'"), "{out}");
     // The source changed everywhere since: nothing staged matches, nothing is taken.
     img.scribble(0, 24 << 20);
     img.write(&src);
