@@ -6,17 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small="${1:-4096}"; big="${2:-16384}"
-cargo build --release --quiet --bin wyng --example benchdata
-W="$PWD/target/release/wyng"
-B="$PWD/target/release/examples/benchdata"
-dir="$(mktemp -d /var/tmp/wyng-cow.XXXXXX)"
+. scripts/bench-prologue.sh cow
 mnt="$dir/mnt"
 cleanup() {
   sync
   # Btrfs may still be dropping deleted snapshots' extents: give it a moment before forcing.
   for _ in 1 2 3 4 5; do umount "$mnt" 2>/dev/null && break; sleep 1; done
   mountpoint -q "$mnt" && umount -l "$mnt"
-  for _ in 1 2 3; do rm -rf "$dir" && break; sleep 1; done
+  for _ in 1 2 3; do remove_dir && break; sleep 1; done
 }
 trap cleanup EXIT
 # The images are 60% data; room for both, their snapshots' divergence and Btrfs metadata.

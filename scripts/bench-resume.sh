@@ -8,12 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib="${1:-1024}"
-cargo build --release --quiet --bin wyng --example benchdata
-W="$PWD/target/release/wyng"
-B="$PWD/target/release/examples/benchdata"
-dir="${BENCH_DIR:-$(mktemp -d /var/tmp/wyng-bench-resume.XXXXXX)}"
-[ -n "${BENCH_DIR:-}" ] || trap 'rm -rf "$dir"' EXIT
-mkdir -p "$dir"
+. scripts/bench-prologue.sh resume
+trap remove_dir EXIT
 img="$dir/vol.img"; meta="--meta-dir=$dir/meta"
 rm -rf "$dir"/r-* "$dir/meta"
 "$B" gen "$img" "$size_mib"

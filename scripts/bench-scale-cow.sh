@@ -6,16 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gib="${1:-1024}"
-cargo build --release --quiet --bin wyng --example benchdata
-W="$PWD/target/release/wyng"
-B="$PWD/target/release/examples/benchdata"
-dir="$(mktemp -d /var/tmp/wyng-scale-cow.XXXXXX)"
+. scripts/bench-prologue.sh scale-cow
 mnt="$dir/mnt"
 cleanup() {
   sync
   for _ in 1 2 3 4 5; do umount "$mnt" 2>/dev/null && break; sleep 1; done
   mountpoint -q "$mnt" && umount -l "$mnt"
-  rm -rf "$dir"
+  remove_dir
 }
 trap cleanup EXIT
 truncate -s 12G "$dir/btrfs.img"

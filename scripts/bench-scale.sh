@@ -9,14 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gib="${1:-1024}"; extents="${2:-2000}"; sessions="${3:-0}"
-cargo build --release --quiet --bin wyng --example benchdata
-W="$PWD/target/release/wyng"
-B="$PWD/target/release/examples/benchdata"
-dir="$(mktemp -d /var/tmp/wyng-scale.XXXXXX)"
+. scripts/bench-prologue.sh scale
 mnt="$dir/mnt"
 cleanup() {
   mountpoint -q "$mnt" 2>/dev/null && { "$W" umount "$mnt" || umount -l "$mnt"; }
-  rm -rf "$dir"
+  remove_dir
 }
 trap cleanup EXIT
 img="$dir/vol.img"; ar="file:$dir/archive"; meta="--meta-dir=$dir/meta"

@@ -2,16 +2,13 @@
 # Measures wyng on a reproducible volume image and compares with this machine's own
 # single-core limits on the same data, measured in the same run.
 # Usage: scripts/bench.sh [SIZE_MIB]   (default 1024; docs/benchmarks.md uses 4096)
-#        BENCH_DIR=/path keeps the work files there (default: a temporary dir, removed after).
+#        BENCH_DIR=/path keeps the work files there, one subdirectory per script (default: a
+#        temporary dir, removed after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib="${1:-1024}"
-cargo build --release --quiet --bin wyng --example benchdata
-W="$PWD/target/release/wyng"
-B="$PWD/target/release/examples/benchdata"
-dir="${BENCH_DIR:-$(mktemp -d /var/tmp/wyng-bench.XXXXXX)}"
-[ -n "${BENCH_DIR:-}" ] || trap 'rm -rf "$dir"' EXIT
-mkdir -p "$dir"
+. scripts/bench-prologue.sh bench
+trap remove_dir EXIT
 img="$dir/vol.img"; ar="$dir/archive"; meta="--meta-dir=$dir/meta"
 rm -rf "$ar" "$dir/archive-enc" "$dir/meta" "$dir/out.img"
 
@@ -88,7 +85,7 @@ if [ -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ]; then
   printf 'Port %s\nListenAddress 127.0.0.1\nHostKey %s/host\nPidFile %s/pid\nAuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n' "$port" "$sd" "$sd" "$sd" > "$sd/sshd_config"
   printf 'Host *\n  IdentityFile %s/user\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  Ciphers aes128-gcm@openssh.com\n' "$sd" > "$sd/ssh_config"
   /usr/sbin/sshd -D -e -f "$sd/sshd_config" 2>/dev/null & sshd_pid=$!
-  trap 'kill $sshd_pid 2>/dev/null || true; [ -n "${BENCH_DIR:-}" ] || rm -rf "$dir"' EXIT
+  trap 'kill $sshd_pid 2>/dev/null || true; remove_dir' EXIT
   sleep 0.5
   sshdest="ssh://root@127.0.0.1:$port$dir/archive-ssh"
   sopt="--opt-ssh=-F $sd/ssh_config"
