@@ -9,7 +9,7 @@ use wyng::{Error, Result};
 
 use super::Global;
 
-pub const HELP: &str = "Examples:\n  wyng delete old-vm.img -u --dest=file:/mnt/usb/laptop.backup\n  wyng delete --clean --local=/var/lib/images --dest=...\n\nThe deletion is journaled: if it is interrupted, the next write command finishes it.";
+pub const HELP: &str = "Examples:\n  wyng delete old-vm.img -u --dest=file:/mnt/usb/laptop.backup\n  wyng delete --clean --local=/var/lib/images --dest=...\n  wyng delete --outstanding --dest=ssh://retired-host/srv/backup\n\nThe deletion is journaled: if it is interrupted, the next write command finishes it.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PurgeArg {
@@ -39,9 +39,25 @@ pub struct DeleteArgs {
     /// (full; the next sends are full scans)
     #[arg(long, value_enum, value_name = "other|full", requires = "clean")]
     pub purge: Option<PurgeArg>,
+    /// Forget what the --dest archive misses from earlier sends (`wyng list --outstanding`):
+    /// for a destination given up for good. Only this host's record changes; the archive is
+    /// not opened (its snapshots stay: `delete --clean --purge` drops them)
+    #[arg(long, conflicts_with_all = ["volume", "vid", "clean", "local"])]
+    pub outstanding: bool,
 }
 
 pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
+    if a.outstanding {
+        let urls = g.dests()?;
+        let forgotten = ops::outstanding::forget(&g.meta_dir, &urls)?;
+        for u in &urls {
+            match forgotten.iter().find(|(f, _)| f == u) {
+                Some((_, n)) => g.say(format!("{u}: forgot {n} outstanding volume(s).")),
+                None => g.say(format!("{u}: nothing outstanding.")),
+            }
+        }
+        return Ok(());
+    }
     let mut wa = g.write()?;
     if a.clean {
         if a.volume.is_some() {

@@ -97,6 +97,26 @@ pub fn update(meta_dir: &Path, when: &str, updates: &[Update]) -> Result<()> {
         .map_err(|e| Error::local_state(&p, e))
 }
 
+/// Forgets what destinations `urls` miss; returns those that had entries, with how many.
+pub fn forget(meta_dir: &Path, urls: &[String]) -> Result<Vec<(String, usize)>> {
+    let gone: Vec<(String, Vec<String>)> = load(meta_dir)?
+        .into_iter()
+        .filter(|(url, _)| urls.contains(url))
+        .map(|(url, m)| (url, m.volumes.into_keys().collect()))
+        .collect();
+    let updates: Vec<Update> = gone
+        .iter()
+        .map(|(url, volumes)| Update {
+            url,
+            sent: volumes.clone(),
+            missed: Vec::new(),
+            error: None,
+        })
+        .collect();
+    update(meta_dir, "", &updates)?;
+    Ok(gone.into_iter().map(|(u, v)| (u, v.len())).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +154,19 @@ mod tests {
         assert_eq!(r["ssh://b/p"].volumes["y"], "S_1");
         assert!(!r["ssh://b/p"].volumes.contains_key("x"));
         update(d.path(), "S_3", &[up("ssh://b/p", &["y"], &[], None)]).unwrap();
+        assert!(load(d.path()).unwrap().is_empty());
+        // A destination given up for good is forgotten.
+        update(
+            d.path(),
+            "S_4",
+            &[up("ssh://gone/p", &[], &["x", "y"], Some("down"))],
+        )
+        .unwrap();
+        let urls = ["ssh://gone/p".to_string(), "file:/other".to_string()];
+        assert_eq!(
+            forget(d.path(), &urls).unwrap(),
+            vec![("ssh://gone/p".to_string(), 2)]
+        );
         assert!(load(d.path()).unwrap().is_empty());
         std::fs::write(d.path().join("outstanding.json"), "{bad").unwrap();
         assert!(load(d.path()).is_err());

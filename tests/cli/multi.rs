@@ -309,6 +309,16 @@ fn an_unreachable_destination_does_not_stop_the_others() {
     );
     wa.receive("disk", None, &t.path().join("o.img"));
     assert_eq!(sha256_file(&t.path().join("o.img")), sha256_file(&src));
+    // A destination given up for good: its entry forgotten (no archive opened).
+    let o = Command::new(env!("CARGO_BIN_EXE_wyng"))
+        .args(["delete", "--outstanding"])
+        .arg(format!("--dest={missing}"))
+        .arg(format!("--meta-dir={}", meta.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("forgot 1 outstanding volume"));
+    assert!(outstanding(&meta).get(&missing).is_none());
     // A destination another writer holds (its lock taken): outstanding too, the other
     // archive goes on.
     let c_dir = t.path().join("c");
