@@ -233,6 +233,7 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
         local: None,
         session: None,
         autoprune_on: (a.auto.autoprune() == AutoMode::On).then_some(apdays),
+        checkpoint_bytes: None,
     };
     let vf = a
         .vols_from

@@ -192,6 +192,14 @@ impl MemDest {
         self
     }
 
+    /// The same destination without atomic rename either (an object store: sessions are
+    /// staged under their final names).
+    pub fn like_object_storage(mut self) -> MemDest {
+        self.caps.hard_links = false;
+        self.caps.atomic_rename = false;
+        self
+    }
+
     /// Changes and syncs made so far (what [`crash_at`](Self::crash_at) counts).
     pub fn steps(&self) -> u64 {
         self.state.lock().steps

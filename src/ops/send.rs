@@ -75,6 +75,8 @@ pub struct SendOptions {
     /// `--autoprune=on`: before sending a volume whose change exceeds the destination's free
     /// space, thin its old sessions by this calendar ([`crate::ops::prune::make_room`]).
     pub autoprune_on: Option<crate::ops::autoprune::ApDays>,
+    /// Stored bytes between checkpoints for a resume (`None`: [`checkpoint_bytes`]).
+    pub checkpoint_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -977,7 +979,7 @@ fn send_volume(
     }
     let cs = lanes[0].writer.archive().chunksize();
     let n = chunk_count(src.size, cs);
-    let every = checkpoint_bytes();
+    let every = opts.checkpoint_bytes.unwrap_or_else(checkpoint_bytes);
     let now = std::time::Instant::now();
     let mut outs: Vec<Output> = lanes
         .iter()
