@@ -351,6 +351,78 @@ fn link_loss_during_send_and_receive_leaves_a_valid_archive() {
     }
 }
 
+/// A send to a local and an ssh archive whose link is cut again and again: the local archive
+/// commits, the ssh one is outstanding (exit 2); the next run brings it up to date, taking
+/// what the cut send had staged, and both restore exactly.
+#[test]
+fn a_two_destination_send_survives_the_link_to_one() {
+    let Some(sshd) = Sshd::start() else { return };
+    let t = tmp();
+    let remote = t.path().join("remote-two");
+    let mut wb = sshd.wyng(&remote, None);
+    wb.env.push(("WYNG_CHECKPOINT".into(), "1M".into()));
+    wb.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
+    let a_dir = t.path().join("local-a");
+    let wa = Wyng::fresh(&a_dir, &wb.meta);
+    let src = t.path().join("big.img");
+    Image::new(79).random(96 << 20).write(&src);
+    let imp = format!("--import-other-from=disk:|:{}", src.display());
+    let mut child = wb
+        .cmd(&["send", "disk", &imp, "-q", "--json"])
+        .arg(format!("--dest={}", wa.dest))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    while child.try_wait().unwrap().is_none() {
+        sshd.cut_links();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        j["destinations"][0]["outstanding"],
+        serde_json::json!(["disk"]),
+        "{j}"
+    );
+    assert!(
+        j["destinations"][1]["volumes"][0]["session"].is_string(),
+        "{j}"
+    );
+    let o = t.path().join("o.img");
+    wa.receive("disk", None, &o);
+    assert_eq!(sha256_file(&o), sha256_file(&src));
+    // The link back: the next run catches the ssh archive up.
+    let out = wb
+        .cmd(&["send", "disk", &imp, "--json"])
+        .arg(format!("--dest={}", wa.dest))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &j["destinations"][0]["volumes"][0];
+    assert!(b["session"].is_string() && b["first"] == true, "{j}");
+    println!(
+        "the catch-up took {} chunks the cut send had staged",
+        b["chunks_reused"]
+    );
+    assert!(
+        j["destinations"][1]["volumes"][0]["session"].is_null(),
+        "A had nothing new: {j}"
+    );
+    wb.receive("disk", None, &o);
+    assert_eq!(sha256_file(&o), sha256_file(&src));
+    check_strict(&remote);
+    check_strict(&a_dir);
+}
+
 /// A send over ssh killed (SIGKILL) mid-way resumes: what the remote synced and the record
 /// names is taken (renamed in one batch on the remote), not sent again.
 #[test]
