@@ -545,6 +545,16 @@ impl Archive {
         self.dest.capabilities()
     }
 
+    /// Bytes a send stores between checkpoints for a resume: `WYNG_CHECKPOINT` (a size) if
+    /// set, else what suits the destination (64 MiB; 256 MiB over ssh).
+    pub fn checkpoint_bytes(&self) -> u64 {
+        std::env::var("WYNG_CHECKPOINT")
+            .ok()
+            .and_then(|v| crate::size::parse(&v).ok())
+            .filter(|&b| b > 0)
+            .unwrap_or_else(|| self.dest.checkpoint_bytes())
+    }
+
     /// Bytes the destination can still take, if it can tell.
     pub fn free_space(&self) -> Result<Option<u64>> {
         self.dest.free_space()

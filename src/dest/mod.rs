@@ -115,6 +115,11 @@ pub trait Dest: Send + Sync {
         }
         Ok(())
     }
+    /// Bytes a send stores between two checkpoints for a resume (each is a [`Dest::sync`]):
+    /// small where a sync is cheap, larger where it stalls the pipeline for longer.
+    fn checkpoint_bytes(&self) -> u64 {
+        64 << 20
+    }
     /// Bytes an unprivileged writer may still store at the archive (`None` where the
     /// destination cannot tell). Drives `send --autoprune=on`.
     fn free_space(&self) -> Result<Option<u64>> {

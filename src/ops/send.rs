@@ -22,7 +22,7 @@
 //! destination unreachable or full) drops out; the others finish. Chunk sizes must match to
 //! share a read: archives of other chunk sizes get their own pass.
 //!
-//! Resume: every few seconds (and every [`checkpoint_bytes`] stored) a lane makes what it
+//! Resume: every few seconds (and every [`Archive::checkpoint_bytes`] stored) a lane makes what it
 //! staged durable and records it ([`crate::archive::resume`]); a later send of the volume
 //! takes recorded chunks whose hash it reads again instead of storing them.
 
@@ -75,7 +75,8 @@ pub struct SendOptions {
     /// `--autoprune=on`: before sending a volume whose change exceeds the destination's free
     /// space, thin its old sessions by this calendar ([`crate::ops::prune::make_room`]).
     pub autoprune_on: Option<crate::ops::autoprune::ApDays>,
-    /// Stored bytes between checkpoints for a resume (`None`: [`checkpoint_bytes`]).
+    /// Stored bytes between checkpoints for a resume (`None`: each archive's
+    /// [`Archive::checkpoint_bytes`]).
     pub checkpoint_bytes: Option<u64>,
 }
 
@@ -128,16 +129,8 @@ pub struct TargetResult {
 /// The most archives one send writes to.
 pub const MAX_TARGETS: usize = 16;
 
-/// Stored bytes between a lane's checkpoints (`WYNG_CHECKPOINT`, a size; default 64M). A
-/// checkpoint also falls due every 10 seconds.
-pub fn checkpoint_bytes() -> u64 {
-    std::env::var("WYNG_CHECKPOINT")
-        .ok()
-        .and_then(|v| crate::size::parse(&v).ok())
-        .filter(|&b| b > 0)
-        .unwrap_or(64 << 20)
-}
-
+/// A lane's checkpoint also falls due this long after the last one (besides every
+/// [`Archive::checkpoint_bytes`] stored).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends to one archive; the first error stops it (see [`run_multi`]).
@@ -664,6 +657,8 @@ struct Output<'a> {
     moves: Vec<crate::archive::Move>,
     since_bytes: u64,
     since: std::time::Instant,
+    /// Stored bytes between checkpoints.
+    every: u64,
 }
 
 impl Output<'_> {
@@ -814,10 +809,10 @@ impl Output<'_> {
 
 impl Output<'_> {
     /// Whether this lane's staged chunks should be made durable and recorded now.
-    fn due(&self, every: u64) -> bool {
+    fn due(&self) -> bool {
         self.moves.len() >= 2000
             || (!self.staged.is_empty()
-                && (self.since_bytes >= every || self.since.elapsed() >= CHECKPOINT_EVERY))
+                && (self.since_bytes >= self.every || self.since.elapsed() >= CHECKPOINT_EVERY))
     }
 
     fn checkpoint(&mut self, w: &SessionWriter) -> Result<()> {
@@ -979,7 +974,6 @@ fn send_volume(
     }
     let cs = lanes[0].writer.archive().chunksize();
     let n = chunk_count(src.size, cs);
-    let every = opts.checkpoint_bytes.unwrap_or_else(checkpoint_bytes);
     let now = std::time::Instant::now();
     let mut outs: Vec<Output> = lanes
         .iter()
@@ -1009,6 +1003,9 @@ fn send_volume(
             moves: Vec::new(),
             since_bytes: 0,
             since: now,
+            every: opts
+                .checkpoint_bytes
+                .unwrap_or_else(|| l.writer.archive().checkpoint_bytes()),
         })
         .collect();
     let mut errs: Vec<Option<Error>> = lanes.iter().map(|_| None).collect();
@@ -1241,7 +1238,7 @@ fn send_volume(
                 };
                 for (l, out) in outs.iter_mut().enumerate() {
                     if let (Some(w), false) = (lanes[l].writer.session(), failed(l)) {
-                        if out.due(every) {
+                        if out.due() {
                             if let Err(e) = out.checkpoint(w) {
                                 fail(l, e, &mut errs);
                             }

@@ -456,6 +456,12 @@ impl Dest for RemoteDest {
         Ok(())
     }
 
+    /// The remote `sync` flushes the whole remote machine: fewer of them (measured on
+    /// loopback: 64 MiB cost a 1 GiB send 10–44%, 256 MiB about 3%).
+    fn checkpoint_bytes(&self) -> u64 {
+        256 << 20
+    }
+
     fn free_space(&self) -> Result<Option<u64>> {
         // POSIX `df -P -k`: the last line's 4th field is the space available, in KiB.
         let out = self.run(&format!("df -P -k {} | tail -n 1", self.path("")))?;
