@@ -17,7 +17,7 @@ use crate::codec::Encoded;
 use crate::dest::Move;
 use crate::error::{Error, Result};
 use crate::format::manifest::{write_log_text, ManifestLog};
-use crate::format::{self as fmt, Session, SessionInfo, SessionName};
+use crate::format::{self as fmt, Session, SessionInfo, SessionName, VolumeId};
 use crate::spool::Spool;
 
 /// A raw chunk compressed and hashed as this archive stores it: enough to compare with a
@@ -203,27 +203,35 @@ impl Archive {
         matches!(self.dest.read(&h.marker(), 64), Ok(Some(m)) if m == h.id.as_bytes())
     }
 
+    /// This host's resume record for volume `vid` (read locally; its marker not checked).
+    fn record(&self, vid: &VolumeId) -> Option<resume::Header> {
+        resume::read_header(&resume::record_path(&self.local_volume_dir(vid)?))
+    }
+
+    /// The volume ids local state has a directory for (volumes this host sent, or began to).
+    fn local_vids(&self) -> Vec<VolumeId> {
+        let Some(rd) = self.local_dir().and_then(|d| std::fs::read_dir(d).ok()) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| VolumeId::parse(&e.file_name().to_string_lossy()))
+            .collect()
+    }
+
     /// Whether `dir` (a directory of volume `vid`) is the staging of an interrupted send that
     /// this host's record can resume (recovery keeps it).
-    pub(super) fn resumable(&self, vid: &crate::format::VolumeId, dir: &str) -> bool {
-        self.local_volume_dir(vid)
-            .and_then(|ld| resume::read_header(&resume::record_path(&ld)))
+    pub(super) fn resumable(&self, vid: &VolumeId, dir: &str) -> bool {
+        self.record(vid)
             .is_some_and(|h| h.names(vid, dir) && self.marker_matches(&h))
     }
 
     /// The staging directories this host's interrupted sends left for their resume, with the
     /// volume each is for (recovery keeps them; `arch-check` mentions them).
     pub fn resumable_stagings(&self) -> Vec<(String, String)> {
-        let Some(local) = self.local_dir() else {
-            return Vec::new();
-        };
-        let Ok(rd) = std::fs::read_dir(local) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(String, String)> = rd
-            .flatten()
-            .filter(|e| crate::format::VolumeId::parse(&e.file_name().to_string_lossy()).is_some())
-            .filter_map(|e| resume::read_header(&resume::record_path(&e.path())))
+        let mut out: Vec<(String, String)> = self
+            .local_vids()
+            .iter()
+            .filter_map(|v| self.record(v))
             .filter(|h| self.marker_matches(h))
             .map(|h| (h.staging, h.volume))
             .collect();
@@ -234,30 +242,24 @@ impl Archive {
     /// Whether `vid`, a volume directory no root names, holds the resumable staging of this
     /// host's interrupted first send of it (whatever else it holds is staging too: no root
     /// names the volume; the first commit's recovery removes what is left over).
-    pub(super) fn resumable_first_send(&self, vid: &crate::format::VolumeId) -> bool {
-        let Some(h) = self
-            .local_volume_dir(vid)
-            .and_then(|ld| resume::read_header(&resume::record_path(&ld)))
-        else {
-            return false;
-        };
-        h.staging.starts_with(&format!("{vid}/")) && self.marker_matches(&h)
+    pub(super) fn resumable_first_send(&self, vid: &VolumeId) -> bool {
+        self.record(vid)
+            .is_some_and(|h| self.first_send_record(vid, &h))
+    }
+
+    fn first_send_record(&self, vid: &VolumeId, h: &resume::Header) -> bool {
+        h.staging.starts_with(&format!("{vid}/")) && self.marker_matches(h)
     }
 
     /// The id of a volume `name` whose first send this host began and that can resume: no
     /// root names it yet, its directory holds only that staging.
-    pub(super) fn resumable_new_volume(&self, name: &str) -> Option<crate::format::VolumeId> {
-        let local = self.local_dir()?;
-        std::fs::read_dir(local)
-            .ok()?
-            .flatten()
-            .filter_map(|e| crate::format::VolumeId::parse(&e.file_name().to_string_lossy()))
-            .filter(|v| !self.volumes.iter().any(|x| &x.vid == v))
-            .find(|v| {
-                resume::read_header(&resume::record_path(&local.join(v.as_str())))
-                    .is_some_and(|h| h.volume == name)
-                    && self.resumable_first_send(v)
-            })
+    pub(super) fn resumable_new_volume(&self, name: &str) -> Option<VolumeId> {
+        self.local_vids().into_iter().find(|v| {
+            !self.volumes.iter().any(|x| &x.vid == v)
+                && self
+                    .record(v)
+                    .is_some_and(|h| h.volume == name && self.first_send_record(v, &h))
+        })
     }
 }
 

@@ -273,60 +273,46 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
         // No destination could be opened: the first one's error, with its exit code.
         return Err(unreachable.remove(0).1);
     }
+    // What each archive gets (`None`: every request; with `--vols-from`, the file decides).
+    let (reqs, mut volumes) = match &vf {
+        Some(_) => (Vec::new(), vec![None; archives.len()]),
+        None => requests(g, &a, &archives, store.as_ref())?,
+    };
     // `--autoprune=full` thins each archive before anything is sent to it (after the
     // requests are checked: a mistyped command prunes nothing).
-    let mut autoprune = |archives: &mut Vec<(String, WriteArchive)>,
-                         volumes: &mut Vec<Option<Vec<String>>>|
-     -> Result<()> {
-        let mut i = 0;
-        while i < archives.len() {
-            match autoprune_full(g, &mut archives[i].1, &a) {
-                Ok(()) => i += 1,
-                Err(e) if urls.len() == 1 => return Err(e),
-                Err(e) => {
-                    let (url, _) = archives.remove(i);
-                    volumes.remove(i);
-                    tracing::error!("{url}: {e}");
-                    unreachable.push((url, e));
-                }
+    let mut i = 0;
+    while i < archives.len() {
+        match autoprune_full(g, &mut archives[i].1, &a) {
+            Ok(()) => i += 1,
+            Err(e) if urls.len() == 1 => return Err(e),
+            Err(e) => {
+                let (url, _) = archives.remove(i);
+                volumes.remove(i);
+                tracing::error!("{url}: {e}");
+                unreachable.push((url, e));
             }
         }
-        Ok(())
-    };
+    }
+    let mut targets: Vec<ops::send::Target> = archives
+        .iter_mut()
+        .zip(volumes)
+        .map(|((_, wa), volumes)| ops::send::Target {
+            archive: wa,
+            volumes,
+        })
+        .collect();
     let mut failures = wyng::ops::vols_from::Failures::default();
     let (names, mut results) = match &vf {
-        Some(vf) => {
-            autoprune(&mut archives, &mut vec![None; urls.len()])?;
-            let mut targets: Vec<ops::send::Target> = archives
-                .iter_mut()
-                .map(|(_, wa)| ops::send::Target {
-                    archive: wa,
-                    volumes: None,
-                })
-                .collect();
-            let r = match ops::vols_from::send(&mut targets, vf, &mut opts, &mut failures) {
-                Ok(r) => r,
-                Err(e) => {
-                    // FILE.error still lists what failed before the run stopped.
-                    let _ = vf.finish(&failures);
-                    return Err(e);
-                }
-            };
-            let names: Vec<String> = vf.entries().map(|e| e.name.clone()).collect();
-            (names, r)
-        }
+        Some(vf) => match ops::vols_from::send(&mut targets, vf, &mut opts, &mut failures) {
+            Ok(r) => (vf.entries().map(|e| e.name.clone()).collect::<Vec<_>>(), r),
+            Err(e) => {
+                // FILE.error still lists what failed before the run stopped.
+                let _ = vf.finish(&failures);
+                return Err(e);
+            }
+        },
         None => {
-            let (reqs, mut volumes) = requests(g, &a, &archives, store.as_ref())?;
-            autoprune(&mut archives, &mut volumes)?;
             opts.local = store;
-            let mut targets: Vec<ops::send::Target> = archives
-                .iter_mut()
-                .zip(volumes)
-                .map(|((_, wa), volumes)| ops::send::Target {
-                    archive: wa,
-                    volumes,
-                })
-                .collect();
             let r = ops::send::run_multi(&mut targets, &reqs, &opts)?;
             (reqs.into_iter().map(|r| r.volume).collect(), r)
         }

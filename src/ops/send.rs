@@ -29,12 +29,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::bounded;
 
 use crate::archive::dedup::DedupIndex;
 use crate::archive::digests::{self, Digest, DigestCursor, DigestWriter};
-use crate::archive::index::{Builder, Rec};
+use crate::archive::index::{Builder, MergedIndex, Rec};
 use crate::archive::resume::Staged;
 use crate::archive::{Archive, NewManifest, SessionWriter, WriteArchive};
 use crate::error::{Error, Result};
@@ -151,13 +152,23 @@ pub fn run(
 }
 
 /// Per archive: what the send prepared for it.
-#[derive(Default)]
 struct Prep {
     index: Option<DedupIndex>,
     /// Per request: the volume's index in the archive (`None`: not sent to this archive).
     vis: Vec<Option<usize>>,
     /// Per request: the snapshots taken in local storage (taken out once used or dropped).
     prepared: Vec<Option<Prepared>>,
+}
+
+impl Prep {
+    /// Nothing prepared for any of `n` requests.
+    fn none(n: usize) -> Prep {
+        Prep {
+            index: None,
+            vis: vec![None; n],
+            prepared: (0..n).map(|_| None).collect(),
+        }
+    }
 }
 
 /// Sends the requests to every target archive, each volume read once for all of them. An
@@ -238,19 +249,15 @@ pub fn run_multi(
             }
             Ok(Prep {
                 index,
-                prepared: reqs.iter().map(|_| None).collect(),
                 vis,
+                ..Prep::none(reqs.len())
             })
         })();
         match prep {
             Ok(p) => preps.push(p),
             Err(e) => {
                 results[t].failed = Some((e, Vec::new()));
-                preps.push(Prep {
-                    vis: reqs.iter().map(|_| None).collect(),
-                    prepared: reqs.iter().map(|_| None).collect(),
-                    ..Default::default()
-                });
+                preps.push(Prep::none(reqs.len()));
             }
         }
     }
@@ -294,8 +301,8 @@ pub fn run_multi(
             }
         }
     }
+    let k = targets.len();
     for (ri, (req, src)) in reqs.iter().zip(&sources).enumerate() {
-        let k = targets.len();
         let active = |results: &[TargetResult], preps: &[Prep]| -> Vec<usize> {
             (0..k)
                 .filter(|&t| results[t].failed.is_none() && preps[t].vis[ri].is_some())
@@ -331,11 +338,12 @@ pub fn run_multi(
         }
         // What is read: the first snapshot (all hold the same instant), or the live source.
         let mut snap: Option<Source> = None;
-        let mut scans: Vec<(usize, Scan)> = Vec::new();
+        // Per target: how it scans this volume (`None`: not in this volume's send).
+        let mut scans: Vec<Option<Scan>> = (0..k).map(|_| None).collect();
         for &t in &lanes_of {
             let cs = targets[t].archive.chunksize();
             if !req.reflink {
-                scans.push((t, Scan::Full));
+                scans[t] = Some(Scan::Full);
                 continue;
             }
             let Some(p) = &preps[t].prepared[ri] else {
@@ -357,45 +365,37 @@ pub fn run_multi(
                 }
             }
             let size = snap.as_ref().map_or(src.size, |s| s.size);
-            scans.push((
-                t,
-                match &p.plan {
-                    Plan::Incremental(map) => {
-                        let chunks = map.chunks(chunk_count(size, cs));
-                        tracing::info!(
-                            "{}: {} chunks changed according to the extent maps",
-                            req.volume,
-                            chunks.len()
-                        );
-                        Scan::Chunks(chunks)
-                    }
-                    _ => Scan::Full,
-                },
-            ));
+            scans[t] = Some(match &p.plan {
+                Plan::Incremental(map) => {
+                    let chunks = map.chunks(chunk_count(size, cs));
+                    tracing::info!(
+                        "{}: {} chunks changed according to the extent maps",
+                        req.volume,
+                        chunks.len()
+                    );
+                    Scan::Chunks(chunks)
+                }
+                _ => Scan::Full,
+            });
         }
         let read_src = snap.as_ref().unwrap_or(src);
         // One pass per chunk size.
-        let mut sizes: Vec<u64> = scans
-            .iter()
-            .map(|(t, _)| targets[*t].archive.chunksize())
+        let mut sizes: Vec<u64> = (0..k)
+            .filter(|&t| scans[t].is_some())
+            .map(|t| targets[t].archive.chunksize())
             .collect();
         sizes.sort_unstable();
         sizes.dedup();
-        let mut scans: Vec<Option<(usize, Scan)>> = scans.into_iter().map(Some).collect();
         for cs in sizes {
             let mut lanes: Vec<VolTarget> = Vec::new();
             let mut last_before = Vec::new();
             for (t, tg) in targets.iter_mut().enumerate() {
-                let Some(pos) = scans
-                    .iter()
-                    .position(|x| matches!(x, Some((u, _)) if *u == t))
-                else {
-                    continue;
-                };
                 if tg.archive.chunksize() != cs || results[t].failed.is_some() {
                     continue;
                 }
-                let (_, scan) = scans[pos].take().expect("found");
+                let Some(scan) = scans[t].take() else {
+                    continue;
+                };
                 let vi = preps[t].vis[ri].expect("active");
                 last_before.push(tg.archive.volumes()[vi].last().cloned());
                 let index = preps[t].index.as_ref().filter(|_| !metadata(&req.volume));
@@ -620,7 +620,6 @@ struct Lane<'w> {
     vi: usize,
     name: String,
     last: Option<Session>,
-    old: Option<std::sync::Arc<crate::archive::index::MergedIndex>>,
     old_n: u64,
     /// Chunks the copy-on-write maps mark (`None`: a full scan).
     marks: Option<Vec<u64>>,
@@ -808,6 +807,13 @@ impl Output<'_> {
 }
 
 impl Output<'_> {
+    /// Drops what a failed lane built (its digest map for the next send).
+    fn discard(self) {
+        if let Some(d) = self.digests {
+            d.discard();
+        }
+    }
+
     /// Whether this lane's staged chunks should be made durable and recorded now.
     fn due(&self) -> bool {
         self.moves.len() >= 2000
@@ -827,6 +833,9 @@ impl Output<'_> {
 
 /// What a lane needs besides the [`Lane`] itself to build its output.
 struct Setup {
+    /// The previous session's merged view (kept apart from the lane, which its commit
+    /// consumes while the output's walk of this view still borrows it).
+    old: Option<Arc<MergedIndex>>,
     view: Option<Builder>,
     me: u16,
     spool: Spool,
@@ -894,7 +903,6 @@ fn setup_lane<'w>(
             vi,
             name: vol.name().to_string(),
             last,
-            old,
             old_n,
             marks,
             local_vol,
@@ -903,6 +911,7 @@ fn setup_lane<'w>(
             failed: AtomicBool::new(false),
         },
         Setup {
+            old,
             view,
             me: vol.sessions.len() as u16,
             spool,
@@ -975,11 +984,13 @@ fn send_volume(
     let cs = lanes[0].writer.archive().chunksize();
     let n = chunk_count(src.size, cs);
     let now = std::time::Instant::now();
+    let olds: Vec<Option<Arc<MergedIndex>>> = setups.iter_mut().map(|s| s.old.take()).collect();
     let mut outs: Vec<Output> = lanes
         .iter()
         .zip(setups)
-        .map(|(l, s)| Output {
-            cursor: match &l.old {
+        .zip(&olds)
+        .map(|((l, s), old)| Output {
+            cursor: match old {
                 Some(o) => {
                     (Box::new(o.iter_from(0)) as Box<dyn Iterator<Item = Result<Rec>>>).peekable()
                 }
@@ -1026,7 +1037,7 @@ fn send_volume(
     std::thread::scope(|s| {
         let reader_res = res_tx.clone();
         let (abort_r, read_count, read_bytes) = (&abort, &read_count, &read_bytes);
-        let lanes_r = &lanes;
+        let (lanes_r, olds) = (&lanes, &olds);
         s.spawn(move || {
             let failed = |l: usize| lanes_r[l].failed.load(Ordering::Relaxed);
             let mut rls: Vec<ReadLane> = lanes_r
@@ -1124,7 +1135,7 @@ fn send_volume(
                         if mask & (1 << l) == 0 {
                             return None;
                         }
-                        let old = match lanes_r[l].old.as_ref().map(|o| o.get(idx)) {
+                        let old = match olds[l].as_ref().map(|o| o.get(idx)) {
                             Some(Ok(v)) => v.map(|(r, _)| r),
                             Some(Err(e)) => return Some(Err(e)),
                             None => None,
@@ -1271,67 +1282,27 @@ fn send_volume(
     }
     progress.finish();
     crate::archive::failpoint("chunks-written");
-    let parts: Vec<Parts> = outs.into_iter().map(Parts::from).collect();
     if let Some(e) = first_err {
-        parts.into_iter().for_each(Parts::discard);
+        outs.into_iter().for_each(Output::discard);
         return Err(e);
     }
     let (chunks_read, bytes_read) = (read_count.into_inner(), read_bytes.into_inner());
-    for (((lane, p), pos), err) in lanes.into_iter().zip(parts).zip(lane_pos).zip(errs) {
+    for (((lane, out), pos), err) in lanes.into_iter().zip(outs).zip(lane_pos).zip(errs) {
         results[pos] = Some(match err {
             Some(e) => {
-                p.discard();
+                out.discard();
                 Err(e)
             }
-            None => finish_lane(lane, p, src, name, opts, chunks_read, bytes_read),
+            None => finish_lane(lane, out, src, name, opts, chunks_read, bytes_read),
         });
     }
     Ok(results.into_iter().map(|r| r.expect("set")).collect())
 }
 
-/// What a lane's output leaves for its commit (the walk of the previous view is done).
-struct Parts {
-    manifest: Option<ManifestLog<Spool>>,
-    manifest_lines: u64,
-    view: Option<Builder>,
-    digests: Option<DigestWriter>,
-    data: u64,
-    zero: u64,
-    stored: u64,
-    taken: u64,
-    taken_bytes: u64,
-    moves: Vec<crate::archive::Move>,
-}
-
-impl From<Output<'_>> for Parts {
-    fn from(o: Output<'_>) -> Parts {
-        Parts {
-            manifest: o.manifest,
-            manifest_lines: o.manifest_lines,
-            view: o.view,
-            digests: o.digests,
-            data: o.data,
-            zero: o.zero,
-            stored: o.stored,
-            taken: o.taken,
-            taken_bytes: o.taken_bytes,
-            moves: o.moves,
-        }
-    }
-}
-
-impl Parts {
-    fn discard(self) {
-        if let Some(d) = self.digests {
-            d.discard();
-        }
-    }
-}
-
 /// Commits one lane's session (or abandons it when nothing changed).
 fn finish_lane(
     lane: Lane<'_>,
-    mut p: Parts,
+    mut p: Output<'_>,
     src: &Source,
     name: &SessionName,
     opts: &SendOptions,

@@ -121,6 +121,22 @@ impl Sshd {
         w
     }
 
+    /// Runs `c`, and from `after` on drops its connections again and again until it ends (so a
+    /// fast machine cannot finish in between); returns how it ended.
+    fn run_cut_off(&self, mut c: Command, after: Duration) -> std::process::Output {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        while child.try_wait().unwrap().is_none() {
+            self.cut_links();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     /// Drops every connection to this sshd, as a network failure would.
     fn cut_links(&self) {
         for pid in children(self.child.id()) {
@@ -287,17 +303,10 @@ fn link_loss_during_send_and_receive_leaves_a_valid_archive() {
     let src = t.path().join("big.img");
     Image::new(77).random(160 << 20).write(&src);
     let imp = format!("--import-other-from=disk:|:{}", src.display());
-    let mut child = w
-        .cmd(&["send", "disk", &imp, "-q"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    while child.try_wait().unwrap().is_none() {
-        sshd.cut_links();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = sshd.run_cut_off(
+        w.cmd(&["send", "disk", &imp, "-q"]),
+        Duration::from_millis(300),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -367,19 +376,9 @@ fn a_two_destination_send_survives_the_link_to_one() {
     let src = t.path().join("big.img");
     Image::new(79).random(96 << 20).write(&src);
     let imp = format!("--import-other-from=disk:|:{}", src.display());
-    let mut child = wb
-        .cmd(&["send", "disk", &imp, "-q", "--json"])
-        .arg(format!("--dest={}", wa.dest))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    while child.try_wait().unwrap().is_none() {
-        sshd.cut_links();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut send = wb.cmd(&["send", "disk", &imp, "-q", "--json"]);
+    send.arg(format!("--dest={}", wa.dest));
+    let out = sshd.run_cut_off(send, Duration::from_millis(500));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
