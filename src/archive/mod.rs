@@ -26,12 +26,14 @@
 //! interrupted command are removed by recovery before the next write. `updated_at` strictly
 //! increases with every save (see `format::ini::next_updated_at`).
 
+pub mod cache;
 pub mod chunks;
 pub mod dedup;
 pub mod digests;
 pub mod index;
 mod journal;
 pub mod layout;
+pub mod live;
 pub mod local;
 pub mod manifest;
 mod recovery;

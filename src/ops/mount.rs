@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::archive::live::LiveArchive;
 use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::ops::SessionSel;
@@ -125,16 +126,15 @@ pub fn start(archive: Archive, o: &MountOptions) -> Result<Mount> {
     let filter = o.session.clone().map(|sel| {
         Arc::new(move |v: &crate::archive::Volume| sel.select(v).ok()) as crate::view::SessionFilter
     });
+    let live = LiveArchive::new(archive, o.cache_bytes, o.refresh);
     let view = Arc::new(View::new(
-        archive,
+        live,
         ViewOptions {
             volume: o.volume.clone(),
             session: filter,
-            cache_bytes: o.cache_bytes,
-            refresh: o.refresh,
+            ttl: o.refresh,
         },
     )?);
-    view.start_prefetch(2);
     crate::view::fuse::mount(view, &o.mountpoint, o.allow_other).map_err(|e| {
         Error::local(
             &o.mountpoint,
