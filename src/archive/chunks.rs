@@ -115,11 +115,7 @@ impl ChunkReader<'_> {
     {
         let workers = crate::parallel::workers();
         let batched = self.batched();
-        let per_batch = if batched {
-            ((16u64 << 20) / self.a.chunksize()).clamp(1, 256) as usize
-        } else {
-            1
-        };
+        let per_batch = self.per_batch();
         let (tx, rx) = bounded::<Fetched>((2 * per_batch).max(workers * 4));
         let failed = AtomicBool::new(false);
         let first_err = parking_lot::Mutex::new(None);
@@ -208,6 +204,117 @@ impl ChunkReader<'_> {
                 bytes: bytes.into_inner(),
             }),
         }
+    }
+}
+
+impl ChunkReader<'_> {
+    /// Reads the chunks `jobs` names, in parallel, and hands each one's result to `sink` **in
+    /// the order of `jobs`**, with a bounded number in flight (a stream: restoring to standard
+    /// output). A job without a location passes through (a range of zeros, say). A chunk that
+    /// fails its checks reaches `sink` as its error (to stop, or to skip it); an error of
+    /// `jobs` or of `sink` stops the run. Remote destinations get one round trip per batch.
+    pub fn run_ordered<T: Send>(
+        &self,
+        jobs: impl Iterator<Item = Result<(T, Option<ChunkLoc>)>> + Send,
+        mut sink: impl FnMut(T, Option<(ChunkLoc, Result<Vec<u8>>)>) -> Result<()>,
+    ) -> Result<RunStats> {
+        let per_batch = self.per_batch();
+        let workers = crate::parallel::workers();
+        let mut stats = RunStats::default();
+        let fetched = Batches {
+            reader: self,
+            jobs,
+            per_batch,
+            ready: std::collections::VecDeque::new(),
+        };
+        crate::parallel::ordered_map(
+            fetched,
+            workers,
+            (2 * per_batch).max(workers * 4),
+            |(t, job): (T, Option<Fetched>)| {
+                Ok((
+                    t,
+                    job.map(|(loc, fetched)| {
+                        let data = match fetched {
+                            Some(f) => f.and_then(|f| self.decode(&loc, f)),
+                            None => self.read(&loc),
+                        };
+                        (loc, data)
+                    }),
+                ))
+            },
+            |(t, read)| {
+                if let Some((loc, _)) = &read {
+                    stats.chunks += 1;
+                    stats.bytes += loc.len as u64;
+                }
+                sink(t, read)
+            },
+        )?;
+        Ok(stats)
+    }
+
+    /// Chunks per request to the destination: many for a remote one (a round trip each).
+    fn per_batch(&self) -> usize {
+        if self.batched() {
+            ((16u64 << 20) / self.a.chunksize()).clamp(1, 256) as usize
+        } else {
+            1
+        }
+    }
+}
+
+/// Jobs with their chunk files fetched a batch at a time where the destination batches.
+struct Batches<'r, 'a, T, J> {
+    reader: &'r ChunkReader<'a>,
+    jobs: J,
+    per_batch: usize,
+    ready: std::collections::VecDeque<(T, Option<Fetched>)>,
+}
+
+impl<T, J> Iterator for Batches<'_, '_, T, J>
+where
+    J: Iterator<Item = Result<(T, Option<ChunkLoc>)>>,
+{
+    type Item = Result<(T, Option<Fetched>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(r) = self.ready.pop_front() {
+            return Some(Ok(r));
+        }
+        if self.per_batch == 1 {
+            return self
+                .jobs
+                .next()
+                .map(|j| j.map(|(t, loc)| (t, loc.map(|l| (l, None)))));
+        }
+        let mut batch: Vec<(T, Option<ChunkLoc>)> = Vec::new();
+        let mut locs = 0;
+        while locs < self.per_batch {
+            match self.jobs.next() {
+                Some(Ok(j)) => {
+                    locs += usize::from(j.1.is_some());
+                    batch.push(j);
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                None => break,
+            }
+        }
+        let wanted: Vec<ChunkLoc> = batch.iter().filter_map(|(_, l)| l.clone()).collect();
+        let fetched = if wanted.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.reader.fetch(&wanted)
+        };
+        let mut files = match fetched {
+            Ok(f) => f.into_iter(),
+            Err(e) => return Some(Err(e)),
+        };
+        for (t, loc) in batch {
+            let job = loc.map(|l| (l, Some(Ok(files.next().flatten()))));
+            self.ready.push_back((t, job));
+        }
+        self.ready.pop_front().map(Ok)
     }
 }
 

@@ -18,7 +18,8 @@ pub struct ReceiveArgs {
     /// Restore every volume (except --volex ones) into --local
     #[arg(short, long, conflicts_with = "save_to")]
     pub all: bool,
-    /// Where to write the volume: a file path or an existing block device
+    /// Where to write the volume: a file path (a symbolic link is followed to its target) or an
+    /// existing block device; `-` streams the image to standard output
     #[arg(long, value_name = "PATH")]
     pub save_to: Option<PathBuf>,
     /// Restore into this directory as DIR/<volume>: on Btrfs/XFS the volume is paired again
@@ -79,6 +80,42 @@ pub fn summary(r: &ops::receive::ReadReport, to: &str) -> String {
     s + ")."
 }
 
+/// `--save-to=-`: the image on standard output (the report goes to standard error, so the
+/// stream stays only data).
+fn to_stdout(
+    g: &Global,
+    archive: &wyng::archive::Archive,
+    volume: &str,
+    sel: &wyng::ops::SessionSel,
+    a: &ReceiveArgs,
+) -> Result<()> {
+    use std::io::IsTerminal;
+    if a.sparse || a.sparse_write {
+        return Err(Error::Usage(
+            "--sparse and --sparse-write update an existing target; --save-to=- streams the whole image".into(),
+        ));
+    }
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        return Err(Error::Usage(
+            "--save-to=- writes the image to standard output, which is a terminal: pipe it (`| dd of=...`, `| ssh host dd of=...`) or redirect it".into(),
+        ));
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let r = ops::receive::receive_to_writer(archive, volume, sel, &mut out, a.skip_corrupt_chunks)?;
+    if g.json {
+        let s =
+            serde_json::to_string(&r).map_err(|e| Error::io("stderr", std::io::Error::other(e)))?;
+        eprintln!("{s}");
+    } else if !g.quiet {
+        eprintln!(
+            "{}",
+            wyng::archive::printable(&summary(&r, "standard output"))
+        );
+    }
+    Ok(())
+}
+
 pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
     let mode = match (a.sparse, a.sparse_write) {
         (true, _) => Mode::Sparse,
@@ -134,6 +171,9 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
             ));
         };
         let archive = g.read()?;
+        if save_to.as_os_str() == "-" {
+            return to_stdout(g, &archive, volume, &sel, &a);
+        }
         let r = ops::receive::receive(&archive, volume, &sel, &opts(save_to.clone()))?;
         if g.json {
             return g.json(&r);

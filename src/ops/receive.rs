@@ -102,6 +102,115 @@ fn check_overwrite(target: &Path, confirm: Confirm) -> Result<()> {
     Ok(())
 }
 
+/// The file or device a `--save-to` path names: symbolic links are followed to their end (a
+/// libvirt pool's `vm.img -> /data/vm.img` restores into `/data/vm.img` and the link stays),
+/// and a dangling link names the file to create. Returns that path and what is there now.
+fn resolve_target(path: &Path) -> Result<(PathBuf, Option<fs::Metadata>)> {
+    let mut at = path.to_path_buf();
+    // As the kernel does: a chain of more than 40 links is a loop.
+    for _ in 0..40 {
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = fs::read_link(&at).map_err(|e| Error::local(&at, e.to_string()))?;
+                at = match at.parent() {
+                    Some(dir) if link.is_relative() => dir.join(link),
+                    _ => link,
+                };
+            }
+            Ok(m) => return Ok((at, Some(m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((at, None)),
+            Err(e) => return Err(Error::local(&at, e.to_string())),
+        }
+    }
+    Err(Error::local(
+        path,
+        "too many levels of symbolic links; give --save-to the file or device itself",
+    ))
+}
+
+/// A restore writes into a regular file (built beside it, then renamed into place) or an
+/// existing block device, nothing else: a character device (`/dev/null`), FIFO or socket is
+/// never replaced by a file, and a directory is not a target.
+fn check_target_type(target: &Path, m: &fs::Metadata) -> Result<()> {
+    let ft = m.file_type();
+    let what = if m.is_dir() {
+        "is a directory"
+    } else if ft.is_char_device() {
+        "is a character device"
+    } else if ft.is_fifo() {
+        "is a FIFO"
+    } else if ft.is_socket() {
+        "is a socket"
+    } else {
+        return Ok(());
+    };
+    Err(Error::local(
+        target,
+        format!(
+            "{what}; a restore writes only to a regular file or a block device. To stream the image, use --save-to=- (e.g. `wyng receive VOL --save-to=- | ssh host dd of=/dev/vg/vm1 bs=1M`)"
+        ),
+    ))
+}
+
+/// `receive --save-to=-`: the session as a stream of bytes in order (zeros included) into
+/// `out`, every chunk checked before a byte of it is written. With `skip_corrupt`, a damaged
+/// chunk is reported and streamed as zeros.
+pub fn receive_to_writer(
+    archive: &Archive,
+    name: &str,
+    sel: &SessionSel,
+    out: &mut dyn std::io::Write,
+    skip_corrupt: bool,
+) -> Result<ReadReport> {
+    let vi = archive.find_index(name)?;
+    let vol = &archive.volumes()[vi];
+    let si = sel.select(vol)?;
+    let session = &vol.sessions[si];
+    let ix = archive.merged(vi, si)?;
+    let (cs, volsize) = (ix.chunksize(), ix.volsize());
+    let progress = Progress::bytes(volsize, "receive");
+    let mut skipped = 0u64;
+    let zeros = vec![0u8; (1 << 20).max(cs as usize)];
+    let stdout_err = |e: std::io::Error| Error::io("standard output", e);
+    let write_zeros = |out: &mut dyn std::io::Write, mut len: u64| -> Result<()> {
+        while len > 0 {
+            let n = len.min(zeros.len() as u64) as usize;
+            out.write_all(&zeros[..n]).map_err(stdout_err)?;
+            len -= n as u64;
+        }
+        Ok(())
+    };
+    let jobs = segments::walk(&ix).map(|seg| {
+        seg.map(|seg| match seg {
+            Seg::Data(rec) => (seg, Some(ix.loc(&rec))),
+            Seg::Zeros(..) => (seg, None),
+        })
+    });
+    let stats = archive.chunks().run_ordered(jobs, |seg, read| {
+        let len = match seg {
+            Seg::Zeros(a, b) => (b * cs).min(volsize) - a * cs,
+            Seg::Data(rec) => chunk_len(rec.idx, volsize, cs),
+        };
+        match read {
+            Some((_, Ok(data))) => out.write_all(&data).map_err(stdout_err)?,
+            Some((_, Err(e))) if skip_corrupt && e.is_damage() => {
+                tracing::warn!("skipping a damaged chunk (zeros in its place): {e}");
+                skipped += 1;
+                write_zeros(out, len)?;
+            }
+            Some((_, Err(e))) => return Err(e),
+            None => write_zeros(out, len)?,
+        }
+        progress.inc(len);
+        Ok(())
+    })?;
+    out.flush().map_err(stdout_err)?;
+    progress.finish();
+    let mut r = report(name, session, &ix, stats.chunks, None);
+    r.chunks_skipped = skipped;
+    Ok(r)
+}
+
 fn report(
     name: &str,
     s: &Session,
@@ -132,19 +241,10 @@ pub fn receive(
     let si = sel.select(vol)?;
     let session = &vol.sessions[si];
     let ix = archive.merged(vi, si)?;
-    let target = &o.save_to;
-    let existing = match fs::metadata(target) {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::local(target, e.to_string())),
-    };
+    let (target, existing) = resolve_target(&o.save_to)?;
+    let target = &target;
     if let Some(m) = &existing {
-        if m.is_dir() {
-            return Err(Error::local(
-                target,
-                "is a directory; give --save-to a file or block device path",
-            ));
-        }
+        check_target_type(target, m)?;
         check_overwrite(target, o.confirm)?;
     }
     let block = existing

@@ -25,5 +25,6 @@ mod resume;
 mod retention;
 mod roundtrip;
 mod s3;
+mod safety;
 mod scale;
 mod ssh;

@@ -1,0 +1,178 @@
+//! Safety and daily-use contract: a restore writes only where the user pointed (symlinks
+//! followed, device nodes and FIFOs refused, `-` streams), damaged local state never makes a
+//! broken backup, requests are checked whole before anything changes.
+
+use std::os::unix::fs::FileTypeExt;
+use std::process::Stdio;
+
+use crate::common::*;
+
+/// An archive with one volume `vm.img` of two sessions; returns the images' bytes.
+fn two_sessions(w: &Wyng, dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    let img = dir.join("vm.img");
+    let mut i = Image::new(22);
+    i.random(200_000).zeros(300_000).text(100_000);
+    i.write(&img);
+    w.send("vm.img", &img, &[]);
+    let first = std::fs::read(&img).unwrap();
+    i.scribble(1000, 5000);
+    i.write(&img);
+    w.send("vm.img", &img, &[]);
+    (first, std::fs::read(&img).unwrap())
+}
+
+#[test]
+fn a_restore_follows_symlinks_and_never_replaces_device_nodes() {
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let (_, newest) = two_sessions(&w, t.path());
+
+    // A libvirt-style pool: the link stays, the real image gets the data.
+    let data = t.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let real = data.join("vm.img");
+    std::fs::write(&real, b"old contents").unwrap();
+    let pool = t.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    let link = pool.join("vm.img");
+    std::os::unix::fs::symlink("../data/vm.img", &link).unwrap();
+    w.receive("vm.img", None, &link);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&real).unwrap(), newest);
+    // A dangling link names the file to create.
+    let dangling = pool.join("new.img");
+    std::os::unix::fs::symlink(data.join("new.img"), &dangling).unwrap();
+    w.receive("vm.img", None, &dangling);
+    assert!(std::fs::symlink_metadata(&dangling)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(data.join("new.img")).unwrap(), newest);
+    // A loop of links is an error, not a hang.
+    std::os::unix::fs::symlink("b", pool.join("a")).unwrap();
+    std::os::unix::fs::symlink("a", pool.join("b")).unwrap();
+    let err = w.fails(
+        &[
+            "receive",
+            "vm.img",
+            &format!("--save-to={}", pool.join("a").display()),
+            "-u",
+        ],
+        7,
+    );
+    assert!(err.contains("symbolic links"), "{err}");
+
+    // A FIFO (and a link to one) is refused and left as it is.
+    let fifo = t.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let to_fifo = t.path().join("to-fifo");
+    std::os::unix::fs::symlink(&fifo, &to_fifo).unwrap();
+    for p in [&fifo, &to_fifo] {
+        let err = w.fails(
+            &[
+                "receive",
+                "vm.img",
+                &format!("--save-to={}", p.display()),
+                "-u",
+            ],
+            7,
+        );
+        assert!(
+            err.contains("is a FIFO") && err.contains("--save-to=-"),
+            "{err}"
+        );
+    }
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // A character device like /dev/null: a link to it here, so the test never risks the real
+    // node; the real one as root too (it must stay a character device).
+    let to_null = t.path().join("null");
+    std::os::unix::fs::symlink("/dev/null", &to_null).unwrap();
+    for p in [to_null.as_path(), std::path::Path::new("/dev/null")] {
+        let err = w.fails(
+            &[
+                "receive",
+                "vm.img",
+                &format!("--save-to={}", p.display()),
+                "-u",
+            ],
+            7,
+        );
+        assert!(err.contains("is a character device"), "{err}");
+        assert!(std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("wyng-partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn save_to_dash_streams_the_image_in_order() {
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let (first, newest) = two_sessions(&w, t.path());
+    let newest_name = format!(
+        "--session={}",
+        session_names(&w, "vm.img")[1].trim_start_matches("S_")
+    );
+    for (session, want) in [(None, &newest), (Some(newest_name.as_str()), &newest)] {
+        let mut args = vec!["receive", "vm.img", "--save-to=-"];
+        args.extend(session);
+        let o = w.run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(&o.stdout, want, "the stream is the image");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("standard output"));
+    }
+    // Piped into cmp against the source, as a user would.
+    let oldest = session_names(&w, "vm.img")[0].clone();
+    let src = t.path().join("first.img");
+    std::fs::write(&src, &first).unwrap();
+    let mut recv = w
+        .cmd(&[
+            "receive",
+            "vm.img",
+            &format!("--session={}", oldest.trim_start_matches("S_")),
+            "--save-to=-",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cmp = std::process::Command::new("cmp")
+        .arg("-")
+        .arg(&src)
+        .stdin(recv.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(recv.wait().unwrap().success());
+    assert!(cmp.success(), "cmp found a difference");
+    // A damaged chunk stops the stream with exit 1 (and --skip-corrupt-chunks streams zeros).
+    let chunk = chunk_files(&t.path().join("ar"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&chunk, &bytes).unwrap();
+    let o = w.run(&["receive", "vm.img", "--save-to=-"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.stdout.len() < newest.len());
+    let o = w.run(&["receive", "vm.img", "--save-to=-", "--skip-corrupt-chunks"]);
+    assert!(o.status.success());
+    assert_eq!(o.stdout.len(), newest.len());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("DAMAGED"));
+}
