@@ -6,7 +6,10 @@
 //! session (name, sequence, size, mfcs, chunk size) its header names, and a missing or damaged
 //! one makes the next send compress every chunk to compare, which is just as correct.
 //! Memory does not grow with the volume: the map is a file of `(chunk index, digest)` records
-//! for data chunks only, sorted, written and read as streams in address order.
+//! for data chunks only, sorted, written and read as streams in address order. Each record
+//! carries a checksum keyed by the header ([`super::local::record_sum`]): a record that fails
+//! ends the map there (a flipped chunk index could otherwise make a changed chunk look
+//! unchanged).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -15,8 +18,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::format::Session;
 
-const MAGIC: &[u8; 8] = b"WYNGDM02";
-const REC: usize = 24;
+const MAGIC: &[u8; 8] = b"WYNGDM03";
+const FIELDS: usize = 24;
+const REC: usize = FIELDS + 8;
 
 pub type Digest = [u8; 16];
 
@@ -44,6 +48,7 @@ fn path(vol_dir: &Path) -> PathBuf {
 /// Reads a map forward: [`DigestCursor::get`] takes ascending chunk indices.
 pub struct DigestCursor {
     r: Option<BufReader<File>>,
+    key: [u8; 32],
     head: Option<(u64, Digest)>,
 }
 
@@ -52,6 +57,7 @@ impl DigestCursor {
     pub fn open(vol_dir: Option<&Path>, last: Option<&Session>, chunksize: u64) -> DigestCursor {
         let none = DigestCursor {
             r: None,
+            key: [0; 32],
             head: None,
         };
         let (Some(dir), Some(last)) = (vol_dir, last) else {
@@ -68,6 +74,7 @@ impl DigestCursor {
         }
         let mut c = DigestCursor {
             r: Some(r),
+            key: super::local::record_key(&want),
             head: None,
         };
         c.advance();
@@ -79,12 +86,13 @@ impl DigestCursor {
         self.head = match self.r.as_mut().map(|r| r.read_exact(&mut b)) {
             Some(Ok(())) => {
                 let idx = u64::from_le_bytes(b[..8].try_into().expect("8"));
-                // A map out of order is damaged: stop using it.
-                if self.head.is_some_and(|(h, _)| idx <= h) {
+                let sound = super::local::record_sum(&self.key, &b[..FIELDS])[..] == b[FIELDS..];
+                // A map damaged or out of order: stop using it.
+                if !sound || self.head.is_some_and(|(h, _)| idx <= h) {
                     self.r = None;
                     None
                 } else {
-                    Some((idx, b[8..].try_into().expect("16")))
+                    Some((idx, b[8..FIELDS].try_into().expect("16")))
                 }
             }
             _ => None,
@@ -155,7 +163,19 @@ impl DigestWriter {
             .map_err(|e| err(&dst_tmp, e))?;
         let mut r = BufReader::new(f);
         std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(0)).map_err(|e| err(&self.tmp, e))?;
-        std::io::copy(&mut r, &mut out).map_err(|e| err(&dst_tmp, e))?;
+        // The checksums are keyed by the header, known only now.
+        let key = super::local::record_key(&header(last, chunksize));
+        let mut rec = [0u8; FIELDS];
+        loop {
+            match r.read_exact(&mut rec) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(err(&self.tmp, e)),
+            }
+            out.write_all(&rec)
+                .and_then(|()| out.write_all(&super::local::record_sum(&key, &rec)))
+                .map_err(|e| err(&dst_tmp, e))?;
+        }
         out.flush().map_err(|e| err(&dst_tmp, e))?;
         drop(out);
         let _ = std::fs::remove_file(&self.tmp);
@@ -208,5 +228,15 @@ mod tests {
             None
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A flipped chunk index is caught: the map ends there.
+        let p = path(dir.path());
+        let mut b = std::fs::read(&p).unwrap();
+        let first = header(&s, 65536).len();
+        b[first + REC] ^= 0x04; // chunk 5 would read as chunk 1
+        std::fs::write(&p, &b).unwrap();
+        let mut c = DigestCursor::open(Some(dir.path()), Some(&s), 65536);
+        assert_eq!(c.get(1), Some([1; 16]));
+        assert_eq!(c.get(5), None);
+        assert_eq!(c.get(1000), None);
     }
 }

@@ -149,3 +149,18 @@ impl LocalState {
         };
     }
 }
+
+/// A record of local state is input like anything else read: each carries a checksum keyed by
+/// its file's header (so a record is only valid in the file it was written for, and a flipped
+/// bit or a spliced record is caught). Eight bytes of keyed BLAKE3: damage, not attack, is the
+/// threat (whoever can write the meta dir can do anything wyng can).
+pub(crate) fn record_sum(key: &[u8; 32], record: &[u8]) -> [u8; 8] {
+    blake3::keyed_hash(key, record).as_bytes()[..8]
+        .try_into()
+        .expect("8 bytes")
+}
+
+/// The key [`record_sum`] uses for the records of a file with this header.
+pub(crate) fn record_key(header: &[u8]) -> [u8; 32] {
+    *blake3::hash(header).as_bytes()
+}

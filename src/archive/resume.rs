@@ -7,6 +7,12 @@
 //!   [`sync`](crate::dest::Dest::sync) of the destination returned, so the record never names
 //!   a chunk the destination may not hold. Losing the record's tail (a crash of this host) only
 //!   costs sending those chunks again.
+//! * The record checks itself: its header line ends with a checksum and every entry carries
+//!   one keyed by the header ([`super::local::record_sum`]). A damaged header is no record; a
+//!   damaged entry ends the record there (what follows is sent again, never taken on trust).
+//!   A taken chunk is also compressed and hashed again and taken only if that hash is the one
+//!   the record names, which the new manifest will name: the record cannot put a hash in a
+//!   manifest that the data does not have.
 //! * The record names its staging directory and a random id, which a marker file in that
 //!   directory ([`MARKER`]) holds: a staging directory that another run left (another host, a
 //!   later send that was interrupted too) is never mistaken for this one.
@@ -32,8 +38,9 @@ use crate::format::{Hash32, VolumeId};
 /// The marker file in a staging directory that a record may resume.
 pub const MARKER: &str = "wyng-resume";
 
-const MAGIC: &str = "wyng-resume 1";
-const ENTRY: usize = 8 + 32 + 16 + 4;
+const MAGIC: &str = "wyng-resume 2";
+const FIELDS: usize = 8 + 32 + 16 + 4;
+const ENTRY: usize = FIELDS + 8;
 
 /// One chunk a session staged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +76,18 @@ pub struct Header {
 }
 
 impl Header {
+    fn body(&self) -> String {
+        format!("{MAGIC} {} {} {}", self.id, self.staging, self.volume)
+    }
+
     fn line(&self) -> String {
-        format!("{MAGIC} {} {} {}\n", self.id, self.staging, self.volume)
+        let body = self.body();
+        format!("{body} {}\n", hex8(&sum(&body)))
+    }
+
+    /// The key of this record's entry checksums.
+    fn key(&self) -> [u8; 32] {
+        super::local::record_key(self.body().as_bytes())
     }
 
     pub fn marker(&self) -> String {
@@ -88,10 +105,15 @@ pub fn read_header(path: &Path) -> Option<Header> {
     let f = File::open(path).ok()?;
     let mut line = String::new();
     BufReader::new(f.take(4096)).read_line(&mut line).ok()?;
-    let rest = line
-        .strip_suffix('\n')?
-        .strip_prefix(MAGIC)?
-        .strip_prefix(' ')?;
+    let (body, check) = line.strip_suffix('\n')?.rsplit_once(' ')?;
+    if check != hex8(&sum(body)) {
+        tracing::warn!(
+            "{}: the resume record is damaged; the interrupted send's chunks are sent again",
+            path.display()
+        );
+        return None;
+    }
+    let rest = body.strip_prefix(MAGIC)?.strip_prefix(' ')?;
     let mut it = rest.splitn(3, ' ');
     let (id, staging, volume) = (it.next()?, it.next()?, it.next()?);
     let ok = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
@@ -100,6 +122,14 @@ pub fn read_header(path: &Path) -> Option<Header> {
         staging: staging.into(),
         volume: volume.into(),
     })
+}
+
+fn sum(line: &str) -> [u8; 8] {
+    super::local::record_sum(&[0u8; 32], line.as_bytes())
+}
+
+fn hex8(b: &[u8; 8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A fresh random id for a record and its marker.
@@ -113,6 +143,7 @@ pub fn new_id() -> String {
 pub struct RecordWriter {
     path: PathBuf,
     file: Option<File>,
+    key: [u8; 32],
 }
 
 impl RecordWriter {
@@ -125,6 +156,7 @@ impl RecordWriter {
         Ok(RecordWriter {
             path: path.to_path_buf(),
             file: Some(file),
+            key: h.key(),
         })
     }
 
@@ -134,10 +166,13 @@ impl RecordWriter {
         let Some(f) = &mut self.file else { return };
         let mut buf = Vec::with_capacity(entries.len() * ENTRY);
         for e in entries {
+            let at = buf.len();
             buf.extend_from_slice(&e.idx.to_le_bytes());
             buf.extend_from_slice(&e.hash.0);
             buf.extend_from_slice(&e.digest);
             buf.extend_from_slice(&e.len.to_le_bytes());
+            let check = super::local::record_sum(&self.key, &buf[at..]);
+            buf.extend_from_slice(&check);
         }
         if let Err(e) = f.write_all(&buf) {
             tracing::warn!(
@@ -157,6 +192,7 @@ impl RecordWriter {
 /// The pairs of an interrupted send's record, looked up in increasing address order.
 pub struct ReuseCursor {
     r: BufReader<File>,
+    key: [u8; 32],
     next: Option<Staged>,
     /// Pairs in the record (read so far).
     pub seen: u64,
@@ -164,11 +200,13 @@ pub struct ReuseCursor {
 
 impl ReuseCursor {
     pub fn open(path: &Path) -> Option<ReuseCursor> {
+        let key = read_header(path)?.key();
         let mut r = BufReader::new(File::open(path).ok()?);
         let mut line = Vec::new();
         r.read_until(b'\n', &mut line).ok()?;
         let mut c = ReuseCursor {
             r,
+            key,
             next: None,
             seen: 0,
         };
@@ -179,13 +217,20 @@ impl ReuseCursor {
     fn advance(&mut self) {
         let mut b = [0u8; ENTRY];
         self.next = match self.r.read_exact(&mut b) {
+            Ok(()) if super::local::record_sum(&self.key, &b[..FIELDS])[..] != b[FIELDS..] => {
+                tracing::warn!(
+                    "the resume record is damaged after {} entries; the rest is sent again",
+                    self.seen
+                );
+                None
+            }
             Ok(()) => {
                 self.seen += 1;
                 Some(Staged {
                     idx: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
                     hash: Hash32(b[8..40].try_into().expect("32 bytes")),
                     digest: b[40..56].try_into().expect("16 bytes"),
-                    len: u32::from_le_bytes(b[56..].try_into().expect("4 bytes")),
+                    len: u32::from_le_bytes(b[56..FIELDS].try_into().expect("4 bytes")),
                 })
             }
             // A torn tail (this host crashed while appending) ends the record.
@@ -312,5 +357,47 @@ mod tests {
         // Not a record.
         std::fs::write(&p, "something else\n").unwrap();
         assert_eq!(read_header(&p), None);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = record_path(dir.path());
+        let h = Header {
+            id: new_id(),
+            staging: "Vol_1a2b3c/S-tmp".into(),
+            volume: "vm.img".into(),
+        };
+        let e = |i: u64| Staged {
+            idx: i,
+            hash: Hash32([i as u8 + 7; 32]),
+            digest: [i as u8 + 1; 16],
+            len: i as u32 * 1000,
+        };
+        let mut w = RecordWriter::create(&p, &h).unwrap();
+        w.append(&[e(1), e(2), e(3)]);
+        drop(w);
+        let good = std::fs::read(&p).unwrap();
+        let head = good.iter().position(|&b| b == b'\n').unwrap() + 1;
+        for bit in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&p, &bad).unwrap();
+            let entries: Vec<Staged> = match ReuseCursor::open(&p) {
+                None => Vec::new(),
+                Some(mut c) => (0..10).filter_map(|i| c.get(i)).collect(),
+            };
+            // Whatever is still read is exactly what was written, and the damaged entry and
+            // everything after it are gone.
+            for x in &entries {
+                assert_eq!(*x, e(x.idx), "bit {bit}");
+            }
+            if bit / 8 >= head {
+                let damaged = (bit / 8 - head) / ENTRY;
+                assert_eq!(entries.len(), damaged, "bit {bit}");
+            } else {
+                assert!(entries.is_empty(), "bit {bit} in the header");
+            }
+        }
     }
 }

@@ -1429,25 +1429,29 @@ fn examine_lane(
         return Ok(Outcome::Same(idx, digest));
     }
     let writer = lane.writer.session();
-    if let Some(st) = j.staged.filter(|s| writer.is_some() && s.digest == digest) {
-        // An interrupted send staged exactly these raw bytes: take its file instead of
-        // compressing and sending them again.
-        if j.old == Some(ChunkRef::Data(st.hash)) {
-            return Ok(Outcome::Same(idx, digest));
-        }
-        return Ok(Outcome::Changed {
-            idx,
-            hash: st.hash,
-            bytes: 0,
-            taken: Some(st.len.into()),
-            digest,
-        });
-    }
     let archive = lane.writer.archive();
     let hashed = hash_chunk(archive);
     let hash = hashed.hash();
     if j.old == Some(ChunkRef::Data(hash)) {
         return Ok(Outcome::Same(idx, digest));
+    }
+    if let Some(st) = j.staged.filter(|s| writer.is_some() && s.digest == digest) {
+        // An interrupted send staged exactly these raw bytes: take its file instead of
+        // sending them again, if the hash the record names (which the new manifest will name)
+        // is this data's hash: local state never puts a hash in a manifest on its own word.
+        if st.hash == hash {
+            return Ok(Outcome::Changed {
+                idx,
+                hash,
+                bytes: 0,
+                taken: Some(st.len.into()),
+                digest,
+            });
+        }
+        tracing::warn!(
+            "{}: chunk {idx} of the interrupted send is recorded with another hash; stored again",
+            lane.writer.archive().url()
+        );
     }
     let existing = lane
         .index

@@ -176,3 +176,96 @@ fn save_to_dash_streams_the_image_in_order() {
     assert_eq!(o.stdout.len(), newest.len());
     assert!(String::from_utf8_lossy(&o.stderr).contains("DAMAGED"));
 }
+
+/// What is done to the resume record an interrupted send left.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// Flip one bit at this offset of the first entry (0..8 index, 8..40 hash, 40..56 digest,
+    /// 56..60 size, 60..68 checksum).
+    EntryBit(usize),
+    /// Flip a bit of the header line.
+    HeaderBit,
+    /// A record that checks out but names another hash for a chunk (as if written wrongly).
+    ForgedHash,
+}
+
+const FIELDS: usize = 60;
+const ENTRY: usize = FIELDS + 8;
+
+fn damage_record(rec: &std::path::Path, d: Damage) {
+    let mut b = std::fs::read(rec).unwrap();
+    let head = b.iter().position(|&x| x == b'\n').unwrap() + 1;
+    assert!(b.len() >= head + 2 * ENTRY, "the record holds entries");
+    match d {
+        Damage::EntryBit(off) => b[head + off] ^= 0x10,
+        Damage::HeaderBit => b[5] ^= 0x01,
+        Damage::ForgedHash => {
+            // Re-sign the second entry with a wrong hash, as wyng signs its records.
+            let line = std::str::from_utf8(&b[..head - 1]).unwrap();
+            let body = line.rsplit_once(' ').unwrap().0;
+            let key = *blake3::hash(body.as_bytes()).as_bytes();
+            let e = head + ENTRY;
+            b[e + 8] ^= 0xff;
+            let sum = blake3::keyed_hash(&key, &b[e..e + FIELDS]);
+            b[e + FIELDS..e + ENTRY].copy_from_slice(&sum.as_bytes()[..8]);
+        }
+    }
+    std::fs::write(rec, &b).unwrap();
+}
+
+#[test]
+fn a_damaged_resume_record_never_commits_a_bad_session() {
+    let t = tmp();
+    let ar = t.path().join("ar");
+    let mut w = Wyng::fresh(&ar, &t.path().join("meta"));
+    // A checkpoint after every few chunks: the record names most of what was staged.
+    w.env.push(("WYNG_CHECKPOINT".into(), "128K".into()));
+    let src = t.path().join("s.img");
+    let mut img = Image::new(2);
+    img.random(3 << 20);
+    let mut history = Vec::new();
+    let damages = [
+        Damage::EntryBit(0),
+        Damage::EntryBit(20),
+        Damage::EntryBit(45),
+        Damage::EntryBit(57),
+        Damage::EntryBit(63),
+        Damage::HeaderBit,
+        Damage::ForgedHash,
+    ];
+    for (round, d) in damages.into_iter().enumerate() {
+        if round > 0 {
+            img.scribble((round * 300_000) % (2 << 20), 1 << 20);
+        }
+        img.write(&src);
+        // Killed once every chunk is staged and checkpointed, before the commit.
+        let imp = format!("--import-other-from=vm.img:|:{}", src.display());
+        let o = w
+            .cmd(&["send", "vm.img", &imp, "-q"])
+            .env("WYNG_FAILPOINT", "chunks-written")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let rec = files_under(&t.path().join("meta"))
+            .into_iter()
+            .find(|p| p.file_name().unwrap() == "resume")
+            .expect("a resume record");
+        damage_record(&rec, d);
+        let r = w.send("vm.img", &src, &[]);
+        history.push(sha256_file(&src));
+        // Whatever was taken, every session reads back exactly.
+        let out = t.path().join("out.img");
+        for (s, sha) in session_names(&w, "vm.img").iter().zip(&history) {
+            w.receive("vm.img", Some(s), &out);
+            assert_eq!(&sha256_file(&out), sha, "{d:?}: session {s} ({r})");
+        }
+        if matches!(d, Damage::ForgedHash) {
+            assert!(
+                r["chunks_reused"].as_u64().unwrap() > 0,
+                "the sound entries are taken: {r}"
+            );
+        }
+    }
+    w.ok(&["verify", "vm.img"]);
+    check_strict(&ar);
+}
