@@ -401,9 +401,7 @@ impl WriteArchive {
     pub fn new_volume(&mut self, name: &str, desc: &str) -> Result<usize> {
         fmt::ids::check_volume_name(name)?;
         check_desc(desc)?;
-        if self.volume(name).is_some() {
-            return Err(Error::Usage(format!("volume '{name}' already exists")));
-        }
+        self.name_is_free(name)?;
         if self.a.volumes.len() >= 1024 {
             return Err(Error::Usage(
                 "the archive already holds 1024 volumes, the format's limit".into(),
@@ -434,6 +432,20 @@ impl WriteArchive {
         Ok(self.a.volumes.len() - 1)
     }
 
+    /// A new volume may take `name` only if no volume has it: not a readable one, and not a
+    /// damaged one (whose name a second volume would shadow until the damage is repaired,
+    /// leaving two volumes of one name).
+    pub fn name_is_free(&self, name: &str) -> Result<()> {
+        match self.find_index(name) {
+            Ok(_) => Err(Error::Usage(format!(
+                "volume '{}' already exists",
+                super::sanitized(name)
+            ))),
+            Err(Error::VolumeNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `add`: a volume with no sessions yet.
     pub fn add_volume(&mut self, name: &str, desc: &str) -> Result<()> {
         let vi = self.new_volume(name, desc)?;
@@ -445,9 +457,7 @@ impl WriteArchive {
     /// original does).
     pub fn rename_volume(&mut self, old: &str, new: &str, desc: &str) -> Result<()> {
         fmt::ids::check_volume_name(new)?;
-        if self.volume(new).is_some() {
-            return Err(Error::Usage(format!("volume '{new}' already exists")));
-        }
+        self.name_is_free(new)?;
         check_desc(desc)?;
         let vi = self.find_index(old)?;
         let mut volinfo = self.a.volumes[vi].volinfo.clone();

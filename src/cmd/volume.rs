@@ -41,8 +41,8 @@ pub fn add(g: &Global, a: AddArgs) -> Result<()> {
         return Err(Error::Usage("name the volumes to add".into()));
     }
     let mut wa = g.write()?;
+    ops::volume::add(&mut wa, &a.volumes, &a.volume_desc)?;
     for v in &a.volumes {
-        ops::volume::add(&mut wa, v, &a.volume_desc)?;
         g.say(format!("Added volume '{v}'."));
     }
     Ok(())

@@ -4,9 +4,30 @@ use crate::archive::WriteArchive;
 use crate::error::{Error, Result};
 use crate::format::VolumeId;
 
-/// `add VOL`: a volume with no sessions yet.
-pub fn add(wa: &mut WriteArchive, name: &str, desc: &str) -> Result<()> {
-    wa.add_volume(name, desc)
+/// `add VOL…`: volumes with no sessions yet. The whole request is checked before anything is
+/// added (valid, distinct names that no volume has), so a bad name leaves the archive as it was.
+pub fn add(wa: &mut WriteArchive, names: &[String], desc: &str) -> Result<()> {
+    for (i, name) in names.iter().enumerate() {
+        crate::format::ids::check_volume_name(name)?;
+        if names[..i].contains(name) {
+            return Err(Error::Usage(format!(
+                "volume '{}' is named twice; nothing was added",
+                crate::archive::sanitized(name)
+            )));
+        }
+        wa.name_is_free(name)?;
+    }
+    if wa.volumes().len() + names.len() > 1024 {
+        return Err(Error::Usage(format!(
+            "the archive holds {} volumes; {} more would pass the format's limit of 1024; nothing was added",
+            wa.volumes().len(),
+            names.len()
+        )));
+    }
+    for name in names {
+        wa.add_volume(name, desc)?;
+    }
+    Ok(())
 }
 
 /// `rename OLD NEW`, optionally setting the description (a rename without one clears it, as

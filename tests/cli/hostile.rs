@@ -393,6 +393,21 @@ fn damaged_volinfo_is_reported_and_repaired_on_request() {
     w.ok(&["verify", "good"]);
     let err = w.fails(&["arch-check"], 1);
     assert!(err.contains("restores its volinfo"), "{err}");
+    // A write that names it is refused, with what to do: never a second volume of its name.
+    let img = t.path().join("new.img");
+    std::fs::write(&img, vec![7u8; 100_000]).unwrap();
+    let imp = format!("--import-other-from=bad:|:{}", img.display());
+    for args in [
+        vec!["send", "bad", imp.as_str()],
+        vec!["add", "bad"],
+        vec!["rename", "good", "bad"],
+    ] {
+        let err = w.fails(&args, 1);
+        assert!(
+            err.contains("is damaged") && err.contains("delete --vid"),
+            "{args:?}: {err}"
+        );
+    }
     // A write command does not repair it behind the user's back either.
     w.ok(&["add", "third"]);
     assert_eq!(std::fs::read(&volinfo).unwrap(), b);

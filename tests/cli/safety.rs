@@ -269,3 +269,30 @@ fn a_damaged_resume_record_never_commits_a_bad_session() {
     w.ok(&["verify", "vm.img"]);
     check_strict(&ar);
 }
+
+#[test]
+fn add_checks_the_whole_request_first() {
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    w.ok(&["add", "y"]);
+    let err = w.fails(&["add", "x", "z", "x"], 9);
+    assert!(err.contains("named twice"), "{err}");
+    let err = w.fails(&["add", "x", "y"], 9);
+    assert!(err.contains("'y' already exists"), "{err}");
+    w.fails(&["add", "x", "bad/../name"], 9);
+    let names: Vec<String> = w.json(&["list"])["volumes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|x| x["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let list = w.ok(&["list"]);
+    assert!(
+        !list.contains('x') && !list.contains('z'),
+        "nothing added: {list} {names:?}"
+    );
+    w.ok(&["add", "x", "z"]);
+    assert!(w.ok(&["list"]).contains('z'));
+}
