@@ -151,6 +151,10 @@ pub struct Global {
     /// s3:// requests in flight at once
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub s3_parallel: Option<u16>,
+    /// s3:// seconds a request may go without progress (connecting, sending, or waiting for an
+    /// answer) before it is retried; a request gives up after about three of them
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = clap::value_parser!(u16).range(1..=3600))]
+    pub s3_timeout: Option<u16>,
     /// s3:// on an engine that ignores conditional writes: lock without them. Only safe if
     /// you make sure a single wyng writes to the archive at a time
     #[arg(long, global = true)]
@@ -423,6 +427,9 @@ impl Global {
                     addressing: self.s3_addressing.clone(),
                     no_conditional_lock: self.s3_no_conditional_lock,
                     parallel: self.s3_parallel.map(usize::from),
+                    stall: self
+                        .s3_timeout
+                        .map(|s| std::time::Duration::from_secs(s.into())),
                     access_key: None,
                     report_json: self.json,
                 },

@@ -288,3 +288,45 @@ fn add_checks_the_whole_request_first() {
     w.ok(&["add", "x", "z"]);
     assert_eq!(volumes(&w), ["x", "y", "z"]);
 }
+
+/// An S3 endpoint that accepts connections and never answers: every command that reaches it
+/// ends with exit 5 and a line naming the endpoint, in bounded time (the stall timeout and
+/// the retry window; `--s3-timeout` shortens them here, the default's bound is a unit test).
+#[test]
+fn a_silent_s3_endpoint_fails_commands_in_bounded_time() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            keep.lock().unwrap().push(c); // read nothing, answer nothing
+        }
+    });
+    let t = tmp();
+    let mut w = Wyng::new(&t.path().join("unused"), &t.path().join("meta"));
+    w.dest = "s3://silent-bucket/archive".into();
+    w.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), "k".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+        (
+            "AWS_ENDPOINT_URL".into(),
+            format!("http://127.0.0.1:{port}"),
+        ),
+    ];
+    w.extra.push("--s3-timeout=1".into());
+    for args in [vec!["list"], vec!["arch-init", "--encrypt=off"]] {
+        let started = std::time::Instant::now();
+        let err = w.fails(&args, 5);
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}")) && err.contains("does not answer"),
+            "{args:?}: {err}"
+        );
+        // Not a timing assertion: a guard against hanging the suite if the bound is lost.
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    }
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "wyng reached the endpoint"
+    );
+}

@@ -23,6 +23,9 @@ pub struct S3Options {
     pub no_conditional_lock: bool,
     /// Requests in flight at once (uploads and parallel downloads).
     pub parallel: Option<usize>,
+    /// How long a request may go without progress (connecting, sending, or waiting for the
+    /// engine's answer) before it is abandoned and retried.
+    pub stall: Option<std::time::Duration>,
     /// Access key id and secret given by a program embedding wyng (before the environment).
     pub access_key: Option<(String, String)>,
     /// At the end, also print the requests and bytes as one JSON line on stderr (`--json`:
@@ -43,6 +46,7 @@ pub struct S3Config {
     pub no_conditional_lock: bool,
     pub parallel: usize,
     pub report_json: bool,
+    pub stall: std::time::Duration,
 }
 
 /// Splits `s3://BUCKET[/PREFIX]`.
@@ -208,6 +212,7 @@ impl S3Config {
             credential_source,
             no_conditional_lock: o.no_conditional_lock,
             parallel: o.parallel.unwrap_or(16).clamp(1, 256),
+            stall: o.stall.unwrap_or(super::STALL),
             report_json: o.report_json,
         })
     }
@@ -284,6 +289,7 @@ mod tests {
             no_conditional_lock: false,
             parallel: 1,
             report_json: false,
+            stall: super::super::STALL,
         };
         assert_eq!(c.key("archive.ini"), "p/q/archive.ini");
         assert_eq!(c.key(""), "p/q");

@@ -13,9 +13,13 @@
 //! * **`sync` is a barrier on uploads**: chunk uploads run in parallel in the background
 //!   (a bounded number in flight); `sync` returns once every one of them has been acknowledged
 //!   (S3 acknowledges a PUT only once it is durable), or with the first failure.
-//! * **Every failure is retried, then clear.** 5xx, 429, timeouts, dropped connections and
-//!   short bodies are retried with exponential backoff a bounded number of times; then the
-//!   command fails (exit 5), never with partial bytes. 403 is an authentication error (exit 3)
+//! * **Every failure is retried, then clear, within a bounded time.** 5xx, 429, timeouts,
+//!   dropped connections and short bodies are retried with exponential backoff; then the
+//!   command fails (exit 5, naming the endpoint), never with partial bytes. Every wait is
+//!   bounded ([`Patience`]): connecting by [`CONNECT`], any stretch without progress by the
+//!   stall timeout (`--s3-timeout`, default [`STALL`]), and a request's retries by a total
+//!   window, so an engine that accepts connections and never answers fails a command within a
+//!   minute, not after many. 403 is an authentication error (exit 3)
 //!   naming where the credentials came from; a missing bucket exits 6.
 //! * **One writer**: [`lock`] holds a lock object made with a conditional PUT.
 //! * **Secrets never appear**: request URLs (which carry signatures) are never formatted into
@@ -108,13 +112,56 @@ struct Inner {
     down: AtomicBool,
 }
 
-fn agent(parallel: usize) -> ureq::Agent {
+/// How long connecting may take.
+pub const CONNECT: Duration = Duration::from_secs(5);
+/// How long a request may go without progress by default.
+pub const STALL: Duration = Duration::from_secs(15);
+
+/// When a request stops being retried: no attempt starts once two stall timeouts have passed
+/// since the first one began. The longest a request can take is therefore about three stall
+/// timeouts plus the backoff (see the test below).
+#[derive(Clone, Copy, Debug)]
+struct Patience {
+    stall: Duration,
+}
+
+impl Patience {
+    fn window(&self) -> Duration {
+        self.stall * 2
+    }
+
+    /// Whether attempt number `attempt` (0 is the first) may start `since` after the first.
+    fn may_start(&self, attempt: u32, since: Duration) -> bool {
+        attempt < ATTEMPTS && (attempt == 0 || since < self.window())
+    }
+
+    fn backoff(attempt: u32) -> Duration {
+        Duration::from_millis(200 << (attempt - 1).min(5))
+    }
+}
+
+fn agent(parallel: usize, stall: Duration) -> ureq::Agent {
     ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout_read(Duration::from_secs(120))
-        .timeout_write(Duration::from_secs(120))
+        .timeout_connect(CONNECT)
+        .timeout_read(stall)
+        .timeout_write(stall)
         .max_idle_connections_per_host(parallel + 4)
         .build()
+}
+
+/// Whether a transport error is a timeout (the engine connected and then said nothing).
+fn is_timeout(t: &ureq::Transport) -> bool {
+    let mut src = std::error::Error::source(t);
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            );
+        }
+        src = e.source();
+    }
+    false
 }
 
 /// The S3 error code in an error response body (`<Code>NoSuchBucket</Code>`).
@@ -142,16 +189,23 @@ impl Inner {
         body: &Body,
     ) -> Result<Reply> {
         let mut last = String::new();
-        let attempts = if self.down.load(Ordering::Relaxed) {
-            1
-        } else {
-            ATTEMPTS
+        let patience = Patience {
+            stall: self.cfg.stall,
         };
-        for attempt in 0..attempts {
+        let first = std::time::Instant::now();
+        let mut attempt = 0;
+        let mut stalled = false;
+        loop {
+            // Once the engine has failed a request whole, later ones get a single attempt.
+            let down = self.down.load(Ordering::Relaxed);
+            if (down && attempt > 0) || !patience.may_start(attempt, first.elapsed()) {
+                break;
+            }
             if attempt > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(200 << (attempt - 1).min(5)));
+                std::thread::sleep(Patience::backoff(attempt));
             }
+            attempt += 1;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let (u, headers) = url();
             let mut req = self.agent.read().request_url(method, &u);
@@ -213,11 +267,16 @@ impl Inner {
                         Some(m) => format!("{}: {m}", t.kind()),
                         None => t.kind().to_string(),
                     };
+                    stalled = is_timeout(&t);
+                    if stalled {
+                        last += " (no answer in time)";
+                    }
                     continue;
                 }
             }
         }
         self.down.store(true, Ordering::Relaxed);
+        let attempts = attempt;
         // Engines refuse writes to a bucket over its quota with a plain 500 (SeaweedFS) or a
         // 503: say so, or the user looks for a network fault.
         let hint = if method != "GET" && method != "HEAD" && last.starts_with('5') {
@@ -225,8 +284,18 @@ impl Inner {
         } else {
             ""
         };
+        let timed_out = if stalled {
+            format!(
+                "; the S3 endpoint {} does not answer (it accepts connections but sends nothing within {}s): check the engine, or give it longer with --s3-timeout=SECONDS",
+                self.cfg.endpoint,
+                self.cfg.stall.as_secs()
+            )
+        } else {
+            format!(" (S3 endpoint {})", self.cfg.endpoint)
+        };
         Err(self.unavailable(format!(
-            "{method} {key} failed {attempts} times (last: {last}){hint}; the archive is as the last completed command left it"
+            "{method} {key} failed {attempts} times in {}s (last: {last}){hint}{timed_out}; the archive is as the last completed command left it",
+            first.elapsed().as_secs()
         )))
     }
 
@@ -571,13 +640,13 @@ impl S3Dest {
             cfg.region.clone(),
         )
         .map_err(|e| Error::Usage(format!("--dest '{url}': {e}")))?;
-        let parallel = cfg.parallel;
+        let (parallel, cfg_stall) = (cfg.parallel, cfg.stall);
         Ok(S3Dest {
             inner: Arc::new(Inner {
                 url: url.to_string(),
                 cfg,
                 bucket,
-                agent: RwLock::new(agent(parallel)),
+                agent: RwLock::new(agent(parallel, cfg_stall)),
                 stats: Stats::default(),
                 lock_lost: AtomicBool::new(false),
                 down: AtomicBool::new(false),
@@ -980,6 +1049,38 @@ impl Dest for S3Dest {
         // Threads do not survive a fork, and the parent's connections are not ours.
         *self.uploads.tx.lock() = None;
         self.uploads.workers.lock().clear();
-        *self.inner.agent.write() = agent(self.inner.cfg.parallel);
+        *self.inner.agent.write() = agent(self.inner.cfg.parallel, self.inner.cfg.stall);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest a request to an engine that never answers can take: every attempt waits a
+    /// whole stall timeout (plus connecting), with the backoff between them.
+    fn worst_case(p: Patience) -> Duration {
+        let (mut t, mut attempt) = (Duration::ZERO, 0);
+        while p.may_start(attempt, t) {
+            if attempt > 0 {
+                t += Patience::backoff(attempt);
+            }
+            t += p.stall + CONNECT;
+            attempt += 1;
+        }
+        t
+    }
+
+    #[test]
+    fn a_silent_engine_fails_a_request_within_a_minute() {
+        let default = worst_case(Patience { stall: STALL });
+        assert!(default <= Duration::from_secs(60), "{default:?}");
+        // Retries still happen: a stall is worth a second attempt.
+        assert!(default >= STALL * 2);
+        assert!(
+            worst_case(Patience {
+                stall: Duration::from_secs(2)
+            }) <= Duration::from_secs(12)
+        );
     }
 }
