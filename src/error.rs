@@ -43,8 +43,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("another wyng process is using the archive '{url}'; wait for it to finish")]
+    #[error("another wyng process is using the archive '{url}'; wait for it to finish, or let this command wait with --lock-wait=SECONDS")]
     Busy { url: String },
+
+    /// A reader holding no lock found files moved by a writer (a prune or delete).
+    #[error("the archive '{url}' changed while this command read it (another wyng process pruned or deleted sessions): run the command again")]
+    ChangedWhileReading { url: String },
 
     #[error("volume '{0}' is not in the archive: `wyng list` shows the volume names")]
     VolumeNotFound(String),
@@ -166,7 +170,8 @@ impl Error {
             | Error::DestUnavailable { .. }
             | Error::DestFull { .. }
             | Error::DestIo { .. }
-            | Error::Busy { .. } => 5,
+            | Error::Busy { .. }
+            | Error::ChangedWhileReading { .. } => 5,
             Error::ArchiveNotFound { .. } | Error::DestMissing { .. } => 6,
             Error::Local { .. } => 7,
             Error::Interrupted => 8,
@@ -194,6 +199,7 @@ impl Error {
             Error::DestFull { .. } => "dest_full",
             Error::DestIo { .. } => "dest_io",
             Error::Busy { .. } => "busy",
+            Error::ChangedWhileReading { .. } => "changed_while_reading",
             Error::VolumeNotFound(_) => "volume_not_found",
             Error::Selection(_) => "selection",
             Error::VolumesFailed { .. } => "volumes_failed",

@@ -91,10 +91,21 @@ impl ChunkReader<'_> {
 
     /// Verifies and decodes a fetched chunk file (`None`: it was missing).
     pub fn decode(&self, loc: &ChunkLoc, file: Option<Vec<u8>>) -> Result<Vec<u8>> {
-        let f = file.ok_or_else(|| Error::corrupt(&loc.path, "chunk file is missing"))?;
+        let f = file.ok_or_else(|| self.missing(loc))?;
         self.a
             .codec
             .decode_chunk(&f, &loc.hash, loc.len as usize, &loc.path)
+    }
+
+    /// A chunk file that is not there: damage, unless this reader holds no lock and the
+    /// archive changed since it was loaded (another process pruned or deleted meanwhile).
+    fn missing(&self, loc: &ChunkLoc) -> Error {
+        if self.a.is_unlocked() && matches!(self.a.is_current(), Ok(false)) {
+            return Error::ChangedWhileReading {
+                url: self.a.url().to_string(),
+            };
+        }
+        Error::corrupt(&loc.path, "chunk file is missing")
     }
 
     /// Whether the destination still has this chunk file (a long-lived reader checks this to

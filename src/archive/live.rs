@@ -62,7 +62,7 @@ impl LiveArchive {
     /// Keeps `archive` open for reading, with `cache_bytes` of decoded chunks, comparing it
     /// with the destination at most every `refresh`. The lock is released: a long-lived reader
     /// must not block writers (it follows them instead).
-    pub fn new(archive: Archive, cache_bytes: u64, refresh: Duration) -> Arc<LiveArchive> {
+    pub fn new(mut archive: Archive, cache_bytes: u64, refresh: Duration) -> Arc<LiveArchive> {
         archive.unlock();
         let cache = ChunkCache::new(cache_bytes, archive.chunksize());
         Arc::new(LiveArchive {

@@ -143,6 +143,22 @@ pub struct OpenOptions<'a> {
     /// `--force-retry`: retry an interrupted transaction even though an earlier retry of it
     /// did not complete.
     pub force_retry: bool,
+    /// How to share the archive with other processes.
+    pub lock: LockPolicy,
+}
+
+/// How a command shares the archive with other wyng processes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockPolicy {
+    /// How long to wait for another process's lock before giving up (`Busy`): writers, and
+    /// readers that cannot read beside a writer.
+    pub wait: std::time::Duration,
+    /// A reader that finds a writer at work reads the archive as committed so far instead of
+    /// waiting for it (list, verify, receive, diff, mount): a commit is atomic, and a chunk
+    /// that a concurrent prune moves away is reported as the archive changing, never as damage
+    /// (see [`ChunkReader`]). Off for a reader whose view must not include a writer's staging
+    /// (arch-check would call it a leftover).
+    pub beside_writers: bool,
 }
 
 pub struct Archive {
@@ -163,6 +179,9 @@ pub struct Archive {
     force_retry: bool,
     /// Merged-view indexes built by this process (the mount reuses them).
     indexes: Mutex<index::Memo>,
+    /// Read without holding a lock (a writer was at work, or readers of this destination take
+    /// none): files may move under this reader.
+    unlocked: bool,
 }
 
 const ROOT_MAX: u64 = (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64;
@@ -180,7 +199,7 @@ impl Archive {
                 url: dest.url().into(),
             });
         }
-        dest.lock(exclusive)?;
+        let unlocked = !take_lock(&*dest, exclusive, &o.lock)?;
         let file = dest
             .read(layout::ROOT, ROOT_MAX)?
             .ok_or_else(|| Error::ArchiveNotFound {
@@ -268,6 +287,7 @@ impl Archive {
             root: file.clone(),
             force_retry: o.force_retry,
             indexes: Mutex::new(index::Memo::default()),
+            unlocked,
         };
         a.attach_local(o.meta_dir);
         a.check_rollback(&file, o.allow_rollback)?;
@@ -739,19 +759,64 @@ impl Archive {
             root: file,
             force_retry: false,
             indexes: Mutex::new(self.indexes.lock().clone()),
+            unlocked: true,
         };
         a.reload()?;
         Ok(a)
     }
 
     /// Lets go of the destination's lock (a long-lived reader that must not block writers).
-    pub fn unlock(&self) {
+    pub fn unlock(&mut self) {
         self.dest.unlock();
+        self.unlocked = true;
+    }
+
+    /// Whether this reader holds no lock (files may move under it).
+    pub(crate) fn is_unlocked(&self) -> bool {
+        self.unlocked
     }
 
     /// In a process forked from this one: drop connections that belong to the parent.
     pub fn detach_after_fork(&self) {
         self.dest.detach_after_fork();
+    }
+}
+
+/// Takes the lock `exclusive` asks for under `policy`; returns whether one is held.
+fn take_lock(dest: &dyn Dest, exclusive: bool, policy: &LockPolicy) -> Result<bool> {
+    let busy = match dest.lock(exclusive) {
+        Ok(held) => return Ok(held),
+        Err(e @ Error::Busy { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    if !exclusive && policy.beside_writers {
+        tracing::info!(
+            "another wyng process is writing to {}; reading the archive as committed so far",
+            dest.url()
+        );
+        return Ok(false);
+    }
+    if policy.wait.is_zero() {
+        return Err(busy);
+    }
+    tracing::warn!(
+        "{} is in use by another wyng process; waiting up to {} s for it to finish",
+        dest.url(),
+        policy.wait.as_secs()
+    );
+    let deadline = std::time::Instant::now() + policy.wait;
+    // Polls: a lock on a remote destination costs a round trip each.
+    let pause = std::time::Duration::from_millis(if dest.batch_reads() { 1000 } else { 100 });
+    loop {
+        std::thread::sleep(pause);
+        match dest.lock(exclusive) {
+            Ok(held) => {
+                tracing::info!("{}: the other process is done; going on", dest.url());
+                return Ok(held);
+            }
+            Err(Error::Busy { .. }) if std::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -160,6 +160,7 @@ impl Archive {
                 root: Vec::new(),
                 force_retry: false,
                 indexes: Default::default(),
+                unlocked: false,
             },
             salt_store: None,
         };

@@ -64,7 +64,8 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
         }
         (ops::check::run(&wa, &volumes, &o)?, wa.resumable_stagings())
     } else {
-        let archive = g.read()?;
+        // With no writer at work: a send's staging would look like a leftover.
+        let archive = g.read_quiescent()?;
         (
             ops::check::run(&archive, &volumes, &o)?,
             archive.resumable_stagings(),

@@ -98,6 +98,11 @@ pub struct Global {
     /// Retry an interrupted prune or delete again, after an earlier retry of it failed
     #[arg(long, global = true)]
     pub force_retry: bool,
+    /// When another wyng process is writing to the archive, wait up to SECONDS for it instead
+    /// of failing at once (commands that change the archive, and arch-check); reading commands
+    /// never wait: they read the archive as committed so far
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_wait: u32,
     /// Configuration file (default /etc/wyng/wyng.ini): defaults for options, section
     /// [var-global-default], keys are option names without "--"
     #[arg(long, global = true, value_name = "FILE")]
@@ -437,31 +442,46 @@ impl Global {
         )
     }
 
-    fn open_options<'a>(&'a self, auth: &'a wyng::auth::Auth) -> OpenOptions<'a> {
+    fn open_options<'a>(
+        &'a self,
+        auth: &'a wyng::auth::Auth,
+        beside_writers: bool,
+    ) -> OpenOptions<'a> {
         OpenOptions {
             auth,
             meta_dir: Some(&self.meta_dir),
             allow_rollback: self.force_allow_rollback,
             force_retry: self.force_retry,
+            lock: wyng::archive::LockPolicy {
+                wait: std::time::Duration::from_secs(self.lock_wait.into()),
+                beside_writers,
+            },
         }
     }
 
     /// The archive, opened for reading.
     pub fn read(&self) -> Result<Archive> {
         let auth = self.auth();
-        Archive::open_read(self.location()?, &self.open_options(&auth))
+        Archive::open_read(self.location()?, &self.open_options(&auth, true))
+    }
+
+    /// The archive, opened for reading with no writer at work (waiting `--lock-wait` for one
+    /// to finish): for a check whose view must not include a writer's staging.
+    pub fn read_quiescent(&self) -> Result<Archive> {
+        let auth = self.auth();
+        Archive::open_read(self.location()?, &self.open_options(&auth, false))
     }
 
     /// The archive, opened for writing (locked, recovered).
     pub fn write(&self) -> Result<WriteArchive> {
         let auth = self.auth();
-        Archive::open_write(self.location()?, &self.open_options(&auth))
+        Archive::open_write(self.location()?, &self.open_options(&auth, false))
     }
 
     /// The archive at `url`, opened for writing (a send to several archives).
     pub fn write_to(&self, url: &str) -> Result<WriteArchive> {
         let auth = self.auth();
-        Archive::open_write(self.location_of(url)?, &self.open_options(&auth))
+        Archive::open_write(self.location_of(url)?, &self.open_options(&auth, false))
     }
 
     /// A line of report text (nothing with `--quiet` or `--json`).

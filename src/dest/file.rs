@@ -279,7 +279,7 @@ impl Dest for FileDest {
         nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| self.err(".", std::io::Error::from(e)))
     }
 
-    fn lock(&self, exclusive: bool) -> Result<()> {
+    fn lock(&self, exclusive: bool) -> Result<bool> {
         let f = File::open(&self.root).map_err(|e| self.err(".", e))?;
         let arg = if exclusive {
             FlockArg::LockExclusiveNonblock
@@ -289,7 +289,7 @@ impl Dest for FileDest {
         match Flock::lock(f, arg) {
             Ok(l) => {
                 *self.lock.lock() = Some(l);
-                Ok(())
+                Ok(true)
             }
             Err(_) => Err(Error::Busy {
                 url: self.url.clone(),

@@ -414,11 +414,11 @@ impl Dest for MemDest {
         Ok(None)
     }
 
-    fn lock(&self, _exclusive: bool) -> Result<()> {
+    fn lock(&self, _exclusive: bool) -> Result<bool> {
         let mut s = self.state.lock();
         self.check(&s)?;
         s.locked = true;
-        Ok(())
+        Ok(true)
     }
 
     fn unlock(&self) {

@@ -125,8 +125,10 @@ pub trait Dest: Send + Sync {
     fn free_space(&self) -> Result<Option<u64>> {
         Ok(None)
     }
-    /// Takes the archive lock (exclusive for writers, shared for readers) for this process.
-    fn lock(&self, exclusive: bool) -> Result<()>;
+    /// Takes the archive lock (exclusive for writers, shared for readers) for this process,
+    /// without waiting: `Busy` if another process holds it. `Ok(false)`: this destination
+    /// takes no lock of that kind (readers of object storage), so nothing is held.
+    fn lock(&self, exclusive: bool) -> Result<bool>;
     /// Releases the lock (a long-lived reader such as a mount, which must not block sends).
     fn unlock(&self);
     /// In a child process after `fork`: let go of connections that belong to the parent

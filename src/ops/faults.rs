@@ -32,6 +32,7 @@ fn open(d: &MemDest, meta: &Path) -> Result<WriteArchive> {
             meta_dir: Some(meta),
             allow_rollback: false,
             force_retry: true,
+            lock: Default::default(),
         },
     )
 }

@@ -118,7 +118,7 @@ fn clear_dead_mount(mountpoint: &Path) -> Result<()> {
 
 /// Builds the view and mounts it. The archive's lock is released first: a mount is a
 /// long-lived reader that must not block sends (it follows them instead).
-pub fn start(archive: Archive, o: &MountOptions) -> Result<Mount> {
+pub fn start(mut archive: Archive, o: &MountOptions) -> Result<Mount> {
     archive.unlock();
     if let (Some(v), Some(sel)) = (&o.volume, &o.session) {
         sel.select(archive.find(v)?)?;

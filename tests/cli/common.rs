@@ -496,6 +496,7 @@ pub fn open_library(ar: &Path, pass: Option<&str>) -> wyng::archive::Archive {
             meta_dir: None,
             allow_rollback: true,
             force_retry: false,
+            lock: Default::default(),
         },
     )
     .unwrap()

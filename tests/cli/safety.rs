@@ -330,3 +330,110 @@ fn a_silent_s3_endpoint_fails_commands_in_bounded_time() {
         "wyng reached the endpoint"
     );
 }
+
+/// Holds the archive's lock as a writer would (`flock` on its directory) until dropped.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn new(ar: &std::path::Path) -> Holder {
+        let mut c = std::process::Command::new("flock")
+            .arg("-x")
+            .arg(ar)
+            .args(["-c", "echo held; exec cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "held\n");
+        Holder(c)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take()); // cat ends, the lock goes
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn readers_read_beside_a_writer_and_writers_can_wait() {
+    let t = tmp();
+    let ar = t.path().join("ar");
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    let (_, newest) = two_sessions(&w, t.path());
+    let held = Holder::new(&ar);
+    // Reading commands go on, as committed so far.
+    assert!(w.ok(&["list"]).contains("vm.img"));
+    w.ok(&["verify", "vm.img"]);
+    let out = t.path().join("out.img");
+    w.receive("vm.img", None, &out);
+    assert_eq!(std::fs::read(&out).unwrap(), newest);
+    // A writer fails at once, saying how to wait; arch-check waits for quiet too.
+    let err = w.fails(&["add", "other"], 5);
+    assert!(err.contains("--lock-wait"), "{err}");
+    w.fails(&["arch-check"], 5);
+    // With --lock-wait it starts once the other is done.
+    let mut waiting = w
+        .cmd(&["add", "other", "--lock-wait=30"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(waiting.try_wait().unwrap().is_none(), "it waits");
+    drop(held);
+    let o = waiting.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("waiting up to 30 s"));
+    assert!(w.ok(&["list"]).contains("other"));
+    // The configuration key works as the option.
+    let conf = t.path().join("wyng.ini");
+    std::fs::write(&conf, "[var-global-default]\nlock-wait = 20\n").unwrap();
+    let held = Holder::new(&ar);
+    let waiting = w
+        .cmd(&["add", "third", &format!("--config={}", conf.display())])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(held);
+    assert!(waiting.wait_with_output().unwrap().status.success());
+}
+
+/// A reader holding no lock that meets a chunk a prune moved away says the archive changed
+/// (run again), never that it is damaged.
+#[test]
+fn a_prune_under_an_unlocked_reader_is_not_damage() {
+    let t = tmp();
+    let ar = t.path().join("ar");
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    two_sessions(&w, t.path());
+    let mut a = open_library(&ar, None);
+    a.unlock();
+    let vi = a.find_index("vm.img").unwrap();
+    let oldest = a.merged(vi, 0).unwrap();
+    let locs: Vec<_> = oldest.locs().map(Result::unwrap).collect();
+    let oldest_name = session_names(&w, "vm.img")[0].clone();
+    w.ok(&[
+        "prune",
+        "vm.img",
+        &format!("--session={}", oldest_name.trim_start_matches("S_")),
+        "-u",
+    ]);
+    let errs: Vec<_> = locs
+        .iter()
+        .filter_map(|l| a.chunks().read(l).err())
+        .collect();
+    assert!(!errs.is_empty(), "the prune moved some of the chunks");
+    for e in errs {
+        assert!(
+            matches!(e, wyng::Error::ChangedWhileReading { .. }) && e.exit_code() == 5,
+            "{e}"
+        );
+    }
+}

@@ -468,20 +468,20 @@ impl Dest for RemoteDest {
         Ok(parse_df_available(&out))
     }
 
-    fn lock(&self, exclusive: bool) -> Result<()> {
+    fn lock(&self, exclusive: bool) -> Result<bool> {
         let mode = if exclusive { "-x" } else { "-s" };
         let out = self.run(&format!(
             "if command -v flock >/dev/null; then exec 9<{r}; if flock -n {mode} 9; then echo locked; else echo busy; fi; else echo nolock; fi",
             r = self.path("")
         ))?;
         match out.trim() {
-            "locked" => Ok(()),
+            "locked" => Ok(true),
             "nolock" => {
                 tracing::warn!(
                     "{}: no flock on the remote side; the archive is not locked",
                     self.url
                 );
-                Ok(())
+                Ok(false)
             }
             _ => Err(Error::Busy {
                 url: self.url.clone(),

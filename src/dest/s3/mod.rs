@@ -1022,11 +1022,12 @@ impl Dest for S3Dest {
         self.uploads.wait()
     }
 
-    fn lock(&self, exclusive: bool) -> Result<()> {
+    fn lock(&self, exclusive: bool) -> Result<bool> {
         if !exclusive {
             // Readers take no lock: a commit is one PUT of the root, so a reader sees the old
-            // archive or the new one; a prune never runs here (see the module docs).
-            return Ok(());
+            // archive or the new one (a prune's moves are caught by the reader: see
+            // `ChunkReader`).
+            return Ok(false);
         }
         if self.probed.load(Ordering::Relaxed) == 0 && !self.inner.cfg.no_conditional_lock {
             lock::probe(&self.inner)?;
@@ -1036,7 +1037,8 @@ impl Dest for S3Dest {
         *self.lock.lock() = Some(held);
         // Before the engine looks at anything: a directory move a crash interrupted is
         // finished, so renames look atomic to it.
-        self.recover_rename()
+        self.recover_rename()?;
+        Ok(true)
     }
 
     fn unlock(&self) {
