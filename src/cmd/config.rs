@@ -117,6 +117,14 @@ pub fn apply_config(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
             _ => inject.push(format!("--{key}={value}").into()),
         }
     }
+    // Commands that work on one archive say so when the file lists several.
+    if !cli_dest
+        && inject
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--dest="))
+    {
+        inject.push(format!("--dests-from-config={path}").into());
+    }
     let mut out = args[..2.min(args.len())].to_vec();
     out.extend(inject);
     out.extend_from_slice(&args[2.min(args.len())..]);

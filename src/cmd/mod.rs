@@ -107,6 +107,9 @@ pub struct Global {
     /// [var-global-default], keys are option names without "--"
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Set by the configuration file's reader: the `--dest` values came from this file.
+    #[arg(long, global = true, hide = true, value_name = "FILE")]
+    pub dests_from_config: Option<PathBuf>,
     /// ssh options replacing wyng's defaults, e.g. --opt-ssh='-F ~/.ssh/backup_config'
     /// (repeatable; each value is split at spaces)
     #[arg(long, global = true, value_name = "OPTS", allow_hyphen_values = true)]
@@ -379,12 +382,25 @@ impl Global {
         }
     }
 
-    /// The one archive location of this command (only `send` takes several).
+    /// The one archive location of this command (only `send` and `monitor` take several).
+    /// Several from the configuration file (a local and an off-site archive for the timer):
+    /// the first, with a note saying so and how to pick another.
     pub fn location(&self) -> Result<Location> {
-        match self.dests()?.as_slice() {
-            [one] => self.location_of(one),
+        match (self.dests()?.as_slice(), &self.dests_from_config) {
+            ([one], _) => self.location_of(one),
+            ([first, rest @ ..], Some(file)) => {
+                if !self.quiet && !self.json {
+                    eprintln!(
+                        "Note: {} lists {} archives ({first}, {}); this command uses the first. Give --dest=URL to use another.",
+                        file.display(),
+                        rest.len() + 1,
+                        rest.join(", ")
+                    );
+                }
+                self.location_of(first)
+            }
             _ => Err(Error::Usage(
-                "--dest was given more than once: only send writes to several archives".into(),
+                "--dest was given more than once on the command line: only send (and monitor) work with several archives; give this command one --dest".into(),
             )),
         }
     }

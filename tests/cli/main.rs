@@ -10,6 +10,7 @@ mod check;
 mod config;
 mod conformance;
 mod crash;
+mod daily;
 mod dedup;
 mod diff;
 mod encryption;
