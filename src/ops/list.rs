@@ -129,7 +129,8 @@ pub fn json(archive: &Archive, names: &[String]) -> Result<ListJson> {
             .find(|(k, _)| k == "updated_at")
             .map_or(String::new(), |(_, v)| v.clone()),
         encrypted: archive.encrypted(),
-        is_auth: false,
+        // As the original: an encrypted archive's metadata was authenticated by its keys.
+        is_auth: archive.encrypted(),
         url: archive.url().into(),
         volumes,
         damaged: damaged
@@ -181,6 +182,14 @@ pub fn text(archive: &Archive, names: &[String], o: &TextOptions) -> Result<Stri
     if o.verbose {
         out.push_str("Archive Properties:\n");
         for (k, v) in archive.settings() {
+            if k == "ci_mode" {
+                // The original names the cipher (data and metadata) before its mode number.
+                let cipher = match archive.cipher_names() {
+                    Some((data, meta)) => format!("{data} ({meta})"),
+                    None => "off ".to_string(),
+                };
+                let _ = writeln!(out, " {:<15} = {cipher}", "cipher");
+            }
             let _ = writeln!(out, " {k:<15} = {v}");
         }
         out.push('\n');

@@ -204,3 +204,36 @@ fn incremental_send_onto_original_archive_stays_valid() {
         assert_eq!(hashes.last().unwrap().1, sha256_file(&out));
     }
 }
+
+/// `list --verbose`'s archive properties (with the cipher line) and `list --json`'s
+/// `encrypted`/`is_auth` are what the original printed for its own archives.
+#[test]
+fn list_properties_and_json_flags_match_the_original() {
+    let all = expected();
+    for (name, exp) in all["archives"].as_object().unwrap() {
+        let cli = fixtures().join("cli").join(name);
+        let Ok(verbose) = std::fs::read_to_string(cli.join("list-verbose.txt")) else {
+            continue;
+        };
+        let t = tmp();
+        let ar = copy_fixture(name, t.path());
+        let w = Wyng::maybe_pass(&ar, &t.path().join("meta"), exp["passphrase"].as_str());
+        let block = |text: &str| -> Vec<String> {
+            text.lines()
+                .skip_while(|l| *l != "Archive Properties:")
+                .take_while(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let want = block(&verbose);
+        assert!(want.iter().any(|l| l.starts_with(" cipher ")), "{name}");
+        assert_eq!(block(&w.ok(&["list", "--verbose"])), want, "{name}");
+        let orig_json = std::fs::read_to_string(cli.join("list-json.txt")).unwrap();
+        let line = orig_json.lines().find(|l| l.starts_with('{')).unwrap();
+        let orig: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ours = w.json(&["list"]);
+        for key in ["encrypted", "is_auth", "fver"] {
+            assert_eq!(ours[key], orig[key], "{name}: {key}");
+        }
+    }
+}
