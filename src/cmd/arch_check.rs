@@ -16,7 +16,8 @@ pub struct ArchCheckArgs {
     /// Every volume (as with no names), except --volex ones
     #[arg(short, long)]
     pub all: bool,
-    /// `newest` (only the newest session's own chunks) or a date-time
+    /// Only this session's own chunks (WHEN as for receive: newest, 20261205-101500,
+    /// 20261205, 2d ...)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
     /// Remove leftovers of interrupted commands first
@@ -32,7 +33,13 @@ pub struct ArchCheckArgs {
 }
 
 pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
-    let o = ops::check::CheckOptions { session: a.session };
+    let o = ops::check::CheckOptions {
+        session: a
+            .session
+            .as_deref()
+            .map(|s| wyng::ops::SessionSel::parse(Some(s), true, super::now()))
+            .transpose()?,
+    };
     let open_read = || {
         g.read().map_err(|e| match e {
             Error::Unsupported(_) if a.upgrade_format => Error::Usage(format!(
@@ -91,10 +98,10 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
                 continue;
             }
             g.say(format!(
-                "{}: {} sessions, {} chunk files checked, {}.",
+                "{}: {}, {} checked, {}.",
                 r.volume,
-                r.sessions,
-                r.chunks,
+                super::count(r.sessions as u64, "session", "sessions"),
+                super::count(r.chunks as u64, "chunk file", "chunk files"),
                 if r.problems.is_empty() {
                     "no problems".to_string()
                 } else {

@@ -14,9 +14,9 @@ pub fn run(g: &Global) -> Result<()> {
         return g.json(&r);
     }
     g.say(format!(
-        "{} of {} chunk files replaced by hard links; {} saved.",
+        "{} of {} replaced by hard links; {} saved.",
         r.linked,
-        r.chunk_files,
+        super::count(r.chunk_files as u64, "chunk file", "chunk files"),
         human(r.bytes_saved)
     ));
     Ok(())

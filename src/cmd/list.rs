@@ -18,7 +18,8 @@ pub struct ListArgs {
     /// List the sessions of every volume (except --volex ones)
     #[arg(short, long)]
     pub all: bool,
-    /// Only volumes having this session (date-time or ^TAG)
+    /// Only volumes having this session (WHEN as for receive: latest, ^TAG, 20261205-101500,
+    /// 20261205, 2d, yesterday ...)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
     /// The tag view: every tag (or only TAG; --tag=@ as --tag) with the sessions that carry it
@@ -84,7 +85,7 @@ pub fn run(g: &Global, a: ListArgs) -> Result<()> {
     let session = a
         .session
         .as_deref()
-        .map(|s| SessionSel::parse(Some(s), true))
+        .map(|s| SessionSel::parse(Some(s), true, super::now()))
         .transpose()?;
     let text = ops::list::text(
         &archive,

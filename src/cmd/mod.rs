@@ -354,18 +354,34 @@ fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
 /// `--session` with `--session-strict`.
 #[derive(Args, Debug)]
 pub struct SessionArgs {
-    /// Session: date-time YYYYMMDD-HHMMSS, or ^TAG for the newest session with that tag
+    /// Session (default: the newest): latest, ^TAG (the newest with it), a date-time
+    /// 20261205-101500, a day, hour or minute of one (20261205, 2026-12-05, 20261205-10: the
+    /// newest in it), or a time ago: 90m, 36h, 2d, 1w, yesterday (the newest as of then)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
-    /// off: use the newest session not after --session's date-time
+    /// off: a date-time or day that has no session means the newest session before it
     #[arg(long, value_name = "on|off", default_value = "on")]
     pub session_strict: OnOff,
 }
 
 impl SessionArgs {
     pub fn sel(&self) -> Result<SessionSel> {
-        SessionSel::parse(self.session.as_deref(), self.session_strict == OnOff::On)
+        SessionSel::parse(
+            self.session.as_deref(),
+            self.session_strict == OnOff::On,
+            now(),
+        )
     }
+}
+
+/// The time commands count from: the clock, or `WYNG_TODAY=YYYY-MM-DD` (noon that day) to
+/// preview what a prune or autoprune would do on another day (with --dry-run).
+pub fn now() -> chrono::NaiveDateTime {
+    std::env::var("WYNG_TODAY")
+        .ok()
+        .and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
+        .and_then(|d| d.and_hms_opt(12, 0, 0))
+        .unwrap_or_else(|| chrono::Local::now().naive_local())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -602,6 +618,11 @@ pub fn named_or_all(
 }
 
 /// A session name as `list` shows it (without `S_`).
+/// `1 chunk`, `2 chunks`: a count with its noun, singular or plural.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn date(session: &str) -> &str {
     session.strip_prefix("S_").unwrap_or(session)
 }

@@ -31,8 +31,10 @@ pub struct MonitorArgs {
 fn lines(r: &ops::monitor::MonitorReport) -> Vec<String> {
     vec![match r.state {
         "rotated" => format!(
-            "{}: {} chunks changed ({} recorded since the last send).",
-            r.volume, r.changed_chunks, r.recorded_chunks
+            "{}: {} changed ({} recorded since the last send).",
+            r.volume,
+            super::count(r.changed_chunks as u64, "chunk", "chunks"),
+            r.recorded_chunks
         ),
         state => format!("{}: {state}.", r.volume),
     }]

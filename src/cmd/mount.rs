@@ -33,7 +33,8 @@ pub struct MountArgs {
     /// Only this volume
     #[arg(long, value_name = "NAME")]
     pub volume: Option<String>,
-    /// Only this session of each volume: date-time YYYYMMDD-HHMMSS, or ^TAG
+    /// Only this session of each volume (WHEN as for receive: latest, ^TAG, 20261205-101500,
+    /// 20261205, 2d, yesterday ...)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
     /// Memory for decoded chunks
@@ -71,7 +72,7 @@ pub fn run(g: &Global, a: MountArgs) -> Result<()> {
     let session = a
         .session
         .as_deref()
-        .map(|s| SessionSel::parse(Some(s), true))
+        .map(|s| SessionSel::parse(Some(s), true, super::now()))
         .transpose()?;
     std::fs::create_dir_all(&g.meta_dir).map_err(|e| Error::local(&g.meta_dir, e.to_string()))?;
     let archive = g.read()?;

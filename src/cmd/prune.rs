@@ -52,13 +52,16 @@ pub struct PruneArgs {
     /// left out)
     #[arg(short, long)]
     pub all: bool,
-    /// What to remove: DATE, ^TAG, or a range FROM,TO (dates and/or ^tags)
+    /// What to remove: a date-time 20261205-101500, a day (hour, minute) of sessions
+    /// 20261205, every session with ^TAG, newest, or a range FROM,TO of any of those or of
+    /// times ago (--session=30d,7d)
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
     /// Remove every session before --session's date
     #[arg(long)]
     pub all_before: bool,
-    /// Never remove this session (DATE) or sessions with this tag (^TAG); repeatable
+    /// Never remove this session (a date-time), the sessions of a day (20261205), those with
+    /// ^TAG, or the one a time ago names (2d); repeatable
     #[arg(long, value_name = "WHEN")]
     pub keep: Vec<String>,
     /// Only show what would be removed, and why every other session stays
@@ -128,6 +131,7 @@ pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
         policy: a.retention.policy(),
         autoprune: a.auto.autoprune(),
         apdays: a.auto.apdays,
+        now: super::now(),
         on_limit: None,
         // As the original: only an --all of every volume touches wyng-*metadata volumes.
         spare_metadata: !(a.all && g.volex.is_empty()),

@@ -69,7 +69,10 @@ pub fn summary(r: &ops::receive::ReadReport, to: &str) -> String {
         human(r.volsize)
     );
     if let Some(w) = r.chunks_written {
-        s += &format!("; {} chunks fetched, {w} rewritten", r.data_chunks);
+        s += &format!(
+            "; {} fetched, {w} rewritten",
+            super::count(r.data_chunks, "chunk", "chunks")
+        );
     }
     if r.chunks_skipped > 0 {
         s += &format!(

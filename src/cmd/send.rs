@@ -10,7 +10,7 @@ use wyng::ops::{self, autoprune::ApDays, prune::AutoMode};
 use wyng::{Error, Result};
 
 use super::prune::{AutopruneArgs, RetentionArgs};
-use super::{date, human, named_or_all, Global};
+use super::{count, date, human, named_or_all, Global};
 
 pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup --dest=ssh://backup@offsite/srv/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.\n\nWith several --dest, each volume is snapshotted and read once for all the archives; one that\nfails does not stop the others (exit 2; `wyng list --outstanding` shows what it misses, and the\nnext send catches it up). An interrupted send resumes: the next send of the volume takes the\nchunks the destination already holds instead of sending them again.";
 
@@ -124,6 +124,7 @@ fn autoprune_full(g: &Global, wa: &mut WriteArchive, a: &SendArgs) -> Result<()>
     let o = ops::prune::PruneOptions {
         autoprune: AutoMode::Full,
         apdays: a.auto.apdays,
+        now: super::now(),
         dry_run: a.dry_run,
         ..Default::default()
     };
@@ -131,9 +132,9 @@ fn autoprune_full(g: &Global, wa: &mut WriteArchive, a: &SendArgs) -> Result<()>
     for r in ops::prune::run(wa, &[], &o)? {
         if !r.removed.is_empty() {
             g.say(format!(
-                "{}: autoprune {verb} {} sessions.",
+                "{}: autoprune {verb} {}.",
                 r.volume,
-                r.removed.len()
+                count(r.removed.len() as u64, "session", "sessions")
             ));
         }
     }
@@ -162,6 +163,7 @@ fn retain(
     let o = ops::prune::PruneOptions {
         policy: a.retention.policy(),
         spare_metadata: true,
+        now: super::now(),
         ..Default::default()
     };
     for p in ops::prune::run(wa, &names, &o)? {
@@ -184,9 +186,13 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
         ));
     }
     let what = if r.first {
-        format!("{} chunks with data, {} zero", r.chunks_data, r.chunks_zero)
+        format!(
+            "{} with data, {} zero",
+            count(r.chunks_data, "chunk", "chunks"),
+            r.chunks_zero
+        )
     } else {
-        format!("{} chunks changed", r.chunks_changed)
+        format!("{} changed", count(r.chunks_changed, "chunk", "chunks"))
     };
     let retention = (!r.retention_removed.is_empty()).then(|| {
         let names: Vec<&str> = r.retention_removed.iter().map(|s| date(s)).collect();
@@ -199,10 +205,10 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
     });
     out.push(if dry_run {
         format!(
-            "{}: would store {what}, {} ({} chunks read).",
+            "{}: would store {what}, {} ({} read).",
             r.volume,
             human(r.bytes_stored),
-            r.chunks_read
+            count(r.chunks_read, "chunk", "chunks")
         )
     } else {
         match &r.session {
@@ -220,7 +226,29 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
     out
 }
 
+/// The closing line the original prints: volumes, bytes read and stored, time and rate.
+fn totals<'r>(
+    reports: impl Iterator<Item = &'r ops::send::VolumeReport>,
+    took: std::time::Duration,
+) -> String {
+    let (mut n, mut read, mut stored) = (0u64, 0u64, 0u64);
+    for r in reports {
+        n += 1;
+        read += r.bytes_read;
+        stored += r.bytes_stored;
+    }
+    let secs = took.as_secs_f64();
+    format!(
+        "{}, {} read, {} stored in {secs:.1} s ({}/s).",
+        count(n, "volume", "volumes"),
+        human(read),
+        human(stored),
+        human((read as f64 / secs.max(0.001)) as u64)
+    )
+}
+
 pub fn run(g: &Global, a: SendArgs) -> Result<()> {
+    let started = std::time::Instant::now();
     let tags = tags(g, &a.tag)?;
     let urls = g.dests()?;
     let apdays: ApDays = a.auto.apdays;
@@ -232,7 +260,10 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
         dry_run: a.dry_run,
         local: None,
         session: None,
-        autoprune_on: (a.auto.autoprune() == AutoMode::On).then_some(apdays),
+        autoprune_on: (a.auto.autoprune() == AutoMode::On).then_some(ops::autoprune::Calendar {
+            apdays,
+            now: super::now(),
+        }),
         checkpoint_bytes: None,
     };
     let vf = a
@@ -375,6 +406,9 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
             return Err(e);
         }
         g.reports(&d.volumes, |r| lines(r, a.dry_run))?;
+        if !a.dry_run && !d.volumes.is_empty() {
+            g.say(totals(d.volumes.iter(), started.elapsed()));
+        }
         return match &vf {
             Some(vf) => vf.finish(&failures),
             None => Ok(()),
@@ -395,6 +429,13 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
                     "  failed: {e}; outstanding: {}",
                     d.outstanding.join(", ")
                 ));
+            }
+        }
+        if !a.dry_run {
+            // Read once for every archive: the first archive's reports say what was read.
+            let read = dests.iter().find(|d| !d.volumes.is_empty());
+            if let Some(d) = read {
+                g.say(totals(d.volumes.iter(), started.elapsed()));
             }
         }
     }

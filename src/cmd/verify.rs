@@ -29,10 +29,10 @@ pub struct VerifyArgs {
 
 pub fn summary(r: &ops::receive::ReadReport) -> String {
     format!(
-        "{}: session {} verified: {} chunks ({} with data), {}.",
+        "{}: session {} verified: {} ({} with data), {}.",
         r.volume,
         date(&r.session),
-        r.chunks,
+        super::count(r.chunks, "chunk", "chunks"),
         r.data_chunks,
         human(r.volsize)
     )

@@ -20,6 +20,13 @@ use chrono::{Datelike, Days, NaiveDate};
 use crate::error::{Error, Result};
 use crate::format::SessionName;
 
+/// Autoprune's calendar (`--apdays`) as of a time (the caller's clock).
+#[derive(Clone, Copy, Debug)]
+pub struct Calendar {
+    pub apdays: ApDays,
+    pub now: chrono::NaiveDateTime,
+}
+
 /// `A:B:C:D` of `--apdays`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApDays {

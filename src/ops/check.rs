@@ -9,9 +9,9 @@
 //! just the first.
 
 use crate::archive::{sanitized, Archive, ChunkLoc, WriteArchive};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::manifest::chunk_len;
-use crate::format::{ChunkRef, SessionName};
+use crate::format::ChunkRef;
 use crate::progress::Progress;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -23,8 +23,9 @@ pub struct CheckReport {
 }
 
 pub struct CheckOptions {
-    /// `newest` (only the archive's newest sessions) or a date-time (only that session).
-    pub session: Option<String>,
+    /// Only this session of each volume (`--session=WHEN`: `newest`, a date-time, a day...);
+    /// a volume without one is left out.
+    pub session: Option<crate::ops::SessionSel>,
 }
 
 /// `arch-check --clean`: leftovers of interrupted commands are removed (recovery, which
@@ -80,13 +81,6 @@ fn archive_problems(archive: &Archive, names: &[String]) -> Result<Vec<String>> 
 }
 
 pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<CheckReport>> {
-    let only: Option<SessionName> = match o.session.as_deref() {
-        None | Some("newest") => None,
-        Some(s) => Some(
-            SessionName::from_user(s)
-                .ok_or_else(|| Error::Usage(format!("--session '{s}' is not a date-time")))?,
-        ),
-    };
     for n in names {
         if let Err(e) = archive.find(n) {
             if !archive
@@ -98,7 +92,6 @@ pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<
             }
         }
     }
-    let newest_only = o.session.as_deref() == Some("newest");
     let cs = archive.chunksize();
     let mut reports = Vec::new();
     let problems = archive_problems(archive, names)?;
@@ -113,9 +106,14 @@ pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<
         if !names.is_empty() && !names.iter().any(|n| n == vol.name()) {
             continue;
         }
+        // The sessions whose own chunks are checked (all, or the one --session names).
+        let sessions: Vec<usize> = match &o.session {
+            None => (0..vol.sessions.len()).rev().collect(),
+            Some(sel) => sel.select(vol).ok().into_iter().collect(),
+        };
         let mut r = CheckReport {
             volume: vol.name().to_string(),
-            sessions: vol.sessions.len(),
+            sessions: sessions.len(),
             ..Default::default()
         };
         let n = vol.sessions.len();
@@ -130,13 +128,6 @@ pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<
             }
         }
         let problems = parking_lot::Mutex::new(Vec::new());
-        let sessions: Vec<usize> = (0..n)
-            .rev()
-            .filter(|&si| {
-                let s = &vol.sessions[si];
-                !(newest_only && si + 1 != n || only.as_ref().is_some_and(|d| *d != s.name))
-            })
-            .collect();
         // Each session's own lines, streamed; a damaged manifest is a problem of its own and
         // the check goes on with the next session.
         let problems_ref = &problems;

@@ -22,6 +22,7 @@ pub mod send;
 pub mod verify;
 pub mod vols_from;
 pub mod volume;
+pub mod when;
 
 use crate::archive::Volume;
 use crate::error::{Error, Result};
@@ -51,29 +52,27 @@ pub enum SessionSel {
     Newest,
     /// `YYYYMMDD-HHMMSS`, exactly.
     Exact(SessionName),
-    /// The newest session not after this time (`--session-strict=off`).
+    /// The newest session not after this time (`--session-strict=off`, or a time ago).
     NotAfter(SessionName),
+    /// The newest session named within this span (a day, hour or minute).
+    Within(SessionName, SessionName),
     /// `^tag`: the newest session carrying the tag.
     Tag(String),
 }
 
 impl SessionSel {
-    pub fn parse(s: Option<&str>, strict: bool) -> Result<SessionSel> {
+    /// `--session=WHEN` (see [`when`]) as of `now`; none is the newest session.
+    pub fn parse(s: Option<&str>, strict: bool, now: chrono::NaiveDateTime) -> Result<SessionSel> {
         let Some(s) = s else {
             return Ok(SessionSel::Newest);
         };
-        if let Some(tag) = s.strip_prefix('^') {
-            return Ok(SessionSel::Tag(tag.to_lowercase()));
-        }
-        let name = SessionName::from_user(s).ok_or_else(|| {
-            Error::Usage(format!(
-                "--session '{s}' is not a date-time like 20261123-101500 or a ^tag"
-            ))
-        })?;
-        Ok(if strict {
-            SessionSel::Exact(name)
-        } else {
-            SessionSel::NotAfter(name)
+        Ok(match when::When::parse(s, now)? {
+            when::When::Newest => SessionSel::Newest,
+            when::When::Tag(t) => SessionSel::Tag(t),
+            when::When::AsOf(t) => SessionSel::NotAfter(t),
+            when::When::Span { to, .. } if !strict => SessionSel::NotAfter(to),
+            when::When::Span { from, to } if from == to => SessionSel::Exact(from),
+            when::When::Span { from, to } => SessionSel::Within(from, to),
         })
     }
 
@@ -106,6 +105,18 @@ impl SessionSel {
                 })
                 .map(|(i, _)| i)
                 .ok_or_else(|| none(format!("no session at or before {}", n.date()))),
+            SessionSel::Within(from, to) => vol
+                .sessions
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.name >= *from && s.name <= *to)
+                .max_by(|a, b| {
+                    a.1.name
+                        .cmp(&b.1.name)
+                        .then(a.1.info.sequence.cmp(&b.1.info.sequence))
+                })
+                .map(|(i, _)| i)
+                .ok_or_else(|| none(format!("no session from {} to {}", from.date(), to.date()))),
             SessionSel::Tag(t) => vol
                 .sessions
                 .iter()

@@ -18,8 +18,11 @@ use crate::format::SessionName;
 
 #[derive(Clone, Debug, Default)]
 pub struct PruneOptions {
-    /// `--session`: `D`, `^tag`, `newest`, or `A,B`.
+    /// `--session`: one WHEN (see [`crate::ops::when`]) or a range `A,B`.
     pub session: Option<String>,
+    /// The time `--session`'s relative forms (`2d`, `yesterday`) and autoprune's calendar
+    /// count from.
+    pub now: chrono::NaiveDateTime,
     pub all_before: bool,
     /// `--keep` dates and `^tags`.
     pub keep: Vec<String>,
@@ -135,21 +138,7 @@ pub struct PruneReport {
     pub kept: Vec<(String, Vec<String>)>,
 }
 
-enum Point {
-    Date(SessionName),
-    Tag(String),
-}
-
-fn point(s: &str) -> Result<Point> {
-    if let Some(t) = s.strip_prefix('^') {
-        return Ok(Point::Tag(t.to_lowercase()));
-    }
-    SessionName::from_user(s).map(Point::Date).ok_or_else(|| {
-        Error::Usage(format!(
-            "'{s}' is not a date-time like 20261123-101500 or a ^tag"
-        ))
-    })
-}
+use crate::ops::when::When;
 
 fn has_tag(vol: &Volume, i: usize, tag: &str) -> bool {
     vol.sessions[i].info.tags.iter().any(|t| t.id == tag)
@@ -176,7 +165,7 @@ fn select_with(
 ) -> Result<Selection> {
     let n = vol.sessions.len();
     let mut chosen = match o.session.as_deref() {
-        Some(spec) => select_spec(vol, spec, o.all_before)?,
+        Some(spec) => select_spec(vol, spec, o)?,
         None if !o.policy.is_empty() => (0..n).collect(),
         None if o.autoprune != AutoMode::Off => Vec::new(),
         None => return Err(Error::Usage(
@@ -201,11 +190,7 @@ fn select_with(
         why[n - 1].push("newest".into());
     }
     for k in &o.keep {
-        let hit: Vec<usize> = match point(k)? {
-            Point::Date(d) => (0..n).filter(|&i| vol.sessions[i].name == d).collect(),
-            Point::Tag(t) => (0..n).filter(|&i| has_tag(vol, i, &t)).collect(),
-        };
-        for i in hit {
+        for i in kept_by(vol, k, o.now)? {
             why[i].push(format!("keep {k}"));
         }
     }
@@ -224,42 +209,70 @@ fn select_with(
     })
 }
 
-fn select_spec(vol: &Volume, spec: &str, all_before: bool) -> Result<Vec<usize>> {
-    let o = PruneOptions {
-        all_before,
-        ..Default::default()
-    };
+/// The sessions of `vol` a `--keep=WHEN` keeps: a date-time's session, every session of a day
+/// or a tag, the newest, or the one a time ago names.
+fn kept_by(vol: &Volume, k: &str, now: chrono::NaiveDateTime) -> Result<Vec<usize>> {
+    let n = vol.sessions.len();
+    let name = |i: usize| &vol.sessions[i].name;
+    Ok(match When::parse(k, now)? {
+        When::Span { from, to } => (0..n)
+            .filter(|&i| *name(i) >= from && *name(i) <= to)
+            .collect(),
+        When::Tag(t) => (0..n).filter(|&i| has_tag(vol, i, &t)).collect(),
+        When::Newest => n.checked_sub(1).into_iter().collect(),
+        When::AsOf(d) => (0..n).rev().find(|&i| *name(i) <= d).into_iter().collect(),
+    })
+}
+
+fn select_spec(vol: &Volume, spec: &str, o: &PruneOptions) -> Result<Vec<usize>> {
     let items: Vec<&str> = spec.split(',').collect();
     let n = vol.sessions.len();
     let name = |i: usize| &vol.sessions[i].name;
+    let newest = (n > 0).then(|| n - 1);
     let chosen: Vec<usize> = match items.as_slice() {
-        ["newest"] => (n > 0).then(|| n - 1).into_iter().collect(),
-        [one] if o.all_before => match point(one)? {
-            Point::Date(d) => (0..n).filter(|&i| *name(i) < d).collect(),
-            Point::Tag(_) => {
+        [one] if o.all_before => match When::parse(one, o.now)? {
+            When::Span { from: d, .. } | When::AsOf(d) => (0..n).filter(|&i| *name(i) < d).collect(),
+            When::Newest => (0..newest.unwrap_or(0)).collect(),
+            When::Tag(_) => {
                 return Err(Error::Usage(
                     "--all-before takes a date-time, not a tag".into(),
                 ))
             }
         },
-        [one] => match point(one)? {
-            Point::Date(d) => (0..n).filter(|&i| *name(i) == d).collect(),
-            Point::Tag(t) => (0..n).filter(|&i| has_tag(vol, i, &t)).collect(),
+        [one] => match When::parse(one, o.now)? {
+            When::Newest => newest.into_iter().collect(),
+            // A date-time is that session; a day (hour, minute) every session in it.
+            When::Span { from, to } => (0..n).filter(|&i| *name(i) >= from && *name(i) <= to).collect(),
+            When::Tag(t) => (0..n).filter(|&i| has_tag(vol, i, &t)).collect(),
+            When::AsOf(_) => {
+                return Err(Error::Usage(format!(
+                    "--session={spec}: a time ago names a moment, not sessions: give a range (e.g. --session=30d,7d) or use --all-before"
+                )))
+            }
         },
         [a, b] => {
-            let from = match point(a)? {
-                Point::Date(d) => (0..n).find(|&i| *name(i) >= d),
-                Point::Tag(t) => (0..n).find(|&i| has_tag(vol, i, &t)),
+            let from = match When::parse(a, o.now)? {
+                When::Span { from: d, .. } | When::AsOf(d) => (0..n).find(|&i| *name(i) >= d),
+                When::Tag(t) => (0..n).find(|&i| has_tag(vol, i, &t)),
+                When::Newest => newest,
             };
-            let to = match point(b)? {
-                Point::Date(d) => (0..n).rev().find(|&i| {
+            let to = match When::parse(b, o.now)? {
+                When::Span { from, to } => (0..n).rev().find(|&i| {
+                    if o.all_before {
+                        *name(i) < from
+                    } else {
+                        *name(i) <= to
+                    }
+                }),
+                When::AsOf(d) => (0..n).rev().find(|&i| {
                     if o.all_before {
                         *name(i) < d
                     } else {
                         *name(i) <= d
                     }
                 }),
-                Point::Tag(t) => (0..n).rev().find(|&i| has_tag(vol, i, &t)),
+                When::Tag(t) => (0..n).rev().find(|&i| has_tag(vol, i, &t)),
+                When::Newest => newest,
             };
             match (from, to) {
                 (Some(f), Some(t)) if t >= f => (f..=t).collect(),
@@ -273,7 +286,8 @@ fn select_spec(vol: &Volume, spec: &str, all_before: bool) -> Result<Vec<usize>>
         }
         _ => {
             return Err(Error::Usage(format!(
-                "--session={spec}: give one date or tag, or a range FROM,TO"
+                "--session={spec}: give one WHEN or a range FROM,TO ({})",
+                crate::ops::when::RULE
             )))
         }
     };
@@ -289,7 +303,7 @@ pub fn make_room(
     wa: &mut WriteArchive,
     name: &str,
     needed: u64,
-    apdays: crate::ops::autoprune::ApDays,
+    cal: crate::ops::autoprune::Calendar,
 ) -> Result<Vec<PruneReport>> {
     let names = [name.to_string()];
     let mut removed = Vec::new();
@@ -309,7 +323,8 @@ pub fn make_room(
         }
         let o = PruneOptions {
             autoprune: AutoMode::On,
-            apdays,
+            apdays: cal.apdays,
+            now: cal.now,
             on_limit: Some(if factor > 4 { usize::MAX } else { 3 * factor }),
             ..Default::default()
         };
@@ -334,21 +349,12 @@ fn age_marks_only(
     marks: &std::collections::BTreeSet<SessionName>,
     o: &PruneOptions,
 ) -> Result<std::collections::BTreeSet<SessionName>> {
-    let today = today()?;
+    let today = o.now.date();
     Ok(marks
         .iter()
         .filter(|s| crate::ops::autoprune::past_age(s, o.apdays, today))
         .cloned()
         .collect())
-}
-
-/// Today, or `WYNG_TODAY=YYYY-MM-DD` to preview autoprune as of another day (with --dry-run).
-fn today() -> Result<chrono::NaiveDate> {
-    match std::env::var("WYNG_TODAY") {
-        Ok(d) => chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d")
-            .map_err(|_| Error::Usage(format!("WYNG_TODAY '{d}': use YYYY-MM-DD"))),
-        Err(_) => Ok(chrono::Local::now().date_naive()),
-    }
 }
 
 /// What a prune would do to the named volumes (all, if none are named), changing nothing.
@@ -372,10 +378,11 @@ pub fn plan(archive: &Archive, names: &[String], o: &PruneOptions) -> Result<Vec
         // date), not a prune with nothing to do.
         let mut matched = false;
         for n in &names {
-            matched |= !select_spec(archive.find(n)?, spec, o.all_before)?.is_empty();
+            matched |= !select_spec(archive.find(n)?, spec, o)?.is_empty();
         }
+        // As `receive` of a session that is not there: a selection error (exit 2).
         if !matched && !names.is_empty() {
-            return Err(Error::Usage(format!(
+            return Err(Error::Selection(format!(
                 "--session={spec} matches no session of {}",
                 if names.len() == 1 {
                     format!("volume '{}'", names[0])
@@ -471,19 +478,14 @@ fn autoprune_marks(
             }
         }
         for k in &o.keep {
-            match point(k)? {
-                Point::Date(d) => {
-                    keep.insert(d);
-                }
-                Point::Tag(t) => keep.extend(
-                    (0..n)
-                        .filter(|&i| has_tag(vol, i, &t))
-                        .map(|i| vol.sessions[i].name.clone()),
-                ),
-            }
+            keep.extend(
+                kept_by(vol, k, o.now)?
+                    .into_iter()
+                    .map(|i| vol.sessions[i].name.clone()),
+            );
         }
     }
-    let today = today()?;
+    let today = o.now.date();
     Ok(crate::ops::autoprune::marks(
         &candidates,
         &keep,

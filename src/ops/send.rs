@@ -75,7 +75,7 @@ pub struct SendOptions {
     pub session: Option<SessionName>,
     /// `--autoprune=on`: before sending a volume whose change exceeds the destination's free
     /// space, thin its old sessions by this calendar ([`crate::ops::prune::make_room`]).
-    pub autoprune_on: Option<crate::ops::autoprune::ApDays>,
+    pub autoprune_on: Option<crate::ops::autoprune::Calendar>,
     /// Stored bytes between checkpoints for a resume (`None`: each archive's
     /// [`Archive::checkpoint_bytes`]).
     pub checkpoint_bytes: Option<u64>,
@@ -309,15 +309,15 @@ pub fn run_multi(
                 .collect()
         };
         let mut autopruned: HashMap<usize, Vec<String>> = HashMap::new();
-        if let (Some(apdays), false) = (opts.autoprune_on, opts.dry_run) {
+        if let (Some(cal), false) = (opts.autoprune_on, opts.dry_run) {
             for t in active(&results, &preps) {
                 let wa = &mut *targets[t].archive;
                 let needed = match preps[t].prepared[ri].as_ref().map(|p| &p.plan) {
                     Some(Plan::Incremental(map)) => map.count(u64::MAX) * wa.chunksize(),
                     _ => src.size,
                 };
-                let pruned = crate::ops::prune::make_room(wa, &req.volume, needed, apdays)
-                    .and_then(|r| {
+                let pruned =
+                    crate::ops::prune::make_room(wa, &req.volume, needed, cal).and_then(|r| {
                         if !r.is_empty() && preps[t].index.is_some() {
                             // Pruning moved chunk files: the index's places are stale.
                             preps[t].index = Some(DedupIndex::build(wa)?);

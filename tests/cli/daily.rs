@@ -101,3 +101,86 @@ fn the_readme_two_archive_config_works_for_every_command() {
         assert_eq!(got, std::fs::read(&img).unwrap());
     }
 }
+
+#[test]
+fn sessions_are_chosen_as_people_name_them() {
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let img = t.path().join("vm.img");
+    let mut i = Image::new(9);
+    i.random(150_000);
+    i.write(&img);
+    w.send("vm.img", &img, &[]);
+    let first = std::fs::read(&img).unwrap();
+    i.scribble(100, 1000);
+    i.write(&img);
+    w.send("vm.img", &img, &[]);
+    let newest = std::fs::read(&img).unwrap();
+    let names = session_names(&w, "vm.img");
+    let day = &names[1][..8]; // YYYYMMDD-HHMMSS
+    let dashed = format!("{}-{}-{}", &day[..4], &day[4..6], &day[6..8]);
+    let out = t.path().join("out.img");
+    let got = |when: &str| {
+        w.ok(&[
+            "receive",
+            "vm.img",
+            &format!("--session={when}"),
+            &format!("--save-to={}", out.display()),
+            "-u",
+            "-q",
+        ]);
+        std::fs::read(&out).unwrap()
+    };
+    for when in ["latest", "newest", "last", day, &dashed, "0m", "now"] {
+        assert_eq!(got(when), newest, "{when}");
+    }
+    assert_eq!(got(&names[0]), first);
+    assert_eq!(got(&format!("S_{}", names[0])), first);
+    // Nothing that long ago: a selection error (exit 2), as for a date with no session.
+    for when in ["yesterday", "1w", "20200101", "20200101-000000"] {
+        let err = w.fails(
+            &[
+                "receive",
+                "vm.img",
+                &format!("--session={when}"),
+                "--save-to=-",
+            ],
+            2,
+        );
+        assert!(err.contains("no session"), "{when}: {err}");
+    }
+    // An impossible date is bad input (exit 9) that says what is accepted.
+    for when in ["20261301-256161", "20260230", "someday"] {
+        let err = w.fails(
+            &[
+                "receive",
+                "vm.img",
+                &format!("--session={when}"),
+                "--save-to=-",
+            ],
+            9,
+        );
+        assert!(err.contains("latest") && err.contains("yesterday"), "{err}");
+    }
+    // The same forms elsewhere: list, verify, arch-check (which says how many it checked).
+    assert!(w
+        .ok(&["list", &format!("--session={dashed}")])
+        .contains("vm.img"));
+    w.ok(&["verify", "vm.img", "--session=latest"]);
+    let out_check = w.ok(&["arch-check", "--session=newest"]);
+    assert!(
+        out_check.contains("1 session,") || out_check.contains("1 session "),
+        "{out_check}"
+    );
+    // prune: a date matching nothing is the same exit as receive's; a day prunes that day.
+    let err = w.fails(&["prune", "vm.img", "--session=20200101", "-u"], 2);
+    assert!(err.contains("matches no session"), "{err}");
+    w.fails(&["prune", "vm.img", "--session=2d", "-u"], 9);
+    let dry = w.ok(&[
+        "prune",
+        "vm.img",
+        &format!("--session={}", names[0]),
+        "--dry-run",
+    ]);
+    assert!(dry.contains(&names[0]), "{dry}");
+}
