@@ -121,6 +121,10 @@ pub enum Error {
 
     #[error("interrupted")]
     Interrupted,
+
+    /// The user answered no.
+    #[error("cancelled; nothing was changed")]
+    Cancelled,
 }
 
 impl Error {
@@ -184,7 +188,8 @@ impl Error {
             | Error::FutureTimestamp
             | Error::RetryPending { .. }
             | Error::CountersNotReserved
-            | Error::Tool { .. } => 1,
+            | Error::Tool { .. }
+            | Error::Cancelled => 1,
         }
     }
 
@@ -216,6 +221,7 @@ impl Error {
             Error::CountersNotReserved => "counters_not_reserved",
             Error::Tool { .. } => "tool",
             Error::Interrupted => "interrupted",
+            Error::Cancelled => "cancelled",
         }
     }
 

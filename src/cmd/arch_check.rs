@@ -61,7 +61,10 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
     let (reports, stagings) = if a.clean || a.change_uuid {
         let mut wa = g.write()?;
         if a.change_uuid {
-            g.confirm("Give this archive a new UUID?")?;
+            if !g.confirm("Give this archive a new UUID?")? {
+                g.say("Cancelled; nothing was changed.");
+                return Ok(());
+            }
             let uuid = wa.change_uuid()?;
             g.say(format!("New archive UUID: {uuid}"));
             return Ok(());

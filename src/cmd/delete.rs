@@ -82,12 +82,15 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
                 local.display()
             )));
         }
-        if !found.is_empty() || purge == Purge::All {
-            g.confirm(&format!(
-                "Remove {} wyng snapshot(s) from {}?",
-                found.len(),
+        if (!found.is_empty() || purge == Purge::All)
+            && !g.confirm(&format!(
+                "Remove {} from {}?",
+                super::count(found.len() as u64, "wyng snapshot", "wyng snapshots"),
                 local.display()
-            ))?;
+            ))?
+        {
+            g.say("Cancelled; nothing was removed.");
+            return Ok(());
         }
         let removed = ops::clean::remove(&wa, &found, purge)?;
         if g.json {
@@ -118,7 +121,10 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
             "'{name}' is a wyng-*metadata volume (another tool's metadata, e.g. Qubes'): deleting it needs --force"
         )));
     }
-    g.confirm(&format!("Delete volume '{name}' and all its sessions?"))?;
+    if !g.confirm(&format!("Delete volume '{name}' and all its sessions?"))? {
+        g.say("Cancelled; nothing was deleted.");
+        return Ok(());
+    }
     ops::volume::delete(&mut wa, &vid)?;
     if let Some(local) = &a.local {
         for p in ops::clean::remove_volume(&wa, local, vid.as_str())? {

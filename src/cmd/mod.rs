@@ -552,12 +552,23 @@ impl Global {
     }
 
     /// Asks before destructive work on a terminal; unattended (see [`Global::unattended`]) or
-    /// with `--force`, the answer is yes, as in the original.
-    pub fn confirm(&self, question: &str) -> Result<()> {
+    /// with `--force`, the answer is yes, as in the original. Whether to go on: a "no" is the
+    /// caller's to report (the original ends prune, delete and clean with exit 0 then).
+    pub fn confirm(&self, question: &str) -> Result<bool> {
         if self.force || self.unattended() {
-            return Ok(());
+            return Ok(true);
         }
         prompt::confirm(question)
+    }
+
+    /// [`Global::confirm`] where a "no" ends the command as a failure (exit 1, as the
+    /// original's receive).
+    pub fn confirm_or_stop(&self, question: &str) -> Result<()> {
+        if self.confirm(question)? {
+            Ok(())
+        } else {
+            Err(Error::Cancelled)
+        }
     }
 
     /// The named volumes, or with `--all` every volume of the archive except `--volex` ones

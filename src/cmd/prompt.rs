@@ -5,8 +5,8 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use wyng::{Error, Result};
 
-/// Asks a yes/no question on the terminal; anything but yes cancels.
-pub fn confirm(question: &str) -> Result<()> {
+/// Asks a yes/no question on the terminal: whether the answer was yes.
+pub fn confirm(question: &str) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Err(Error::Usage(format!(
             "{question} Add -u to confirm when not on a terminal."
@@ -16,11 +16,7 @@ pub fn confirm(question: &str) -> Result<()> {
     let _ = std::io::stderr().flush();
     let mut a = String::new();
     let _ = std::io::stdin().lock().read_line(&mut a);
-    if matches!(a.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Usage("cancelled; nothing was changed".into()))
-    }
+    Ok(matches!(a.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
 }
 
 /// Reads one line typed on the terminal after `question`.

@@ -122,6 +122,31 @@ impl RetentionArgs {
     }
 }
 
+/// The confirmation question, naming what goes (a few per volume, then how many more).
+fn question(plan: &[ops::prune::PruneReport]) -> String {
+    const SHOWN: usize = 8;
+    let total: usize = plan.iter().map(|r| r.removed.len()).sum();
+    let mut q = format!(
+        "Prune will remove {}:\n",
+        super::count(total as u64, "session", "sessions")
+    );
+    for r in plan.iter().filter(|r| !r.removed.is_empty()) {
+        let names: Vec<&str> = r.removed.iter().take(SHOWN).map(|s| date(s)).collect();
+        let more = r.removed.len().saturating_sub(SHOWN);
+        q += &format!(
+            "  {}: {}{}\n",
+            wyng::archive::printable(&r.volume),
+            names.join(" "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    q + "Continue?"
+}
+
 pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
     let o = ops::prune::PruneOptions {
         session: a.session,
@@ -143,10 +168,11 @@ pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
     } else {
         let mut wa = g.write()?;
         let names = g.selection(&wa, &a.volumes, a.all)?;
-        // Nothing is asked unless something would go.
+        // Nothing is asked unless something would go; the question says what.
         let plan = ops::prune::plan(&wa, &names, &o)?;
-        if plan.iter().any(|r| !r.removed.is_empty()) {
-            g.confirm("Prune the selected sessions?")?;
+        if plan.iter().any(|r| !r.removed.is_empty()) && !g.confirm(&question(&plan))? {
+            g.say("Cancelled; nothing was pruned.");
+            return Ok(());
         }
         ops::prune::run(&mut wa, &names, &o)?
     };
@@ -160,7 +186,11 @@ pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
                     "{}: keep   {}  ({})",
                     r.volume,
                     date(s),
-                    why.join(", ")
+                    if why.is_empty() {
+                        "not selected".to_string()
+                    } else {
+                        why.join(", ")
+                    }
                 ));
             }
             for s in &r.removed {

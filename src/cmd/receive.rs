@@ -132,7 +132,7 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
     };
     let sel = a.session.sel()?;
     let confirm = |p: &Path| {
-        g.confirm(&format!(
+        g.confirm_or_stop(&format!(
             "{} exists and will be overwritten. Continue?",
             p.display()
         ))

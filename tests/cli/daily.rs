@@ -184,3 +184,55 @@ fn sessions_are_chosen_as_people_name_them() {
     ]);
     assert!(dry.contains(&names[0]), "{dry}");
 }
+
+#[test]
+fn prune_says_what_it_keeps_and_removes_and_a_no_is_not_an_error() {
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let img = t.path().join("vm.img");
+    let mut i = Image::new(13);
+    i.random(100_000);
+    for k in 0..3 {
+        i.scribble(k * 1000, 500);
+        i.write(&img);
+        w.send("vm.img", &img, &[]);
+    }
+    let names = session_names(&w, "vm.img");
+    let dry = w.ok(&[
+        "prune",
+        "vm.img",
+        &format!("--session={}", names[0]),
+        "--dry-run",
+    ]);
+    assert!(
+        dry.contains(&format!("keep   {}  (not selected)", names[1])),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("keep   {}  (newest)", names[2])),
+        "{dry}"
+    );
+    assert!(dry.contains(&format!("remove {}", names[0])), "{dry}");
+    let c = w.cmd(&[
+        "prune",
+        "vm.img",
+        &format!("--session={},{}", names[0], names[1]),
+    ]);
+    match on_terminal(c, &["n"]) {
+        Some(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                text.contains("Prune will remove 2 sessions:")
+                    && text.contains(&format!("vm.img: {} {}", names[0], names[1])),
+                "{text}"
+            );
+            assert_eq!(o.status.code(), Some(0), "{text}");
+            assert!(text.contains("nothing was pruned"), "{text}");
+            assert_eq!(session_names(&w, "vm.img"), names);
+        }
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("util-linux `script` is needed for the terminal prompt test")
+        }
+        None => println!("skipped the terminal prompt: util-linux `script` is not installed"),
+    }
+}
