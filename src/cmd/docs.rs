@@ -1,7 +1,6 @@
 //! `wyng completions` and `wyng man`: shell completion scripts and manual pages, generated from
 //! the same clap definitions the parser uses, so they never drift from the options.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory};
@@ -31,9 +30,10 @@ pub struct ManArgs {
 
 pub fn completions(a: CompletionsArgs) -> Result<()> {
     let mut cmd = Cli::command();
-    let mut out = std::io::stdout().lock();
-    clap_complete::generate(a.shell, &mut cmd, "wyng", &mut out);
-    out.flush().map_err(|e| Error::io("stdout", e))
+    // Into memory first: the generator panics on a write error (a closed pipe).
+    let mut buf = Vec::new();
+    clap_complete::generate(a.shell, &mut cmd, "wyng", &mut buf);
+    super::write_stdout(&buf)
 }
 
 /// The built command tree: global options propagated into every subcommand, so each page
@@ -70,11 +70,7 @@ pub fn man(a: ManArgs) -> Result<()> {
     let cmd = tree();
     let Some(dir) = a.dir else {
         let text = page(&cmd, a.command.as_deref())?;
-        let mut out = std::io::stdout().lock();
-        return out
-            .write_all(&text)
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::io("stdout", e));
+        return super::write_stdout(&text);
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::local(&dir, e.to_string()))?;
     let names: Vec<String> = cmd
@@ -90,10 +86,12 @@ pub fn man(a: ManArgs) -> Result<()> {
     for n in &names {
         write(format!("wyng-{n}.1"), page(&cmd, Some(n))?)?;
     }
-    println!(
-        "{} manual pages written to {}",
-        names.len() + 1,
-        dir.display()
-    );
-    Ok(())
+    super::write_stdout(
+        format!(
+            "{} manual pages written to {}\n",
+            names.len() + 1,
+            dir.display()
+        )
+        .as_bytes(),
+    )
 }

@@ -302,6 +302,10 @@ pub fn run(cli: Cli) -> Result<()> {
         cli.cmd,
         Cmd::Version | Cmd::Completions(_) | Cmd::Man(_) | Cmd::Umount(_)
     );
+    // The mount handles its signals itself (it unmounts first).
+    if !matches!(cli.cmd, Cmd::Mount(_)) {
+        exit_on_signals();
+    }
     let result = run_command(g, cli.cmd);
     if uses_archive && g.meta_reduce.mode != MetaMode::Off && g.meta_dir.is_dir() {
         let n = wyng::archive::local::reduce(
@@ -316,6 +320,40 @@ pub fn run(cli: Cli) -> Result<()> {
     result
 }
 
+/// SIGTERM, SIGINT and SIGHUP end the command with the original's exit code for an
+/// interruption (8) and one line saying so. Ending anywhere is safe: every write is staged and
+/// committed atomically, and the next command finishes, rolls back or resumes what was left.
+fn exit_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let name = match sig {
+                SIGINT => "SIGINT",
+                SIGHUP => "SIGHUP",
+                _ => "SIGTERM",
+            };
+            eprintln!(
+                "wyng: interrupted ({name}); the archive is as the last completed step left it (the next command finishes or resumes what this one began)"
+            );
+            std::process::exit(Error::Interrupted.exit_code());
+        }
+    });
+}
+
+/// Writes report text to standard output. A reader that went away (`wyng list | head`) ends
+/// the command quietly, as other tools do, instead of a panic or an error about a pipe.
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.map_err(|e| Error::io("standard output", e)),
+    }
+}
+
 fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Version => {
@@ -328,8 +366,7 @@ fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
                     "version_line": wyng::VERSION_LINE,
                 }));
             }
-            println!("{}", wyng::VERSION_LINE);
-            Ok(())
+            write_stdout(format!("{}\n", wyng::VERSION_LINE).as_bytes())
         }
         Cmd::ArchInit(a) => arch_init::run(g, a),
         Cmd::Send(a) => send::run(g, a),
@@ -520,14 +557,15 @@ impl Global {
     pub fn say(&self, s: impl AsRef<str>) {
         if !self.quiet && !self.json {
             // Report text carries names from the archive: never raw control bytes.
-            println!("{}", wyng::archive::printable(s.as_ref()));
+            let line = format!("{}\n", wyng::archive::printable(s.as_ref()));
+            let _ = write_stdout(line.as_bytes());
         }
     }
 
     pub fn json<T: serde::Serialize>(&self, v: &T) -> Result<()> {
         let s = serde_json::to_string_pretty(v)
             .map_err(|e| Error::io("stdout", std::io::Error::other(e)))?;
-        println!("{s}");
+        write_stdout(format!("{s}\n").as_bytes())?;
         JSON_WRITTEN.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }

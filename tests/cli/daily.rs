@@ -236,3 +236,64 @@ fn prune_says_what_it_keeps_and_removes_and_a_no_is_not_an_error() {
         None => println!("skipped the terminal prompt: util-linux `script` is not installed"),
     }
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly_and_sigterm_is_exit_8() {
+    // `wyng completions zsh | head -1`, `wyng man | head`, `wyng list | head`.
+    let t = tmp();
+    let ar = t.path().join("ar");
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    for args in [
+        vec!["completions", "zsh"],
+        vec!["man"],
+        vec!["list", "--verbose"],
+    ] {
+        let mut c = w.cmd(&args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut first = [0u8; 1];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert!(o.status.code().is_some(), "{args:?}: ended by a signal");
+    }
+    // SIGTERM during a send: exit 8 with a line saying so; the next send completes.
+    let img = t.path().join("big.img");
+    // Large enough that the send is still storing chunks when the signal comes.
+    Image::new(8).random(256 << 20).write(&img);
+    let imp = format!("--import-other-from=big:|:{}", img.display());
+    let mut child = w
+        .cmd(&["send", "big", &imp])
+        .env("WYNG_WORKERS", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while files_under(&ar)
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("S-tmp"))
+        .count()
+        < 4
+    {
+        assert!(std::time::Instant::now() < deadline, "the send started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(8), "{err}");
+    assert!(err.contains("interrupted (SIGTERM)"), "{err}");
+    w.send("big", &img, &[]);
+    let back = t.path().join("back.img");
+    w.receive("big", None, &back);
+    assert_eq!(sha256_file(&back), sha256_file(&img));
+}
