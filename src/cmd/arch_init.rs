@@ -56,7 +56,7 @@ pub fn run(g: &Global, a: InitArgs) -> Result<()> {
             chunk_factor: a.chunk_factor,
         },
         &g.auth(),
-        Some(&g.meta_dir),
+        Some(g.meta_dir()),
     )?;
     let c = w.compression();
     g.say(format!(

@@ -49,7 +49,7 @@ pub struct DeleteArgs {
 pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
     if a.outstanding {
         let urls = g.dests()?;
-        let forgotten = ops::outstanding::forget(&g.meta_dir, &urls)?;
+        let forgotten = ops::outstanding::forget(g.meta_dir(), &urls)?;
         for u in &urls {
             match forgotten.iter().find(|(f, _)| f == u) {
                 Some((_, n)) => g.say(format!("{u}: forgot {n} outstanding volume(s).")),

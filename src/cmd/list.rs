@@ -33,7 +33,7 @@ pub struct ListArgs {
 }
 
 fn outstanding(g: &Global) -> Result<()> {
-    let mut rec = ops::outstanding::load(&g.meta_dir)?;
+    let mut rec = ops::outstanding::load(g.meta_dir())?;
     if !g.dest.is_empty() {
         rec.retain(|url, _| g.dest.contains(url));
     }

@@ -56,14 +56,11 @@ pub struct Global {
     /// volume, written to every archive
     #[arg(long, global = true, value_name = "URL", action = clap::ArgAction::Append)]
     pub dest: Vec<String>,
-    /// Directory for wyng's local state about archives (created if missing)
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        default_value = "/var/lib/wyng"
-    )]
-    pub meta_dir: PathBuf,
+    /// Directory for wyng's local state about archives (created if missing). Default:
+    /// /var/lib/wyng as root; otherwise $XDG_STATE_HOME/wyng (~/.local/state/wyng), so a
+    /// user's runs need no setting
+    #[arg(long, global = true, value_name = "DIR")]
+    pub meta_dir: Option<PathBuf>,
     /// Never ask: accept overwrites and other confirmations
     #[arg(short = 'u', long, global = true)]
     pub unattended: bool,
@@ -281,7 +278,24 @@ pub enum Cmd {
 }
 
 /// Runs one command, then trims the local cache as `--meta-reduce` says.
-pub fn run(cli: Cli) -> Result<()> {
+/// `--meta-dir`'s default: the system's place for root, the user's state directory otherwise
+/// (a non-root user cannot write /var/lib/wyng; that is routine, not a problem to warn of).
+fn default_meta_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/wyng");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    state.map_or_else(|| PathBuf::from("/var/lib/wyng"), |s| s.join("wyng"))
+}
+
+pub fn run(mut cli: Cli) -> Result<()> {
+    if cli.global.meta_dir.is_none() {
+        cli.global.meta_dir = Some(default_meta_dir());
+    }
     let g = &cli.global;
     let reflink_fs: Vec<String> = g
         .vouch
@@ -307,9 +321,9 @@ pub fn run(cli: Cli) -> Result<()> {
         exit_on_signals();
     }
     let result = run_command(g, cli.cmd);
-    if uses_archive && g.meta_reduce.mode != MetaMode::Off && g.meta_dir.is_dir() {
+    if uses_archive && g.meta_reduce.mode != MetaMode::Off && g.meta_dir().is_dir() {
         let n = wyng::archive::local::reduce(
-            &g.meta_dir,
+            g.meta_dir(),
             g.meta_reduce.minutes,
             g.meta_reduce.mode == MetaMode::Extra,
         );
@@ -428,6 +442,13 @@ pub enum OnOff {
 }
 
 impl Global {
+    /// `--meta-dir`, or its default (resolved when the command starts).
+    pub fn meta_dir(&self) -> &std::path::Path {
+        self.meta_dir
+            .as_deref()
+            .expect("resolved when the command starts")
+    }
+
     pub fn auth(&self) -> wyng::auth::Auth {
         wyng::auth::Auth {
             passcmd: self.passcmd.clone(),
@@ -518,7 +539,7 @@ impl Global {
     ) -> OpenOptions<'a> {
         OpenOptions {
             auth,
-            meta_dir: Some(&self.meta_dir),
+            meta_dir: Some(self.meta_dir()),
             allow_rollback: self.force_allow_rollback,
             force_retry: self.force_retry,
             lock: wyng::archive::LockPolicy {

@@ -388,7 +388,7 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
                 error: d.error.as_ref().map(|e| e.to_string()),
             })
             .collect();
-        if let Err(e) = ops::outstanding::update(&g.meta_dir, &when, &updates) {
+        if let Err(e) = ops::outstanding::update(g.meta_dir(), &when, &updates) {
             tracing::warn!("cannot record what each destination misses: {e}");
         }
     }

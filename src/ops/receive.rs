@@ -508,7 +508,8 @@ fn update_file(
     let (work, staged) = match reflink_copy::reflink(base, &tmp) {
         Ok(()) => (tmp.as_path(), true),
         Err(e) if base == target => {
-            tracing::warn!(
+            // Routine on filesystems without reflinks (ext4): said, not warned about.
+            tracing::info!(
                 "{}: no reflink copy possible ({e}); updating in place",
                 target.display()
             );

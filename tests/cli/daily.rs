@@ -297,3 +297,80 @@ fn a_closed_pipe_ends_output_quietly_and_sigterm_is_exit_8() {
     w.receive("big", None, &back);
     assert_eq!(sha256_file(&back), sha256_file(&img));
 }
+
+/// Routine situations are not warnings: a user without root gets a state directory of their
+/// own (no --meta-dir needed), and `--sparse` on a filesystem without reflinks just updates in
+/// place.
+#[test]
+fn routine_situations_are_not_warnings() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let img = t.path().join("vm.img");
+    Image::new(3).random(200_000).write(&img);
+    w.send("vm.img", &img, &[]);
+    // --sparse onto an existing copy (tmpfs/ext4 here: no reflinks): no warning.
+    let out = t.path().join("out.img");
+    std::fs::copy(&img, &out).unwrap();
+    let o = w.run(&[
+        "receive",
+        "vm.img",
+        &format!("--save-to={}", out.display()),
+        "--sparse",
+        "-u",
+    ]);
+    assert!(o.status.success());
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("WARN"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if !is_root() {
+        println!("skipped the non-root part: the test runs as a user already");
+        return;
+    }
+    // As another user, with no --meta-dir: $XDG_STATE_HOME/wyng, silently.
+    let home = t.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    for p in [t.path(), home.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let ar2 = home.join("ar2");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wyng"))
+            .args(args)
+            .arg(format!("--dest=file:{}", ar2.display()))
+            .env("HOME", &home)
+            .env("XDG_STATE_HOME", home.join("state"))
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["arch-init", "--encrypt=off"]);
+    if o.status.code() == Some(126)
+        || String::from_utf8_lossy(&o.stderr).contains("Permission denied")
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        println!("skipped the non-root part: the binary is not reachable by user nobody");
+        return;
+    }
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["list"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        home.join("state/wyng").is_dir(),
+        "the user's state directory is used"
+    );
+}
