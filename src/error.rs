@@ -66,7 +66,7 @@ pub enum Error {
     },
 
     /// The archive's content does not match its hashes or is malformed.
-    #[error("archive damaged: {path}: {what} (run `wyng verify` or `wyng arch-check` to see the extent)")]
+    #[error("archive damaged: {path}: {what}")]
     Corrupt { path: String, what: String },
 
     /// A session that existed when a command (a mount) started is gone: pruned meanwhile.

@@ -116,7 +116,10 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
     if problems > 0 {
         return Err(Error::corrupt(
             g.dest_url().to_string(),
-            format!("arch-check found {problems} problem(s)"),
+            format!(
+                "arch-check found {}. For a damaged chunk file: `wyng receive VOL --session=S --skip-corrupt-chunks` rescues what reads; a full send of the volume under its name (after `wyng rename VOL VOL.damaged`) keeps a whole copy; pruning the sessions that hold it removes it once later sessions no longer need it; or put back a copy of the archive. Leftovers of interrupted commands: `wyng arch-check --clean`",
+                super::count(problems as u64, "problem", "problems")
+            ),
         ));
     }
     Ok(())

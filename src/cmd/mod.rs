@@ -647,6 +647,35 @@ impl Global {
 
 /// The end of a command over several volumes: the failures (each already reported) as one
 /// error, exit 1 if any was damage, else 2, as the original's "Error on volumes".
+/// Damage found in `volume` (a chunk that fails its checks), with what to do about it: which
+/// session holds the damaged file, and the ways out (rescue what reads, keep a whole copy from
+/// the source, drop sessions that no longer need it, restore a copy of the archive).
+pub fn with_damage_advice(e: Error, volume: &str) -> Error {
+    let Error::Corrupt { path, what } = e else {
+        return e;
+    };
+    let session = path
+        .split('/')
+        .nth(1)
+        .filter(|s| s.starts_with("S_"))
+        .map(|s| date(s).to_string());
+    let Some(s) = session else {
+        return Error::Corrupt { path, what };
+    };
+    let v = wyng::archive::sanitized(volume);
+    let advice = format!(
+        "\nThe damaged chunk file is stored by session {s} of '{v}'; that session and later ones that did not change this chunk read it. What to do:\n  \
+         - rescue what still reads: wyng receive '{v}' --session={s} --skip-corrupt-chunks --save-to=FILE (the damaged range becomes zeros)\n  \
+         - if the source still holds the data, keep a whole copy: wyng rename '{v}' '{v}.damaged', then wyng send '{v}' (a full send); delete the damaged volume when its older sessions are no longer needed\n  \
+         - if the newest session verifies, drop the older sessions that hold the damage: wyng prune '{v}' --session=FROM,TO\n  \
+         - or put back a copy of the archive made before the damage (wyng arch-check lists every damaged file)"
+    );
+    Error::Corrupt {
+        path,
+        what: what + &advice,
+    }
+}
+
 pub fn volumes_failed(command: &'static str, failed: &[(String, Error)]) -> Result<()> {
     if failed.is_empty() {
         return Ok(());

@@ -105,7 +105,8 @@ fn to_stdout(
         ));
     }
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    let r = ops::receive::receive_to_writer(archive, volume, sel, &mut out, a.skip_corrupt_chunks)?;
+    let r = ops::receive::receive_to_writer(archive, volume, sel, &mut out, a.skip_corrupt_chunks)
+        .map_err(|e| super::with_damage_advice(e, volume))?;
     if g.json {
         let s =
             serde_json::to_string(&r).map_err(|e| Error::io("stderr", std::io::Error::other(e)))?;
@@ -177,7 +178,8 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
         if save_to.as_os_str() == "-" {
             return to_stdout(g, &archive, volume, &sel, &a);
         }
-        let r = ops::receive::receive(&archive, volume, &sel, &opts(save_to.clone()))?;
+        let r = ops::receive::receive(&archive, volume, &sel, &opts(save_to.clone()))
+            .map_err(|e| super::with_damage_advice(e, volume))?;
         if g.json {
             return g.json(&r);
         }

@@ -56,7 +56,7 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<()> {
     let mut reports = Vec::new();
     let mut failed: Vec<(String, Error)> = Vec::new();
     for n in &names {
-        match ops::verify::verify(&archive, n, &sel) {
+        match ops::verify::verify(&archive, n, &sel).map_err(|e| super::with_damage_advice(e, n)) {
             Ok(r) => {
                 g.say(summary(&r));
                 reports.push(r);

@@ -374,3 +374,38 @@ fn routine_situations_are_not_warnings() {
         "the user's state directory is used"
     );
 }
+
+/// Damage messages say which session holds the damage and what to do, without sending the
+/// user in circles (verify telling them to run verify).
+#[test]
+fn damage_messages_say_where_and_what_to_do() {
+    let t = tmp();
+    let ar = t.path().join("ar");
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    let img = t.path().join("vm.img");
+    Image::new(4).random(300_000).write(&img);
+    w.send("vm.img", &img, &[]);
+    let session = session_names(&w, "vm.img")[0].clone();
+    let chunk = chunk_files(&ar).remove(0);
+    let mut b = std::fs::read(&chunk).unwrap();
+    b[10] ^= 1;
+    std::fs::write(&chunk, &b).unwrap();
+    for args in [
+        vec!["verify", "vm.img"],
+        vec!["receive", "vm.img", "--save-to=-"],
+    ] {
+        let err = w.fails(&args, 1);
+        assert!(
+            err.contains(&format!("stored by session {session} of 'vm.img'"))
+                && err.contains("--skip-corrupt-chunks")
+                && err.contains("wyng rename 'vm.img'")
+                && !err.contains("run `wyng verify`"),
+            "{args:?}: {err}"
+        );
+    }
+    let err = w.fails(&["arch-check"], 1);
+    assert!(
+        err.contains("found 1 problem.") && err.contains("--skip-corrupt-chunks"),
+        "{err}"
+    );
+}
