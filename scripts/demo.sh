@@ -19,6 +19,7 @@ dest="file:$work/backup.wyng"
 meta="--meta-dir=$work/meta"
 "$wyng" arch-init --dest="$dest" --encrypt=off "$meta"
 "$wyng" send vm1.img --import-other-from="vm1.img:|:$img" --dest="$dest" "$meta"
+cp --sparse=always "$img" "$work/first.img"
 # Change a little and send again: only the changed chunks are stored.
 head -c 1M /dev/urandom | dd of="$img" bs=1M seek=50 conv=notrunc status=none
 "$wyng" send vm1.img --import-other-from="vm1.img:|:$img" --dest="$dest" "$meta"
@@ -26,3 +27,19 @@ head -c 1M /dev/urandom | dd of="$img" bs=1M seek=50 conv=notrunc status=none
 "$wyng" verify vm1.img --dest="$dest" "$meta"
 "$wyng" receive vm1.img --save-to="$work/restored.img" --dest="$dest" "$meta"
 cmp "$img" "$work/restored.img" && echo "== restored image is identical to the source"
+
+# The mount: every session of every volume as a read-only sparse image, read through wyng (each
+# chunk verified as it is read).
+if [ -w /dev/fuse ] && { [ "$(id -u)" = 0 ] || command -v fusermount3 >/dev/null; }; then
+  mnt="$work/mnt"
+  mkdir -p "$mnt"
+  "$wyng" mount "$mnt" --dest="$dest" "$meta"
+  echo "== mounted at $mnt:"
+  ls -l "$mnt/vm1.img/"
+  first=$(ls "$mnt/vm1.img" | grep '^S_' | head -n 1)
+  cmp "$work/first.img" "$mnt/vm1.img/$first" \
+    && echo "== $first, read through the mount, is the image as it was at the first send"
+  "$wyng" umount "$mnt"
+else
+  echo "== (the mount step needs FUSE: install fuse3; skipped)"
+fi

@@ -27,6 +27,9 @@ pub struct Auth {
     pub passcmd: Option<String>,
     /// Minutes to keep derived keys for later runs: 0 = don't store, -1 = forget them now.
     pub authmin: i64,
+    /// Use only keys already cached; never ask or read a passphrase (shell completion: a
+    /// keystroke must never wait for a prompt).
+    pub cached_only: bool,
 }
 
 impl Default for Auth {
@@ -34,6 +37,7 @@ impl Default for Auth {
         Auth {
             passcmd: None,
             authmin: 5,
+            cached_only: false,
         }
     }
 }
@@ -103,6 +107,9 @@ impl Auth {
     /// on a standard input that is not a terminal (a pipe or file with data; an empty or idle
     /// one gives none, so `< /dev/null` and unattended runs keep using the cache).
     fn given_passphrase(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        if self.cached_only {
+            return Ok(None);
+        }
         if self.passcmd.is_some() {
             return self.passphrase(false).map(Some);
         }
@@ -171,6 +178,9 @@ impl Auth {
             };
             self.store(&id, &entry.keys, verifier);
             return Ok(entry.keys);
+        }
+        if self.cached_only {
+            return Err(Error::Auth("no keys cached for this archive".into()));
         }
         let pass = self.passphrase(false)?;
         let keys = derive(&pass)?;

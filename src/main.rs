@@ -4,9 +4,12 @@
 
 mod cmd;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 fn main() {
+    // At a TAB, the shell's completion script runs `COMPLETE=<shell> wyng -- WORDS`: answer and
+    // exit (nothing else runs).
+    clap_complete::CompleteEnv::with_factory(cmd::shape::command).complete();
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Errors go to stderr as one line; with --json also as JSON on stdout, for scripts.
     let json = raw.iter().any(|a| a == "--json");
@@ -14,7 +17,14 @@ fn main() {
     let args = cmd::config::check_repeats(&args)
         .and_then(|()| cmd::config::apply_config(args))
         .unwrap_or_else(|e| fail(json, &e, 9, "usage"));
-    let cli = match cmd::Cli::try_parse_from(args) {
+    let mut notes = Vec::new();
+    let parsed = cmd::shape::command()
+        .try_get_matches_from(args)
+        .and_then(|m| {
+            notes = cmd::shape::no_effect_notes(&m);
+            cmd::Cli::from_arg_matches(&m)
+        });
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -35,6 +45,9 @@ fn main() {
         }
     };
     init_logging(&cli.global);
+    if !cli.global.quiet {
+        notes.iter().for_each(|n| eprintln!("{n}"));
+    }
     wyng::progress::set_enabled(!cli.global.quiet);
     if let Err(e) = cmd::run(cli) {
         fail(json, &e.to_string(), e.exit_code(), e.kind());

@@ -5,7 +5,7 @@ use wyng::Result;
 
 use super::{human, Global};
 
-pub const HELP: &str = "Example:\n  wyng arch-deduplicate --dest=file:/mnt/usb/laptop.backup\n\nNeeds a destination with hard links. `wyng send --dedup` does the same while sending.";
+pub const HELP: &str = "Examples:\n  wyng arch-deduplicate --dest=file:/mnt/usb/laptop.backup\n  wyng arch-deduplicate --json --dest=... | jq .bytes_saved\n\nNeeds a destination with hard links. `wyng send --dedup` does the same while sending.";
 
 pub fn run(g: &Global) -> Result<()> {
     let mut wa = g.write()?;

@@ -3,11 +3,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 
 use wyng::{Error, Result};
-
-use super::Cli;
 
 pub const COMPLETIONS_HELP: &str = "Examples:\n  wyng completions bash > /usr/share/bash-completion/completions/wyng\n  wyng completions zsh > /usr/share/zsh/vendor-completions/_wyng\n  wyng completions fish > /usr/share/fish/vendor_completions.d/wyng.fish";
 
@@ -29,17 +27,32 @@ pub struct ManArgs {
 }
 
 pub fn completions(a: CompletionsArgs) -> Result<()> {
-    let mut cmd = Cli::command();
-    // Into memory first: the generator panics on a write error (a closed pipe).
+    use clap_complete::env::EnvCompleter;
+    // The script calls wyng back at each TAB (`COMPLETE=<shell> wyng -- WORDS`), so volume
+    // and session names come from the archive, and options never drift from the parser.
+    let shell: &dyn EnvCompleter = match a.shell {
+        clap_complete::Shell::Bash => &clap_complete::env::Bash,
+        clap_complete::Shell::Zsh => &clap_complete::env::Zsh,
+        clap_complete::Shell::Fish => &clap_complete::env::Fish,
+        clap_complete::Shell::Elvish => &clap_complete::env::Elvish,
+        clap_complete::Shell::PowerShell => &clap_complete::env::Powershell,
+        _ => {
+            return Err(Error::Usage(
+                "completions: bash, zsh, fish, elvish or powershell".into(),
+            ))
+        }
+    };
     let mut buf = Vec::new();
-    clap_complete::generate(a.shell, &mut cmd, "wyng", &mut buf);
+    shell
+        .write_registration("COMPLETE", "wyng", "wyng", "wyng", &mut buf)
+        .map_err(|e| Error::io("completion script", e))?;
     super::write_stdout(&buf)
 }
 
 /// The built command tree: global options propagated into every subcommand, so each page
 /// lists them too.
 fn tree() -> clap::Command {
-    let mut cmd = Cli::command();
+    let mut cmd = super::shape::command();
     cmd.build();
     cmd
 }

@@ -5,6 +5,7 @@
 pub mod arch_check;
 pub mod arch_dedup;
 pub mod arch_init;
+pub mod complete;
 pub mod config;
 pub mod delete;
 pub mod diff;
@@ -16,6 +17,7 @@ pub mod prompt;
 pub mod prune;
 pub mod receive;
 pub mod send;
+pub mod shape;
 pub mod verify;
 pub mod vols_from;
 pub mod volume;
@@ -268,6 +270,7 @@ pub enum Cmd {
     #[command(after_help = volume::ADD_HELP)]
     Add(volume::AddArgs),
     /// Print the version
+    #[command(after_help = "Examples:\n  wyng version\n  wyng version --json | jq -r .wyng")]
     Version,
     /// Print a shell completion script
     #[command(after_help = docs::COMPLETIONS_HELP)]
@@ -302,11 +305,16 @@ pub fn run(mut cli: Cli) -> Result<()> {
         .iter()
         .filter_map(|v| v.strip_prefix("reflink_fs_").map(str::to_string))
         .collect();
-    if !reflink_fs.is_empty() && !g.vouch.iter().any(|v| v == "fs_online_factors") {
-        return Err(Error::Usage(
-            "--vouch=reflink_fs_TYPE needs --vouch=fs_online_factors too (you vouch that the filesystem's reflink copies are consistent while it is in use)".into(),
-        ));
-    }
+    // As the original: a reflink filesystem type counts only with fs_online_factors too.
+    let reflink_fs = if !reflink_fs.is_empty() && !g.vouch.iter().any(|v| v == "fs_online_factors")
+    {
+        if !g.quiet {
+            eprintln!("Note: --vouch=reflink_fs_TYPE has no effect without --vouch=fs_online_factors (your word that the filesystem's reflink copies are consistent while it is in use).");
+        }
+        Vec::new()
+    } else {
+        reflink_fs
+    };
     wyng::source::configure(wyng::source::LocalOptions {
         remap: g.remap,
         reflink_fs,
@@ -405,9 +413,11 @@ fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
 /// `--session` with `--session-strict`.
 #[derive(Args, Debug)]
 pub struct SessionArgs {
-    /// Session (default: the newest): latest, ^TAG (the newest with it), a date-time
-    /// 20261205-101500, a day, hour or minute of one (20261205, 2026-12-05, 20261205-10: the
-    /// newest in it), or a time ago: 90m, 36h, 2d, 1w, yesterday (the newest as of then)
+    /// Which session (default: the newest): latest, ^TAG, 20261205-101500, 20261205, 2d ...
+    ///
+    /// latest, ^TAG (the newest with it), a date-time 20261205-101500, a day, hour or minute
+    /// of one (20261205, 2026-12-05, 20261205-10: the newest in it), or a time ago: 90m, 36h,
+    /// 2d, 1w, yesterday (the newest as of then).
     #[arg(long, value_name = "WHEN")]
     pub session: Option<String>,
     /// off: a date-time or day that has no session means the newest session before it
@@ -453,6 +463,7 @@ impl Global {
         wyng::auth::Auth {
             passcmd: self.passcmd.clone(),
             authmin: self.authmin,
+            cached_only: false,
         }
     }
 

@@ -20,7 +20,7 @@ use super::Global;
 
 pub const HELP: &str = "Examples:\n  wyng mount /mnt/wyng --dest=file:/mnt/usb/laptop.backup\n  ls /mnt/wyng/vm1.img/            # S_20261101-020000.img ... latest.img -> newest, by-tag/\n  losetup -r -f --show -P /mnt/wyng/vm1.img/S_20261101-020000.img   # then mount -o ro,noload\n  dd if=/mnt/wyng/vm1.img/latest.img of=/dev/vg/vm1 bs=4M conv=sparse\n  wyng umount /mnt/wyng\n\nEvery chunk read is verified; a damaged chunk is an I/O error for that read, never wrong\nbytes. New sessions appear (and latest.img follows) within a few seconds; a session pruned\nwhile open answers ESTALE. The mount runs in the background (logging to <meta-dir>/mount.log)\nuntil `wyng umount`, SIGTERM or SIGINT. Loop-mounting a guest filesystem makes your kernel\nparse untrusted data: see docs/mount.md.";
 pub const UMOUNT_HELP: &str =
-    "Example:\n  wyng umount /mnt/wyng          # same as fusermount3 -u /mnt/wyng";
+    "Examples:\n  wyng umount /mnt/wyng          # same as fusermount3 -u /mnt/wyng\n  wyng umount ~/restore/mnt\n\nWaits until the process that served the mount has exited.";
 
 fn size(s: &str) -> Result<u64, String> {
     wyng::size::parse(s).map_err(|e| e.to_string())

@@ -22,14 +22,17 @@ fn apdays(s: &str) -> Result<ApDays, String> {
 
 #[derive(Args, Debug)]
 pub struct AutopruneArgs {
-    /// Thin old sessions by calendar (see --apdays). prune: on = at most 3 per volume per run,
-    /// full = all that the calendar marks. send: on = only when a volume's change exceeds the
-    /// destination's free space (3, then 9, then all marked sessions of that volume), full =
-    /// every volume before sending
+    /// Thin old sessions by calendar (see --apdays)
+    ///
+    /// prune: on = at most 3 per volume per run, full = all that the calendar marks. send: on =
+    /// only when a volume's change exceeds the destination's free space (3, then 9, then all
+    /// marked sessions of that volume), full = every volume before sending.
     #[arg(long, value_enum, value_name = "off|on|full", default_value = "off")]
     pub autoprune: Autoprune,
-    /// Autoprune calendar A:B:C:D: remove sessions older than A days (0: never); keep at most D
-    /// sessions per C days among those older than B days
+    /// Autoprune calendar
+    ///
+    /// A:B:C:D: remove sessions older than A days (0: never); keep at most D sessions per C
+    /// days among those older than B days.
     #[arg(long, value_name = "A:B:C:D", default_value = "0:62:1:2", value_parser = apdays)]
     pub apdays: ApDays,
 }

@@ -18,44 +18,49 @@ pub struct ReceiveArgs {
     /// Restore every volume (except --volex ones) into --local
     #[arg(short, long, conflicts_with = "save_to")]
     pub all: bool,
-    /// Where to write the volume: a file path (a symbolic link is followed to its target) or an
-    /// existing block device; `-` streams the image to standard output
+    /// Where to restore: a file, an existing block device, or - for standard output
+    ///
+    /// A symbolic link is followed to its target; character devices, FIFOs and sockets are
+    /// refused (use - and a pipe); a file is built beside its place and renamed into it.
     #[arg(long, value_name = "PATH")]
     pub save_to: Option<PathBuf>,
-    /// Restore into this directory as DIR/<volume>: on Btrfs/XFS the volume is paired again
-    /// for incremental sends when it is the newest session; any other directory just gets
-    /// the file
+    /// Restore into DIR/<volume> (a reflink directory pairs it again)
+    ///
+    /// On Btrfs/XFS the volume is paired again for incremental sends when it is the newest
+    /// session; any other directory just gets the file.
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
-    /// Keep the existing target; fetch only chunks whose local content differs (by hash) and
-    /// write only those
+    /// Update the existing target: fetch only chunks that differ (by hash)
     #[arg(long, conflicts_with = "sparse_write")]
     pub sparse: bool,
-    /// Keep the existing target; fetch every chunk, write only those that differ, punch holes
-    /// for zero chunks
+    /// Update the existing target: fetch every chunk, write only those that differ
     #[arg(long)]
     pub sparse_write: bool,
-    /// With --local: restore the newest session instantly from its paired snapshot; an older
-    /// one starts from the snapshot and rewrites what differs
+    /// With --local: restore from the paired snapshot
+    ///
+    /// The newest session instantly; an older one starts from the snapshot and rewrites what
+    /// differs.
     #[arg(long, conflicts_with = "use_snapshot_diff")]
     pub use_snapshot: bool,
-    /// With --local: restore an older session as the paired snapshot plus only the chunks that
-    /// later sessions changed
+    /// With --local: an older session as the snapshot plus what later sessions changed
     #[arg(long)]
     pub use_snapshot_diff: bool,
-    /// With --use-snapshot: fail, receiving nothing, unless the session comes from the paired
-    /// snapshot (wyng-*metadata volumes are exempt, as in the original)
+    /// With --use-snapshot: fail unless the session comes from the paired snapshot
+    ///
+    /// Nothing is received then; wyng-*metadata volumes are exempt, as in the original.
     #[arg(long, requires = "use_snapshot")]
     pub req_snapshot: bool,
-    /// Full receive: a damaged chunk is reported and left as zeros instead of failing (for
-    /// rescuing what can be read from a damaged archive)
+    /// Rescue what reads: a damaged chunk becomes zeros instead of an error
+    ///
+    /// For a full receive (or --save-to=-); each damaged chunk is reported.
     #[arg(long)]
     pub skip_corrupt_chunks: bool,
     #[command(flatten)]
     pub session: SessionArgs,
-    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
-    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
-    /// FILE.error and the run exits 2
+    /// Volumes and their local storages from a JSON file
+    ///
+    /// e.g. {"/var/lib/images": [["web.img", null], ["db.img", "db-local.img"]]}; volumes that
+    /// fail are listed in FILE.error and the run exits 2
     #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volumes", "all", "local", "save_to"])]
     pub vols_from: Option<PathBuf>,
 }

@@ -12,7 +12,7 @@ use wyng::{Error, Result};
 use super::prune::{AutopruneArgs, RetentionArgs};
 use super::{count, date, human, named_or_all, Global};
 
-pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup --dest=ssh://backup@offsite/srv/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.\n\nWith several --dest, each volume is snapshotted and read once for all the archives; one that\nfails does not stop the others (exit 2; `wyng list --outstanding` shows what it misses, and the\nnext send catches it up). An interrupted send resumes: the next send of the volume takes the\nchunks the destination already holds instead of sending them again.";
+pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/srv/vm1.img' --dest=file:/mnt/usb/bk\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup --dest=ssh://backup@offsite/srv/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.\n\nWith several --dest, each volume is snapshotted and read once for all the archives; one that\nfails does not stop the others (exit 2; `wyng list --outstanding` shows what it misses, and the\nnext send catches it up). An interrupted send resumes: the next send of the volume takes the\nchunks the destination already holds instead of sending them again.";
 
 /// `--tag=ID[,DESC]`, or `--tag=@` / `--tag=` to be asked for tags on the terminal.
 #[derive(Clone, Debug)]
@@ -81,8 +81,9 @@ pub struct SendArgs {
     /// Record a session even if nothing changed
     #[arg(long)]
     pub send_unchanged: bool,
-    /// Tag the new sessions: ID[,DESCRIPTION] (repeatable, up to 5); --tag=@ or --tag= asks
-    /// for them on the terminal
+    /// Tag the new sessions (repeatable)
+    ///
+    /// ID[,DESCRIPTION], up to 5; --tag=@ or --tag= asks for them on the terminal
     #[arg(long, value_name = "ID[,DESC]", value_parser = tag)]
     pub tag: Vec<TagArg>,
     /// Description for volumes this send adds to the archive
@@ -91,9 +92,10 @@ pub struct SendArgs {
     /// Store chunks the archive already holds (in any volume) as hard links
     #[arg(short = 'd', long)]
     pub dedup: bool,
-    /// Directory on a reflink filesystem (Btrfs, or XFS with reflink) holding the volumes as
-    /// files, or an LVM thin pool VG/POOL: sends read only what changed since the last send,
-    /// from copy-on-write snapshots
+    /// Volumes kept as files in DIR (Btrfs/XFS reflink), or an LVM thin pool VG/POOL
+    ///
+    /// Sends read only what changed since the last send, from copy-on-write snapshots (Btrfs,
+    /// or XFS with reflink; LVM thin pools by thin_delta).
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
     /// With --local: every volume the archive holds
@@ -108,9 +110,10 @@ pub struct SendArgs {
     /// is): for each volume that got a session, sessions no policy keeps are pruned
     #[command(flatten, next_help_heading = "Retention (after a successful send)")]
     pub retention: RetentionArgs,
-    /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":
-    /// [["web.img", null], ["db.img", "db-local.img"]]}; volumes that fail are listed in
-    /// FILE.error and the run exits 2
+    /// Volumes and their local storages from a JSON file
+    ///
+    /// e.g. {"/var/lib/images": [["web.img", null], ["db.img", "db-local.img"]]}; volumes that
+    /// fail are listed in FILE.error and the run exits 2
     #[arg(long, value_name = "FILE", visible_alias = "local-from", conflicts_with_all = ["volumes", "local", "all", "import_other_from"])]
     pub vols_from: Option<PathBuf>,
 }

@@ -8,12 +8,13 @@ use wyng::{Error, Result};
 use super::Global;
 
 pub const RENAME_HELP: &str =
-    "Example:\n  wyng rename vm1.img vms/web.img --volume-desc='web server' --dest=...";
+    "Examples:\n  wyng rename vm1.img vms/web.img --dest=file:/mnt/usb/laptop.backup\n  wyng rename vm1.img vms/web.img --volume-desc='web server' --dest=...\n\nA rename without --volume-desc clears the description, as the original does. The new name must\nnot belong to another volume, readable or damaged.";
 pub const ADD_HELP: &str =
-    "Example:\n  wyng add vms/new.img --volume-desc='not sent yet' --dest=...";
+    "Examples:\n  wyng add vms/new.img --dest=file:/mnt/usb/laptop.backup\n  wyng add web.img db.img --volume-desc='not sent yet' --dest=...\n\nThe whole request is checked first: a name given twice or already used adds nothing.";
 
 #[derive(Args, Debug)]
 pub struct RenameArgs {
+    #[arg(add = clap_complete::engine::ArgValueCompleter::new(super::complete::volumes))]
     pub old: String,
     pub new: String,
     /// New description (a rename without it clears the description, as the original does)

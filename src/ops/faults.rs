@@ -20,6 +20,7 @@ fn auth() -> Auth {
     Auth {
         passcmd: None,
         authmin: 0,
+        cached_only: false,
     }
 }
 

@@ -484,6 +484,7 @@ pub fn open_library(ar: &Path, pass: Option<&str>) -> wyng::archive::Archive {
     let auth = wyng::auth::Auth {
         passcmd: pass.map(|p| format!("printf %s '{p}'")),
         authmin: 5,
+        cached_only: false,
     };
     wyng::archive::Archive::open_read(
         wyng::archive::Location::open(

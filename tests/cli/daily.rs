@@ -409,3 +409,138 @@ fn damage_messages_say_where_and_what_to_do() {
         "{err}"
     );
 }
+
+/// `-h` is short (the command's own options and two examples); `--help` teaches (every
+/// option, the global options under their heading, more examples); every option of the
+/// original is accepted on every command, saying where it has no effect.
+#[test]
+fn short_help_long_help_and_the_originals_options_everywhere() {
+    let wyng = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wyng"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let commands = [
+        "arch-init",
+        "send",
+        "receive",
+        "verify",
+        "list",
+        "mount",
+        "monitor",
+        "diff",
+        "umount",
+        "prune",
+        "delete",
+        "arch-deduplicate",
+        "arch-check",
+        "rename",
+        "add",
+        "version",
+        "completions",
+        "man",
+    ];
+    for c in commands {
+        let short = String::from_utf8(wyng(&[c, "-h"]).stdout).unwrap();
+        let long = String::from_utf8(wyng(&[c, "--help"]).stdout).unwrap();
+        let examples = |h: &str| {
+            h.lines()
+                .skip_while(|l| !l.starts_with("Example"))
+                .skip(1)
+                .take_while(|l| l.starts_with("  "))
+                .count()
+        };
+        assert!(
+            examples(&short) >= 2 || c == "arch-init",
+            "{c} -h: two examples\n{short}"
+        );
+        assert!(examples(&long) >= 2, "{c} --help examples\n{long}");
+        assert!(
+            !short.contains("Global options:") && !short.contains("--meta-dir <DIR>"),
+            "{c} -h"
+        );
+        assert!(
+            long.contains("Global options:") && long.contains("--meta-dir <DIR>"),
+            "{c} --help"
+        );
+        assert!(
+            short.lines().count() <= 60,
+            "{c} -h is {} lines",
+            short.lines().count()
+        );
+        assert!(
+            !short.contains("--tar-bypass") && !short.contains("--maxsync"),
+            "{c} -h"
+        );
+    }
+    let long = String::from_utf8(wyng(&["send", "--help"]).stdout).unwrap();
+    assert!(
+        long.contains("Accepted for the original's scripts (no effect):"),
+        "{long}"
+    );
+    // The original's options on commands that do not use them: accepted, with a note.
+    let t = tmp();
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let img = t.path().join("vm.img");
+    Image::new(5).random(100_000).write(&img);
+    w.send("vm.img", &img, &[]);
+    for args in [
+        vec!["verify", "vm.img", "--skip-corrupt-chunks"],
+        vec!["list", "--remap", "--quick"],
+        vec!["verify", "vm.img", "--dedup", "--tag=x"],
+        vec!["arch-check", "--sparse", "--save-to=/nowhere"],
+    ] {
+        let o = w.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(err.contains("has no effect with"), "{args:?}: {err}");
+    }
+}
+
+/// The shells' completion calls wyng back: volume and session names come from the archive
+/// (a `file:` one, read without prompting or locking).
+#[test]
+fn completion_of_names() {
+    let t = tmp();
+    let ar = t.path().join("ar");
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    let img = t.path().join("vm.img");
+    Image::new(5).random(100_000).write(&img);
+    w.send("vm-one.img", &img, &[]);
+    w.ok(&["add", "vm-two.img", "other.img"]);
+    let complete = |words: &[&str]| -> Vec<String> {
+        let o = Command::new(env!("CARGO_BIN_EXE_wyng"))
+            .env("COMPLETE", "fish")
+            .arg("--")
+            .arg("wyng")
+            .args(words)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect()
+    };
+    let dest = format!("--dest={}", w.dest);
+    let meta = format!("--meta-dir={}", w.meta.display());
+    assert_eq!(
+        complete(&["receive", &dest, &meta, "vm-"]),
+        ["vm-one.img", "vm-two.img"]
+    );
+    assert_eq!(complete(&["rename", &dest, &meta, "oth"]), ["other.img"]);
+    let session = session_names(&w, "vm-one.img")[0].clone();
+    let got = complete(&["verify", &dest, &meta, "vm-one.img", "--session", ""]);
+    assert!(
+        got.contains(&session) && got.contains(&"latest".to_string()),
+        "{got:?}"
+    );
+    // Commands and options complete as clap knows them.
+    assert!(complete(&["arch-"]).contains(&"arch-check".to_string()));
+    // An archive that cannot be read completes nothing, quietly.
+    assert!(complete(&["receive", "--dest=file:/nonexistent", "vm"]).is_empty());
+}
