@@ -104,7 +104,7 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
                 "{}: {}, {} checked, {}.",
                 r.volume,
                 super::count(r.sessions as u64, "session", "sessions"),
-                super::count(r.chunks as u64, "chunk file", "chunk files"),
+                super::count(r.chunks, "chunk file", "chunk files"),
                 if r.problems.is_empty() {
                     "no problems".to_string()
                 } else {

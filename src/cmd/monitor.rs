@@ -33,7 +33,7 @@ fn lines(r: &ops::monitor::MonitorReport) -> Vec<String> {
         "rotated" => format!(
             "{}: {} changed ({} recorded since the last send).",
             r.volume,
-            super::count(r.changed_chunks as u64, "chunk", "chunks"),
+            super::count(r.changed_chunks, "chunk", "chunks"),
             r.recorded_chunks
         ),
         state => format!("{}: {state}.", r.volume),

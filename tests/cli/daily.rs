@@ -267,7 +267,7 @@ fn a_closed_pipe_ends_output_quietly_and_sigterm_is_exit_8() {
     // Large enough that the send is still storing chunks when the signal comes.
     Image::new(8).random(256 << 20).write(&img);
     let imp = format!("--import-other-from=big:|:{}", img.display());
-    let mut child = w
+    let child = w
         .cmd(&["send", "big", &imp])
         .env("WYNG_WORKERS", "1")
         .stderr(Stdio::piped())
