@@ -260,12 +260,14 @@ pub fn run(src: &Archive, wa: &mut WriteArchive, o: &CopyOptions) -> Result<Copy
     };
     let mut matched = o.session.is_none();
     for name in &o.volumes {
-        let svi = src.find_index(name)?;
         let mut v = VolumeCopy {
             volume: name.clone(),
             ..Default::default()
         };
-        match copy_volume(src, svi, wa, how, o, &mut v) {
+        let copied = src
+            .find_index(name)
+            .and_then(|svi| copy_volume(src, svi, wa, how, o, &mut v));
+        match copied {
             Ok(m) => matched |= m,
             // Damage stays with its volume; anything else (the copy's destination) stops.
             Err(e) if e.is_damage() => v.error = Some(e.to_string()),
