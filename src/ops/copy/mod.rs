@@ -21,6 +21,9 @@
 mod diff;
 mod session;
 
+#[cfg(test)]
+mod faults;
+
 use std::sync::Arc;
 
 use crate::archive::index::MergedIndex;

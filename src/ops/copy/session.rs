@@ -26,7 +26,9 @@ use super::diff::{Diff, Step, Views};
 use super::SessionCopy;
 use crate::archive::index::{Builder, MergedIndex, Rec};
 use crate::archive::resume::{ReuseCursor, Staged};
-use crate::archive::{copy_digest, Archive, ChunkLoc, Copied, Move, NewManifest, SessionWriter};
+use crate::archive::{
+    copy_digest, Archive, ChunkLoc, ChunkReader, Copied, Move, NewManifest, SessionWriter,
+};
 use crate::archive::{Transfer, WriteArchive};
 use crate::error::{Error, Result};
 use crate::format::manifest::{ChunkRef, ManifestLog};
@@ -298,9 +300,9 @@ fn run_pipeline(
                 seq += 1;
                 ok
             };
-            let fetch = |locs: &[ChunkLoc]| reader.fetch(locs);
             let walk = Diff::new(plan.views());
-            if let Err(e) = feed(walk, reuse, per_batch, batched, &fetch, &mut send) {
+            let batch = batched.then_some(per_batch);
+            if let Err(e) = feed(walk, reuse, batch, &reader, &mut send) {
                 // Stops the pipeline in order: everything before it is applied first.
                 send_err(&feed_res, &tok_rx, seq, e);
             }
@@ -378,20 +380,21 @@ fn send_err(
     }
 }
 
-/// The feeder: the walk as items, chunks to copy fetched in batches where that pays.
+/// The feeder: the walk as items; with `batch`, chunks to copy are fetched that many at a
+/// time (a remote source), else each by the worker that copies it.
 fn feed(
     walk: Diff,
     mut reuse: Option<ReuseCursor>,
-    per_batch: usize,
-    batched: bool,
-    fetch: &dyn Fn(&[ChunkLoc]) -> Result<Vec<Option<Vec<u8>>>>,
+    batch: Option<usize>,
+    reader: &ChunkReader,
     send: &mut dyn FnMut(Item) -> bool,
 ) -> Result<()> {
+    let per_batch = batch.unwrap_or(1);
     let mut pending: Vec<Item> = Vec::new();
     let mut plain: Vec<Step> = Vec::new();
     let mut copies = 0usize;
     let mut flush = |pending: &mut Vec<Item>, copies: &mut usize| -> Result<bool> {
-        if batched && *copies > 0 {
+        if batch.is_some() && *copies > 0 {
             let locs: Vec<ChunkLoc> = pending
                 .iter()
                 .filter_map(|i| match i {
@@ -399,7 +402,7 @@ fn feed(
                     _ => None,
                 })
                 .collect();
-            let mut files = fetch(&locs)?.into_iter();
+            let mut files = reader.fetch(&locs)?.into_iter();
             for i in pending.iter_mut() {
                 if let Item::Copy { file, .. } = i {
                     *file = Some(files.next().expect("one file per chunk"));
