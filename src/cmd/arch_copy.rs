@@ -110,7 +110,7 @@ pub fn run(g: &Global, a: CopyArgs) -> Result<()> {
         (r, created)
     };
     print(g, &report, created)?;
-    let failed: Vec<(String, Error)> = report
+    let mut failed: Vec<(String, Error)> = report
         .volumes
         .iter()
         .filter_map(|v| {
@@ -119,6 +119,22 @@ pub fn run(g: &Global, a: CopyArgs) -> Result<()> {
                 .map(|e| (v.volume.clone(), Error::corrupt(&v.volume, e.clone())))
         })
         .collect();
+    if a.all {
+        // A damaged volume of the source is part of "all": not copied, and said so.
+        for d in src
+            .damaged()
+            .iter()
+            .filter(|d| d.name.as_ref().is_none_or(|n| !g.volex.contains(n)))
+        {
+            let name = d.name.clone().unwrap_or_else(|| d.vid.to_string());
+            eprintln!(
+                "wyng: error: {}: damaged in the source, not copied: {}",
+                wyng::archive::sanitized(&name),
+                d.error
+            );
+            failed.push((name, Error::corrupt(d.vid.as_str(), d.error.clone())));
+        }
+    }
     super::volumes_failed("arch-copy", &failed)
 }
 
@@ -133,6 +149,15 @@ fn refuse_settings(given: bool, exists: bool, g: &Global) -> Result<()> {
 }
 
 fn print(g: &Global, r: &CopyReport, created: bool) -> Result<()> {
+    for v in &r.volumes {
+        if let Some(e) = &v.error {
+            eprintln!(
+                "wyng: error: {}: {}",
+                wyng::archive::sanitized(&v.volume),
+                wyng::archive::printable(e)
+            );
+        }
+    }
     if g.json {
         return g.json(r);
     }
@@ -224,10 +249,7 @@ fn volume_lines(v: &VolumeCopy, dry: bool) -> Vec<String> {
             list(&v.kept)
         ));
     }
-    if let Some(e) = &v.error {
-        out.push(format!("{name}: error: {e}"));
-    }
-    if v.sessions.is_empty() && out.is_empty() {
+    if v.sessions.is_empty() && out.is_empty() && v.error.is_none() {
         out.push(format!("{name}: up to date."));
     }
     out

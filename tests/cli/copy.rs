@@ -82,6 +82,22 @@ fn checked(ar: &Path, pass: Option<&str>) -> Vec<(String, String, String, String
     out
 }
 
+/// The checker's report on a copy an interrupted or failed run left: valid, and its only
+/// remarks the staging kept for the next run (an orphan volume directory, or `S-tmp`).
+fn check_valid(ar: &Path, pass: Option<&str>) -> serde_json::Value {
+    let r = check_report(ar, pass).expect("the checker");
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r}");
+    for w in r["warnings"].as_array().unwrap() {
+        let w = w.as_str().unwrap();
+        assert!(
+            w.contains("orphan") || w.contains("S-tmp: warning: stray temporary"),
+            "{r}"
+        );
+    }
+    r
+}
+
 /// Bytes of chunk files under `dir` (committed and staged).
 fn chunk_bytes(dir: &Path) -> u64 {
     if !dir.exists() {
@@ -342,6 +358,34 @@ fn selections_dry_runs_and_refusals() {
     let out = c.ok(&["arch-copy", "-a", &f]);
     assert!(out.contains("other: new in the copy"), "{out}");
     assert!(out.contains("Copied 1 session(s)"), "{out}");
+    // A volume renamed in the source is renamed in the copy: nothing copied.
+    s.ok(&["rename", "other", "renamed"]);
+    let r = copy(&c, &from, &["-a", "--delete"]);
+    assert_eq!(vol(&r, "renamed")["renamed_from"], "other", "{r}");
+    assert_eq!(r["chunks_copied"], 0, "{r}");
+    assert!(r["volumes_removed"].as_array().unwrap().is_empty(), "{r}");
+    // A damaged chunk in the source is never written: that volume fails (exit 1, naming the
+    // file), the others are copied, and the copy stays valid.
+    let src_dir = PathBuf::from(from.strip_prefix("file:").unwrap());
+    let sv = s.json(&["list"])["volumes"]["disk"]["vid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let im2 = t.path().join("again.img");
+    Image::new(77).random(1 << 20).write(&im2);
+    s.send("disk", &im2, &[]);
+    s.send("renamed", &im2, &[]);
+    let newest = session_names(&s, "disk").pop().unwrap();
+    let victim = chunk_files(&src_dir.join(&sv).join(format!("S_{newest}")))[0].clone();
+    let mut b = std::fs::read(&victim).unwrap();
+    b[3] ^= 0x40;
+    std::fs::write(&victim, &b).unwrap();
+    let err = c.fails(&["arch-copy", "-a", &f], 1);
+    let file = victim.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains(&file) && !err.contains("panicked"), "{err}");
+    assert_eq!(session_names(&c, "renamed").len(), 2);
+    assert_eq!(session_names(&c, "disk").len(), 1);
+    check_valid(&dst, None);
 }
 
 /// Starts `arch-copy` into `w` and kills it (SIGKILL) once the copy holds `at` bytes of chunk
@@ -402,20 +446,7 @@ fn killed_copies(pass: Option<&str>, seed: u64) {
         // no root (the checker's only remarks: an orphan directory or `S-tmp`, kept for the
         // resume).
         if dst.join("archive.ini").exists() {
-            let r = check_report(&dst, pass).expect("the checker");
-            assert_eq!(r["valid"], true, "trial {trial}: {r}");
-            assert_eq!(
-                r["errors"].as_array().unwrap().len(),
-                0,
-                "trial {trial}: {r}"
-            );
-            for w in r["warnings"].as_array().unwrap() {
-                let w = w.as_str().unwrap();
-                assert!(
-                    w.contains("orphan") || w.contains("S-tmp: warning: stray temporary"),
-                    "trial {trial}: {r}"
-                );
-            }
+            let r = check_valid(&dst, pass);
             for (vol, v) in r["volumes"].as_object().unwrap() {
                 for s in v["sessions"].as_array().unwrap() {
                     let name = s["name"].as_str().unwrap();
