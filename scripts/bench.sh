@@ -128,6 +128,10 @@ if command -v weed >/dev/null; then
   echo
   scripts/bench-s3.sh "$size_mib"
 fi
+# Archive copies (arch-copy): file: -> file: against cp -a, file: -> s3:// against the same
+# sessions sent to s3://, encrypted copies, mirror updates.
+echo
+scripts/bench-copy.sh "$size_mib"
 # Scale rows: 1 TiB (with 50 sessions for the mount) and 16 TiB sparse volumes at 64 KiB
 # chunks (16,383 GiB: ext4's largest file). BENCH_SCALE=0 leaves them out.
 if [ "${BENCH_SCALE:-1}" != 0 ]; then

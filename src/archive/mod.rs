@@ -39,6 +39,7 @@ pub mod manifest;
 mod recovery;
 pub mod resume;
 pub mod session;
+mod transfer;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,7 @@ pub use index::MergedIndex;
 pub use local::LocalState;
 pub use recovery::Leftover;
 pub use session::{NewManifest, SessionWriter};
+pub use transfer::{copy_digest, Copied, Transfer};
 pub(crate) use write::failpoint;
 pub use write::{InitParams, WriteArchive};
 
@@ -543,6 +545,17 @@ impl Archive {
 
     pub fn encrypted(&self) -> bool {
         self.ci != "00"
+    }
+
+    /// The cipher mode, `None` for an unencrypted archive.
+    pub fn cipher_mode(&self) -> Option<CipherMode> {
+        CipherMode::from_ci(&self.ci).filter(|_| self.encrypted())
+    }
+
+    /// File bytes this process has written to the archive's destination so far (chunks and
+    /// metadata; renames and links cost none).
+    pub fn bytes_written(&self) -> u64 {
+        self.dest.bytes_written()
     }
 
     /// `(data cipher, metadata cipher)` names, `None` for an unencrypted archive.

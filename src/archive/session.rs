@@ -292,6 +292,11 @@ impl SessionWriter<'_> {
         Ok(enc.file.len() as u64)
     }
 
+    /// Writes chunk `idx`'s file as given (bytes already in this archive's form).
+    pub(super) fn write_staged(&self, idx: u64, file: &[u8]) -> Result<()> {
+        self.w.a.dest.write_chunk(&self.staged(idx), file)
+    }
+
     /// Makes chunk `idx` a hard link to a file the archive already holds with the same hash.
     pub fn link(&self, idx: u64, existing: &str) -> Result<()> {
         self.w.a.dest.link_chunk(existing, &self.staged(idx))

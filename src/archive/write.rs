@@ -400,6 +400,17 @@ impl WriteArchive {
 
     /// Adds a volume to the in-memory archive (persisted with its first commit).
     pub fn new_volume(&mut self, name: &str, desc: &str) -> Result<usize> {
+        self.new_volume_as(name, desc, None)
+    }
+
+    /// [`WriteArchive::new_volume`], with the id `prefer` if this archive has no volume (or
+    /// directory) of that id (a copy keeps its source's ids, so renames can be followed).
+    pub fn new_volume_as(
+        &mut self,
+        name: &str,
+        desc: &str,
+        prefer: Option<&VolumeId>,
+    ) -> Result<usize> {
         fmt::ids::check_volume_name(name)?;
         check_desc(desc)?;
         self.name_is_free(name)?;
@@ -411,8 +422,15 @@ impl WriteArchive {
         // A first send of this name that this host began and that was interrupted keeps its
         // id, so that the next send resumes it (see `resume`).
         let resumed = self.a.resumable_new_volume(name);
+        let free = |a: &Archive, v: &VolumeId| -> Result<bool> {
+            Ok(!a.volumes.iter().any(|x| &x.vid == v) && !a.dest.exists(v.as_str())?)
+        };
+        let preferred = match prefer {
+            Some(v) if resumed.is_none() && free(&self.a, v)? => Some(v.clone()),
+            _ => None,
+        };
         let vid = loop {
-            if let Some(v) = &resumed {
+            if let Some(v) = resumed.as_ref().or(preferred.as_ref()) {
                 break v.clone();
             }
             let v = VolumeId::random();
@@ -463,6 +481,27 @@ impl WriteArchive {
         let vi = self.find_index(old)?;
         let mut volinfo = self.a.volumes[vi].volinfo.clone();
         volinfo.name = new.to_string();
+        volinfo.desc = desc.to_string();
+        let sessions = self.a.volumes[vi].sessions.clone();
+        self.save_volume(vi, volinfo, sessions)
+    }
+
+    /// Gives volume `vi` the name and description of the volume it copies (`arch-copy`
+    /// following a rename in its source).
+    pub fn relabel_volume(&mut self, vi: usize, name: &str, desc: &str) -> Result<()> {
+        fmt::ids::check_volume_name(name)?;
+        check_desc(desc)?;
+        if self
+            .a
+            .volumes
+            .iter()
+            .enumerate()
+            .any(|(i, v)| i != vi && v.name() == name)
+        {
+            return Err(Error::Usage(format!("volume '{name}' already exists")));
+        }
+        let mut volinfo = self.a.volumes[vi].volinfo.clone();
+        volinfo.name = name.to_string();
         volinfo.desc = desc.to_string();
         let sessions = self.a.volumes[vi].sessions.clone();
         self.save_volume(vi, volinfo, sessions)

@@ -3,6 +3,7 @@
 //! waits for (prompts, output, running in the background) is here, not in the library.
 
 pub mod arch_check;
+pub mod arch_copy;
 pub mod arch_dedup;
 pub mod arch_init;
 pub mod complete;
@@ -263,6 +264,9 @@ pub enum Cmd {
     /// Check the whole archive: metadata, manifests, and every chunk file once
     #[command(after_help = arch_check::HELP)]
     ArchCheck(arch_check::ArchCheckArgs),
+    /// Copy volumes and their sessions into another archive (a new copy, or one kept in step)
+    #[command(after_help = arch_copy::HELP)]
+    ArchCopy(arch_copy::CopyArgs),
     /// Rename a volume
     #[command(after_help = volume::RENAME_HELP)]
     Rename(volume::RenameArgs),
@@ -403,6 +407,7 @@ fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
         Cmd::Delete(a) => delete::run(g, a),
         Cmd::ArchDeduplicate => arch_dedup::run(g),
         Cmd::ArchCheck(a) => arch_check::run(g, a),
+        Cmd::ArchCopy(a) => arch_copy::run(g, a),
         Cmd::Rename(a) => volume::rename(g, a),
         Cmd::Add(a) => volume::add(g, a),
         Cmd::Completions(a) => docs::completions(a),

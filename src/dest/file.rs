@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::Mutex;
@@ -15,6 +16,7 @@ pub struct FileDest {
     url: String,
     root: PathBuf,
     lock: Mutex<Option<Flock<File>>>,
+    written: AtomicU64,
 }
 
 impl FileDest {
@@ -31,6 +33,7 @@ impl FileDest {
             url: url.to_string(),
             root,
             lock: Mutex::new(None),
+            written: AtomicU64::new(0),
         })
     }
 
@@ -185,6 +188,7 @@ impl Dest for FileDest {
     fn write(&self, rel: &str, data: &[u8]) -> Result<()> {
         let mut f = self.create(rel)?;
         f.write_all(data).map_err(|e| self.err(rel, e))?;
+        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
         start_writeback(&f);
         Ok(())
     }
@@ -200,6 +204,7 @@ impl Dest for FileDest {
                 Err(e) => return Err(Error::io("local spool for an upload", e)),
             };
             f.write_all(&buf[..n]).map_err(|e| self.err(rel, e))?;
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
         }
         start_writeback(&f);
         Ok(())
@@ -299,5 +304,9 @@ impl Dest for FileDest {
 
     fn unlock(&self) {
         *self.lock.lock() = None;
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 }

@@ -160,6 +160,8 @@ struct State {
     crash_at: Option<u64>,
     crashed: bool,
     locked: bool,
+    /// File bytes written (`Dest::bytes_written`).
+    written: u64,
 }
 
 /// See the module docs. Clones share one destination (a test keeps a handle to the one an
@@ -340,7 +342,9 @@ impl Dest for MemDest {
     }
 
     fn write(&self, rel: &str, data: &[u8]) -> Result<()> {
-        self.change(Op::Write(rel.into(), Arc::new(data.to_vec())))
+        self.change(Op::Write(rel.into(), Arc::new(data.to_vec())))?;
+        self.state.lock().written += data.len() as u64;
+        Ok(())
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -423,6 +427,10 @@ impl Dest for MemDest {
 
     fn unlock(&self) {
         self.state.lock().locked = false;
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.state.lock().written
     }
 }
 

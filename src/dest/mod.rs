@@ -134,6 +134,9 @@ pub trait Dest: Send + Sync {
     /// In a child process after `fork`: let go of connections that belong to the parent
     /// (without closing them for the parent); new ones are made on first use.
     fn detach_after_fork(&self) {}
+    /// File bytes this process has sent to the destination so far (writes and uploads, not
+    /// renames or links): what a copy or a send cost in transfer.
+    fn bytes_written(&self) -> u64;
 }
 
 /// One step of [`Dest::apply_moves`], paths relative to the archive root.

@@ -14,9 +14,9 @@ use crate::error::Result;
 use crate::format::SessionName;
 use crate::ops::{self, prune::PruneOptions, send::SendOptions, SessionSel};
 
-const CS: u64 = 65536;
+pub(crate) const CS: u64 = 65536;
 
-fn auth() -> Auth {
+pub(crate) fn auth() -> Auth {
     Auth {
         passcmd: None,
         authmin: 0,
@@ -24,7 +24,7 @@ fn auth() -> Auth {
     }
 }
 
-fn open(d: &MemDest, meta: &Path) -> Result<WriteArchive> {
+pub(crate) fn open(d: &MemDest, meta: &Path) -> Result<WriteArchive> {
     let auth = auth();
     Archive::open_write(
         Location::memory(d.clone()),
@@ -38,12 +38,12 @@ fn open(d: &MemDest, meta: &Path) -> Result<WriteArchive> {
     )
 }
 
-fn name(i: u32) -> SessionName {
+pub(crate) fn name(i: u32) -> SessionName {
     SessionName::parse(&format!("S_20260101-0000{i:02}")).unwrap()
 }
 
 /// A volume image: random data in a few chunks, zeros and holes elsewhere.
-fn image(seed: u8, chunks: u64) -> Vec<u8> {
+pub(crate) fn image(seed: u8, chunks: u64) -> Vec<u8> {
     let mut v = vec![0u8; (chunks * CS) as usize + 1234];
     let mut x = (seed as u64).wrapping_mul(0x9e3779b97f4a7c15) | 1;
     for c in 0..chunks {
@@ -60,7 +60,13 @@ fn image(seed: u8, chunks: u64) -> Vec<u8> {
     v
 }
 
-fn send(wa: &mut WriteArchive, files: &Path, vol: &str, s: u32, data: &[u8]) -> Result<()> {
+pub(crate) fn send(
+    wa: &mut WriteArchive,
+    files: &Path,
+    vol: &str,
+    s: u32,
+    data: &[u8],
+) -> Result<()> {
     send_with(wa, files, vol, s, data, None).map(drop)
 }
 
@@ -93,7 +99,7 @@ fn send_with(
 }
 
 /// Every session of `vol`, received.
-fn sessions(a: &Archive, files: &Path, vol: &str) -> Vec<(SessionName, Vec<u8>)> {
+pub(crate) fn sessions(a: &Archive, files: &Path, vol: &str) -> Vec<(SessionName, Vec<u8>)> {
     let Some(v) = a.volume(vol) else {
         return Vec::new();
     };
@@ -122,7 +128,7 @@ fn sessions(a: &Archive, files: &Path, vol: &str) -> Vec<(SessionName, Vec<u8>)>
 }
 
 /// A copy of local state as the crashed run left it (each restart goes on from it).
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -136,7 +142,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// What a restarted machine may find: nothing unsynced kept, half, or all of it.
-fn restarts(d: &MemDest) -> Vec<MemDest> {
+pub(crate) fn restarts(d: &MemDest) -> Vec<MemDest> {
     let n = d.unsynced();
     let mut keeps = vec![0, n / 2, n];
     keeps.dedup();
@@ -198,7 +204,7 @@ fn template(k: u32) -> (MemDest, Vec<Vec<u8>>) {
     template_on(MemDest::new("mem:faults"), k)
 }
 
-fn template_on(d: MemDest, k: u32) -> (MemDest, Vec<Vec<u8>>) {
+pub(crate) fn template_on(d: MemDest, k: u32) -> (MemDest, Vec<Vec<u8>>) {
     let meta = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let auth = auth();
@@ -224,7 +230,11 @@ fn template_on(d: MemDest, k: u32) -> (MemDest, Vec<Vec<u8>>) {
     (d, images)
 }
 
-fn assert_sessions(got: &[(SessionName, Vec<u8>)], want: &[(u32, &Vec<u8>)], what: &str) {
+pub(crate) fn assert_sessions(
+    got: &[(SessionName, Vec<u8>)],
+    want: &[(u32, &Vec<u8>)],
+    what: &str,
+) {
     for (s, data) in got {
         if s == &name(40) {
             continue;

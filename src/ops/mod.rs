@@ -7,6 +7,7 @@ pub mod arch_init;
 pub mod autoprune;
 pub mod check;
 pub mod clean;
+pub mod copy;
 pub mod dedup;
 pub mod diff;
 #[cfg(test)]

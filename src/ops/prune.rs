@@ -224,7 +224,7 @@ fn kept_by(vol: &Volume, k: &str, now: chrono::NaiveDateTime) -> Result<Vec<usiz
     })
 }
 
-fn select_spec(vol: &Volume, spec: &str, o: &PruneOptions) -> Result<Vec<usize>> {
+pub(crate) fn select_spec(vol: &Volume, spec: &str, o: &PruneOptions) -> Result<Vec<usize>> {
     let items: Vec<&str> = spec.split(',').collect();
     let n = vol.sessions.len();
     let name = |i: usize| &vol.sessions[i].name;
@@ -444,19 +444,26 @@ pub fn run(wa: &mut WriteArchive, names: &[String], o: &PruneOptions) -> Result<
                 crate::format::SessionName::parse(s).and_then(|n| vol.session_index(&n))
             })
             .collect();
-        // Runs of consecutive sessions, newest run first so earlier indices stay valid.
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for i in chosen {
-            match runs.last_mut() {
-                Some((_, last)) if *last + 1 == i => *last = i,
-                _ => runs.push((i, i)),
-            }
-        }
-        for (first, last) in runs.into_iter().rev() {
-            wa.merge_sessions(vi, first, last)?;
-        }
+        remove_sessions(wa, vi, chosen)?;
     }
     Ok(reports)
+}
+
+/// Removes sessions `chosen` (ascending indices, never the newest) of volume `vi`: each run of
+/// consecutive ones is merged into the session after it, newest run first so earlier indices
+/// stay valid.
+pub(crate) fn remove_sessions(wa: &mut WriteArchive, vi: usize, chosen: Vec<usize>) -> Result<()> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for i in chosen {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == i => *last = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    for (first, last) in runs.into_iter().rev() {
+        wa.merge_sessions(vi, first, last)?;
+    }
+    Ok(())
 }
 
 /// The sessions autoprune marks, decided on every volume's sessions together (§7.6).

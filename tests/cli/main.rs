@@ -9,6 +9,7 @@ mod common;
 mod check;
 mod config;
 mod conformance;
+mod copy;
 mod crash;
 mod daily;
 mod dedup;

@@ -157,7 +157,7 @@ pub fn weed() -> Option<&'static Weed> {
     .as_ref()
 }
 
-fn require_weed() -> Option<&'static Weed> {
+pub(crate) fn require_weed() -> Option<&'static Weed> {
     let w = weed();
     if w.is_none() {
         assert!(
@@ -170,7 +170,7 @@ fn require_weed() -> Option<&'static Weed> {
 }
 
 /// A `Wyng` on a fresh prefix of the test bucket, through `port`.
-fn s3_wyng(t: &Path, port: u16, prefix: &str) -> Wyng {
+pub(crate) fn s3_wyng(t: &Path, port: u16, prefix: &str) -> Wyng {
     let mut w = Wyng::new(Path::new("/unused"), &t.join("meta"));
     w.dest = format!("s3://{BUCKET}/{prefix}");
     w.extra = vec![format!("--s3-endpoint=http://127.0.0.1:{port}")];
@@ -181,7 +181,7 @@ fn s3_wyng(t: &Path, port: u16, prefix: &str) -> Wyng {
     w
 }
 
-fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
         "{name}-{}-{}",
@@ -190,7 +190,7 @@ fn unique(name: &str) -> String {
     )
 }
 
-fn library_dest(port: u16, prefix: &str) -> Box<dyn wyng::dest::Dest> {
+pub(crate) fn library_dest(port: u16, prefix: &str) -> Box<dyn wyng::dest::Dest> {
     wyng::dest::open(
         &format!("s3://{BUCKET}/{prefix}"),
         &wyng::dest::DestOptions {
@@ -206,7 +206,7 @@ fn library_dest(port: u16, prefix: &str) -> Box<dyn wyng::dest::Dest> {
 }
 
 /// Copies every object of the archive prefix into `dir` (what `aws s3 cp --recursive` does).
-fn download(d: &dyn wyng::dest::Dest, rel: &str, dir: &Path) {
+pub(crate) fn download(d: &dyn wyng::dest::Dest, rel: &str, dir: &Path) {
     for name in d.list(rel).unwrap() {
         let r = if rel.is_empty() {
             name.clone()
@@ -492,14 +492,14 @@ fn credentials_and_missing_buckets() {
 }
 
 /// A TCP proxy to the engine whose link the test can cut (and restore).
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     cut: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
-    fn new(target: u16) -> Proxy {
+    pub(crate) fn new(target: u16) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
@@ -536,14 +536,14 @@ impl Proxy {
         Proxy { port, cut, conns }
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::Relaxed);
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.cut.store(false, Ordering::Relaxed);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
@@ -48,7 +48,7 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 impl Sshd {
-    fn start() -> Option<Sshd> {
+    pub(crate) fn start() -> Option<Sshd> {
         let sshd = Path::new("/usr/sbin/sshd");
         if !can_run_privileged(&["/usr/sbin/sshd"]) {
             return None;
@@ -107,7 +107,7 @@ impl Sshd {
         Some(s)
     }
 
-    fn wyng(&self, remote: &Path, pass: Option<&str>) -> Wyng {
+    pub(crate) fn wyng(&self, remote: &Path, pass: Option<&str>) -> Wyng {
         let meta = self.dir.path().join(format!(
             "meta-{}",
             remote.file_name().unwrap().to_string_lossy()
@@ -123,7 +123,7 @@ impl Sshd {
 
     /// Runs `c`, and from `after` on drops its connections again and again until it ends (so a
     /// fast machine cannot finish in between); returns how it ended.
-    fn run_cut_off(&self, mut c: Command, after: Duration) -> std::process::Output {
+    pub(crate) fn run_cut_off(&self, mut c: Command, after: Duration) -> std::process::Output {
         let mut child = c
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -40,6 +40,8 @@ pub struct RemoteDest {
     transport: Transport,
     shell: Mutex<Option<Shell>>,
     upload: Mutex<Option<Upload>>,
+    /// File bytes handed to the remote side (writes and the chunk stream).
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl RemoteDest {
@@ -59,7 +61,13 @@ impl RemoteDest {
             transport,
             shell: Mutex::new(None),
             upload: Mutex::new(None),
+            written: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn count(&self, n: u64) {
+        self.written
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A path under the archive root, quoted for the remote shell.
@@ -319,18 +327,24 @@ impl Dest for RemoteDest {
         let cmd = format!(
             "mkdir -p -- \"$(dirname -- {p})\" && base64 -d > {p} <<'__WYNG_EOF'\n{body}__WYNG_EOF"
         );
-        self.request(&cmd, false, |_| Ok(())).map(drop)
+        self.request(&cmd, false, |_| Ok(())).map(drop)?;
+        self.count(data.len() as u64);
+        Ok(())
     }
 
     /// Large files go through the tar stream, which the next other operation closes.
     fn write_from(&self, rel: &str, src: &mut dyn Read, len: u64) -> Result<()> {
         self.append_upload(|u| u.file(rel, src, len))?;
-        self.finish_upload()
+        self.finish_upload()?;
+        self.count(len);
+        Ok(())
     }
 
     /// Chunk files stream through one `tar -x` (closed by the next other operation).
     fn write_chunk(&self, rel: &str, data: &[u8]) -> Result<()> {
-        self.append_upload(|u| u.file(rel, &mut &data[..], data.len() as u64))
+        self.append_upload(|u| u.file(rel, &mut &data[..], data.len() as u64))?;
+        self.count(data.len() as u64);
+        Ok(())
     }
 
     /// A hard-link member in the same tar stream: no round trip, and ordered after the file
@@ -491,6 +505,10 @@ impl Dest for RemoteDest {
 
     fn unlock(&self) {
         let _ = self.run("exec 9<&-");
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn detach_after_fork(&self) {

@@ -1047,6 +1047,10 @@ impl Dest for S3Dest {
         }
     }
 
+    fn bytes_written(&self) -> u64 {
+        self.inner.stats.bytes_up.load(Ordering::Relaxed)
+    }
+
     fn detach_after_fork(&self) {
         // Threads do not survive a fork, and the parent's connections are not ours.
         *self.uploads.tx.lock() = None;
