@@ -22,6 +22,7 @@ fn source(d: &MemDest) -> Archive {
             meta_dir: None,
             allow_rollback: false,
             force_retry: false,
+            lock: Default::default(),
         },
     )
     .unwrap()
