@@ -204,6 +204,12 @@ pub fn run_multi(
             t.vg, t.pool
         )));
     }
+    if let (Some(LocalStorage::Zfs(z)), true) = (&opts.local, targets.len() > 1) {
+        return Err(Error::Unsupported(format!(
+            "a send to several archives from ZFS (zfs:{}): not supported yet; send to each archive in turn",
+            z.dataset
+        )));
+    }
     if reqs.iter().any(|r| r.reflink) && targets.iter().any(|t| t.archive.local_dir().is_none()) {
         tracing::warn!(
             "no local state: snapshot pairing cannot be recorded, every send is a full scan"
