@@ -73,7 +73,16 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
             (false, Some(PurgeArg::Other)) => Purge::Other,
             (false, Some(PurgeArg::Full)) => Purge::Full,
         };
-        let found = ops::clean::select(&wa, local, purge);
+        let block = local
+            .to_str()
+            .is_some_and(|s| s.starts_with("zfs:") || wyng::source::lvm::ThinPool::is_spec(s));
+        let store = block
+            .then(|| wyng::source::LocalStorage::open(local))
+            .transpose()?;
+        let found = match &store {
+            Some(st) => ops::clean::select_block(&wa, st, purge)?,
+            None => ops::clean::select(&wa, local, purge),
+        };
         if (!found.is_empty() || purge == Purge::All) && g.unattended() && !g.force {
             // As the original: removing local snapshots unattended takes --force.
             return Err(Error::Usage(format!(
@@ -89,7 +98,10 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
                 local.display()
             ))?;
         }
-        let removed = ops::clean::remove(&wa, &found, purge)?;
+        let removed = match &store {
+            Some(st) => ops::clean::remove_block(&wa, st, &found, purge)?,
+            None => ops::clean::remove(&wa, &found, purge)?,
+        };
         if g.json {
             return g.json(&removed);
         }

@@ -174,6 +174,23 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
             Ok(())
         };
     match &storage {
+        Some(
+            local @ (wyng::source::LocalStorage::Thin(_) | wyng::source::LocalStorage::Zfs(_)),
+        ) => {
+            if snapshot_use != SnapshotUse::No {
+                tracing::warn!(
+                    "--use-snapshot with an LVM thin pool or ZFS: not supported yet; receiving from the archive"
+                );
+            }
+            let archive = g.read()?;
+            let names = g.selection(&archive, &a.volumes, a.all)?;
+            each(&names, &mut |n| {
+                let vol = archive.find(n)?;
+                let size = vol.sessions[sel.select(vol)?].info.volsize;
+                let dev = local.block_volume(n, size)?.expect("a block storage");
+                ops::receive::receive(&archive, n, &sel, &opts(dev))
+            })?;
+        }
         Some(local) => {
             let store = local.reflink("receive --local")?;
             // Writing pairing state: the archive is opened as a writer (one at a time).

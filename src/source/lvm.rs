@@ -218,7 +218,31 @@ impl ThinPool {
         self.runner.run(&argv(parts))
     }
 
-    fn remove(&self, lv: &str) -> Result<()> {
+    /// wyng's snapshots in the volume group (tagged `wyng`, named `<lv>.tick` or `<lv>.tock`):
+    /// `(snapshot, archive uuid from its arch-<uuid> tag if any, volume)`.
+    pub fn wyng_snapshots(&self) -> Result<Vec<(String, Option<String>, String)>> {
+        Ok(self
+            .lvs()?
+            .into_iter()
+            .filter(|l| l.pool == self.pool && l.tags.iter().any(|t| t == "wyng"))
+            .filter_map(|l| {
+                let vol = l
+                    .name
+                    .strip_suffix(".tick")
+                    .or_else(|| l.name.strip_suffix(".tock"))?
+                    .to_string();
+                let uuid = l
+                    .tags
+                    .iter()
+                    .find_map(|t| t.strip_prefix("arch-"))
+                    .map(String::from);
+                Some((l.name, uuid, vol))
+            })
+            .collect())
+    }
+
+    /// Removes one logical volume of the group.
+    pub fn remove(&self, lv: &str) -> Result<()> {
         self.run(&["lvm", "lvremove", "-f", &format!("{}/{lv}", self.vg)])
             .map(drop)
     }
@@ -423,6 +447,52 @@ impl ThinPool {
         let result = result?;
         released?;
         Ok(result)
+    }
+}
+
+impl ThinPool {
+    /// The device of a thin volume for a receive, made (or resized) to hold `size` bytes first
+    /// (LVM rounds up to its extent size; the tail past the volume stays as it is).
+    pub fn volume_for_receive(&self, name: &str, size: u64) -> Result<PathBuf> {
+        let lvs = self.lvs()?;
+        let size_arg = format!("{size}b");
+        match lvs.iter().find(|l| l.name == name) {
+            None => {
+                self.run(&[
+                    "lvm",
+                    "lvcreate",
+                    "-kn",
+                    "-ay",
+                    "-V",
+                    &size_arg,
+                    "-T",
+                    &format!("{}/{}", self.vg, self.pool),
+                    "-n",
+                    name,
+                ])?;
+            }
+            Some(l) if l.pool != self.pool => {
+                return Err(Error::local(
+                    self.device(name),
+                    format!(
+                        "exists but is not a thin volume of {}/{}",
+                        self.vg, self.pool
+                    ),
+                ))
+            }
+            Some(l) if l.size != size => {
+                self.run(&[
+                    "lvm",
+                    "lvresize",
+                    "-f",
+                    "-L",
+                    &size_arg,
+                    &format!("{}/{name}", self.vg),
+                ])?;
+            }
+            Some(_) => {}
+        }
+        Ok(self.device(name))
     }
 }
 

@@ -201,6 +201,19 @@ impl LocalStorage {
         }
     }
 
+    /// `receive --local` into a thin pool or ZFS: the device of volume `name`, made (or resized)
+    /// to hold `size` bytes; `None` for a reflink directory (which restores files itself).
+    pub fn block_volume(&self, name: &str, size: u64) -> Result<Option<PathBuf>> {
+        match self {
+            LocalStorage::Reflink(_) => Ok(None),
+            LocalStorage::Thin(t) => {
+                self.volume_path(name)?;
+                t.volume_for_receive(name, size).map(Some)
+            }
+            LocalStorage::Zfs(z) => z.volume_for_receive(name, size).map(Some),
+        }
+    }
+
     /// The reflink directory, for commands that only work there.
     pub fn reflink(&self, what: &str) -> Result<&reflink::ReflinkStore> {
         match self {

@@ -539,8 +539,8 @@ impl ZfsStore {
     }
 
     /// Removes one of wyng's snapshots or bookmarks (`delete --clean`).
-    pub fn remove_mark(&self, m: &Mark) -> Result<()> {
-        self.destroy(&m.name)
+    pub fn remove_mark(&self, name: &str) -> Result<()> {
+        self.destroy(name)
     }
 
     /// The device of a volume for a receive, made (or resized) to `size` first.
