@@ -201,19 +201,24 @@ pub fn parse_volumes(out: &str) -> Result<Vec<Zvol>> {
         .collect()
 }
 
-/// Chunk indices a stream's changes touch, clipped at `limit` bytes.
+/// Chunk indices a stream's changes touch: writes up to `limit` bytes (the larger of the two
+/// sizes), frees up to `old_size` only: past the old end the volume had nothing, and what was
+/// freed there reads as the zeros a grown volume holds anyway (every incremental stream ends
+/// with a FREE from the last block to the end of the address space).
 pub(crate) fn changed_chunks(
     stream: impl Read,
     chunksize: u64,
     limit: u64,
+    old_size: u64,
 ) -> Result<(ChunkRanges, zstream::Summary)> {
     let mut out = ChunkRanges::default();
     let sum = zstream::changes(stream, |c| {
-        let (from, len) = match c {
-            Change::Write { offset, len } | Change::Free { offset, len } => (offset, len),
-            Change::All => (0, u64::MAX),
+        let (from, len, end) = match c {
+            Change::Write { offset, len } => (offset, len, limit),
+            Change::Free { offset, len } => (offset, len, old_size.min(limit)),
+            Change::All => (0, u64::MAX, limit),
         };
-        let to = from.saturating_add(len).min(limit);
+        let to = from.saturating_add(len).min(end);
         if to > from {
             out.add(from / chunksize, (to - 1) / chunksize + 1);
         }
@@ -467,8 +472,9 @@ impl ZfsStore {
                 });
                 self.wait_for_device(&snaps.snap2)?;
                 if let (Plan::Incremental(map), Some(b)) = (&mut plan, baseline) {
-                    let limit = size.max(v.last.map_or(0, |l| l.info.volsize));
-                    let (changed, sum) = self.delta(&b.name, &snaps.tock, chunksize, limit)?;
+                    let old = v.last.map_or(0, |l| l.info.volsize);
+                    let (changed, sum) =
+                        self.delta(&b.name, &snaps.tock, chunksize, size.max(old), old)?;
                     tracing::info!(
                         "{}: {} WRITE and {} FREE records since {}",
                         v.name,
@@ -498,12 +504,13 @@ impl ZfsStore {
         to: &str,
         chunksize: u64,
         limit: u64,
+        old_size: u64,
     ) -> Result<(ChunkRanges, zstream::Summary)> {
         let mut ranges = ChunkRanges::default();
         let sum = self
             .zfs
             .stream(&["zfs", "send", "-i", from, to], &mut |r| {
-                let (c, s) = changed_chunks(r, chunksize, limit)?;
+                let (c, s) = changed_chunks(r, chunksize, limit, old_size)?;
                 ranges = c;
                 Ok(s)
             })?;
@@ -605,7 +612,15 @@ impl Snapshots for ZvolSnaps {
         }) {
             s.destroy(&old.name)?;
         }
-        s.destroy(&self.tock)?;
+        // udev may still be probing the snapshot's new device node: busy for a moment.
+        let mut tries = 0;
+        while let Err(e) = s.destroy(&self.tock) {
+            tries += 1;
+            if tries == 20 || !e.to_string().contains("busy") {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
         Ok(tock.creation as i128 * 1_000_000_000)
     }
 
@@ -695,8 +710,11 @@ mod tests {
             .free(1, 4 << 20, u64::MAX)
             .write(2, 0, &[3; 8])
             .end();
-        let (c, sum) = changed_chunks(&s[..], 65536, 2 << 20).unwrap();
+        let (c, sum) = changed_chunks(&s[..], 65536, 2 << 20, 2 << 20).unwrap();
         assert_eq!(c.chunks().collect::<Vec<_>>(), [0, 3, 16]);
+        // Grown from 1 MiB: the free past the old end is nothing new.
+        let (c, _) = changed_chunks(&s[..], 65536, 2 << 20, 1 << 20).unwrap();
+        assert_eq!(c.chunks().collect::<Vec<_>>(), [0, 3]);
         assert_eq!((sum.writes, sum.frees), (2, 2));
     }
 

@@ -397,6 +397,38 @@ pub(crate) mod tests {
         assert!(all(&g).is_err());
     }
 
+    /// Recorded in the VM (tests/vm/zfs.sh): `zfs send -i @a tank/vms/fx@b` of a 16K-block zvol
+    /// after one block written, one discarded; `send-i.dump` is `zstream dump -v` of it.
+    #[test]
+    fn a_recorded_stream_gives_what_zstream_dump_shows() {
+        let s = include_bytes!("../../tests/fixtures/zfs/send-i.zstream");
+        let (v, sum) = all(s).unwrap();
+        assert_eq!(
+            v,
+            [
+                Change::Free {
+                    offset: 65536,
+                    len: u64::MAX
+                },
+                Change::Free {
+                    offset: 0,
+                    len: 16384
+                },
+                Change::Free {
+                    offset: 32768,
+                    len: 16384
+                },
+                Change::Write {
+                    offset: 49152,
+                    len: 16384
+                },
+            ]
+        );
+        assert_eq!((sum.writes, sum.frees, sum.records), (1, 3, 11));
+        let dump = include_str!("../../tests/fixtures/zfs/send-i.dump");
+        assert!(dump.contains("Total DRR_WRITE records = 1 "));
+    }
+
     #[test]
     fn freeing_the_data_object_changes_everything() {
         let mut s = Builder::new(false);

@@ -27,3 +27,4 @@ mod roundtrip;
 mod s3;
 mod scale;
 mod ssh;
+mod vm;

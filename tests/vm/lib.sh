@@ -1,0 +1,37 @@
+# Helpers for the VM scenarios (sourced in the guest by tests/vm/*.sh; see scripts/vm-run.sh).
+# Each check appends a TAP line to $OUT/results.tap; the host test (tests/cli/vm.rs) reads it and
+# prints $OUT/guest.log when something failed.
+set -u
+W=${WYNG_BIN:-$WYNG_ROOT/target/debug/wyng}
+META=/tmp/wyng-meta
+n=0
+: >"$OUT/results.tap"
+tap() { n=$((n + 1)); echo "$1 $n - $2" >>"$OUT/results.tap"; echo "== $1 $n - $2"; }
+# check NAME COMMAND...: the command's status is the result.
+check() { local name=$1; shift; if "$@"; then tap ok "$name"; else tap "not ok" "$name"; fi; }
+# eq GOT WANT: prints both when they differ.
+eq() { [ "$1" = "$2" ] || { echo "   got '$1', want '$2'"; return 1; }; }
+# wy ARGS...: wyng on the scenario's archive ($DEST), output kept in $LAST (stdout) and $LASTERR.
+wy() {
+  LAST=$("$W" --meta-dir="$META" --dest="$DEST" "$@" 2>/tmp/wyng.err); local rc=$?
+  LASTERR=$(cat /tmp/wyng.err); echo "\$ wyng $* -> $rc"; [ -n "$LASTERR" ] && echo "$LASTERR" | sed 's/^/   /'
+  return $rc
+}
+# The JSON report of one volume from the last `send --json`.
+field() { echo "$LAST" | jq -r "$1"; }
+sha() { sha256sum "$1" | cut -c1-64; }
+# The sha256 of the newest session of a volume, as wyng restores it.
+session_sha() { "$W" --meta-dir="$META" --dest="$DEST" receive "$1" --save-to=/tmp/restore.img -u -q >/dev/null 2>&1 && sha /tmp/restore.img && rm -f /tmp/restore.img; }
+# 100 random 4 KiB writes (offsets within the first $2 bytes, 4 KiB aligned) to $1; prints the
+# number of distinct $3-byte blocks touched.
+scribble() {
+  local dev=$1 span=$2 block=$3 i off
+  for i in $(seq 100); do
+    off=$(( (RANDOM * 32768 + RANDOM) % (span / 4096) ))
+    dd if=/dev/urandom of="$dev" bs=4096 seek="$off" count=1 conv=notrunc,fsync status=none
+    echo $((off * 4096 / block))
+  done | sort -un | wc -l
+}
+# Copies the archive back to the host (for the independent checker) at the end.
+keep_archive() { rm -rf "$OUT/$1"; cp -a "${DEST#file:}" "$OUT/$1"; }
+finish() { echo "1..$n" >>"$OUT/results.tap"; grep -c '^not ok' "$OUT/results.tap" >/dev/null && exit 1; exit 0; }
