@@ -21,12 +21,16 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 list=/etc/apt/sources.list.d/wyng-vm.sources
 if [ ! -e "$list" ]; then
-  step "adding bookworm-backports and contrib from $mirror"
+  # Only what no source has yet (apt warns about a suite configured twice).
+  bpo="main contrib"
+  grep -qsE '^Suites:.*bookworm-backports|^deb .* bookworm-backports ' /etc/apt/sources.list \
+    /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources && bpo="contrib"
+  step "adding bookworm-backports ($bpo) and bookworm contrib from $mirror"
   cat >"$list" <<SOURCES
 Types: deb
 URIs: $mirror
 Suites: bookworm-backports
-Components: main contrib
+Components: $bpo
 Signed-By: $keyring
 
 Types: deb

@@ -6,7 +6,7 @@ W=${WYNG_BIN:-$WYNG_ROOT/target/debug/wyng}
 META=/tmp/wyng-meta
 n=0
 : >"$OUT/results.tap"
-tap() { n=$((n + 1)); echo "$1 $n - $2" >>"$OUT/results.tap"; echo "== $1 $n - $2"; }
+tap() { n=$((n + 1)); echo "$1 $n - $2" >>"$OUT/results.tap"; echo "== $1 $n - $2 [${SECONDS} s]"; }
 # check NAME COMMAND...: the command's status is the result.
 check() { local name=$1; shift; if "$@"; then tap ok "$name"; else tap "not ok" "$name"; fi; }
 # eq GOT WANT: prints both when they differ.
@@ -22,11 +22,11 @@ field() { echo "$LAST" | jq -r "$1"; }
 sha() { sha256sum "$1" | cut -c1-64; }
 # The sha256 of the newest session of a volume, as wyng restores it.
 session_sha() { "$W" --meta-dir="$META" --dest="$DEST" receive "$1" --save-to=/tmp/restore.img -u -q >/dev/null 2>&1 && sha /tmp/restore.img && rm -f /tmp/restore.img; }
-# 100 random 4 KiB writes (offsets within the first $2 bytes, 4 KiB aligned) to $1; prints the
-# number of distinct $3-byte blocks touched.
+# ${4:-100} random 4 KiB writes (offsets within the first $2 bytes, 4 KiB aligned) to $1; prints
+# the number of distinct $3-byte blocks touched.
 scribble() {
   local dev=$1 span=$2 block=$3 i off
-  for i in $(seq 100); do
+  for i in $(seq "${4:-100}"); do
     off=$(( (RANDOM * 32768 + RANDOM) % (span / 4096) ))
     dd if=/dev/urandom of="$dev" bs=4096 seek="$off" count=1 conv=notrunc,fsync status=none
     echo $((off * 4096 / block))
