@@ -26,7 +26,7 @@ pub struct DeleteArgs {
     #[arg(long, value_name = "VID", conflicts_with_all = ["volume", "clean"])]
     pub vid: Option<String>,
     /// Also remove the volume's snapshots in this reflink directory; with --clean, the
-    /// directory to clean
+    /// directory, LVM thin pool VG/POOL or zfs:POOL/DATASET to clean
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
     /// Remove wyng's leftover snapshots in --local: those of volumes this archive no longer has

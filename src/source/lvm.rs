@@ -496,6 +496,64 @@ impl ThinPool {
     }
 }
 
+impl ThinPool {
+    /// `receive --use-snapshot`: makes thin volume `name` a writable snapshot of its baseline
+    /// `.tick` when that is this archive's and holds exactly the newest session `last` (paired,
+    /// no change recorded in the map under `vol_cache`); `Ok(false)`, nothing touched,
+    /// otherwise. The old volume goes only once the new one exists.
+    pub fn restore_from_baseline(
+        &self,
+        name: &str,
+        uuid: &str,
+        vol_cache: Option<&Path>,
+        last: &Session,
+    ) -> Result<bool> {
+        let lvs = self.lvs()?;
+        let tick = format!("{name}.tick");
+        let Some(t) = lvs.iter().find(|l| l.name == tick) else {
+            return Ok(false);
+        };
+        let map = vol_cache.map(|c| deltamap::path(c, last.name.as_str(), last.info.sequence));
+        let paired = t.tags.iter().any(|x| x == "wyng")
+            && t.tags.contains(&format!("arch-{uuid}"))
+            && map.is_some_and(|m| {
+                deltamap::mtime_ns(&m) == Some(t.time as i128 * 1_000_000_000)
+                    && deltamap::pairing_without_snapshot(&m) == Pairing::Paired
+            });
+        if !paired {
+            return Ok(false);
+        }
+        let new = format!("{name}.wyng-restore");
+        if lvs.iter().any(|l| l.name == new) {
+            self.remove(&new)?;
+        }
+        self.run(&[
+            "lvm",
+            "lvcreate",
+            "-kn",
+            "-ay",
+            "-prw",
+            "-s",
+            &format!("{}/{tick}", self.vg),
+            "-n",
+            &new,
+        ])?;
+        for tag in &t.tags {
+            self.run(&[
+                "lvm",
+                "lvchange",
+                &format!("--deltag={tag}"),
+                &format!("{}/{new}", self.vg),
+            ])?;
+        }
+        if lvs.iter().any(|l| l.name == name) {
+            self.remove(name)?;
+        }
+        self.run(&["lvm", "lvrename", &format!("{}/{new}", self.vg), name])?;
+        Ok(true)
+    }
+}
+
 /// The `.tick`/`.tock` pair of one thin volume.
 pub struct LvSnaps {
     pool: std::sync::Arc<ThinPool>,

@@ -214,6 +214,22 @@ impl LocalStorage {
         }
     }
 
+    /// `receive --use-snapshot` into a thin pool: volume `name` becomes a writable copy of its
+    /// paired baseline (see [`lvm::ThinPool::restore_from_baseline`]); `Ok(false)` where there
+    /// is none (and always for ZFS, whose baseline is a bookmark).
+    pub fn restore_from_baseline(
+        &self,
+        name: &str,
+        uuid: &str,
+        vol_cache: Option<&Path>,
+        last: &crate::format::Session,
+    ) -> Result<bool> {
+        match self {
+            LocalStorage::Thin(t) => t.restore_from_baseline(name, uuid, vol_cache, last),
+            _ => Ok(false),
+        }
+    }
+
     /// The reflink directory, for commands that only work there.
     pub fn reflink(&self, what: &str) -> Result<&reflink::ReflinkStore> {
         match self {

@@ -49,7 +49,7 @@ check "diff: a write is found (exit 2)" eq "$rc" 2
 wy send vm-work-private --local=$L --json
 
 # Written during a send: the session is the snapshot, whatever the writer does.
-( for i in $(seq 100); do dd if=/dev/urandom of=$WORK bs=4096 count=1 seek=$((RANDOM % 8192)) conv=notrunc status=none; done ) &
+scribble $WORK $((32 << 20)) $CS 2000 >/dev/null &
 writer=$!
 scribble $WORK $((32 << 20)) $CS 30 >/dev/null
 wy send vm-work-private --local=$L --json
@@ -75,10 +75,18 @@ want=$(session_sha vm-work-private)
 for mode in --sparse --sparse-write --use-snapshot --use-snapshot-diff; do
   scribble $WORK $((32 << 20)) $CS 30 >/dev/null
   wy receive vm-work-private --local=$L $mode -u --json
-  note=""
-  [[ $mode == --use-snapshot* ]] && note=" (from the archive: snapshots are not used on LVM yet)"
-  check "receive $mode into the existing thin volume, exact$note" eq "$(sha $WORK)" "$want"
+  check "receive $mode into the existing thin volume, exact" eq "$(sha $WORK)" "$want"
 done
+check "... --use-snapshot-diff of the newest session is the baseline's copy: nothing fetched" \
+  eq "$(echo "$LAST" | jq -r '.data_chunks')" 0
+first=$("$W" --meta-dir="$META" --dest="$DEST" list --json | jq -r '.volumes["vm-work-private"].sessions | keys | min')
+"$W" --meta-dir="$META" --dest="$DEST" receive vm-work-private --session="${first#S_}" --save-to=/tmp/first.img -u -q
+wy receive vm-work-private --local=$L --use-snapshot --session="${first#S_}" -u
+check "receive --use-snapshot of the first session (from the baseline, rewritten where it differs), exact" \
+  eq "$(sha $WORK)" "$(sha /tmp/first.img)"
+rm -f /tmp/first.img
+wy receive vm-work-private --local=$L -u -q
+wy send vm-work-private --local=$L --json
 
 # Grown and shrunk with lvresize.
 lvresize -q -f -L 48M qubes_dom0/vm-work-private
