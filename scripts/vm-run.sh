@@ -20,6 +20,8 @@ script=$(realpath "$1")
 out=$(realpath -m "$2")
 gib=${3:-4}
 venv="${WYNG_VM_VENV:-/opt/wyng-vm/venv}"
+# The host's python3 (with the packages .ci/run installs), which may not be /usr/bin's.
+py=$(dirname "$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo /usr/bin/python3)")
 export PATH="$venv/bin:$PATH"
 missing() { echo "vm-run: $1 (install with scripts/vm-install.sh)" >&2; exit 3; }
 command -v vng >/dev/null || missing "no vng in $venv/bin"
@@ -32,7 +34,7 @@ rm -f "$out/disk.img"
 truncate -s "${gib}G" "$out/disk.img"
 # The guest's init gives the command no environment of ours: pass what it needs explicitly.
 cmd="cd /; export OUT='$out' WYNG_ROOT='$here' DISK=/dev/vda LVM_SUPPRESS_FD_WARNINGS=1"
-cmd+=" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+cmd+=" PATH=$py:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 cmd+=" WYNG_BIN='${WYNG_BIN:-}' WYNG_ORIGINAL='${WYNG_ORIGINAL:-}' BENCH_GIB='${BENCH_GIB:-}';"
 cmd+=" /bin/bash '$script' >'$out/guest.log' 2>&1; echo \$? >'$out/exit'"
 rm -f "$out/exit"

@@ -22,7 +22,7 @@ echo '{"sessions": [' >"$OUT/expected.json"
 
 # The original writes an archive of vm-a-private from the live pool (its default meta dir).
 OD=/tmp/arch-orig
-O --dest=file:$OD arch-init --encrypt=off -u
+O --dest=file:$OD arch-init --encrypt=off --chunk-factor=1 -u
 O --dest=file:$OD --local=$L send vm-a-private -u; rc1=$?
 s1=$(sha $A)
 scribble $A $((4 << 20)) 65536 >/dev/null
@@ -61,7 +61,7 @@ META=/tmp/wyng-meta
 
 # wyng's archive of vm-b-private, read by the original.
 DEST=file:/tmp/arch-w
-"$W" arch-init --dest=$DEST --encrypt=off -q
+"$W" arch-init --dest=$DEST --encrypt=off --chunk-factor=1 -q
 wy send vm-b-private --local=$L --json
 scribble $B $((16 << 20)) 65536 >/dev/null
 wy send vm-b-private --local=$L --json
