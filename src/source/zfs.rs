@@ -637,10 +637,13 @@ mod tests {
 
     /// Answers commands from a script of (argv prefix, output) and records every call; the
     /// first matching answer is used up unless it is the last one for that prefix.
+    /// An argv prefix and what the command then prints (or its error).
+    type Answer = (String, std::result::Result<Vec<u8>, String>);
+
     #[derive(Clone, Default)]
     struct Fake {
         log: Arc<Mutex<Vec<String>>>,
-        answers: Arc<Mutex<Vec<(String, std::result::Result<Vec<u8>, String>)>>>,
+        answers: Arc<Mutex<Vec<Answer>>>,
     }
 
     impl Fake {

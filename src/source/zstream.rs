@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 
 /// The size of one record header.
 pub(crate) const RECORD_LEN: usize = 312;
-const MAGIC: u64 = 0x2F5b_acbac;
+const MAGIC: u64 = 0x2_f5ba_cbac;
 /// The objset type of a volume (`DMU_OST_ZVOL`).
 const OST_ZVOL: u32 = 3;
 /// The object that holds a volume's data (`ZVOL_OBJ`).
