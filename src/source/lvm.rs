@@ -33,6 +33,8 @@ impl Runner for System {
         let out = std::process::Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(std::process::Stdio::null())
+            // Inherited descriptors are ours to keep; LVM's warning about each is noise.
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
             .output()
             .map_err(|e| Error::local(Path::new(&argv[0]), format!("cannot run: {e}")))?;
         if !out.status.success() {
@@ -41,12 +43,21 @@ impl Runner for System {
                 format!(
                     "`{}` failed: {}",
                     argv.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    one_line(&String::from_utf8_lossy(&out.stderr))
                 ),
             ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// A tool's message on one line (errors are one line each): its lines joined by "; ".
+pub(crate) fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn argv(parts: &[&str]) -> Vec<String> {

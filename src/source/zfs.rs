@@ -52,7 +52,7 @@ fn failed(argv: &[&str], stderr: &[u8]) -> Error {
         format!(
             "`{}` failed: {}",
             argv.join(" "),
-            String::from_utf8_lossy(stderr).trim()
+            super::lvm::one_line(&String::from_utf8_lossy(stderr))
         ),
     )
 }
@@ -334,8 +334,20 @@ impl ZfsStore {
         ])?)
     }
 
+    /// Destroys a snapshot or bookmark. udev may still be probing a new snapshot's device node,
+    /// which makes it busy for a moment: retried for up to 5 s.
     fn destroy(&self, name: &str) -> Result<()> {
-        self.run(&["zfs", "destroy", name]).map(drop)
+        let mut tries = 0;
+        loop {
+            match self.run(&["zfs", "destroy", name]) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 20 && e.to_string().contains("busy") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Waits (bounded) for a device node udev makes asynchronously.
@@ -612,15 +624,7 @@ impl Snapshots for ZvolSnaps {
         }) {
             s.destroy(&old.name)?;
         }
-        // udev may still be probing the snapshot's new device node: busy for a moment.
-        let mut tries = 0;
-        while let Err(e) = s.destroy(&self.tock) {
-            tries += 1;
-            if tries == 20 || !e.to_string().contains("busy") {
-                return Err(e);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(250));
-        }
+        s.destroy(&self.tock)?;
         Ok(tock.creation as i128 * 1_000_000_000)
     }
 

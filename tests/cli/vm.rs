@@ -110,3 +110,20 @@ fn zfs_live() {
     );
     check_strict(&out.join("arch-zfs"));
 }
+
+/// On this machine's kernel (no ZFS module), or without ZFS at all, `--local=zfs:` is recognised
+/// and refused with one clear line; a malformed dataset is a usage error.
+#[test]
+fn zfs_without_a_pool_is_one_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let w = Wyng::new(&t.path().join("archive"), &t.path().join("meta"));
+    w.ok(&["arch-init", "--encrypt=off"]);
+    let o = w.run(&["send", "web", "--local=zfs:nosuchpool/vms"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("zfs:nosuchpool/vms"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let o = w.run(&["send", "web", "--local=zfs:tank/../vms"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("name a pool or dataset"), "{err}");
+}

@@ -5,14 +5,14 @@ modprobe -a virtio_blk zfs || exit 1
 # The host's / is read-only here: no cache file, no mountpoints.
 zpool create -f -o cachefile=none -m none -O compression=off tank "$DISK" &&
   zfs create -o mountpoint=none tank/vms && zfs create tank/restore &&
-  zfs create -V 32M -o volblocksize=16K tank/vms/vm16 &&
-  zfs create -V 32M -o volblocksize=64K tank/vms/vm64 || exit 1
+  zfs create -V 16M -o volblocksize=16K tank/vms/vm16 &&
+  zfs create -V 16M -o volblocksize=64K tank/vms/vm64 || exit 1
 udevadm settle
 V16=/dev/zvol/tank/vms/vm16
 V64=/dev/zvol/tank/vms/vm64
 # Written in full: ZFS also sends FREE records for holes that never held data (they read as
 # zeros and are found unchanged, but they would blur the counts below).
-for d in $V16 $V64; do dd if=/dev/urandom of=$d bs=1M count=32 status=none; done
+for d in $V16 $V64; do dd if=/dev/urandom of=$d bs=1M count=16 status=none; done
 L=zfs:tank/vms
 DEST=file:/tmp/arch-z
 "$W" arch-init --dest=$DEST --encrypt=off --chunk-factor=1 -q
@@ -22,7 +22,7 @@ wyng_bookmarks() { zfs list -H -t bookmark -o name -r "$1" | grep -c '#wyng_'; }
 
 wy send vm16 vm64 --local=$L --json
 check "first send of two zvols reads every chunk" \
-  eq "$(field '[.[] | select(.first)] | length'):$(field '[.[].chunks_read] | join(",")')" "2:512,512"
+  eq "$(field '[.[] | select(.first)] | length'):$(field '[.[].chunks_read] | join(",")')" "2:256,256"
 check "the baselines are bookmarks only (no snapshot pins space)" \
   eq "$(wyng_snaps):$(wyng_bookmarks tank/vms)" "0:2"
 check "the sessions are exactly the zvols" \
@@ -32,7 +32,7 @@ check "the sessions are exactly the zvols" \
 # record per changed volblocksize block, and the incremental reads exactly their chunks.
 for v in vm16 vm64; do
   bs=$((${v#vm} * 1024))
-  blocks=$(scribble /dev/zvol/tank/vms/$v $((32 << 20)) $bs)
+  blocks=$(scribble /dev/zvol/tank/vms/$v $((16 << 20)) $bs)
   zfs snapshot tank/vms/$v@probe
   bm=$(zfs list -H -t bookmark -o name tank/vms/$v | grep '#wyng_')
   zfs send -i "$bm" tank/vms/$v@probe | zstream dump -v | sed -nE 's/^WRITE object = 1 .*offset = ([0-9]+) .*/\1/p' >/tmp/writes
@@ -45,24 +45,24 @@ for v in vm16 vm64; do
 done
 
 # A discard: FREE records, zeros in the session.
-blkdiscard -o $((8 << 20)) -l $((4 << 20)) $V64
+blkdiscard -o $((4 << 20)) -l $((4 << 20)) $V64
 wy send vm64 --local=$L --json
 check "discard: FREE records read as the 64 changed chunks" eq "$(field '.[0].chunks_read')" 64
 "$W" --meta-dir="$META" --dest="$DEST" receive vm64 --save-to=/tmp/r64.img -u -q
 check "discard: zeros in the session, and exact" \
-  eq "$(cmp -n $((4 << 20)) -i $((8 << 20)):0 /tmp/r64.img /dev/zero && echo zeros):$(sha /tmp/r64.img)" "zeros:$(sha $V64)"
+  eq "$(cmp -n $((4 << 20)) -i $((4 << 20)):0 /tmp/r64.img /dev/zero && echo zeros):$(sha /tmp/r64.img)" "zeros:$(sha $V64)"
 rm -f /tmp/r64.img
 
 # A grown volume.
-zfs set volsize=48M tank/vms/vm16
+zfs set volsize=24M tank/vms/vm16
 udevadm settle
-dd if=/dev/urandom of=$V16 bs=1M count=4 seek=40 conv=notrunc status=none
+dd if=/dev/urandom of=$V16 bs=1M count=2 seek=20 conv=notrunc status=none
 wy send vm16 --local=$L --json
-check "grown zvol: new size; the send reads the whole grown area (256 chunks), exact" \
-  eq "$(field '.[0].volsize'):$(field '.[0].chunks_read'):$(session_sha vm16)" "$((48 << 20)):256:$(sha $V16)"
+check "grown zvol: new size; the send reads the whole grown area (128 chunks), exact" \
+  eq "$(field '.[0].volsize'):$(field '.[0].chunks_read'):$(session_sha vm16)" "$((24 << 20)):128:$(sha $V16)"
 
 # monitor, then a send that reads what it recorded.
-changed=$(scribble $V64 $((32 << 20)) $CS 30)
+changed=$(scribble $V64 $((16 << 20)) $CS 30)
 wy monitor vm64 --local=$L --json
 check "monitor rotates and records $changed changed chunks" \
   eq "$(echo "$LAST" | jq -r '.[0].state + ":" + (.[0].changed_chunks|tostring)'):$(wyng_snaps)" "rotated:$changed:0"
@@ -74,16 +74,16 @@ check "diff: identical after the send" wy diff vm64 --local=$L
 wy receive vm16 --local=zfs:tank/restore -u
 udevadm settle
 check "receive --local into a new zvol, exact" \
-  eq "$(zfs get -H -p -o value volsize tank/restore/vm16):$(sha /dev/zvol/tank/restore/vm16)" "$((48 << 20)):$(session_sha vm16)"
+  eq "$(zfs get -H -p -o value volsize tank/restore/vm16):$(sha /dev/zvol/tank/restore/vm16)" "$((24 << 20)):$(session_sha vm16)"
 want=$(session_sha vm64)
-scribble $V64 $((32 << 20)) $CS 30 >/dev/null
+scribble $V64 $((16 << 20)) $CS 30 >/dev/null
 wy receive vm64 --local=$L --sparse -u
 check "receive --sparse into the existing zvol, exact" eq "$(sha $V64)" "$want"
 
 # The baseline destroyed: a full scan, reported.
 zfs destroy "$(zfs list -H -t bookmark -o name tank/vms/vm64 | grep '#wyng_')"
 wy send vm64 --local=$L --json --send-unchanged
-check "baseline destroyed: full scan" eq "$(field '.[0].chunks_read')" 512
+check "baseline destroyed: full scan" eq "$(field '.[0].chunks_read')" 256
 check "... reported" bash -c "[[ '$LASTERR' == *'queuing full scan'* ]]"
 check "... and a new bookmark is the baseline" eq "$(wyng_bookmarks tank/vms/vm64):$(wyng_snaps)" "1:0"
 
