@@ -48,6 +48,9 @@ fn run_scenario(scenario: &str) -> Option<(tempfile::TempDir, PathBuf)> {
         eprintln!("skipped: vm::{scenario}: {why} (scripts/vm-install.sh installs it all)");
         return None;
     }
+    // One VM at a time: two TCG guests on two cores take longer than one after the other.
+    static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _vm = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
