@@ -149,3 +149,6 @@ if [ "$(id -u)" = 0 ] && command -v mkfs.btrfs >/dev/null; then
   echo
   scripts/bench-cow.sh "$size_mib" "$((size_mib * 4))"
 fi
+# LVM thin and ZFS rows from a VM (scripts/vm-install.sh; says "skipped" without it).
+echo
+scripts/bench-vm.sh 4

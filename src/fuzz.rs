@@ -178,6 +178,15 @@ fn thin_delta(data: &[u8]) {
     }
 }
 
+fn zstream(data: &[u8]) {
+    let limit = 1u64 << 30;
+    if let Ok((r, sum)) = crate::source::zfs::changed_chunks(data, 65536, limit, limit / 2) {
+        assert!(r.chunks().all(|c| c < limit / 65536));
+        // At least BEGIN and END, each a whole header of the input.
+        assert!(sum.records >= 2 && sum.records as usize * 312 <= data.len());
+    }
+}
+
 fn config(data: &[u8]) {
     let _ = crate::format::ini::parse_configparser(&text(data));
 }
@@ -261,6 +270,11 @@ pub const TARGETS: &[Target] = &[
         seed_files: &["thin_delta"],
     },
     Target {
+        name: "zstream",
+        run: zstream,
+        seed_files: &["zstream"],
+    },
+    Target {
         name: "config",
         run: config,
         seed_files: &["wyng.ini"],
@@ -329,6 +343,7 @@ fn builtin_seeds(name: &str) -> Vec<&'static [u8]> {
         "thin_delta" => vec![
             b"<superblock uuid=\"\" time=\"0\" transaction=\"1\" data_block_size=\"128\" nr_data_blocks=\"0\"><diff left=\"1\" right=\"2\"><different begin=\"0\" length=\"1\"/><right_only begin=\"100\" length=\"3\"/><left_only begin=\"2000\" length=\"1\"/></diff></superblock>",
         ],
+        "zstream" => vec![include_bytes!("../tests/fixtures/zfs/send-i.zstream")],
         "config" => vec![
             b"[var-global-default]\ndest = file:/mnt/backup\nlocal = /var/lib/images\nvolume =\n  a.img\n  b.img\n",
         ],

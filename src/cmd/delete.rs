@@ -26,7 +26,7 @@ pub struct DeleteArgs {
     #[arg(long, value_name = "VID", conflicts_with_all = ["volume", "clean"])]
     pub vid: Option<String>,
     /// Also remove the volume's snapshots in this reflink directory; with --clean, the
-    /// directory to clean
+    /// directory, LVM thin pool VG/POOL or zfs:POOL/DATASET to clean
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
     /// Remove wyng's leftover snapshots in --local: those of volumes this archive no longer has
@@ -73,7 +73,16 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
             (false, Some(PurgeArg::Other)) => Purge::Other,
             (false, Some(PurgeArg::Full)) => Purge::Full,
         };
-        let found = ops::clean::select(&wa, local, purge);
+        let block = local
+            .to_str()
+            .is_some_and(|s| s.starts_with("zfs:") || wyng::source::lvm::ThinPool::is_spec(s));
+        let store = block
+            .then(|| wyng::source::LocalStorage::open(local))
+            .transpose()?;
+        let found = match &store {
+            Some(st) => ops::clean::select_block(&wa, st, purge)?,
+            None => ops::clean::select(&wa, local, purge),
+        };
         if (!found.is_empty() || purge == Purge::All) && g.unattended() && !g.force {
             // As the original: removing local snapshots unattended takes --force.
             return Err(Error::Usage(format!(
@@ -92,7 +101,10 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
             g.say("Cancelled; nothing was removed.");
             return Ok(());
         }
-        let removed = ops::clean::remove(&wa, &found, purge)?;
+        let removed = match &store {
+            Some(st) => ops::clean::remove_block(&wa, st, &found, purge)?,
+            None => ops::clean::remove(&wa, &found, purge)?,
+        };
         if g.json {
             return g.json(&removed);
         }

@@ -18,7 +18,7 @@ pub struct DiffArgs {
     /// Every volume of the archive (except --volex ones); needs --local
     #[arg(short, long, conflicts_with = "file")]
     pub all: bool,
-    /// The directory holding the volume file
+    /// The directory holding the volume file, an LVM thin pool VG/POOL, or zfs:POOL/DATASET
     #[arg(long, value_name = "DIR", conflicts_with = "file")]
     pub local: Option<PathBuf>,
     /// The volume's file or block device

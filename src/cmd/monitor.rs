@@ -18,7 +18,8 @@ pub struct MonitorArgs {
     /// Every volume the archive holds
     #[arg(short, long)]
     pub all: bool,
-    /// Reflink directory (Btrfs, or XFS with reflink) holding the volumes
+    /// Reflink directory (Btrfs, or XFS with reflink) holding the volumes, an LVM thin pool
+    /// VG/POOL, or zfs:POOL/DATASET
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
     /// Volumes and their local storages from a JSON file, e.g. {"/var/lib/images":

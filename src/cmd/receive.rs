@@ -9,7 +9,7 @@ use wyng::{Error, Result};
 
 use super::{date, human, Global, SessionArgs};
 
-pub const HELP: &str = "Examples:\n  wyng receive vm1.img --save-to=/tmp/vm1.img --dest=file:/mnt/usb/laptop.backup\n  wyng receive vm1.img --session=20261123-101500 --save-to=/dev/vg/vm1 -u --dest=...\n  wyng receive vm1.img --session=^weekly --save-to=/tmp/vm1-weekly.img --dest=...\n  wyng receive vms/web.img --local=/var/lib/images --use-snapshot --dest=...\n\nEvery chunk is checked against its hash before it is written; all-zero chunks become holes\nin a file target. A file target is built under a temporary name and renamed into place when\ncomplete. An existing target is overwritten only after confirmation or with -u.";
+pub const HELP: &str = "Examples:\n  wyng receive vm1.img --save-to=/tmp/vm1.img --dest=file:/mnt/usb/laptop.backup\n  wyng receive vm1.img --session=20261123-101500 --save-to=/dev/vg/vm1 -u --dest=...\n  wyng receive vm1.img --session=^weekly --save-to=/tmp/vm1-weekly.img --dest=...\n  wyng receive vms/web.img --local=/var/lib/images --use-snapshot --dest=...\n  wyng receive vm-work-private --local=qubes_dom0/vm-pool --use-snapshot --dest=...\n  wyng receive web --local=zfs:tank/vms --sparse --dest=...\n\nEvery chunk is checked against its hash before it is written; all-zero chunks become holes\nin a file target. A file target is built under a temporary name and renamed into place when\ncomplete. An existing target is overwritten only after confirmation or with -u.";
 
 #[derive(Args, Debug)]
 pub struct ReceiveArgs {
@@ -24,10 +24,12 @@ pub struct ReceiveArgs {
     /// refused (use - and a pipe); a file is built beside its place and renamed into it.
     #[arg(long, value_name = "PATH")]
     pub save_to: Option<PathBuf>,
-    /// Restore into DIR/<volume> (a reflink directory pairs it again)
+    /// Restore into DIR/<volume>, a thin pool VG/POOL or zfs:POOL/DATASET
     ///
     /// On Btrfs/XFS the volume is paired again for incremental sends when it is the newest
-    /// session; any other directory just gets the file.
+    /// session; any other directory just gets the file. VG/POOL (LVM thin) or
+    /// zfs:POOL/DATASET: into the thin volume or zvol of that name, made or resized to the
+    /// session's size.
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
     /// Update the existing target: fetch only chunks that differ (by hash)
@@ -224,6 +226,16 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
             Ok(())
         };
     match &storage {
+        Some(
+            local @ (wyng::source::LocalStorage::Thin(_) | wyng::source::LocalStorage::Zfs(_)),
+        ) => {
+            let archive = g.read()?;
+            let names = g.selection(&archive, &a.volumes, a.all)?;
+            each(&names, &mut |n| {
+                let o = opts(PathBuf::new());
+                receive_block(&archive, local, n, &sel, snapshot_use, o)
+            })?;
+        }
         Some(local) => {
             let store = local.reflink("receive --local")?;
             // Writing pairing state: the archive is opened as a writer (one at a time).
@@ -261,4 +273,64 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
         }
     }
     super::volumes_failed("receive", &failed)
+}
+
+/// `receive --local` into an LVM thin pool or ZFS: the volume is made (or resized) and written
+/// as a block device; with `--use-snapshot(-diff)` on LVM it first becomes a copy of its paired
+/// baseline (the newest session: done), then is rewritten where the session differs.
+fn receive_block(
+    archive: &wyng::archive::Archive,
+    local: &wyng::source::LocalStorage,
+    n: &str,
+    sel: &wyng::ops::SessionSel,
+    snapshot_use: SnapshotUse,
+    mut o: ops::receive::ReceiveOptions,
+) -> Result<ops::receive::ReadReport> {
+    let vol = archive.find(n)?;
+    let si = sel.select(vol)?;
+    let session = &vol.sessions[si];
+    let newest = si + 1 == vol.sessions.len();
+    let required = o.require_snapshot && !wyng::format::ids::is_metadata_volume(n);
+    let unserved = || {
+        Error::Selection(format!(
+            "{n}: --req-snapshot: session {} cannot be served from a paired local snapshot; nothing was received",
+            session.name
+        ))
+    };
+    if required && !newest {
+        return Err(unserved());
+    }
+    let cloned = match (snapshot_use, vol.last()) {
+        (SnapshotUse::No, _) | (_, None) => false,
+        (_, Some(last)) => {
+            (o.confirm)(&local.volume_path(n)?)?;
+            let cache = archive.local_dir().map(|d| d.join(vol.vid.as_str()));
+            local.restore_from_baseline(n, archive.uuid(), cache.as_deref(), last)?
+        }
+    };
+    if snapshot_use != SnapshotUse::No && !cloned {
+        tracing::warn!("{n}: no paired snapshot; receiving from the archive");
+    }
+    if required && !cloned {
+        return Err(unserved());
+    }
+    o.save_to = local
+        .block_volume(n, session.info.volsize)?
+        .expect("a block storage");
+    if cloned && newest {
+        let cs = archive.chunksize();
+        return Ok(ops::receive::ReadReport {
+            volume: n.to_string(),
+            session: session.name.to_string(),
+            volsize: session.info.volsize,
+            chunks: session.info.volsize.div_ceil(cs),
+            data_chunks: 0,
+            chunks_written: Some(0),
+            chunks_skipped: 0,
+        });
+    }
+    if cloned {
+        o.mode = Mode::Sparse;
+    }
+    ops::receive::receive(archive, n, sel, &o)
 }

@@ -12,7 +12,7 @@ use wyng::{Error, Result};
 use super::prune::{AutopruneArgs, RetentionArgs};
 use super::{count, date, human, named_or_all, Global};
 
-pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/srv/vm1.img' --dest=file:/mnt/usb/bk\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup --dest=ssh://backup@offsite/srv/laptop.backup\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.\n\nWith several --dest, each volume is snapshotted and read once for all the archives; one that\nfails does not stop the others (exit 2; `wyng list --outstanding` shows what it misses, and the\nnext send catches it up). An interrupted send resumes: the next send of the volume takes the\nchunks the destination already holds instead of sending them again.";
+pub const HELP: &str = "Examples:\n  wyng send vm1.img --import-other-from='vm1.img:|:/srv/vm1.img' --dest=file:/mnt/usb/bk\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send vm1.img --import-other-from='vm1.img:|:/var/lib/images/vm1.img' --dest=file:/mnt/usb/laptop.backup\n  wyng send --import-other-from='disk:|:/dev/sdb' --tag=weekly,'Weekly full' --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup\n  wyng send -a --local=/var/lib/images --dest=file:/mnt/usb/laptop.backup --dest=ssh://backup@offsite/srv/laptop.backup\n  wyng send vm-work-private vm-mail-private --local=qubes_dom0/vm-pool --dest=...\n  wyng send -a --local=zfs:tank/vms --dest=...\n\nThe first send of a volume stores it whole; later sends read the source and store only the\nchunks whose content differs from the archive's newest session (from --local: only the chunks\nthe copy-on-write snapshots show changed). A send that finds no change records nothing unless\n--send-unchanged.\n\nWith several --dest, each volume is snapshotted and read once for all the archives; one that\nfails does not stop the others (exit 2; `wyng list --outstanding` shows what it misses, and the\nnext send catches it up). An interrupted send resumes: the next send of the volume takes the\nchunks the destination already holds instead of sending them again.";
 
 /// `--tag=ID[,DESC]`, or `--tag=@` / `--tag=` to be asked for tags on the terminal.
 #[derive(Clone, Debug)]
@@ -92,10 +92,11 @@ pub struct SendArgs {
     /// Store chunks the archive already holds (in any volume) as hard links
     #[arg(short = 'd', long)]
     pub dedup: bool,
-    /// Volumes kept as files in DIR (Btrfs/XFS reflink), or an LVM thin pool VG/POOL
+    /// Volumes kept as files in DIR (Btrfs/XFS reflink), an LVM thin pool VG/POOL, or
+    /// zfs:POOL/DATASET (its zvols)
     ///
     /// Sends read only what changed since the last send, from copy-on-write snapshots (Btrfs,
-    /// or XFS with reflink; LVM thin pools by thin_delta).
+    /// or XFS with reflink; LVM thin pools by thin_delta; ZFS by `zfs send -i` records).
     #[arg(long, value_name = "DIR")]
     pub local: Option<PathBuf>,
     /// With --local: every volume the archive holds

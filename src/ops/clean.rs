@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::Archive;
 use crate::error::{Error, Result};
-use crate::source::deltamap;
 use crate::source::reflink::{self, FoundSnapshot};
+use crate::source::{deltamap, LocalStorage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purge {
@@ -86,6 +86,80 @@ pub fn remove_volume(archive: &Archive, local: &Path, vid: &str) -> Result<Vec<P
         .collect();
     let removed = remove(archive, &snaps, Purge::Full)?;
     forget_maps(archive, vid);
+    Ok(removed)
+}
+
+/// wyng's snapshots (and ZFS bookmarks) in an LVM thin pool or under a ZFS dataset, as
+/// [`select`] picks them: `path` is the snapshot's name there, `vid` the archive's id of the
+/// volume it belongs to (empty if the archive has no volume of that name).
+pub fn select_block(
+    archive: &Archive,
+    store: &LocalStorage,
+    purge: Purge,
+) -> Result<Vec<FoundSnapshot>> {
+    let found: Vec<(String, String, String)> = match store {
+        LocalStorage::Reflink(_) => Vec::new(),
+        LocalStorage::Thin(t) => t
+            .wyng_snapshots()?
+            .into_iter()
+            .map(|(n, u, v)| (n, u.unwrap_or_default(), v))
+            .collect(),
+        LocalStorage::Zfs(z) => z
+            .wyng_marks(None)?
+            .into_iter()
+            .filter_map(|m| {
+                let (zvol, tail) = m.name.split_once('@').or_else(|| m.name.split_once('#'))?;
+                let uuid = tail.strip_prefix("wyng_")?.rsplit_once('_')?.0.to_string();
+                let vol = zvol.strip_prefix(&format!("{}/", z.dataset))?.to_string();
+                Some((m.name.clone(), uuid, vol))
+            })
+            .collect(),
+    };
+    let ours = archive.uuid();
+    Ok(found
+        .into_iter()
+        .map(|(name, uuid, vol)| FoundSnapshot {
+            path: PathBuf::from(name),
+            vid: archive
+                .volume(&vol)
+                .map(|v| v.vid.to_string())
+                .unwrap_or_default(),
+            uuid,
+        })
+        .filter(|s| match purge {
+            Purge::All => true,
+            Purge::Full => s.uuid == ours,
+            Purge::Other => s.uuid != ours || s.vid.is_empty(),
+            Purge::Orphans => s.uuid == ours && s.vid.is_empty(),
+        })
+        .collect())
+}
+
+/// Removes what [`select_block`] picked (and this archive's delta maps of those volumes).
+pub fn remove_block(
+    archive: &Archive,
+    store: &LocalStorage,
+    snaps: &[FoundSnapshot],
+    purge: Purge,
+) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for s in snaps {
+        let name = s.path.to_string_lossy();
+        match store {
+            LocalStorage::Reflink(_) => continue,
+            LocalStorage::Thin(t) => t.remove(&name)?,
+            LocalStorage::Zfs(z) => z.remove_mark(&name)?,
+        }
+        if s.uuid == archive.uuid() && !s.vid.is_empty() {
+            forget_maps(archive, &s.vid);
+        }
+        removed.push(s.path.clone());
+    }
+    if purge == Purge::All {
+        for v in archive.volumes() {
+            forget_maps(archive, v.vid.as_str());
+        }
+    }
     Ok(removed)
 }
 

@@ -204,6 +204,12 @@ pub fn run_multi(
             t.vg, t.pool
         )));
     }
+    if let (Some(LocalStorage::Zfs(z)), true) = (&opts.local, targets.len() > 1) {
+        return Err(Error::Unsupported(format!(
+            "a send to several archives from ZFS (zfs:{}): not supported yet; send to each archive in turn",
+            z.dataset
+        )));
+    }
     if reqs.iter().any(|r| r.reflink) && targets.iter().any(|t| t.archive.local_dir().is_none()) {
         tracing::warn!(
             "no local state: snapshot pairing cannot be recorded, every send is a full scan"
@@ -378,7 +384,6 @@ pub fn run_multi(
                 _ => Scan::Full,
             });
         }
-        let read_src = snap.as_ref().unwrap_or(src);
         // One pass per chunk size.
         let mut sizes: Vec<u64> = (0..k)
             .filter(|&t| scans[t].is_some())
@@ -386,7 +391,8 @@ pub fn run_multi(
             .collect();
         sizes.sort_unstable();
         sizes.dedup();
-        for cs in sizes {
+        let passes = sizes.len();
+        for (pass, cs) in sizes.into_iter().enumerate() {
             let mut lanes: Vec<VolTarget> = Vec::new();
             let mut last_before = Vec::new();
             for (t, tg) in targets.iter_mut().enumerate() {
@@ -411,7 +417,11 @@ pub fn run_multi(
                 continue;
             }
             let ts: Vec<usize> = lanes.iter().map(|l| l.t).collect();
-            let outcome = send_volume(lanes, read_src, &name, opts);
+            let outcome = send_volume(lanes, snap.as_ref().unwrap_or(src), &name, opts);
+            if pass + 1 == passes {
+                // Closed before the snapshot is promoted: ZFS cannot destroy an open one.
+                snap = None;
+            }
             let outcome = match outcome {
                 Ok(v) => v,
                 // The source failed: every lane fails with it.

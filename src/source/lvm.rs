@@ -33,6 +33,8 @@ impl Runner for System {
         let out = std::process::Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(std::process::Stdio::null())
+            // Inherited descriptors are ours to keep; LVM's warning about each is noise.
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
             .output()
             .map_err(|e| Error::local(Path::new(&argv[0]), format!("cannot run: {e}")))?;
         if !out.status.success() {
@@ -41,12 +43,21 @@ impl Runner for System {
                 format!(
                     "`{}` failed: {}",
                     argv.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    one_line(&String::from_utf8_lossy(&out.stderr))
                 ),
             ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// A tool's message on one line (errors are one line each): its lines joined by "; ".
+pub(crate) fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn argv(parts: &[&str]) -> Vec<String> {
@@ -218,7 +229,31 @@ impl ThinPool {
         self.runner.run(&argv(parts))
     }
 
-    fn remove(&self, lv: &str) -> Result<()> {
+    /// wyng's snapshots in the volume group (tagged `wyng`, named `<lv>.tick` or `<lv>.tock`):
+    /// `(snapshot, archive uuid from its arch-<uuid> tag if any, volume)`.
+    pub fn wyng_snapshots(&self) -> Result<Vec<(String, Option<String>, String)>> {
+        Ok(self
+            .lvs()?
+            .into_iter()
+            .filter(|l| l.pool == self.pool && l.tags.iter().any(|t| t == "wyng"))
+            .filter_map(|l| {
+                let vol = l
+                    .name
+                    .strip_suffix(".tick")
+                    .or_else(|| l.name.strip_suffix(".tock"))?
+                    .to_string();
+                let uuid = l
+                    .tags
+                    .iter()
+                    .find_map(|t| t.strip_prefix("arch-"))
+                    .map(String::from);
+                Some((l.name, uuid, vol))
+            })
+            .collect())
+    }
+
+    /// Removes one logical volume of the group.
+    pub fn remove(&self, lv: &str) -> Result<()> {
         self.run(&["lvm", "lvremove", "-f", &format!("{}/{lv}", self.vg)])
             .map(drop)
     }
@@ -423,6 +458,110 @@ impl ThinPool {
         let result = result?;
         released?;
         Ok(result)
+    }
+}
+
+impl ThinPool {
+    /// The device of a thin volume for a receive, made (or resized) to hold `size` bytes first
+    /// (LVM rounds up to its extent size; the tail past the volume stays as it is).
+    pub fn volume_for_receive(&self, name: &str, size: u64) -> Result<PathBuf> {
+        let lvs = self.lvs()?;
+        let size_arg = format!("{size}b");
+        match lvs.iter().find(|l| l.name == name) {
+            None => {
+                self.run(&[
+                    "lvm",
+                    "lvcreate",
+                    "-kn",
+                    "-ay",
+                    "-V",
+                    &size_arg,
+                    "-T",
+                    &format!("{}/{}", self.vg, self.pool),
+                    "-n",
+                    name,
+                ])?;
+            }
+            Some(l) if l.pool != self.pool => {
+                return Err(Error::local(
+                    self.device(name),
+                    format!(
+                        "exists but is not a thin volume of {}/{}",
+                        self.vg, self.pool
+                    ),
+                ))
+            }
+            Some(l) if l.size != size => {
+                self.run(&[
+                    "lvm",
+                    "lvresize",
+                    "-f",
+                    "-L",
+                    &size_arg,
+                    &format!("{}/{name}", self.vg),
+                ])?;
+            }
+            Some(_) => {}
+        }
+        Ok(self.device(name))
+    }
+}
+
+impl ThinPool {
+    /// `receive --use-snapshot`: makes thin volume `name` a writable snapshot of its baseline
+    /// `.tick` when that is this archive's and holds exactly the newest session `last` (paired,
+    /// no change recorded in the map under `vol_cache`); `Ok(false)`, nothing touched,
+    /// otherwise. The old volume goes only once the new one exists.
+    pub fn restore_from_baseline(
+        &self,
+        name: &str,
+        uuid: &str,
+        vol_cache: Option<&Path>,
+        last: &Session,
+    ) -> Result<bool> {
+        let lvs = self.lvs()?;
+        let tick = format!("{name}.tick");
+        let Some(t) = lvs.iter().find(|l| l.name == tick) else {
+            return Ok(false);
+        };
+        let map = vol_cache.map(|c| deltamap::path(c, last.name.as_str(), last.info.sequence));
+        let paired = t.tags.iter().any(|x| x == "wyng")
+            && t.tags.contains(&format!("arch-{uuid}"))
+            && map.is_some_and(|m| {
+                deltamap::mtime_ns(&m) == Some(t.time as i128 * 1_000_000_000)
+                    && deltamap::pairing_without_snapshot(&m) == Pairing::Paired
+            });
+        if !paired {
+            return Ok(false);
+        }
+        let new = format!("{name}.wyng-restore");
+        if lvs.iter().any(|l| l.name == new) {
+            self.remove(&new)?;
+        }
+        self.run(&[
+            "lvm",
+            "lvcreate",
+            "-kn",
+            "-ay",
+            "-prw",
+            "-s",
+            &format!("{}/{tick}", self.vg),
+            "-n",
+            &new,
+        ])?;
+        for tag in &t.tags {
+            self.run(&[
+                "lvm",
+                "lvchange",
+                &format!("--deltag={tag}"),
+                &format!("{}/{new}", self.vg),
+            ])?;
+        }
+        if lvs.iter().any(|l| l.name == name) {
+            self.remove(name)?;
+        }
+        self.run(&["lvm", "lvrename", &format!("{}/{new}", self.vg), name])?;
+        Ok(true)
     }
 }
 

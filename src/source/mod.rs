@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub mod deltamap;
 pub mod lvm;
 pub mod reflink;
+pub mod zfs;
+pub(crate) mod zstream;
 
 pub struct Source {
     pub path: PathBuf,
@@ -138,16 +140,25 @@ pub fn options() -> &'static LocalOptions {
     LOCAL_OPTIONS.get_or_init(LocalOptions::default)
 }
 
-/// Where `--local` volumes live: a reflink directory or an LVM thin pool (behaviour §5.1).
+/// Where `--local` volumes live: a reflink directory, an LVM thin pool (behaviour §5.1) or the
+/// zvols under a ZFS dataset.
 pub enum LocalStorage {
     Reflink(reflink::ReflinkStore),
     Thin(std::sync::Arc<lvm::ThinPool>),
+    Zfs(std::sync::Arc<zfs::ZfsStore>),
 }
 
 impl LocalStorage {
-    /// `vg/pool` is a thin pool; anything else must be a directory on a reflink filesystem.
+    /// `zfs:pool/dataset` is ZFS, `vg/pool` a thin pool; anything else must be a directory on a
+    /// reflink filesystem.
     pub fn open(local: &Path) -> Result<LocalStorage> {
         match local.to_str() {
+            Some(s) if zfs::ZfsStore::spec(s).is_some() => {
+                Ok(LocalStorage::Zfs(std::sync::Arc::new(zfs::ZfsStore::open(
+                    zfs::ZfsStore::spec(s).unwrap_or_default(),
+                    Box::new(zfs::System),
+                )?)))
+            }
             Some(s) if lvm::ThinPool::is_spec(s) => Ok(LocalStorage::Thin(std::sync::Arc::new(
                 lvm::ThinPool::open(s, Box::new(lvm::System))?,
             ))),
@@ -168,6 +179,7 @@ impl LocalStorage {
                 }
                 Ok(t.device(name))
             }
+            LocalStorage::Zfs(z) => Ok(z.device(&z.zvol(name)?)),
         }
     }
 
@@ -185,6 +197,36 @@ impl LocalStorage {
                 reflink::prepare(r, vols, uuid, cache_dir, chunksize, monitor)
             }
             LocalStorage::Thin(t) => t.prepare(vols, uuid, cache_dir, chunksize, monitor),
+            LocalStorage::Zfs(z) => z.prepare(vols, uuid, cache_dir, chunksize, monitor),
+        }
+    }
+
+    /// `receive --local` into a thin pool or ZFS: the device of volume `name`, made (or resized)
+    /// to hold `size` bytes; `None` for a reflink directory (which restores files itself).
+    pub fn block_volume(&self, name: &str, size: u64) -> Result<Option<PathBuf>> {
+        match self {
+            LocalStorage::Reflink(_) => Ok(None),
+            LocalStorage::Thin(t) => {
+                self.volume_path(name)?;
+                t.volume_for_receive(name, size).map(Some)
+            }
+            LocalStorage::Zfs(z) => z.volume_for_receive(name, size).map(Some),
+        }
+    }
+
+    /// `receive --use-snapshot` into a thin pool: volume `name` becomes a writable copy of its
+    /// paired baseline (see [`lvm::ThinPool::restore_from_baseline`]); `Ok(false)` where there
+    /// is none (and always for ZFS, whose baseline is a bookmark).
+    pub fn restore_from_baseline(
+        &self,
+        name: &str,
+        uuid: &str,
+        vol_cache: Option<&Path>,
+        last: &crate::format::Session,
+    ) -> Result<bool> {
+        match self {
+            LocalStorage::Thin(t) => t.restore_from_baseline(name, uuid, vol_cache, last),
+            _ => Ok(false),
         }
     }
 
@@ -195,6 +237,10 @@ impl LocalStorage {
             LocalStorage::Thin(t) => Err(Error::Unsupported(format!(
                 "{what} with an LVM thin pool ({}/{}): not supported yet; use --save-to=/dev/{}/<volume>",
                 t.vg, t.pool, t.vg
+            ))),
+            LocalStorage::Zfs(z) => Err(Error::Unsupported(format!(
+                "{what} with ZFS (zfs:{}): not supported yet; use --save-to=/dev/zvol/{}/<volume>",
+                z.dataset, z.dataset
             ))),
         }
     }

@@ -237,3 +237,32 @@ fn list_properties_and_json_flags_match_the_original() {
         }
     }
 }
+
+/// The original's archive of a live LVM thin volume (recorded in the VM by tests/vm/original.sh,
+/// tests/fixtures/wyng-v3-lvm): a first send and a thin_delta incremental, each received exactly,
+/// verified, and valid for the independent checker.
+#[test]
+fn original_archive_from_a_live_thin_pool_receives_exactly() {
+    let dir = fixtures().join("../wyng-v3-lvm");
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("EXPECTED.json")).unwrap()).unwrap();
+    let t = tmp();
+    let ar = t.path().join("k-lvm-thin");
+    copy_dir(&dir.join("k-lvm-thin"), &ar);
+    check_strict(&ar);
+    let w = Wyng::new(&ar, &t.path().join("meta"));
+    let vol = exp["volume"].as_str().unwrap();
+    let sessions = exp["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    for s in sessions {
+        let name = s["name"].as_str().unwrap();
+        let out = t.path().join("out.img");
+        w.receive(vol, Some(name), &out);
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().len(),
+            s["size"].as_u64().unwrap()
+        );
+        assert_eq!(sha256_file(&out), s["sha256"].as_str().unwrap(), "{name}");
+        w.ok(&["verify", vol, &format!("--session={}", &name[2..]), "-q"]);
+    }
+}

@@ -30,3 +30,4 @@ mod s3;
 mod safety;
 mod scale;
 mod ssh;
+mod vm;

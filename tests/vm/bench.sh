@@ -1,0 +1,48 @@
+# Benchmark scenario (scripts/bench-vm.sh runs it in the VM): a first send and an incremental
+# (100 random 4 KiB writes) of a BENCH_GIB GiB volume (default 4), half random data and half
+# never written, from an LVM thin pool and from a ZFS zvol; and, with WYNG_ORIGINAL set, the
+# original Wyng on the same thin volume. TCG is slow in absolute terms: every row is also given as
+# a ratio to `dd` reading the same volume in the same VM.
+set -u
+W=${WYNG_BIN:-$WYNG_ROOT/target/release/wyng}
+G=${BENCH_GIB:-4}
+modprobe -a virtio_blk dm_thin_pool zfs || exit 1
+export LVM_SUPPRESS_FD_WARNINGS=1
+sfdisk -q "$DISK" <<PARTS || exit 1
+,$((G + 1))G
+,
+PARTS
+udevadm settle
+pvcreate -q "${DISK}1" && vgcreate -q bench "${DISK}1" &&
+  lvcreate -q -T -L "$G"G --chunksize 64k bench/pool && lvcreate -q -V "$G"G -T bench/pool -n vol || exit 1
+zpool create -f -o cachefile=none -m none -O compression=off tank "${DISK}2" &&
+  zfs create -o mountpoint=none tank/vms && zfs create -V "$G"G -o volblocksize=64K tank/vms/vol || exit 1
+udevadm settle
+rows=$OUT/rows
+: >"$rows"
+secs() { local t0=$(date +%s.%N); "$@" >/dev/null 2>>"$OUT/bench.err"; local rc=$?; awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { print a - b }'; return $rc; }
+row() { # name seconds dd_seconds
+  awk -v n="$1" -v s="$2" -v d="$3" -v g="$G" 'BEGIN { printf "%-34s %8.1f %9.1f %8.2fx\n", n, s, g * 1024 / s, d / s }' >>"$rows"
+}
+for kind in lvm zfs; do
+  if [ $kind = lvm ]; then dev=/dev/bench/vol; local=bench/pool; else dev=/dev/zvol/tank/vms/vol; local=zfs:tank/vms; fi
+  dd if=/dev/urandom of=$dev bs=1M count=$((G * 512)) status=none
+  sync
+  d=$(secs dd if=$dev of=/dev/null bs=1M)
+  row "$kind: dd read of the volume" "$d" "$d"
+  dest=file:/tmp/arch-$kind
+  "$W" arch-init --dest=$dest --encrypt=off --meta-dir=/tmp/meta -q
+  row "$kind: wyng first send" "$(secs "$W" send vol --local=$local --dest=$dest --meta-dir=/tmp/meta -q)" "$d"
+  for i in $(seq 100); do dd if=/dev/urandom of=$dev bs=4096 count=1 seek=$((RANDOM * 8 % (G * 262144))) conv=notrunc status=none; done
+  sync
+  row "$kind: wyng incremental (100x4K)" "$(secs "$W" send vol --local=$local --dest=$dest --meta-dir=/tmp/meta -q)" "$d"
+  if [ $kind = lvm ] && [ -n "${WYNG_ORIGINAL:-}" ]; then
+    od=/tmp/arch-orig
+    python3 "$WYNG_ORIGINAL" --dest=file:$od arch-init -u >/dev/null 2>>"$OUT/bench.err"
+    row "lvm: original first send" "$(secs python3 "$WYNG_ORIGINAL" --dest=file:$od --local=bench/pool send vol -u)" "$d"
+    for i in $(seq 100); do dd if=/dev/urandom of=$dev bs=4096 count=1 seek=$((RANDOM * 8 % (G * 262144))) conv=notrunc status=none; done
+    sync
+    row "lvm: original incremental (100x4K)" "$(secs python3 "$WYNG_ORIGINAL" --dest=file:$od --local=bench/pool send vol -u)" "$d"
+  fi
+done
+exit 0
