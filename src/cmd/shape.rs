@@ -221,11 +221,13 @@ mod tests {
         let cmd = command();
         cmd.clone().debug_assert();
         for sub in cmd.get_subcommands() {
-            for &(long, _, value) in ORIGINAL {
-                let has_long = sub.get_arguments().any(|a| a.get_long() == Some(long))
-                    || cmd.get_arguments().any(|a| a.get_long() == Some(long));
+            for &(long, _, _) in ORIGINAL {
+                let named = |a: &Arg| {
+                    a.get_long() == Some(long)
+                        || a.get_visible_aliases().is_some_and(|v| v.contains(&long))
+                };
+                let has_long = sub.get_arguments().any(named) || cmd.get_arguments().any(named);
                 assert!(has_long, "{} lacks --{long}", sub.get_name());
-                let _ = value;
             }
         }
     }
