@@ -17,13 +17,14 @@ fn main() {
     let args = cmd::config::check_repeats(&args)
         .and_then(|()| cmd::config::apply_config(args))
         .unwrap_or_else(|e| fail(json, &e, 9, "usage"));
-    let mut notes = Vec::new();
+    let mut notes = Ok(Vec::new());
     let parsed = cmd::shape::command()
         .try_get_matches_from(args)
         .and_then(|m| {
             notes = cmd::shape::no_effect_notes(&m);
             cmd::Cli::from_arg_matches(&m)
         });
+    let notes = notes.unwrap_or_else(|e| fail(json, &e, 9, "usage"));
     let cli = match parsed {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {

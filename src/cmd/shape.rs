@@ -193,23 +193,44 @@ fn short_help(name: &str, long: &str) -> String {
     )
 }
 
-/// One line for each option of the original given to a command that has no use for it.
-pub fn no_effect_notes(m: &ArgMatches) -> Vec<String> {
+/// Options the original's parser refuses outside the commands that use them (its
+/// consistency checks): on any other command they are a usage error here too, never a note.
+const REFUSED_ELSEWHERE: &[(&str, &str)] = &[
+    (
+        "vols-from",
+        "--vols-from works with send, monitor, receive, verify and diff only",
+    ),
+    ("save-to", "--save-to works with receive only"),
+];
+
+/// One line for each option of the original given to a command that has no use for it, or
+/// the usage error the original gives for it.
+pub fn no_effect_notes(m: &ArgMatches) -> Result<Vec<String>, String> {
     let Some((name, sub)) = m.subcommand() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    sub.ids()
+    let given: Vec<&str> = sub
+        .ids()
         .filter_map(|id| id.as_str().strip_prefix(STAND_IN))
         .filter(|long| {
             sub.value_source(&format!("{STAND_IN}{long}"))
                 == Some(clap::parser::ValueSource::CommandLine)
         })
+        .collect();
+    if let Some((_, why)) = REFUSED_ELSEWHERE
+        .iter()
+        .find(|(long, _)| given.contains(long))
+    {
+        return Err(format!("{why}: it cannot be used with `{name}`"));
+    }
+    Ok(given
+        .into_iter()
         .map(|long| {
             format!(
                 "Note: --{long} has no effect with `{name}` (accepted for the original's scripts)."
             )
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -490,13 +490,18 @@ fn short_help_long_help_and_the_originals_options_everywhere() {
         vec!["verify", "vm.img", "--skip-corrupt-chunks"],
         vec!["list", "--remap", "--quick"],
         vec!["verify", "vm.img", "--dedup", "--tag=x"],
-        vec!["arch-check", "--sparse", "--save-to=/nowhere"],
+        vec!["arch-check", "--sparse", "--remap"],
     ] {
         let o = w.run(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{args:?}: {err}");
         assert!(err.contains("has no effect with"), "{args:?}: {err}");
     }
+    // ... except the two the original's parser refuses outside their commands.
+    let e = w.fails(&["arch-check", "--save-to=/nowhere"], 9);
+    assert!(e.contains("--save-to works with receive only"), "{e}");
+    let e = w.fails(&["list", "--vols-from=/nowhere"], 9);
+    assert!(e.contains("cannot be used with `list`"), "{e}");
 }
 
 /// The shells' completion calls wyng back: volume and session names come from the archive

@@ -914,6 +914,6 @@ fn vols_from_spans_storages_renames_and_lists_failures() {
     assert!(e.contains("listed twice"), "{e}");
     let e = s.w.fails(&["send", "vol.img", &vf], 9);
     assert!(e.contains("cannot be used with"), "{e}");
-    let e = s.w.fails(&["prune", &vf], 9);
-    assert!(e.contains("unexpected argument"), "{e}");
+    let e = s.w.fails(&["prune", "vol.img", &vf], 9);
+    assert!(e.contains("cannot be used with `prune`"), "{e}");
 }
