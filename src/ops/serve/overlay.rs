@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 pub(crate) const BLOCK: u64 = 64 * 1024;
 const MAGIC: &[u8; 8] = b"WYNGOVL1";
 const VERSION: u32 = 1;
-const HEADER: usize = 160;
+pub(crate) const HEADER: usize = 160;
 const BATCH_MAGIC: u32 = 0x5759_4f42;
 const RECORD: usize = 32;
 /// Records per batch at most (a batch longer than this at the end of a map is damage, not a
