@@ -26,4 +26,5 @@ mod retention;
 mod roundtrip;
 mod s3;
 mod scale;
+mod serve;
 mod ssh;
