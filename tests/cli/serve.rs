@@ -319,10 +319,17 @@ fn an_encrypted_archive_is_served() {
     img.write(&src);
     w.send("v", &src, &[]);
     let sock = t.path().join("nbd.sock");
-    let s = serve(&w, &sock, &[]);
+    let pid_file = t.path().join("serve.pid");
+    let mut s = serve(&w, &sock, &[&format!("--pid-file={}", pid_file.display())]);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        s.pid.to_string()
+    );
     let copy = t.path().join("copy.img");
     run(Command::new("nbdcopy").arg(s.uri("v")).arg(&copy));
     assert_eq!(sha256_file(&copy), img.sha256());
+    s.stop();
+    assert!(!pid_file.exists(), "the pid file goes with the server");
 }
 
 /// The chunk file holding `vol`'s data at the smallest address of one session, and that

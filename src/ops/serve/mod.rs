@@ -348,7 +348,9 @@ pub fn start(archive: Archive, o: ServeOptions) -> Result<Server> {
             idle: o.idle_limit,
             idle_writable: o.idle_limit_writable,
             io: o.io_limit,
-            in_flight: 16,
+            // Half the workers per connection: a client that stops reading its replies
+            // holds at most that many while their writes wait out the I/O limit.
+            in_flight: (workers / 2).max(2),
         },
         tls,
         stopping: AtomicBool::new(false),
