@@ -265,7 +265,19 @@ fn real_clients_list_map_copy_compare_and_convert_sessions() {
         .arg(&qcow)
         .arg(&src2));
     assert!(out.contains("identical"), "{out}");
+    s.stop();
+}
 
+/// The list follows the archive; a busy socket and an unknown volume are refused.
+#[test]
+fn a_session_sent_while_serving_is_an_export_at_once() {
+    if !have(&["nbdinfo", "nbdcopy"]) {
+        return;
+    }
+    let t = tmp();
+    let (w, _ar, _images, _names) = two_sessions(t.path());
+    let sock = t.path().join("nbd.sock");
+    let mut s = serve(&w, &sock, &[]);
     // A session sent while serving: a new export, and the volume's name follows it.
     let src = t.path().join("vm1.img");
     let mut three = Image::new(77);
@@ -523,27 +535,12 @@ fn boot_a_vm_from_the_backup_and_keep_its_writes_in_an_overlay() {
     }
 }
 
-#[test]
-fn tls_is_required_off_loopback_and_works_with_real_clients() {
-    if !have(&["nbdinfo", "nbdcopy", "openssl"]) {
-        return;
-    }
-    let t = tmp();
-    let ar = t.path().join("archive");
-    let w = Wyng::fresh(&ar, &t.path().join("meta"));
-    let src = t.path().join("v.img");
-    let mut img = Image::new(3);
-    img.random(600_000).zeros(400_000).random(1);
-    img.write(&src);
-    w.send("v", &src, &[]);
-    // Plain text off loopback: refused, saying what to do.
-    let err = w.fails(&["serve", "--listen=0.0.0.0:0"], 9);
-    assert!(err.contains("--tls-cert"), "{err}");
-    // A CA and a server certificate for localhost (libnbd checks the name).
-    let pki = t.path().join("pki");
-    std::fs::create_dir(&pki).unwrap();
+/// A CA and a server certificate for localhost (libnbd checks the name) in `pki`, as libnbd
+/// wants them there (`ca-cert.pem`).
+fn make_pki(pki: &Path) {
+    std::fs::create_dir(pki).unwrap();
     let ssl = |args: &[&str]| {
-        run(Command::new("openssl").args(args).current_dir(&pki));
+        run(Command::new("openssl").args(args).current_dir(pki));
     };
     ssl(&[
         "req",
@@ -598,6 +595,26 @@ fn tls_is_required_off_loopback_and_works_with_real_clients() {
         "-extfile",
         "ext.cnf",
     ]);
+}
+
+#[test]
+fn tls_is_required_off_loopback_and_works_with_real_clients() {
+    if !have(&["nbdinfo", "nbdcopy", "openssl"]) {
+        return;
+    }
+    let t = tmp();
+    let ar = t.path().join("archive");
+    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    let src = t.path().join("v.img");
+    let mut img = Image::new(3);
+    img.random(600_000).zeros(400_000).random(1);
+    img.write(&src);
+    w.send("v", &src, &[]);
+    // Plain text off loopback: refused, saying what to do.
+    let err = w.fails(&["serve", "--listen=0.0.0.0:0"], 9);
+    assert!(err.contains("--tls-cert"), "{err}");
+    let pki = t.path().join("pki");
+    make_pki(&pki);
     let cert = format!("--tls-cert={}", pki.join("server-cert.pem").display());
     let key = format!("--tls-key={}", pki.join("server-key.pem").display());
     // TCP on loopback, an ephemeral port, TLS: nbds:// works, plain nbd:// is told to use TLS.

@@ -330,6 +330,43 @@ fn next_allocated(f: &File, from: u64) -> Option<(u64, u64)> {
     (end > start).then_some((start as u64, end as u64))
 }
 
+/// The durable state a map records: a new map gets its header; an existing one is checked
+/// against `id` and replayed (a flush a crash cut off at its end is dropped).
+fn load_map(
+    map: &mut File,
+    len: u64,
+    id: &Identity,
+    blocks: u64,
+    path: &Path,
+) -> Result<BTreeMap<u64, State>> {
+    if len == 0 {
+        map.write_all(&id.header()?).map_err(|e| local(path, e))?;
+        map.sync_all().map_err(|e| local(path, e))?;
+        if let Some(d) = path.parent() {
+            sync_dir(d)?;
+        }
+        return Ok(BTreeMap::new());
+    }
+    let mut h = vec![0u8; HEADER.min(len as usize)];
+    map.read_exact(&mut h).map_err(|e| local(path, e))?;
+    id.check(&h).map_err(|why| {
+        Error::local(
+            path,
+            format!("{why}: it cannot be used as this session's overlay"),
+        )
+    })?;
+    let r = replay(map, len, blocks, path)?;
+    if r.end < len {
+        tracing::warn!(
+            "{}: dropped an unfinished flush at its end (the server stopped during it): the last writes before that are lost, as on a disk that lost power",
+            path.display()
+        );
+        map.set_len(r.end).map_err(|e| local(path, e))?;
+        map.sync_all().map_err(|e| local(path, e))?;
+    }
+    Ok(r.blocks)
+}
+
 impl Overlay {
     /// Opens (or creates) the overlay of `base` under `dir`.
     pub(crate) fn open(dir: &Path, uuid: &str, base: &SessionImage) -> Result<Overlay> {
@@ -368,32 +405,7 @@ impl Overlay {
         let len = map.metadata().map_err(|e| local(&map_path, e))?.len();
         let size = base.size();
         let blocks = size.div_ceil(BLOCK);
-        let durable = if len == 0 {
-            map.write_all(&id.header()?)
-                .map_err(|e| local(&map_path, e))?;
-            map.sync_all().map_err(|e| local(&map_path, e))?;
-            sync_dir(&vdir)?;
-            BTreeMap::new()
-        } else {
-            let mut h = vec![0u8; HEADER.min(len as usize)];
-            map.read_exact(&mut h).map_err(|e| local(&map_path, e))?;
-            id.check(&h).map_err(|why| {
-                Error::local(
-                    &map_path,
-                    format!("{why}: it cannot be used as this session's overlay"),
-                )
-            })?;
-            let r = replay(&map, len, blocks, &map_path)?;
-            if r.end < len {
-                tracing::warn!(
-                    "{}: dropped an unfinished flush at its end (the server stopped during it): the last writes before that are lost, as on a disk that lost power",
-                    map_path.display()
-                );
-                map.set_len(r.end).map_err(|e| local(&map_path, e))?;
-                map.sync_all().map_err(|e| local(&map_path, e))?;
-            }
-            r.blocks
-        };
+        let durable = load_map(&mut map, len, &id, blocks, &map_path)?;
         for (s, p) in slots.iter().zip(&slot_paths) {
             if s.metadata().map_err(|e| local(p, e))?.len() != size {
                 s.set_len(size).map_err(|e| local(p, e))?;

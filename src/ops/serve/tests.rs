@@ -494,6 +494,18 @@ fn reads_and_block_status_follow_the_session_data_and_holes() {
         u32::from_be_bytes(ch[0].payload[4..8].try_into().unwrap()),
         100
     );
+    srv.stop(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn refused_requests_and_many_in_flight() {
+    let f = fixture(1);
+    let srv = f.serve(|_| {});
+    let img = &f.images[0];
+    let size = img.len() as u64;
+    let mut c = Client::connect(&f.socket());
+    c.structured();
+    c.go("vol");
     // What the export does not allow: errors, and the connection goes on.
     assert_eq!(c.read(size - 10, 20), Err(errno::EINVAL));
     assert_eq!(c.write(0, b"abc", 0), errno::EPERM);
