@@ -957,3 +957,49 @@ fn an_overlay_is_refused_for_another_session() {
         .to_string();
     assert!(e.contains("another archive or session"), "{e}");
 }
+
+/// A prune while serving: the list follows it, a surviving session whose chunk files moved
+/// reads exactly, and a connection to the pruned session gets errors, not someone else's bytes.
+#[test]
+fn a_prune_while_serving() {
+    let f = fixture(3);
+    let srv = f.serve(|_| {});
+    let mut c1 = Client::connect(&f.socket());
+    c1.structured();
+    c1.go("vol@20260101-000001");
+    let mut c2 = Client::connect(&f.socket());
+    c2.structured();
+    c2.go("vol@20260101-000002");
+    {
+        let mut wa = Archive::open_write(
+            Location::memory(f.dest.clone()),
+            &OpenOptions {
+                auth: &auth(),
+                meta_dir: Some(f.meta.path()),
+                allow_rollback: true,
+                force_retry: false,
+            },
+        )
+        .unwrap();
+        crate::ops::prune::run(
+            &mut wa,
+            &["vol".to_string()],
+            &crate::ops::prune::PruneOptions {
+                session: Some("20260101-000001".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    // A new client's handshake looks at the archive again.
+    let mut c3 = Client::connect(&f.socket());
+    let r = c3.opt(&Opt::Go(ExportRequest {
+        name: "vol@20260101-000001".into(),
+        info: vec![],
+    }));
+    assert_eq!(r[0].0, rep::ERR_UNKNOWN);
+    let size = f.images[1].len() as u32;
+    assert!(c2.read(0, size).unwrap() == f.images[1]);
+    assert_eq!(c1.read(0, 4096), Err(errno::EIO));
+    srv.stop(Duration::from_secs(5)).unwrap();
+}
