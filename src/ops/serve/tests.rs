@@ -1003,3 +1003,27 @@ fn a_prune_while_serving() {
     assert_eq!(c1.read(0, 4096), Err(errno::EIO));
     srv.stop(Duration::from_secs(5)).unwrap();
 }
+
+/// A guest discarding its whole disk (mkfs, fstrim) costs one zero run, not an entry per
+/// block; what it discarded reads as zeros, durably, and data written after stands.
+#[test]
+fn discarding_a_whole_overlay_is_one_run() {
+    let f = fixture(1);
+    let dir = f.dir.path().join("ov");
+    let n = f.images[0].len();
+    {
+        let o = overlay_of(&f, &dir).unwrap();
+        o.write(0, &vec![3u8; 5 * BLOCK as usize]).unwrap();
+        o.flush().unwrap();
+        assert_eq!(o.footprint(), (5, 0));
+        o.trim(0, n as u64).unwrap();
+        o.write(BLOCK + 10, b"after").unwrap();
+        o.flush().unwrap();
+        assert_eq!(o.footprint(), (1, 1));
+    }
+    let o = overlay_of(&f, &dir).unwrap();
+    let mut want = vec![0u8; n];
+    want[BLOCK as usize + 10..][..5].copy_from_slice(b"after");
+    assert!(read_all(&o, n) == want);
+    assert_eq!(o.footprint(), (1, 1));
+}
