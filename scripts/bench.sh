@@ -123,6 +123,11 @@ echo "(target: no slower than reading the volume once), receive/verify vs single
 # Resumed sends (killed at ~50%) and sends to two archives at once, against plain sends.
 echo
 scripts/bench-resume.sh "$size_mib"
+# NBD serving against the mount and qemu-nbd over it (needs nbdcopy, qemu-nbd, python3-libnbd).
+if command -v nbdcopy >/dev/null && command -v qemu-nbd >/dev/null && /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
+  echo
+  scripts/bench-nbd.sh "$size_mib"
+fi
 # s3:// rows against file: in the same run, on SeaweedFS on 127.0.0.1 (needs weed).
 if command -v weed >/dev/null; then
   echo

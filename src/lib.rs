@@ -10,6 +10,7 @@
 //! * [`source`]: where volume data and its changes come from (files, block devices,
 //!   copy-on-write snapshots).
 //! * [`view`]: a FUSE-free tree of volumes and sessions as sparse files (the mount).
+//! * [`nbd`]: the NBD protocol's wire format (pure; `ops::serve` is the server).
 //! * [`ops`]: one module per command, on top of all of that.
 
 pub mod archive;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod nbd;
 pub mod ops;
 pub mod parallel;
 pub mod progress;

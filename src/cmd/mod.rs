@@ -6,6 +6,7 @@ pub mod arch_check;
 pub mod arch_copy;
 pub mod arch_dedup;
 pub mod arch_init;
+pub mod background;
 pub mod complete;
 pub mod config;
 pub mod delete;
@@ -18,6 +19,7 @@ pub mod prompt;
 pub mod prune;
 pub mod receive;
 pub mod send;
+pub mod serve;
 pub mod shape;
 pub mod verify;
 pub mod vols_from;
@@ -243,6 +245,9 @@ pub enum Cmd {
     /// Show every volume and session as a read-only sparse image file (FUSE)
     #[command(after_help = mount::HELP)]
     Mount(mount::MountArgs),
+    /// Serve every session as a network block device (NBD: qemu, nbdcopy, qemu-img, Proxmox)
+    #[command(after_help = serve::HELP)]
+    Serve(serve::ServeArgs),
     /// Record what changed since the last send and rotate snapshots, without sending
     #[command(after_help = monitor::HELP)]
     Monitor(monitor::MonitorArgs),
@@ -401,6 +406,7 @@ fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
         Cmd::List(a) => list::run(g, a),
         Cmd::Mount(a) => mount::run(g, a),
         Cmd::Umount(a) => mount::umount(a),
+        Cmd::Serve(a) => serve::run(g, a),
         Cmd::Monitor(a) => monitor::run(g, a),
         Cmd::Diff(a) => diff::run(g, a),
         Cmd::Prune(a) => prune::run(g, a),

@@ -5,10 +5,7 @@
 //! `<meta-dir>/mount.log`, serves until SIGTERM/SIGINT/SIGHUP or an external unmount, then
 //! unmounts cleanly.
 
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -58,15 +55,6 @@ pub fn umount(a: UmountArgs) -> Result<()> {
     ops::mount::umount(&a.mountpoint)
 }
 
-/// How often the tree checks the archive for new or removed sessions (`WYNG_MOUNT_REFRESH`
-/// seconds, for tests; 2 s by default).
-fn refresh() -> Duration {
-    std::env::var("WYNG_MOUNT_REFRESH")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(Duration::from_secs(2), Duration::from_secs_f64)
-}
-
 pub fn run(g: &Global, a: MountArgs) -> Result<()> {
     ops::mount::preflight(&a.mountpoint)?;
     let session = a
@@ -82,12 +70,36 @@ pub fn run(g: &Global, a: MountArgs) -> Result<()> {
         session,
         cache_bytes: a.cache,
         allow_other: a.allow_other,
-        refresh: refresh(),
+        refresh: super::background::refresh_interval(),
     };
     if a.foreground {
         return serve(archive, &o, &mut |_| {});
     }
-    daemon(archive, &o, &g.meta_dir().join("mount.log"))?;
+    let log = g.meta_dir().join("mount.log");
+    let mp = o.mountpoint.clone();
+    super::background::daemon(
+        archive,
+        &log,
+        |archive, ready| serve(archive, &o, ready),
+        |code, text| {
+            let text = text
+                .trim_start_matches(&format!("{}: ", mp.display()))
+                .to_string();
+            match code {
+                2 => Error::Selection(text),
+                _ => Error::local(&mp, text),
+            }
+        },
+        || {
+            Error::local(
+                &mp,
+                format!(
+                    "the mount process ended before the mount was up; see {}",
+                    log.display()
+                ),
+            )
+        },
+    )?;
     g.say(format!(
         "Mounted {} at {}; `wyng umount {}` to unmount.",
         g.dest_url(),
@@ -99,15 +111,9 @@ pub fn run(g: &Global, a: MountArgs) -> Result<()> {
 
 /// Mounts and serves until a signal or an external unmount. `ready` is told once the mount is
 /// up, or why it failed.
-fn serve(
-    archive: Archive,
-    o: &MountOptions,
-    ready: &mut dyn FnMut(std::result::Result<(), &Error>),
-) -> Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| Error::io("signal handlers", e));
-    let started = signals.and_then(|s| ops::mount::start(archive, o).map(|m| (m, s)));
+fn serve(archive: Archive, o: &MountOptions, ready: &mut super::background::Ready) -> Result<()> {
+    let started = super::background::stop_signals()
+        .and_then(|s| ops::mount::start(archive, o).map(|m| (m, s)));
     let (mounted, mut signals) = match started {
         Ok(x) => x,
         Err(e) => {
@@ -115,95 +121,15 @@ fn serve(
             return Err(e);
         }
     };
-    ready(Ok(()));
+    ready(Ok(""));
     tracing::info!("mounted at {}", o.mountpoint.display());
-    loop {
-        if mounted.is_finished() {
+    match super::background::wait_for_signal(&mut signals, || mounted.is_finished()) {
+        None => {
             tracing::info!("unmounted from outside; exiting");
             return Ok(());
         }
-        if let Some(sig) = signals.pending().next() {
-            tracing::info!("signal {sig}: unmounting {}", o.mountpoint.display());
-            break;
-        }
-        // Short: `wyng umount` waits for this process to exit.
-        std::thread::sleep(Duration::from_millis(25));
+        Some(sig) => tracing::info!("signal {sig}: unmounting {}", o.mountpoint.display()),
     }
     mounted.unmount();
     Ok(())
-}
-
-/// Runs the mount in the background: forks, and returns in the parent once the child reports.
-fn daemon(archive: Archive, o: &MountOptions, log_file: &Path) -> Result<()> {
-    let (r, w) = nix::unistd::pipe().map_err(|e| Error::io("pipe", e.into()))?;
-    // SAFETY: the archive was opened on this thread and every helper thread it used for that
-    // has been joined, so the child may continue normally.
-    match unsafe { nix::unistd::fork() }.map_err(|e| Error::io("fork", e.into()))? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            drop(w);
-            let mut msg = String::new();
-            let _ = std::fs::File::from(r).read_to_string(&mut msg);
-            match msg.strip_prefix("ok") {
-                Some(_) => Ok(()),
-                None if msg.is_empty() => Err(Error::local(
-                    &o.mountpoint,
-                    format!(
-                        "the mount process ended before the mount was up; see {}",
-                        log_file.display()
-                    ),
-                )),
-                None => {
-                    let (code, text) = msg.split_once(' ').unwrap_or(("1", &msg));
-                    Err(match code.parse().unwrap_or(1) {
-                        7 => Error::local(&o.mountpoint, text.to_string()),
-                        2 => Error::Selection(text.to_string()),
-                        _ => Error::local(&o.mountpoint, text.to_string()),
-                    })
-                }
-            }
-        }
-        nix::unistd::ForkResult::Child => {
-            drop(r);
-            archive.detach_after_fork();
-            let _ = nix::unistd::setsid();
-            detach_stdio(log_file);
-            let mut w = Some(std::fs::File::from(w));
-            let res = serve(archive, o, &mut |res| {
-                if let Some(mut w) = w.take() {
-                    let msg = match res {
-                        Ok(()) => "ok".to_string(),
-                        Err(e) => format!(
-                            "{} {}",
-                            e.exit_code(),
-                            e.to_string()
-                                .trim_start_matches(&format!("{}: ", o.mountpoint.display()))
-                        ),
-                    };
-                    let _ = w.write_all(msg.as_bytes());
-                }
-            });
-            std::process::exit(if res.is_ok() { 0 } else { 1 });
-        }
-    }
-}
-
-/// Daemon: stdin from /dev/null; stdout and stderr (where the log goes) to the log file.
-fn detach_stdio(log: &Path) {
-    let null = std::fs::File::open("/dev/null").ok();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .ok();
-    if let Some(n) = &null {
-        let _ = nix::unistd::dup2(n.as_raw_fd(), 0);
-    }
-    let out = log
-        .as_ref()
-        .map(|l| l.as_raw_fd())
-        .or(null.as_ref().map(|n| n.as_raw_fd()));
-    if let Some(fd) = out {
-        let _ = nix::unistd::dup2(fd, 1);
-        let _ = nix::unistd::dup2(fd, 2);
-    }
 }

@@ -20,6 +20,7 @@ pub mod prune;
 pub mod receive;
 pub mod segments;
 pub mod send;
+pub mod serve;
 pub mod verify;
 pub mod vols_from;
 pub mod volume;

@@ -23,13 +23,15 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         ],
         "source" => &["error", "format", "parallel", "progress", "spool"],
         "view" => &["error", "format", "archive", "parallel", "spool", "size"],
+        // The NBD wire format: pure, on its own.
+        "nbd" => &[],
         "ops" => &[
             "error", "format", "archive", "source", "view", "parallel", "progress", "size",
-            "spool", "auth", "ops",
+            "spool", "auth", "ops", "nbd",
         ],
         // The fuzz targets reach every parser, wherever it lives.
         "fuzz" => &[
-            "error", "format", "crypto", "codec", "dest", "spool", "source", "ops", "size",
+            "error", "format", "crypto", "codec", "dest", "spool", "source", "ops", "size", "nbd",
         ],
         _ => return None,
     })

@@ -29,5 +29,6 @@ mod roundtrip;
 mod s3;
 mod safety;
 mod scale;
+mod serve;
 mod ssh;
 mod vm;
