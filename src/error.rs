@@ -117,6 +117,10 @@ pub enum Error {
 
     #[error("interrupted")]
     Interrupted,
+
+    /// A filesystem inside a session image is damaged, or holds what wyng does not read.
+    #[error("{path}: {what}")]
+    Guest { path: String, what: String },
 }
 
 impl Error {
@@ -179,7 +183,8 @@ impl Error {
             | Error::FutureTimestamp
             | Error::RetryPending { .. }
             | Error::CountersNotReserved
-            | Error::Tool { .. } => 1,
+            | Error::Tool { .. }
+            | Error::Guest { .. } => 1,
         }
     }
 
@@ -210,6 +215,7 @@ impl Error {
             Error::CountersNotReserved => "counters_not_reserved",
             Error::Tool { .. } => "tool",
             Error::Interrupted => "interrupted",
+            Error::Guest { .. } => "guest",
         }
     }
 

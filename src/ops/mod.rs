@@ -9,6 +9,7 @@ pub mod check;
 pub mod clean;
 pub mod dedup;
 pub mod diff;
+pub mod files;
 #[cfg(test)]
 mod faults;
 pub mod list;

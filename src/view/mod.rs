@@ -28,6 +28,7 @@
 //! This module is the tree and its refresh policy; reading, caching and following the archive
 //! are [`LiveArchive`]'s.
 
+pub mod files;
 pub mod fuse;
 
 use std::collections::HashMap;

@@ -22,14 +22,17 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
             "progress",
         ],
         "source" => &["error", "format", "parallel", "progress", "spool"],
-        "view" => &["error", "format", "archive", "parallel", "spool", "size"],
+        // Guest filesystems are pure over a "read at an offset" source: no archive.
+        "guest" => &["error"],
+        "view" => &["error", "format", "archive", "parallel", "spool", "size", "guest"],
         "ops" => &[
             "error", "format", "archive", "source", "view", "parallel", "progress", "size",
-            "spool", "auth", "ops",
+            "spool", "auth", "ops", "guest",
         ],
         // The fuzz targets reach every parser, wherever it lives.
         "fuzz" => &[
             "error", "format", "crypto", "codec", "dest", "spool", "source", "ops", "size",
+            "guest",
         ],
         _ => return None,
     })

@@ -1,0 +1,202 @@
+//! ext2/ext3/ext4 through `ext4-view` (read-only by design, invalid data is an error).
+//!
+//! Invariants:
+//! * Before the crate sees an image, its superblock's geometry must fit the disk and name at
+//!   most [`MAX_GROUPS`] block groups (the crate sizes its descriptor table from that claim).
+//! * A symlink target is read only when its inode says it is at most [`MAX_LINK`] bytes (the
+//!   crate would allocate whatever size the inode claims).
+//! * Open files are kept per path for sequential reads (at most [`CURSORS`]); a read elsewhere
+//!   seeks, which walks the file's block map from its start.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use ext4_view::{Ext4, Ext4Error, FileType, Metadata};
+
+use super::{guest, not_found, Disk, Entry, GuestFs, GuestPath, Kind, Stat, MAX_LINK};
+use crate::error::{Error, Result};
+
+/// Most block groups of a filesystem opened (1 Mi groups: 128 TiB at the default geometry).
+pub const MAX_GROUPS: u64 = 1 << 20;
+const CURSORS: usize = 4;
+
+struct Reader(Arc<dyn Disk>);
+
+impl ext4_view::Ext4Read for Reader {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        self.0.read_exact_at(start, dst).map_err(|e| Box::new(e) as _)
+    }
+}
+
+pub struct Ext4Fs {
+    fs: Ext4,
+    cursors: RefCell<Vec<(GuestPath, ext4_view::File)>>,
+}
+
+/// The crate's error at `path`: the image's own error if it carries one, else damage.
+fn error(e: Ext4Error, path: &GuestPath) -> Error {
+    let shown = path.display();
+    match e {
+        Ext4Error::NotFound => not_found(&shown),
+        Ext4Error::Io(inner) => match inner.downcast::<Error>() {
+            Ok(err) => *err,
+            Err(other) => guest(&shown, format!("read error: {other}")),
+        },
+        Ext4Error::NotADirectory => guest(&shown, "is not a directory"),
+        Ext4Error::IsADirectory => guest(&shown, "is a directory"),
+        Ext4Error::IsASpecialFile => guest(&shown, "is not a regular file"),
+        Ext4Error::Encrypted => guest(&shown, "is encrypted (fscrypt): wyng cannot read it"),
+        e => guest(&shown, e.to_string()),
+    }
+}
+
+/// Refuses a superblock whose geometry does not fit `disk` (before the crate allocates from
+/// it).
+fn check_geometry(disk: &Arc<dyn Disk>) -> Result<()> {
+    let mut sb = [0u8; 1024];
+    disk.read_exact_at(1024, &mut sb)?;
+    let le32 = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().expect("4 bytes")) as u64;
+    let incompat = le32(0x60);
+    let blocks = le32(0x04) | if incompat & 0x80 != 0 { le32(0x150) << 32 } else { 0 };
+    let log = le32(0x18);
+    let per_group = le32(0x20);
+    let bad = |what: String| guest("the filesystem", what);
+    if log > 6 || per_group == 0 {
+        return Err(bad("its superblock is damaged (block size or group size)".into()));
+    }
+    let bs = 1024u64 << log;
+    let first = le32(0x14);
+    let groups = blocks.saturating_sub(first).div_ceil(per_group);
+    if blocks.checked_mul(bs).is_none_or(|b| b > disk.size()) {
+        return Err(bad(format!(
+            "its superblock claims {} bytes, more than the {} its disk holds (damaged, or a truncated image)",
+            blocks.saturating_mul(bs),
+            disk.size()
+        )));
+    }
+    if groups > MAX_GROUPS {
+        return Err(bad(format!(
+            "its superblock claims {groups} block groups, more than wyng reads ({MAX_GROUPS})"
+        )));
+    }
+    Ok(())
+}
+
+fn kind(t: FileType) -> Kind {
+    match t {
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::CharacterDevice => Kind::CharDev,
+        FileType::BlockDevice => Kind::BlockDev,
+        FileType::Fifo => Kind::Fifo,
+        FileType::Socket => Kind::Socket,
+        _ => Kind::File,
+    }
+}
+
+fn stat(m: &Metadata) -> Stat {
+    let t = m.modified();
+    Stat {
+        kind: kind(m.file_type()),
+        perm: u32::from(m.mode()) & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        size: m.len(),
+        mtime: (t.seconds(), t.nanoseconds()),
+    }
+}
+
+impl Ext4Fs {
+    pub fn open(disk: Arc<dyn Disk>) -> Result<Ext4Fs> {
+        check_geometry(&disk)?;
+        let fs = Ext4::load(Box::new(Reader(disk))).map_err(|e| error(e, &GuestPath::root()))?;
+        Ok(Ext4Fs {
+            fs,
+            cursors: RefCell::new(Vec::new()),
+        })
+    }
+}
+
+impl GuestFs for Ext4Fs {
+    fn kind(&self) -> &'static str {
+        "ext4"
+    }
+
+    fn stat(&self, p: &GuestPath) -> Result<Stat> {
+        let b = p.to_bytes();
+        self.fs
+            .symlink_metadata(b.as_slice())
+            .map(|m| stat(&m))
+            .map_err(|e| error(e, p))
+    }
+
+    fn list(&self, p: &GuestPath, each: &mut dyn FnMut(Entry) -> Result<bool>) -> Result<()> {
+        let b = p.to_bytes();
+        let dir = self.fs.read_dir(b.as_slice()).map_err(|e| error(e, p))?;
+        for entry in dir {
+            let entry = entry.map_err(|e| error(e, p))?;
+            let name = entry.file_name().as_ref().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let st = entry.metadata().map(|m| stat(&m)).map_err(|e| {
+                let shown = p.join(&name).unwrap_or_else(|_| p.clone());
+                error(e, &shown)
+            });
+            if !each(Entry { name, stat: st })? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_link(&self, p: &GuestPath) -> Result<Vec<u8>> {
+        let st = self.stat(p)?;
+        if st.kind != Kind::Symlink {
+            return Err(guest(&p.display(), "is not a symlink"));
+        }
+        if st.size > MAX_LINK {
+            return Err(guest(
+                &p.display(),
+                format!("a symlink target of {} bytes (damaged)", st.size),
+            ));
+        }
+        let b = p.to_bytes();
+        let t = self.fs.read_link(b.as_slice()).map_err(|e| error(e, p))?;
+        Ok(t.as_ref().to_vec())
+    }
+
+    fn read_at(&self, p: &GuestPath, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut cursors = self.cursors.borrow_mut();
+        let found = cursors
+            .iter()
+            .position(|(q, f)| q == p && f.position() == offset)
+            .or_else(|| cursors.iter().position(|(q, _)| q == p));
+        let (_, mut file) = match found {
+            Some(i) => cursors.remove(i),
+            None => {
+                let b = p.to_bytes();
+                let f = self.fs.open(b.as_slice()).map_err(|e| error(e, p))?;
+                (p.clone(), f)
+            }
+        };
+        if file.position() != offset {
+            file.seek_to(offset).map_err(|e| error(e, p))?;
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file.read_bytes(&mut buf[done..]).map_err(|e| error(e, p))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        cursors.insert(0, (p.clone(), file));
+        cursors.truncate(CURSORS);
+        Ok(done)
+    }
+}

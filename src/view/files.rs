@@ -1,0 +1,334 @@
+//! Files inside session images: a session image as a [`guest::Disk`], and the guest trees the
+//! mount shows as `S_….files/` directories.
+//!
+//! Invariants:
+//! * Every byte comes through the session's [`SessionImage`] (verified chunks, the live
+//!   archive's one cache); a damaged chunk is that read's error.
+//! * A guest filesystem's crate objects are not `Send`: each session's guest tree lives on one
+//!   worker thread of its own ([`GuestWorker`]), asked by every FUSE thread in turn. Its
+//!   memory is the crates' small caches plus what each request holds.
+//! * Node ids of guest entries are handed out as they are looked up and stay the same while
+//!   the session exists (guest content never changes); at most [`MAX_NODES`] are kept, after
+//!   which lookups fail with `ENOMEM` and a log line (remount to start again).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::archive::live::SessionImage;
+use crate::error::{Error, Result};
+use crate::guest::{self, Disk, GuestFs, GuestPath, Image, Kind, Stat, Target};
+
+/// A session image read as a disk, fetching ahead when it is read in order.
+pub struct ImageDisk {
+    image: SessionImage,
+    last_end: AtomicU64,
+    ahead_to: AtomicU64,
+}
+
+impl ImageDisk {
+    pub fn new(image: SessionImage) -> ImageDisk {
+        ImageDisk {
+            image,
+            last_end: AtomicU64::new(u64::MAX),
+            ahead_to: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Disk for ImageDisk {
+    fn size(&self) -> u64 {
+        self.image.size()
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset.saturating_add(buf.len() as u64);
+        if self.last_end.swap(end, Ordering::Relaxed) == offset {
+            // In order: keep a window of chunks decoding ahead of the reader.
+            let window = 32 * self.image.chunksize();
+            let ahead = self.ahead_to.load(Ordering::Relaxed);
+            if end + window / 2 > ahead {
+                let from = ahead.max(end);
+                self.image.prefetch(from, window);
+                self.ahead_to.store(from + window, Ordering::Relaxed);
+            }
+        }
+        let n = self.image.read_at(offset, buf)?;
+        if n < buf.len() {
+            return Err(Error::Guest {
+                path: format!("{} {}", self.image.volume(), self.image.session()),
+                what: format!("a read at {offset} goes past the end of the image"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The guest tree of a session image as one session image opens it.
+pub fn open_image(image: SessionImage) -> Result<Image> {
+    Image::open(Arc::new(ImageDisk::new(image)))
+}
+
+/// Most guest nodes a mount keeps ids for.
+pub const MAX_NODES: usize = 4 << 20;
+
+type Job = Box<dyn FnOnce(&mut WorkerState) + Send>;
+
+/// What a worker thread owns: the image and the filesystems opened in it so far.
+pub struct WorkerState {
+    image: Result<Image>,
+    open: HashMap<Option<usize>, Result<Box<dyn GuestFs>>>,
+}
+
+impl WorkerState {
+    /// The filesystem of a partition (opened on first use; its failure is kept).
+    pub fn fs(&mut self, part: Option<usize>) -> Result<&dyn GuestFs> {
+        let image = match &self.image {
+            Ok(i) => i,
+            Err(e) => return Err(Error::Guest { path: "the image".into(), what: e.to_string() }),
+        };
+        let fs = self.open.entry(part).or_insert_with(|| image.filesystem(part));
+        match fs {
+            Ok(f) => Ok(&**f),
+            Err(e) => Err(Error::Guest {
+                path: image.prefix(part),
+                what: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn image(&self) -> Result<&Image> {
+        self.image.as_ref().map_err(|e| Error::Guest {
+            path: "the image".into(),
+            what: e.to_string(),
+        })
+    }
+}
+
+/// One thread serving a session's guest tree.
+pub struct GuestWorker {
+    jobs: crossbeam_channel::Sender<Job>,
+}
+
+impl GuestWorker {
+    pub fn start(image: SessionImage) -> GuestWorker {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        std::thread::Builder::new()
+            .name("wyng-guest".into())
+            .spawn(move || {
+                let mut state = WorkerState {
+                    image: open_image(image),
+                    open: HashMap::new(),
+                };
+                for job in rx {
+                    job(&mut state);
+                }
+            })
+            .expect("a thread for the guest tree");
+        GuestWorker { jobs: tx }
+    }
+
+    /// Runs `f` on the worker and waits for its answer.
+    pub fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WorkerState) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.jobs
+            .send(Box::new(move |s| {
+                let _ = tx.send(f(s));
+            }))
+            .map_err(|_| Error::Guest {
+                path: "the guest tree".into(),
+                what: "its worker is gone".into(),
+            })?;
+        rx.recv().map_err(|_| Error::Guest {
+            path: "the guest tree".into(),
+            what: "its worker failed".into(),
+        })
+    }
+}
+
+/// Where a guest node is: its session's `.files` node, partition and path.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct GuestRef {
+    pub session: u64,
+    pub at: Target,
+}
+
+/// Node ids for guest entries, in their own range above the tree's.
+pub struct GuestIds {
+    inner: Mutex<(HashMap<u64, GuestRef>, HashMap<GuestRef, u64>, u64)>,
+}
+
+/// Guest node ids start here (the tree's own ids count up from 1).
+pub const FIRST_GUEST_ID: u64 = 1 << 48;
+
+impl Default for GuestIds {
+    fn default() -> Self {
+        GuestIds {
+            inner: Mutex::new((HashMap::new(), HashMap::new(), FIRST_GUEST_ID)),
+        }
+    }
+}
+
+impl GuestIds {
+    pub fn get(&self, id: u64) -> Option<GuestRef> {
+        self.inner.lock().0.get(&id).cloned()
+    }
+
+    pub fn id(&self, r: GuestRef) -> io::Result<u64> {
+        let mut g = self.inner.lock();
+        if let Some(id) = g.1.get(&r) {
+            return Ok(*id);
+        }
+        if g.0.len() >= MAX_NODES {
+            tracing::error!(
+                "more than {MAX_NODES} files looked up in session images: unmount and mount again to look up more"
+            );
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        let id = g.2;
+        g.2 += 1;
+        g.0.insert(id, r.clone());
+        g.1.insert(r, id);
+        Ok(id)
+    }
+}
+
+/// Attributes of a guest entry as the mount shows it: the guest's permissions without
+/// set-id and sticky bits, readable by the mount's owner.
+pub fn mount_perm(st: &Stat) -> u16 {
+    let base = st.perm & 0o777;
+    (match st.kind {
+        Kind::Dir => base | 0o500,
+        _ => base | 0o400,
+    }) as u16
+}
+
+/// A guest entry's kind as the tree knows it (special files are not shown).
+pub fn tree_kind(k: Kind) -> Option<super::Kind> {
+    match k {
+        Kind::Dir => Some(super::Kind::Dir),
+        Kind::File => Some(super::Kind::File),
+        Kind::Symlink => Some(super::Kind::Symlink),
+        _ => None,
+    }
+}
+
+/// The entries of a guest directory (or the partition list), sorted, for a mount listing.
+/// Names that are not safe path components and special files are left out.
+pub fn list_dir(
+    s: &mut WorkerState,
+    at: &Target,
+    cap: usize,
+) -> Result<Vec<(OsString, Target, super::Kind)>> {
+    let mut out = Vec::new();
+    match at {
+        Target::Partitions => {
+            let image = s.image()?;
+            let parts: Vec<(usize, String, bool)> = image
+                .layout()
+                .parts()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, p.label(), matches!(p.content, guest::probe::Content::Fs(_))))
+                .collect();
+            for (i, label, readable) in parts {
+                if readable {
+                    out.push((
+                        OsString::from(label),
+                        Target::InFs {
+                            part: Some(i),
+                            path: GuestPath::root(),
+                        },
+                        super::Kind::Dir,
+                    ));
+                }
+            }
+        }
+        Target::InFs { part, path } => {
+            let fs = s.fs(*part)?;
+            fs.list(path, &mut |e| {
+                let (Ok(child), Ok(st)) = (path.join(&e.name), &e.stat) else {
+                    return Ok(true);
+                };
+                if let Some(k) = tree_kind(st.kind) {
+                    out.push((
+                        OsString::from_vec(e.name),
+                        Target::InFs {
+                            part: *part,
+                            path: child,
+                        },
+                        k,
+                    ));
+                }
+                if out.len() > cap {
+                    return Err(Error::Guest {
+                        path: path.display(),
+                        what: format!("the directory has more than {cap} entries; use `wyng files ls`"),
+                    });
+                }
+                Ok(true)
+            })?;
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// A child of a guest directory by name.
+pub fn lookup(s: &mut WorkerState, at: &Target, name: &OsStr) -> Result<Option<Target>> {
+    match at {
+        Target::Partitions => {
+            let image = s.image()?;
+            Ok(image
+                .layout()
+                .parts()
+                .iter()
+                .position(|p| {
+                    p.label().as_bytes() == name.as_bytes()
+                        && matches!(p.content, guest::probe::Content::Fs(_))
+                })
+                .map(|i| Target::InFs {
+                    part: Some(i),
+                    path: GuestPath::root(),
+                }))
+        }
+        Target::InFs { part, path } => {
+            let Ok(child) = path.join(name.as_bytes()) else {
+                return Ok(None);
+            };
+            let fs = s.fs(*part)?;
+            match fs.stat(&child) {
+                Ok(st) if tree_kind(st.kind).is_some() => Ok(Some(Target::InFs {
+                    part: *part,
+                    path: child,
+                })),
+                Ok(_) => Ok(None),
+                Err(Error::Selection(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// The stat of a guest node (a partition list or a partition's root is a directory).
+pub fn stat(s: &mut WorkerState, at: &Target) -> Result<Stat> {
+    match at {
+        Target::Partitions => Ok(Stat {
+            kind: Kind::Dir,
+            perm: 0o555,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: (0, 0),
+        }),
+        Target::InFs { part, path } => s.fs(*part)?.stat(path),
+    }
+}
