@@ -332,3 +332,196 @@ pub fn stat(s: &mut WorkerState, at: &Target) -> Result<Stat> {
         Target::InFs { part, path } => s.fs(*part)?.stat(path),
     }
 }
+
+/// `S_….files/` in the tree: the root of a session's files, served by its own worker.
+pub struct FilesNode {
+    vi: usize,
+    si: usize,
+    pub mtime: std::time::SystemTime,
+    worker: std::sync::OnceLock<Arc<GuestWorker>>,
+}
+
+impl FilesNode {
+    pub fn new(vi: usize, si: usize, mtime: std::time::SystemTime) -> FilesNode {
+        FilesNode {
+            vi,
+            si,
+            mtime,
+            worker: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// The root of a session's files: its partitions, or its one filesystem.
+fn root(s: &mut WorkerState) -> Result<Target> {
+    Ok(if s.image()?.layout().is_table() {
+        Target::Partitions
+    } else {
+        Target::InFs {
+            part: None,
+            path: GuestPath::root(),
+        }
+    })
+}
+
+fn time(t: (i64, u32)) -> std::time::SystemTime {
+    let base = std::time::UNIX_EPOCH;
+    if t.0 >= 0 {
+        base + std::time::Duration::new(t.0 as u64, t.1.min(999_999_999))
+    } else {
+        base - std::time::Duration::from_secs(t.0.unsigned_abs())
+    }
+}
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// Where a node is in a session's files: the `.files` node serving it, and its place (`None`:
+/// the root).
+type Place = (u64, Option<Target>);
+
+impl super::View {
+    fn files_worker(&self, node: u64) -> io::Result<Arc<GuestWorker>> {
+        let tree = self.tree.read();
+        match tree.nodes.get(&node) {
+            Some(super::Node::Files(f)) => {
+                if let Some(w) = f.worker.get() {
+                    return Ok(w.clone());
+                }
+                let img = self.live.image(f.vi, f.si).map_err(|e| self.guest_error(e))?;
+                Ok(f.worker
+                    .get_or_init(|| Arc::new(GuestWorker::start(img)))
+                    .clone())
+            }
+            Some(_) => Err(errno(libc::EINVAL)),
+            None => Err(errno(libc::ESTALE)),
+        }
+    }
+
+    /// A guest error as the kernel sees it: a path that is not there `ENOENT`, a pruned
+    /// session `ESTALE`, the rest `EIO` with a log line.
+    fn guest_error(&self, e: Error) -> io::Error {
+        match e {
+            Error::Selection(_) => errno(libc::ENOENT),
+            e => self.io_error(e),
+        }
+    }
+
+    fn place(&self, node: u64) -> Option<Place> {
+        if node >= FIRST_GUEST_ID {
+            return self.guest_ids.get(node).map(|r| (r.session, Some(r.at)));
+        }
+        matches!(
+            self.tree.read().nodes.get(&node),
+            Some(super::Node::Files(_))
+        )
+        .then_some((node, None))
+    }
+
+    /// Runs `f` on the worker of `place`, with its target resolved.
+    fn on_worker<T: Send + 'static>(
+        &self,
+        place: Place,
+        f: impl FnOnce(&mut WorkerState, &Target) -> Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let (files, at) = place;
+        let w = self.files_worker(files)?;
+        w.call(move |s| {
+            let at = match at {
+                Some(a) => a,
+                None => root(s)?,
+            };
+            f(s, &at)
+        })
+        .and_then(|r| r)
+        .map_err(|e| self.guest_error(e))
+    }
+
+    pub(super) fn guest_attr(&self, node: u64) -> Option<io::Result<super::Attr>> {
+        if node < FIRST_GUEST_ID {
+            return None;
+        }
+        let Some(place) = self.place(node) else {
+            return Some(Err(errno(libc::ENOENT)));
+        };
+        let ttl = self.opts.ttl;
+        Some(self.on_worker(place, stat).and_then(|st| {
+            let kind = tree_kind(st.kind).ok_or_else(|| errno(libc::ENOENT))?;
+            Ok(super::Attr {
+                kind,
+                size: if kind == super::Kind::Dir { 0 } else { st.size },
+                blocks: if kind == super::Kind::File {
+                    st.size.div_ceil(512)
+                } else {
+                    0
+                },
+                mtime: time(st.mtime),
+                ttl,
+                perm: Some(mount_perm(&st)),
+            })
+        }))
+    }
+
+    pub(super) fn guest_lookup(&self, parent: u64, name: &OsStr) -> Option<Option<u64>> {
+        let (files, at) = self.place(parent)?;
+        let name = name.to_os_string();
+        let found = self.on_worker((files, at), move |s, at| lookup(s, at, &name));
+        Some(match found {
+            Ok(Some(t)) => self.guest_ids.id(GuestRef { session: files, at: t }).ok(),
+            Ok(None) => None,
+            Err(_) => None,
+        })
+    }
+
+    pub(super) fn guest_children(
+        &self,
+        dir: u64,
+    ) -> Option<Option<Vec<(OsString, u64, super::Kind)>>> {
+        let (files, at) = self.place(dir)?;
+        let listed = self.on_worker((files, at), |s, at| list_dir(s, at, 1 << 20));
+        Some(match listed {
+            Ok(v) => {
+                let mut out = Vec::with_capacity(v.len());
+                for (name, t, k) in v {
+                    let id = self
+                        .guest_ids
+                        .id(GuestRef {
+                            session: files,
+                            at: t,
+                        })
+                        .ok()?;
+                    out.push((name, id, k));
+                }
+                Some(out)
+            }
+            Err(_) => None,
+        })
+    }
+
+    pub(super) fn guest_readlink(&self, node: u64) -> Option<OsString> {
+        let place = self.place(node)?;
+        self.on_worker(place, |s, at| match at {
+            Target::InFs { part, path } => s.fs(*part)?.read_link(path),
+            Target::Partitions => Err(Error::Selection("not a link".into())),
+        })
+        .ok()
+        .map(OsString::from_vec)
+    }
+
+    pub(super) fn guest_read(&self, node: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let place = self.place(node).ok_or_else(|| errno(libc::ENOENT))?;
+        let len = buf.len();
+        let data = self.on_worker(place, move |s, at| match at {
+            Target::InFs { part, path } => {
+                let mut v = vec![0u8; len];
+                let n = s.fs(*part)?.read_at(path, offset, &mut v)?;
+                v.truncate(n);
+                Ok(v)
+            }
+            Target::Partitions => Err(Error::Selection("a directory".into())),
+        })?;
+        buf[..data.len()].copy_from_slice(&data);
+        Ok(data.len())
+    }
+}
