@@ -14,6 +14,7 @@ mod dedup;
 mod diff;
 mod encryption;
 mod errors;
+mod files;
 mod golden;
 mod hostile;
 mod layers;
