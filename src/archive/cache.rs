@@ -130,7 +130,8 @@ mod tests {
     fn weight_is_bounded_by_bytes() {
         let c = ChunkCache::new(64 << 10, 4 << 10);
         for i in 0..100u8 {
-            c.chunks.insert(Hash32([i; 32]), Chunk::from(vec![i; 4 << 10]));
+            c.chunks
+                .insert(Hash32([i; 32]), Chunk::from(vec![i; 4 << 10]));
         }
         assert!(c.bytes() <= 64 << 10, "{} bytes held", c.bytes());
         assert!(c.bytes() > 0);
@@ -143,11 +144,12 @@ mod tests {
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| {
-                    let v: Result<Chunk, ()> = c.chunks.get_or_insert_with(&Hash32([7; 32]), || {
-                        reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                        Ok(Chunk::from(vec![7u8; 10]))
-                    });
+                    let v: Result<Chunk, ()> =
+                        c.chunks.get_or_insert_with(&Hash32([7; 32]), || {
+                            reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(Chunk::from(vec![7u8; 10]))
+                        });
                     assert_eq!(&v.unwrap()[..], &[7u8; 10]);
                 });
             }
@@ -158,7 +160,9 @@ mod tests {
     #[test]
     fn a_failed_read_is_not_cached() {
         let c = ChunkCache::new(1 << 20, 4 << 10);
-        let r: Result<Chunk, &str> = c.chunks.get_or_insert_with(&Hash32([1; 32]), || Err("damaged"));
+        let r: Result<Chunk, &str> = c
+            .chunks
+            .get_or_insert_with(&Hash32([1; 32]), || Err("damaged"));
         assert!(r.is_err());
         assert!(!c.contains(&Hash32([1; 32])));
     }

@@ -46,19 +46,29 @@ fn size(s: &str) -> Result<u64, String> {
 #[derive(Subcommand, Debug)]
 pub enum FilesCmd {
     /// List a directory of a session (/: the partitions, with a partition table)
-    #[command(after_help = "Examples:\n  wyng files ls vm1.img\n  wyng files ls vm1.img /p1/etc -l\n  wyng files ls vm1.img /p2 -R --json")]
+    #[command(
+        after_help = "Examples:\n  wyng files ls vm1.img\n  wyng files ls vm1.img /p1/etc -l\n  wyng files ls vm1.img /p2 -R --json"
+    )]
     Ls(LsArgs),
     /// Restore files and directories of a session into a directory
-    #[command(after_help = "Examples:\n  wyng files get vm1.img /p1/etc/fstab /p1/home/alice --to=./restored\n  wyng files get vm1.img / --to=./all --session=^weekly\n\nModes, mtimes and symlinks (as links) are restored; owners, device nodes, FIFOs, sockets\nand set-id bits are not. Nothing is written outside --to whatever names the image holds;\nexisting files are kept unless --overwrite (which never replaces a directory and never\nwrites through a link). Sparse files stay sparse.")]
+    #[command(
+        after_help = "Examples:\n  wyng files get vm1.img /p1/etc/fstab /p1/home/alice --to=./restored\n  wyng files get vm1.img / --to=./all --session=^weekly\n\nModes, mtimes and symlinks (as links) are restored; owners, device nodes, FIFOs, sockets\nand set-id bits are not. Nothing is written outside --to whatever names the image holds;\nexisting files are kept unless --overwrite (which never replaces a directory and never\nwrites through a link). Sparse files stay sparse."
+    )]
     Get(GetArgs),
     /// Write one file of a session to standard output
-    #[command(after_help = "Example:\n  wyng files cat vm1.img /p1/etc/fstab --session=20261123-101500")]
+    #[command(
+        after_help = "Example:\n  wyng files cat vm1.img /p1/etc/fstab --session=20261123-101500"
+    )]
     Cat(CatArgs),
     /// Every session in which a path matching a pattern exists
-    #[command(after_help = "Examples:\n  wyng files find vm1.img passwd                 # by name, in every session\n  wyng files find vm1.img '/p1/etc/*.conf'      # a glob on the full path\n  wyng files find vm1.img 'alice/**/*.odt' --session=20261101-000000,20261130-000000\n\nEach match shows whether its content (or type, or link target) differs from the previous\nsession's match: new, changed or same (+metadata: mode, owner or mtime differ).")]
+    #[command(
+        after_help = "Examples:\n  wyng files find vm1.img passwd                 # by name, in every session\n  wyng files find vm1.img '/p1/etc/*.conf'      # a glob on the full path\n  wyng files find vm1.img 'alice/**/*.odt' --session=20261101-000000,20261130-000000\n\nEach match shows whether its content (or type, or link target) differs from the previous\nsession's match: new, changed or same (+metadata: mode, owner or mtime differ)."
+    )]
     Find(FindArgs),
     /// Added, removed and changed files between two sessions
-    #[command(after_help = "Examples:\n  wyng files diff vm1.img --session=20261122-101500,20261123-101500\n  wyng files diff vm1.img /p1/etc --session=^monday,^tuesday --checksum\n\n+ added, - removed, M changed (with what: type, size, content, target, mode, owner, mtime).\nWithout --checksum a file counts as changed when its type, size, mode, owner or mtime\ndiffers (as virt-diff); --checksum also compares the content of files of the same size.")]
+    #[command(
+        after_help = "Examples:\n  wyng files diff vm1.img --session=20261122-101500,20261123-101500\n  wyng files diff vm1.img /p1/etc --session=^monday,^tuesday --checksum\n\n+ added, - removed, M changed (with what: type, size, content, target, mode, owner, mtime).\nWithout --checksum a file counts as changed when its type, size, mode, owner or mtime\ndiffers (as virt-diff); --checksum also compares the content of files of the same size."
+    )]
     Diff(DiffArgs),
 }
 
@@ -206,7 +216,11 @@ impl JsonArray {
 fn mode_string(kind: Kind, perm: u32) -> String {
     let mut s = String::with_capacity(10);
     s.push(kind.letter());
-    for (shift, special, set, unset) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, set, unset) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let bits = (perm >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
@@ -222,7 +236,11 @@ fn mode_string(kind: Kind, perm: u32) -> String {
 
 fn time(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
-        .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
         .unwrap_or_else(|| secs.to_string())
 }
 
@@ -416,7 +434,10 @@ fn get(g: &Global, a: GetArgs) -> Result<()> {
     if r.failed.is_empty() {
         return Ok(());
     }
-    let local = r.failed.iter().all(|p| matches!(p.error, Error::Local { .. }));
+    let local = r
+        .failed
+        .iter()
+        .all(|p| matches!(p.error, Error::Local { .. }));
     for p in &r.failed {
         eprintln!(
             "wyng: {}: {}",
@@ -424,7 +445,10 @@ fn get(g: &Global, a: GetArgs) -> Result<()> {
             wyng::archive::printable(&p.error.to_string())
         );
     }
-    let what = format!("{} path(s) were not restored (listed above)", r.failed.len());
+    let what = format!(
+        "{} path(s) were not restored (listed above)",
+        r.failed.len()
+    );
     Err(if local {
         Error::local(&a.to, what)
     } else {
@@ -513,7 +537,10 @@ fn diff(g: &Global, a: DiffArgs) -> Result<()> {
         ));
     };
     let f = open(g, &a.common)?;
-    let (sx, sy) = (f.select(&a.common.volume, &x)?, f.select(&a.common.volume, &y)?);
+    let (sx, sy) = (
+        f.select(&a.common.volume, &x)?,
+        f.select(&a.common.volume, &y)?,
+    );
     let (sa, sb) = (f.open(&a.common.volume, sx)?, f.open(&a.common.volume, sy)?);
     let path = a.path.unwrap_or_else(|| "/".into());
     let o = DiffOptions {

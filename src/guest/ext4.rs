@@ -28,7 +28,9 @@ impl ext4_view::Ext4Read for Reader {
         start: u64,
         dst: &mut [u8],
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        self.0.read_exact_at(start, dst).map_err(|e| Box::new(e) as _)
+        self.0
+            .read_exact_at(start, dst)
+            .map_err(|e| Box::new(e) as _)
     }
 }
 
@@ -61,12 +63,19 @@ fn check_geometry(disk: &Arc<dyn Disk>) -> Result<()> {
     disk.read_exact_at(1024, &mut sb)?;
     let le32 = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().expect("4 bytes")) as u64;
     let incompat = le32(0x60);
-    let blocks = le32(0x04) | if incompat & 0x80 != 0 { le32(0x150) << 32 } else { 0 };
+    let blocks = le32(0x04)
+        | if incompat & 0x80 != 0 {
+            le32(0x150) << 32
+        } else {
+            0
+        };
     let log = le32(0x18);
     let per_group = le32(0x20);
     let bad = |what: String| guest("the filesystem", what);
     if log > 6 || per_group == 0 {
-        return Err(bad("its superblock is damaged (block size or group size)".into()));
+        return Err(bad(
+            "its superblock is damaged (block size or group size)".into()
+        ));
     }
     let bs = 1024u64 << log;
     let first = le32(0x14);

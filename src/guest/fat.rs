@@ -28,7 +28,9 @@ fn mtime(e: &DirEntry<'_, Cursor>) -> (i64, u32) {
     let m = e.modified();
     let (d, t) = (m.date, m.time);
     let secs = chrono::NaiveDate::from_ymd_opt(d.year.into(), d.month.into(), d.day.into())
-        .and_then(|day| day.and_hms_milli_opt(t.hour.into(), t.min.into(), t.sec.into(), t.millis.into()))
+        .and_then(|day| {
+            day.and_hms_milli_opt(t.hour.into(), t.min.into(), t.sec.into(), t.millis.into())
+        })
         .map(|dt| dt.and_utc());
     secs.map_or((0, 0), |dt| (dt.timestamp(), dt.timestamp_subsec_nanos()))
 }

@@ -157,7 +157,10 @@ impl NtfsFs {
             };
             n += 1;
             if n > MAX_ENTRIES {
-                return Err(guest(&p.display(), "the directory has too many entries (damaged)"));
+                return Err(guest(
+                    &p.display(),
+                    "the directory has too many entries (damaged)",
+                ));
             }
             let entry = entry.map_err(|e| error(e, p))?;
             let record = entry.file_reference().file_record_number();

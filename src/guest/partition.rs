@@ -332,7 +332,9 @@ fn gpt(disk: &Arc<dyn Disk>) -> Result<Vec<Partition>> {
         }
         let (Some(start), Some(len)) = (
             first.checked_mul(sector),
-            (last - first).checked_add(1).and_then(|n| n.checked_mul(sector)),
+            (last - first)
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(sector)),
         ) else {
             continue;
         };

@@ -46,7 +46,8 @@ impl Content {
 
     /// One line: why its files cannot be listed, and what to do instead.
     pub fn unreadable(&self) -> String {
-        let instead = "to read it, loop-mount the session image inside a VM (wyng mount, see docs/mount.md)";
+        let instead =
+            "to read it, loop-mount the session image inside a VM (wyng mount, see docs/mount.md)";
         match self {
             Content::Fs(_) => "a filesystem wyng reads".into(),
             Content::Other(n) => format!(
@@ -203,7 +204,10 @@ mod tests {
             probe(&disk(|v| v[1080..1082].copy_from_slice(&[0x53, 0xEF]))).unwrap(),
             Content::Fs(Fs::Ext)
         );
-        assert_eq!(probe(&(Arc::new(Bytes(vec![])) as Arc<dyn Disk>)).unwrap(), Content::Empty);
+        assert_eq!(
+            probe(&(Arc::new(Bytes(vec![])) as Arc<dyn Disk>)).unwrap(),
+            Content::Empty
+        );
         assert!(Content::Other("XFS").unreadable().contains("docs/mount.md"));
     }
 }

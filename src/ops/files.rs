@@ -348,7 +348,11 @@ fn ls_tree(
     }
     let held = Held::default();
     let mut emit = |p: &GuestPath, st: &Stat| -> Result<Visit> {
-        out(Listed::Entry(entry_info(user_path(&prefix, p), st, link(p, st))))?;
+        out(Listed::Entry(entry_info(
+            user_path(&prefix, p),
+            st,
+            link(p, st),
+        )))?;
         Ok(if o.recursive {
             Visit::Descend
         } else {
@@ -366,7 +370,9 @@ fn ls_tree(
 /// `files cat`: a regular file's bytes, in order, to `out`.
 pub fn cat(s: &OpenSession, path: &[u8], out: &mut dyn std::io::Write) -> Result<u64> {
     let Target::InFs { part, path } = s.image.resolve(path)? else {
-        return Err(Error::Usage("/ lists partitions: name a file in one".into()));
+        return Err(Error::Usage(
+            "/ lists partitions: name a file in one".into(),
+        ));
     };
     let fs = s.image.filesystem(part)?;
     let st = fs.stat(&path)?;
@@ -430,8 +436,8 @@ impl Pattern {
         } else {
             s.to_string()
         };
-        let glob = glob::Pattern::new(&text)
-            .map_err(|e| Error::Usage(format!("pattern '{s}': {e}")))?;
+        let glob =
+            glob::Pattern::new(&text).map_err(|e| Error::Usage(format!("pattern '{s}': {e}")))?;
         Ok(Pattern { glob, full })
     }
 
@@ -446,8 +452,7 @@ impl Pattern {
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
-        self.glob
-            .matches_with(&String::from_utf8_lossy(subject), o)
+        self.glob.matches_with(&String::from_utf8_lossy(subject), o)
     }
 }
 
@@ -554,11 +559,16 @@ pub fn find(
                         } else {
                             Since::Same
                         },
-                        (prev.stat.perm, prev.stat.uid, prev.stat.gid, prev.stat.mtime)
-                            != (st.perm, st.uid, st.gid, st.mtime),
+                        (
+                            prev.stat.perm,
+                            prev.stat.uid,
+                            prev.stat.gid,
+                            prev.stat.mtime,
+                        ) != (st.perm, st.uid, st.gid, st.mtime),
                     ),
                 };
-                let target = (st.kind == Kind::Symlink).then(|| content.clone().unwrap_or_default());
+                let target =
+                    (st.kind == Kind::Symlink).then(|| content.clone().unwrap_or_default());
                 if seen.len() < MAX_MATCHES || seen.contains_key(&path) {
                     seen.insert(
                         path.clone(),
@@ -577,12 +587,18 @@ pub fn find(
                 Ok(Visit::Descend)
             };
             let mut unread = Vec::new();
-            walk(fs, &GuestPath::root(), &held, &mut visit, &mut |p, error| {
-                unread.push(Problem {
-                    path: format!("{} {prefix}{p}", s.session),
-                    error,
-                })
-            })?;
+            walk(
+                fs,
+                &GuestPath::root(),
+                &held,
+                &mut visit,
+                &mut |p, error| {
+                    unread.push(Problem {
+                        path: format!("{} {prefix}{p}", s.session),
+                        error,
+                    })
+                },
+            )?;
             problems.extend(unread);
         }
     }
@@ -651,7 +667,10 @@ pub fn diff(
     for (pa, pb, path) in parts {
         let readable = |img: &Image, p: Option<usize>| match p {
             None => true,
-            Some(i) => matches!(img.layout().parts()[i].content, guest::probe::Content::Fs(_)),
+            Some(i) => matches!(
+                img.layout().parts()[i].content,
+                guest::probe::Content::Fs(_)
+            ),
         };
         if !readable(&a.image, pa) || !readable(&b.image, pb) {
             continue;
@@ -716,8 +735,12 @@ impl Differ<'_> {
     ) -> Result<()> {
         let (sa, sb) = match (self.a.stat(p), self.b.stat(p)) {
             (Ok(x), Ok(y)) => (x, y),
-            (Err(Error::Selection(_)), Ok(y)) => return self.whole(self.b, p, &y, Change::Added, out, problems),
-            (Ok(x), Err(Error::Selection(_))) => return self.whole(self.a, p, &x, Change::Removed, out, problems),
+            (Err(Error::Selection(_)), Ok(y)) => {
+                return self.whole(self.b, p, &y, Change::Added, out, problems)
+            }
+            (Ok(x), Err(Error::Selection(_))) => {
+                return self.whole(self.a, p, &x, Change::Removed, out, problems)
+            }
             (Err(e), _) | (_, Err(e)) => {
                 self.problem(problems, p, e);
                 return Ok(());
@@ -740,13 +763,11 @@ impl Differ<'_> {
         } else {
             match sa.kind {
                 Kind::File if sa.size != sb.size => what.push("size"),
-                Kind::File if self.checksum => {
-                    match (digest(self.a, p), digest(self.b, p)) {
-                        (Ok(x), Ok(y)) if x != y => what.push("content"),
-                        (Ok(_), Ok(_)) => {}
-                        (Err(e), _) | (_, Err(e)) => self.problem(problems, p, e),
-                    }
-                }
+                Kind::File if self.checksum => match (digest(self.a, p), digest(self.b, p)) {
+                    (Ok(x), Ok(y)) if x != y => what.push("content"),
+                    (Ok(_), Ok(_)) => {}
+                    (Err(e), _) | (_, Err(e)) => self.problem(problems, p, e),
+                },
                 Kind::Symlink => match (self.a.read_link(p), self.b.read_link(p)) {
                     (Ok(x), Ok(y)) if x != y => what.push("target"),
                     (Ok(_), Ok(_)) => {}
@@ -825,8 +846,19 @@ impl Differ<'_> {
             let child = match p.join(name) {
                 Ok(c) => c,
                 Err(why) => {
-                    let shown = format!("{}/{}", p.display().trim_end_matches('/'), guest::escape(name));
-                    self.problem(problems, p, Error::Guest { path: shown, what: format!("{why}: left out") });
+                    let shown = format!(
+                        "{}/{}",
+                        p.display().trim_end_matches('/'),
+                        guest::escape(name)
+                    );
+                    self.problem(
+                        problems,
+                        p,
+                        Error::Guest {
+                            path: shown,
+                            what: format!("{why}: left out"),
+                        },
+                    );
                     continue;
                 }
             };

@@ -9,9 +9,9 @@ pub mod check;
 pub mod clean;
 pub mod dedup;
 pub mod diff;
-pub mod files;
 #[cfg(test)]
 mod faults;
+pub mod files;
 pub mod list;
 pub mod monitor;
 pub mod mount;

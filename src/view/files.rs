@@ -90,9 +90,17 @@ impl WorkerState {
     pub fn fs(&mut self, part: Option<usize>) -> Result<&dyn GuestFs> {
         let image = match &self.image {
             Ok(i) => i,
-            Err(e) => return Err(Error::Guest { path: "the image".into(), what: e.to_string() }),
+            Err(e) => {
+                return Err(Error::Guest {
+                    path: "the image".into(),
+                    what: e.to_string(),
+                })
+            }
         };
-        let fs = self.open.entry(part).or_insert_with(|| image.filesystem(part));
+        let fs = self
+            .open
+            .entry(part)
+            .or_insert_with(|| image.filesystem(part));
         match fs {
             Ok(f) => Ok(&**f),
             Err(e) => Err(Error::Guest {
@@ -237,7 +245,13 @@ pub fn list_dir(
                 .parts()
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (i, p.label(), matches!(p.content, guest::probe::Content::Fs(_))))
+                .map(|(i, p)| {
+                    (
+                        i,
+                        p.label(),
+                        matches!(p.content, guest::probe::Content::Fs(_)),
+                    )
+                })
                 .collect();
             for (i, label, readable) in parts {
                 if readable {
@@ -271,7 +285,9 @@ pub fn list_dir(
                 if out.len() > cap {
                     return Err(Error::Guest {
                         path: path.display(),
-                        what: format!("the directory has more than {cap} entries; use `wyng files ls`"),
+                        what: format!(
+                            "the directory has more than {cap} entries; use `wyng files ls`"
+                        ),
                     });
                 }
                 Ok(true)
@@ -389,7 +405,10 @@ impl super::View {
                 if let Some(w) = f.worker.get() {
                     return Ok(w.clone());
                 }
-                let img = self.live.image(f.vi, f.si).map_err(|e| self.guest_error(e))?;
+                let img = self
+                    .live
+                    .image(f.vi, f.si)
+                    .map_err(|e| self.guest_error(e))?;
                 Ok(f.worker
                     .get_or_init(|| Arc::new(GuestWorker::start(img)))
                     .clone())
@@ -468,7 +487,13 @@ impl super::View {
         let name = name.to_os_string();
         let found = self.on_worker((files, at), move |s, at| lookup(s, at, &name));
         Some(match found {
-            Ok(Some(t)) => self.guest_ids.id(GuestRef { session: files, at: t }).ok(),
+            Ok(Some(t)) => self
+                .guest_ids
+                .id(GuestRef {
+                    session: files,
+                    at: t,
+                })
+                .ok(),
             Ok(None) => None,
             Err(_) => None,
         })

@@ -65,17 +65,40 @@ fn tree(root: &Path, v: u32) {
         touch(&p, secs);
     };
     d("etc");
-    d(if v == 1 { "home/alice/docs" } else { "home/alice/papers" });
+    d(if v == 1 {
+        "home/alice/docs"
+    } else {
+        "home/alice/papers"
+    });
     d("empty");
-    f("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644, 1_600_000_000);
+    f(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n",
+        0o644,
+        1_600_000_000,
+    );
     f("etc/shadow", b"root:*:1::::::\n", 0o640, 1_600_000_100);
-    let docs = if v == 1 { "home/alice/docs" } else { "home/alice/papers" };
-    f(&format!("{docs}/thesis.txt"), &vec![b'x'; 70_000], 0o600, 1_600_000_200);
+    let docs = if v == 1 {
+        "home/alice/docs"
+    } else {
+        "home/alice/papers"
+    };
+    f(
+        &format!("{docs}/thesis.txt"),
+        &vec![b'x'; 70_000],
+        0o600,
+        1_600_000_200,
+    );
     let mut big = Image::new(7);
     big.random(300_000);
     f("home/alice/big.bin", &big.data, 0o644, 1_600_000_300);
     if v == 1 {
-        f("home/alice/old.txt", b"to be deleted\n", 0o644, 1_600_000_400);
+        f(
+            "home/alice/old.txt",
+            b"to be deleted\n",
+            0o644,
+            1_600_000_400,
+        );
         f("etc/motd", b"hello\n", 0o644, 1_600_000_500);
     } else {
         f("home/alice/new.txt", b"added later\n", 0o644, 1_600_000_600);
@@ -90,7 +113,13 @@ fn tree(root: &Path, v: u32) {
     touch(&sparse, 1_600_000_800);
     std::os::unix::fs::symlink("../etc/passwd", root.join("home/link")).unwrap();
     touch(&root.join("home/link"), 1_600_000_900);
-    for (p, secs) in [("etc", 1), ("home/alice", 2), ("home", 3), ("empty", 4), (docs, 5)] {
+    for (p, secs) in [
+        ("etc", 1),
+        ("home/alice", 2),
+        ("home", 3),
+        ("empty", 4),
+        (docs, 5),
+    ] {
         touch(&root.join(p), 1_600_001_000 + secs);
     }
 }
@@ -116,7 +145,10 @@ fn describe(root: &Path) -> BTreeMap<String, (char, u32, u64, i64, String)> {
                 '-'
             };
             let target = if t == 'l' {
-                std::fs::read_link(&p).unwrap().to_string_lossy().into_owned()
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
             } else {
                 String::new()
             };
@@ -132,7 +164,12 @@ fn describe(root: &Path) -> BTreeMap<String, (char, u32, u64, i64, String)> {
 fn contents(root: &Path) -> BTreeMap<String, String> {
     files_under(root)
         .into_iter()
-        .filter(|p| !std::fs::symlink_metadata(p).unwrap().file_type().is_symlink())
+        .filter(|p| {
+            !std::fs::symlink_metadata(p)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        })
         .map(|p| {
             (
                 p.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
@@ -147,15 +184,26 @@ fn ext4(src: &Path, img: &Path, mib: u64) {
     sh(
         "mke2fs",
         &[
-            "-q", "-F", "-t", "ext4", "-b", "4096", "-d", src.to_str().unwrap(),
-            img.to_str().unwrap(), &format!("{mib}M"),
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+            &format!("{mib}M"),
         ],
     );
 }
 
 fn fat(src: &Path, img: &Path, mib: u64) {
     let _ = std::fs::remove_file(img);
-    sh("mkfs.vfat", &["-C", img.to_str().unwrap(), &(mib * 1024).to_string()]);
+    sh(
+        "mkfs.vfat",
+        &["-C", img.to_str().unwrap(), &(mib * 1024).to_string()],
+    );
     let entries: Vec<String> = std::fs::read_dir(src)
         .unwrap()
         .map(|e| e.unwrap().path().display().to_string())
@@ -172,11 +220,17 @@ fn fat(src: &Path, img: &Path, mib: u64) {
 /// filled from its image.
 fn gpt_disk(disk: &Path, mib: u64, parts: &[(u64, &Path)]) {
     let _ = std::fs::remove_file(disk);
-    std::fs::File::create(disk).unwrap().set_len(mib << 20).unwrap();
+    std::fs::File::create(disk)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
     let mut script = String::from("label: gpt\n");
     let mut start = 1u64;
     for (size, _) in parts {
-        script.push_str(&format!("start={}MiB, size={}MiB, type=linux\n", start, size));
+        script.push_str(&format!(
+            "start={}MiB, size={}MiB, type=linux\n",
+            start, size
+        ));
         start += size;
     }
     sfdisk(disk, &script);
@@ -207,9 +261,17 @@ fn sfdisk(disk: &Path, script: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "sfdisk: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "sfdisk: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 struct Set {
@@ -226,7 +288,12 @@ fn set() -> Set {
 }
 
 /// `files ls -R --json` of `path` as `describe` shows a tree (paths relative to `path`).
-fn listed(w: &Wyng, vol: &str, session: &str, path: &str) -> BTreeMap<String, (char, u32, u64, i64, String)> {
+fn listed(
+    w: &Wyng,
+    vol: &str,
+    session: &str,
+    path: &str,
+) -> BTreeMap<String, (char, u32, u64, i64, String)> {
     let s = format!("--session={session}");
     let j = w.json(&["files", "ls", vol, path, "-R", "-l", &s]);
     let mut out = BTreeMap::new();
@@ -246,8 +313,16 @@ fn listed(w: &Wyng, vol: &str, session: &str, path: &str) -> BTreeMap<String, (c
             _ => '-',
         };
         let mode = u32::from_str_radix(e["mode"].as_str().unwrap(), 8).unwrap();
-        let size = if t == '-' { e["size"].as_u64().unwrap() } else { 0 };
-        let mtime = if t == 'd' { 0 } else { e["mtime"].as_i64().unwrap() };
+        let size = if t == '-' {
+            e["size"].as_u64().unwrap()
+        } else {
+            0
+        };
+        let mtime = if t == 'd' {
+            0
+        } else {
+            e["mtime"].as_i64().unwrap()
+        };
         let target = e["target"].as_str().unwrap_or("").to_string();
         out.insert(rel, (t, mode, size, mtime, target));
     }
@@ -256,23 +331,44 @@ fn listed(w: &Wyng, vol: &str, session: &str, path: &str) -> BTreeMap<String, (c
 
 #[test]
 fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
-    if !have(&["mke2fs", "mkfs.vfat", "mcopy", "sfdisk", "mkfs.xfs", "cryptsetup"]) {
+    if !have(&[
+        "mke2fs",
+        "mkfs.vfat",
+        "mcopy",
+        "sfdisk",
+        "mkfs.xfs",
+        "cryptsetup",
+    ]) {
         return;
     }
     let s = set();
     let (src, dir) = (s.dir.join("src"), &s.dir);
     let disk = dir.join("disk.img");
     let xfs = dir.join("xfs.img");
-    std::fs::File::create(&xfs).unwrap().set_len(300 << 20).unwrap();
+    std::fs::File::create(&xfs)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
     sh("mkfs.xfs", &["-q", "-f", xfs.to_str().unwrap()]);
     let luks = dir.join("luks.img");
-    std::fs::File::create(&luks).unwrap().set_len(20 << 20).unwrap();
+    std::fs::File::create(&luks)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
     std::fs::write(dir.join("key"), "secret").unwrap();
     sh(
         "cryptsetup",
         &[
-            "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
-            "--pbkdf-force-iterations", "1000", "--key-file", dir.join("key").to_str().unwrap(),
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            dir.join("key").to_str().unwrap(),
             luks.to_str().unwrap(),
         ],
     );
@@ -284,7 +380,12 @@ fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
         gpt_disk(
             &disk,
             400,
-            &[(32, &dir.join("ext4.img")), (16, &dir.join("fat.img")), (300, &xfs), (20, &luks)],
+            &[
+                (32, &dir.join("ext4.img")),
+                (16, &dir.join("fat.img")),
+                (300, &xfs),
+                (20, &luks),
+            ],
         );
         s.w.send("vm", &disk, &[]);
         sessions.push(session_names(&s.w, "vm").last().unwrap().clone());
@@ -296,12 +397,33 @@ fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
         let sarg = format!("--session={sess}");
         // The partitions, named.
         let parts = s.w.json(&["files", "ls", "vm", &sarg]);
-        let fs: Vec<&str> = parts.as_array().unwrap().iter().map(|p| p["filesystem"].as_str().unwrap()).collect();
-        assert_eq!(fs, ["ext2/3/4", "FAT", "XFS", "LUKS (encrypted)"], "{parts}");
+        let fs: Vec<&str> = parts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["filesystem"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            fs,
+            ["ext2/3/4", "FAT", "XFS", "LUKS (encrypted)"],
+            "{parts}"
+        );
         // ext4: listing and restore equal the source (content, mode, mtime, symlinks).
-        assert_eq!(listed(&s.w, "vm", sess, "/p1"), describe(&src), "session {sess}");
+        assert_eq!(
+            listed(&s.w, "vm", sess, "/p1"),
+            describe(&src),
+            "session {sess}"
+        );
         let out = dir.join(format!("out{i}"));
-        s.w.ok(&["files", "get", "vm", "/p1", &format!("--to={}", out.display()), &sarg, "-q"]);
+        s.w.ok(&[
+            "files",
+            "get",
+            "vm",
+            "/p1",
+            &format!("--to={}", out.display()),
+            &sarg,
+            "-q",
+        ]);
         let got = out.join("p1");
         assert_eq!(describe(&got), describe(&src));
         assert_eq!(contents(&got), contents(&src));
@@ -313,7 +435,16 @@ fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
         assert_eq!(cat.as_bytes(), std::fs::read(src.join("etc/motd")).unwrap());
         // FAT: the same files (FAT keeps no modes, links or holes; mtimes to 2 s).
         let outf = dir.join(format!("outf{i}"));
-        s.w.ok(&["files", "get", "vm", "/p2/etc", "/p2/home", &format!("--to={}", outf.display()), &sarg, "-q"]);
+        s.w.ok(&[
+            "files",
+            "get",
+            "vm",
+            "/p2/etc",
+            "/p2/home",
+            &format!("--to={}", outf.display()),
+            &sarg,
+            "-q",
+        ]);
         // mcopy stored the link as a copy of its target.
         let mut want = contents(&src);
         want.insert("home/link".into(), sha256_file(&src.join("etc/passwd")));
@@ -335,7 +466,11 @@ fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
         .iter()
         .map(|m| {
             (
-                m["session"].as_str().unwrap().trim_start_matches("S_").to_string(),
+                m["session"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("S_")
+                    .to_string(),
                 m["path"].as_str().unwrap().to_string(),
                 m["since"].as_str().unwrap().to_string(),
             )
@@ -354,15 +489,37 @@ fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
             "{sess} {path} {since} not in {found:?}"
         );
     }
-    let only_new = s.w.ok(&["files", "find", "vm", "new.txt", &format!("--session={b},{b}")]);
-    assert_eq!(only_new.lines().count(), 2, "in p1 and p2 of that session only: {only_new}");
+    let only_new = s.w.ok(&[
+        "files",
+        "find",
+        "vm",
+        "new.txt",
+        &format!("--session={b},{b}"),
+    ]);
+    assert_eq!(
+        only_new.lines().count(),
+        2,
+        "in p1 and p2 of that session only: {only_new}"
+    );
     // diff: the renamed directory, the added, deleted and modified files.
-    let d = s.w.json(&["files", "diff", "vm", "/p1", &format!("--session={a},{b}"), "--checksum"]);
+    let d = s.w.json(&[
+        "files",
+        "diff",
+        "vm",
+        "/p1",
+        &format!("--session={a},{b}"),
+        "--checksum",
+    ]);
     let changes: Vec<(String, String)> = d
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["change"].as_str().unwrap().into(), c["path"].as_str().unwrap().into()))
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().into(),
+                c["path"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     for want in [
         ("removed", "/p1/home/alice/docs"),
@@ -373,9 +530,17 @@ fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
         ("added", "/p1/home/alice/new.txt"),
         ("changed", "/p1/etc/motd"),
     ] {
-        assert!(changes.contains(&(want.0.into(), want.1.into())), "{want:?} not in {changes:?}");
+        assert!(
+            changes.contains(&(want.0.into(), want.1.into())),
+            "{want:?} not in {changes:?}"
+        );
     }
-    assert!(!changes.iter().any(|(_, p)| p == "/p1/etc/passwd" || p == "/p1/home/alice/big.bin"), "{changes:?}");
+    assert!(
+        !changes
+            .iter()
+            .any(|(_, p)| p == "/p1/etc/passwd" || p == "/p1/home/alice/big.bin"),
+        "{changes:?}"
+    );
 }
 
 #[test]
@@ -386,32 +551,76 @@ fn mbr_logical_partition_ntfs() {
     let s = set();
     let dir = &s.dir;
     let ntfs = dir.join("ntfs.img");
-    std::fs::File::create(&ntfs).unwrap().set_len(16 << 20).unwrap();
+    std::fs::File::create(&ntfs)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     sh("mkntfs", &["-q", "-F", "-f", ntfs.to_str().unwrap()]);
     let mut data = Image::new(3);
     data.text(200_000);
     data.write(&dir.join("report.txt"));
     std::fs::write(dir.join("small.ini"), "[a]\nb=c\n").unwrap();
     for f in ["report.txt", "small.ini"] {
-        sh("ntfscp", &["-q", ntfs.to_str().unwrap(), dir.join(f).to_str().unwrap(), f]);
+        sh(
+            "ntfscp",
+            &[
+                "-q",
+                ntfs.to_str().unwrap(),
+                dir.join(f).to_str().unwrap(),
+                f,
+            ],
+        );
     }
     let disk = dir.join("disk.img");
-    std::fs::File::create(&disk).unwrap().set_len(40 << 20).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
     sfdisk(&disk, "label: dos\nstart=1MiB, size=4MiB, type=83\nstart=6MiB, size=30MiB, type=5\nstart=7MiB, size=17MiB, type=7\n");
     // The logical partition starts 1 MiB into the extended one.
-    sh("dd", &[&format!("if={}", ntfs.display()), &format!("of={}", disk.display()), "bs=1M", "seek=7", "conv=notrunc", "status=none"]);
+    sh(
+        "dd",
+        &[
+            &format!("if={}", ntfs.display()),
+            &format!("of={}", disk.display()),
+            "bs=1M",
+            "seek=7",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
     s.w.send("win", &disk, &[]);
     let ls = s.w.ok(&["files", "ls", "win"]);
-    assert!(ls.contains("p5") && ls.contains("NTFS") && ls.contains("p2"), "{ls}");
+    assert!(
+        ls.contains("p5") && ls.contains("NTFS") && ls.contains("p2"),
+        "{ls}"
+    );
     let names = s.w.ok(&["files", "ls", "win", "/p5"]);
     let names: Vec<&str> = names.lines().collect();
-    assert_eq!(names, ["report.txt", "small.ini"], "metafiles and DOS names are not listed");
-    assert_eq!(s.w.ok(&["files", "cat", "win", "/p5/small.ini"]), "[a]\nb=c\n");
+    assert_eq!(
+        names,
+        ["report.txt", "small.ini"],
+        "metafiles and DOS names are not listed"
+    );
+    assert_eq!(
+        s.w.ok(&["files", "cat", "win", "/p5/small.ini"]),
+        "[a]\nb=c\n"
+    );
     let out = dir.join("out");
-    s.w.ok(&["files", "get", "win", "/p5/report.txt", &format!("--to={}", out.display()), "-q"]);
+    s.w.ok(&[
+        "files",
+        "get",
+        "win",
+        "/p5/report.txt",
+        &format!("--to={}", out.display()),
+        "-q",
+    ]);
     assert_eq!(std::fs::read(out.join("report.txt")).unwrap(), data.data);
     // Case-insensitive lookup, as NTFS does.
-    assert_eq!(s.w.ok(&["files", "cat", "win", "/p5/SMALL.INI"]), "[a]\nb=c\n");
+    assert_eq!(
+        s.w.ok(&["files", "cat", "win", "/p5/SMALL.INI"]),
+        "[a]\nb=c\n"
+    );
     let e = s.w.fails(&["files", "cat", "win", "/p5/missing"], 2);
     assert!(e.contains("no such file"), "{e}");
 }
@@ -430,7 +639,11 @@ fn hostile_names_and_links_write_nothing_outside_the_target() {
     }
     std::fs::write(src.join("victim"), "from the image").unwrap();
     std::fs::write(src.join("d/setuid"), "x").unwrap();
-    std::fs::set_permissions(src.join("d/setuid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(
+        src.join("d/setuid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("/etc/passwd", src.join("abs")).unwrap();
     std::os::unix::fs::symlink("../../../../../../tmp", src.join("up")).unwrap();
     // A directory named like a link the image also holds: the restore never follows it.
@@ -441,7 +654,10 @@ fn hostile_names_and_links_write_nothing_outside_the_target() {
     s.w.send("h", &img, &[]);
     // Listing escapes control characters.
     let ls = s.w.ok(&["files", "ls", "h", "/"]);
-    assert!(ls.contains("a\\x0ab") && ls.contains("esc\\x1b[2Jx"), "{ls}");
+    assert!(
+        ls.contains("a\\x0ab") && ls.contains("esc\\x1b[2Jx"),
+        "{ls}"
+    );
     assert!(!ls.contains('\x1b'));
     // The target holds a link to outside where the image has a file named "victim".
     let outside = dir.join("outside");
@@ -451,29 +667,60 @@ fn hostile_names_and_links_write_nothing_outside_the_target() {
     std::fs::create_dir_all(&to).unwrap();
     std::os::unix::fs::symlink(outside.join("keep"), to.join("victim")).unwrap();
     let before = snapshot(&outside);
-    let o = s.w.run(&["files", "get", "h", "/", &format!("--to={}", to.display())]);
-    assert_eq!(o.status.code(), Some(7), "{}", String::from_utf8_lossy(&o.stderr));
+    let o =
+        s.w.run(&["files", "get", "h", "/", &format!("--to={}", to.display())]);
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("exists"), "{err}");
-    assert!(err.contains("skipped /a\\x0ab") && err.contains("FIFO"), "{err}");
+    assert!(
+        err.contains("skipped /a\\x0ab") && err.contains("FIFO"),
+        "{err}"
+    );
     assert_eq!(snapshot(&outside), before);
-    assert_eq!(std::fs::read_link(to.join("victim")).unwrap(), outside.join("keep"));
+    assert_eq!(
+        std::fs::read_link(to.join("victim")).unwrap(),
+        outside.join("keep")
+    );
     // Links restored as links, never followed; no set-id bits.
-    assert_eq!(std::fs::read_link(to.join("abs")).unwrap(), Path::new("/etc/passwd"));
-    assert_eq!(std::fs::read_link(to.join("d/via")).unwrap(), Path::new("../outside"));
+    assert_eq!(
+        std::fs::read_link(to.join("abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        std::fs::read_link(to.join("d/via")).unwrap(),
+        Path::new("../outside")
+    );
     let m = std::fs::metadata(to.join("d/setuid")).unwrap().mode();
     assert_eq!(m & 0o7777, 0o755);
     assert!(!to.join("fifo").exists());
     assert!(!to.join("a\nb").exists());
     // --overwrite replaces the link itself, never what it points at.
-    s.w.ok(&["files", "get", "h", "/victim", &format!("--to={}", to.display()), "--overwrite", "-q"]);
-    assert_eq!(std::fs::read_to_string(to.join("victim")).unwrap(), "from the image");
+    s.w.ok(&[
+        "files",
+        "get",
+        "h",
+        "/victim",
+        &format!("--to={}", to.display()),
+        "--overwrite",
+        "-q",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(to.join("victim")).unwrap(),
+        "from the image"
+    );
     assert_eq!(snapshot(&outside), before);
     // Every file written is under the target.
     for f in files_under(dir) {
         let rel = f.strip_prefix(dir).unwrap();
         assert!(
-            ["to", "outside", "src", "fs.img", "archive", "meta"].iter().any(|p| rel.starts_with(p)),
+            ["to", "outside", "src", "fs.img", "archive", "meta"]
+                .iter()
+                .any(|p| rel.starts_with(p)),
             "{} written outside",
             f.display()
         );
@@ -493,8 +740,17 @@ fn damaged_guest_metadata_and_damaged_chunks_are_errors_not_panics() {
     ext4(&src, &img, 16);
     // Flip the bytes of /etc's directory block (its checksum fails): that directory is
     // an error, the rest reads.
-    let o = Command::new("debugfs").args(["-R", "blocks /etc"]).arg(&img).output().unwrap();
-    let block: u64 = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().parse().unwrap();
+    let o = Command::new("debugfs")
+        .args(["-R", "blocks /etc"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let block: u64 = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
@@ -503,7 +759,10 @@ fn damaged_guest_metadata_and_damaged_chunks_are_errors_not_panics() {
     s.w.send("c", &img, &[]);
     let e = s.w.fails(&["files", "ls", "c", "/etc"], 1);
     assert!(e.contains("/etc"), "{e}");
-    assert_eq!(s.w.ok(&["files", "cat", "c", "/home/alice/old.txt"]), "to be deleted\n");
+    assert_eq!(
+        s.w.ok(&["files", "cat", "c", "/home/alice/old.txt"]),
+        "to be deleted\n"
+    );
     let e = s.w.fails(&["files", "ls", "c", "/", "-R"], 1);
     assert!(e.contains("/etc"), "{e}");
     // A damaged chunk of the archive: exit 1 naming the archive's damage, never its bytes.
@@ -532,7 +791,14 @@ fn mount_files_equals_the_sources() {
         gpt_disk(&dir.join("disk.img"), 40, &[(32, &dir.join("ext4.img"))]);
         s.w.send("vm", &dir.join("disk.img"), &[]);
         sessions.push(session_names(&s.w, "vm").last().unwrap().clone());
-        sh("cp", &["-a", src.to_str().unwrap(), dir.join(format!("src{v}")).to_str().unwrap()]);
+        sh(
+            "cp",
+            &[
+                "-a",
+                src.to_str().unwrap(),
+                dir.join(format!("src{v}")).to_str().unwrap(),
+            ],
+        );
     }
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -546,7 +812,11 @@ fn mount_files_equals_the_sources() {
             .arg(&root)
             .output()
             .unwrap();
-        assert!(o.status.success(), "diff -r: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            o.status.success(),
+            "diff -r: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         let m = std::fs::symlink_metadata(root.join("etc/shadow")).unwrap();
         assert_eq!(m.mode() & 0o777, 0o640);
         assert_eq!(m.mtime(), 1_600_000_100);

@@ -24,15 +24,16 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         "source" => &["error", "format", "parallel", "progress", "spool"],
         // Guest filesystems are pure over a "read at an offset" source: no archive.
         "guest" => &["error"],
-        "view" => &["error", "format", "archive", "parallel", "spool", "size", "guest"],
+        "view" => &[
+            "error", "format", "archive", "parallel", "spool", "size", "guest",
+        ],
         "ops" => &[
             "error", "format", "archive", "source", "view", "parallel", "progress", "size",
             "spool", "auth", "ops", "guest",
         ],
         // The fuzz targets reach every parser, wherever it lives.
         "fuzz" => &[
-            "error", "format", "crypto", "codec", "dest", "spool", "source", "ops", "size",
-            "guest",
+            "error", "format", "crypto", "codec", "dest", "spool", "source", "ops", "size", "guest",
         ],
         _ => return None,
     })

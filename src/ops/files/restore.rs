@@ -99,14 +99,22 @@ pub fn get(s: &OpenSession, paths: &[Vec<u8>], o: &GetOptions) -> Result<GetRepo
             Target::Partitions => {
                 for (i, part) in s.image.layout().parts().iter().enumerate() {
                     if !matches!(part.content, guest::probe::Content::Fs(_)) {
-                        report.skipped.push((
-                            format!("/{}", part.label()),
-                            part.content.unreadable(),
-                        ));
+                        report
+                            .skipped
+                            .push((format!("/{}", part.label()), part.content.unreadable()));
                         continue;
                     }
                     let name = part.label();
-                    restore_fs(s, Some(i), &GuestPath::root(), Some(name.as_bytes()), &top, o, &mut report, &progress)?;
+                    restore_fs(
+                        s,
+                        Some(i),
+                        &GuestPath::root(),
+                        Some(name.as_bytes()),
+                        &top,
+                        o,
+                        &mut report,
+                        &progress,
+                    )?;
                 }
             }
             Target::InFs { part, path } => {
@@ -117,7 +125,16 @@ pub fn get(s: &OpenSession, paths: &[Vec<u8>], o: &GetOptions) -> Result<GetRepo
                     Some(n) => Some(n.to_vec()),
                     None => label.map(String::into_bytes),
                 };
-                restore_fs(s, part, &path, name.as_deref(), &top, o, &mut report, &progress)?;
+                restore_fs(
+                    s,
+                    part,
+                    &path,
+                    name.as_deref(),
+                    &top,
+                    o,
+                    &mut report,
+                    &progress,
+                )?;
             }
         }
     }
@@ -239,7 +256,11 @@ impl Restorer<'_> {
     /// Removes what is at `name` in `dir` (never a directory), for `overwrite`.
     fn clear(&self, dir: &OwnedFd, name: &std::path::Path) -> Result<()> {
         let shown = name.display().to_string();
-        match fstatat(Some(dir.as_raw_fd()), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match fstatat(
+            Some(dir.as_raw_fd()),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
             Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(e) => Err(local(&shown, e)),
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
@@ -254,7 +275,13 @@ impl Restorer<'_> {
         }
     }
 
-    fn dir(&mut self, dir: &OwnedFd, p: &GuestPath, name: &std::path::Path, st: &Stat) -> Result<()> {
+    fn dir(
+        &mut self,
+        dir: &OwnedFd,
+        p: &GuestPath,
+        name: &std::path::Path,
+        st: &Stat,
+    ) -> Result<()> {
         let shown = self.shown(p);
         let created = match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o700)) {
             Ok(()) => true,
@@ -282,10 +309,24 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn file(&mut self, dir: &OwnedFd, p: &GuestPath, name: &std::path::Path, st: &Stat) -> Result<()> {
+    fn file(
+        &mut self,
+        dir: &OwnedFd,
+        p: &GuestPath,
+        name: &std::path::Path,
+        st: &Stat,
+    ) -> Result<()> {
         let shown = self.shown(p);
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let create = || openat(Some(dir.as_raw_fd()), name, flags, Mode::from_bits_truncate(0o600));
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let create = || {
+            openat(
+                Some(dir.as_raw_fd()),
+                name,
+                flags,
+                Mode::from_bits_truncate(0o600),
+            )
+        };
         let fd = match create() {
             Err(nix::errno::Errno::EEXIST) => {
                 self.clear(dir, name)?;
@@ -347,7 +388,13 @@ impl Restorer<'_> {
         f.set_len(st.size).map_err(|e| local(&shown, e))
     }
 
-    fn symlink(&mut self, dir: &OwnedFd, p: &GuestPath, name: &std::path::Path, st: &Stat) -> Result<()> {
+    fn symlink(
+        &mut self,
+        dir: &OwnedFd,
+        p: &GuestPath,
+        name: &std::path::Path,
+        st: &Stat,
+    ) -> Result<()> {
         let shown = self.shown(p);
         let target = self.fs.read_link(p)?;
         let Ok(target) = CString::new(target) else {
