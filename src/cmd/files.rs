@@ -271,6 +271,16 @@ fn long_line(e: &EntryInfo, name: &str) -> String {
     s
 }
 
+/// `PATH: why`, without saying the path twice when the error names it already.
+fn problem_line(p: &Problem) -> String {
+    let e = wyng::archive::printable(&p.error.to_string());
+    if e.starts_with(&p.path) {
+        e
+    } else {
+        format!("{}: {e}", p.path)
+    }
+}
+
 /// Reports each path that could not be read (stderr) and fails if there was one.
 fn problems(what: &str, p: Vec<Problem>) -> Result<()> {
     if p.is_empty() {
@@ -278,11 +288,7 @@ fn problems(what: &str, p: Vec<Problem>) -> Result<()> {
     }
     let damage = p.iter().any(|x| x.error.exit_code() == 1);
     for x in &p {
-        eprintln!(
-            "wyng: {}: {}",
-            x.path,
-            wyng::archive::printable(&x.error.to_string())
-        );
+        eprintln!("wyng: {}", problem_line(x));
     }
     let text = format!(
         "{what}: {} path(s) could not be read (listed above)",
@@ -439,11 +445,7 @@ fn get(g: &Global, a: GetArgs) -> Result<()> {
         .iter()
         .all(|p| matches!(p.error, Error::Local { .. }));
     for p in &r.failed {
-        eprintln!(
-            "wyng: {}: {}",
-            p.path,
-            wyng::archive::printable(&p.error.to_string())
-        );
+        eprintln!("wyng: {}", problem_line(p));
     }
     let what = format!(
         "{} path(s) were not restored (listed above)",

@@ -254,8 +254,8 @@ impl Restorer<'_> {
     }
 
     /// Removes what is at `name` in `dir` (never a directory), for `overwrite`.
-    fn clear(&self, dir: &OwnedFd, name: &std::path::Path) -> Result<()> {
-        let shown = name.display().to_string();
+    fn clear(&self, dir: &OwnedFd, name: &std::path::Path, shown: &str) -> Result<()> {
+        let shown = shown.to_string();
         match fstatat(
             Some(dir.as_raw_fd()),
             name,
@@ -329,7 +329,7 @@ impl Restorer<'_> {
         };
         let fd = match create() {
             Err(nix::errno::Errno::EEXIST) => {
-                self.clear(dir, name)?;
+                self.clear(dir, name, &shown)?;
                 create()
             }
             r => r,
@@ -406,7 +406,7 @@ impl Restorer<'_> {
         let make = || symlinkat(target.as_c_str(), Some(dir.as_raw_fd()), name);
         match make() {
             Err(nix::errno::Errno::EEXIST) => {
-                self.clear(dir, name)?;
+                self.clear(dir, name, &shown)?;
                 make()
             }
             r => r,
