@@ -171,7 +171,13 @@ pub struct GuestRef {
 
 /// Node ids for guest entries, in their own range above the tree's.
 pub struct GuestIds {
-    inner: Mutex<(HashMap<u64, GuestRef>, HashMap<GuestRef, u64>, u64)>,
+    inner: Mutex<Ids>,
+}
+
+struct Ids {
+    by_id: HashMap<u64, GuestRef>,
+    by_ref: HashMap<GuestRef, u64>,
+    next: u64,
 }
 
 /// Guest node ids start here (the tree's own ids count up from 1).
@@ -180,31 +186,35 @@ pub const FIRST_GUEST_ID: u64 = 1 << 48;
 impl Default for GuestIds {
     fn default() -> Self {
         GuestIds {
-            inner: Mutex::new((HashMap::new(), HashMap::new(), FIRST_GUEST_ID)),
+            inner: Mutex::new(Ids {
+                by_id: HashMap::new(),
+                by_ref: HashMap::new(),
+                next: FIRST_GUEST_ID,
+            }),
         }
     }
 }
 
 impl GuestIds {
     pub fn get(&self, id: u64) -> Option<GuestRef> {
-        self.inner.lock().0.get(&id).cloned()
+        self.inner.lock().by_id.get(&id).cloned()
     }
 
     pub fn id(&self, r: GuestRef) -> io::Result<u64> {
         let mut g = self.inner.lock();
-        if let Some(id) = g.1.get(&r) {
+        if let Some(id) = g.by_ref.get(&r) {
             return Ok(*id);
         }
-        if g.0.len() >= MAX_NODES {
+        if g.by_id.len() >= MAX_NODES {
             tracing::error!(
                 "more than {MAX_NODES} files looked up in session images: unmount and mount again to look up more"
             );
             return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
-        let id = g.2;
-        g.2 += 1;
-        g.0.insert(id, r.clone());
-        g.1.insert(r, id);
+        let id = g.next;
+        g.next += 1;
+        g.by_id.insert(id, r.clone());
+        g.by_ref.insert(r, id);
         Ok(id)
     }
 }

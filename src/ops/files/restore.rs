@@ -185,7 +185,7 @@ impl Restorer<'_> {
     /// Restores the entry `p` (stat `st`) as `name` in `dir`.
     fn entry(&mut self, dir: &OwnedFd, p: &GuestPath, name: &[u8], st: &Stat) -> Result<()> {
         if let Some(why) = guest::name::unsafe_name(name) {
-            self.report.skipped.push((self.shown(p), format!("{why}")));
+            self.report.skipped.push((self.shown(p), why.to_string()));
             return Ok(());
         }
         if has_control(name) {
