@@ -264,11 +264,11 @@ impl crate::guest::Disk for SparseDisk {
         self.size
     }
 
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::error::Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= self.size)
-            .ok_or_else(|| crate::Error::Guest {
+            .ok_or_else(|| crate::error::Error::Guest {
                 path: "fuzz".into(),
                 what: "past the end".into(),
             })?;
