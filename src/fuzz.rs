@@ -620,7 +620,17 @@ mod tests {
     #[test]
     fn every_target_survives_its_seeds_and_their_mutations() {
         // Decoded manifests are stored plain beside the fixtures: seeds for `manifest`.
+        // WYNG_FUZZ_ROUNDS=N (and WYNG_FUZZ_ONLY=TARGET) run longer, where cargo-fuzz is
+        // not at hand.
+        let rounds: u64 = std::env::var("WYNG_FUZZ_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let only = std::env::var("WYNG_FUZZ_ONLY").ok();
         for t in TARGETS {
+            if only.as_ref().is_some_and(|o| o != t.name) {
+                continue;
+            }
             let mut seeds = seeds(t, &fixtures());
             // Inputs fuzzing once found (kept as regression seeds).
             let found = fixtures().join("../fuzz").join(t.name);
@@ -630,7 +640,7 @@ mod tests {
             assert!(!seeds.is_empty(), "{}: no seeds", t.name);
             for (i, s) in seeds.iter().enumerate() {
                 run_checked(t, s);
-                for m in 0..300u64 {
+                for m in 0..rounds {
                     let state = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (m + 1);
                     let input = mutate(s, state, 1 + (m % 6) as usize);
                     run_checked(t, &input);
