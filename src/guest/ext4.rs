@@ -196,14 +196,28 @@ impl GuestFs for Ext4Fs {
         if file.position() != offset {
             file.seek_to(offset).map_err(|e| error(e, p))?;
         }
-        let mut done = 0;
-        while done < buf.len() {
-            let n = file.read_bytes(&mut buf[done..]).map_err(|e| error(e, p))?;
-            if n == 0 {
-                break;
+        // ext4-view 1.0 panics (an unwrap in File::read_bytes) on a file whose block map
+        // ends before its size, found by fuzzing: caught here as damage, the file dropped.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut done = 0;
+            while done < buf.len() {
+                let n = file.read_bytes(&mut buf[done..]).map_err(|e| error(e, p))?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
             }
-            done += n;
-        }
+            Ok::<usize, Error>(done)
+        }));
+        let done = match read {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(guest(
+                    &p.display(),
+                    "its block map ends before its size (damaged; the ext4 reader stopped)",
+                ))
+            }
+        };
         cursors.insert(0, (p.clone(), file));
         cursors.truncate(CURSORS);
         Ok(done)
