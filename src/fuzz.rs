@@ -659,7 +659,9 @@ mod tests {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             // Findings (`found-*`) are damaged on purpose.
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("found-")) {
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("found-"))
+            {
                 continue;
             }
             let disk: std::sync::Arc<dyn crate::guest::Disk> =

@@ -5,10 +5,14 @@
 //!   most [`MAX_GROUPS`] block groups (the crate sizes its descriptor table from that claim).
 //! * A symlink target is read only when its inode says it is at most [`MAX_LINK`] bytes (the
 //!   crate would allocate whatever size the inode claims).
+//! * A crate panic while reading a file (ext4-view 1.0 unwraps where a damaged block map
+//!   ends) is caught without a message (`quiet.rs`) and is an error for that file; the open
+//!   file is dropped, the filesystem stays usable.
 //! * Open files are kept per path for sequential reads (at most [`CURSORS`]); a read elsewhere
 //!   seeks, which walks the file's block map from its start.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Error, FileType, Metadata};
@@ -20,7 +24,13 @@ use crate::error::{Error, Result};
 pub const MAX_GROUPS: u64 = 1 << 20;
 const CURSORS: usize = 4;
 
-struct Reader(Arc<dyn Disk>);
+/// A read of the image that failed: where, and how long.
+type Failed = Rc<Cell<Option<(u64, usize)>>>;
+
+struct Reader {
+    disk: Arc<dyn Disk>,
+    failed: Failed,
+}
 
 impl ext4_view::Ext4Read for Reader {
     fn read(
@@ -28,14 +38,19 @@ impl ext4_view::Ext4Read for Reader {
         start: u64,
         dst: &mut [u8],
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        self.0
-            .read_exact_at(start, dst)
-            .map_err(|e| Box::new(e) as _)
+        self.disk.read_exact_at(start, dst).map_err(|e| {
+            self.failed.set(Some((start, dst.len())));
+            Box::new(e) as _
+        })
     }
 }
 
 pub struct Ext4Fs {
     fs: Ext4,
+    disk: Arc<dyn Disk>,
+    /// The last read of the image that failed (the crate may swallow the error, see
+    /// [`Ext4Fs::read_at`]).
+    failed: Failed,
     cursors: RefCell<Vec<(GuestPath, ext4_view::File)>>,
 }
 
@@ -118,11 +133,33 @@ fn stat(m: &Metadata) -> Stat {
 impl Ext4Fs {
     pub fn open(disk: Arc<dyn Disk>) -> Result<Ext4Fs> {
         check_geometry(&disk)?;
-        let fs = Ext4::load(Box::new(Reader(disk))).map_err(|e| error(e, &GuestPath::root()))?;
+        let failed = Failed::default();
+        let reader = Reader {
+            disk: disk.clone(),
+            failed: failed.clone(),
+        };
+        let fs = Ext4::load(Box::new(reader)).map_err(|e| error(e, &GuestPath::root()))?;
         Ok(Ext4Fs {
             fs,
+            disk,
+            failed,
             cursors: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Why the crate stopped inside a file: the image's own error if a read of it failed
+    /// (read again to get it: a damaged chunk fails again), else damage of the block map.
+    fn stopped(&self, p: &GuestPath) -> Error {
+        if let Some((at, len)) = self.failed.take() {
+            let mut again = vec![0u8; len];
+            if let Err(e) = self.disk.read_exact_at(at, &mut again) {
+                return e;
+            }
+        }
+        guest(
+            &p.display(),
+            "its block map is damaged or ends before its size (the ext4 reader stopped)",
+        )
     }
 }
 
@@ -189,12 +226,18 @@ impl GuestFs for Ext4Fs {
                 (p.clone(), f)
             }
         };
-        if file.position() != offset {
-            file.seek_to(offset).map_err(|e| error(e, p))?;
-        }
-        // ext4-view 1.0 panics (an unwrap in File::read_bytes) on a file whose block map
-        // ends before its size, found by fuzzing: caught here as damage, the file dropped.
-        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // ext4-view 1.0 panics (an unwrap in File::read_bytes, file.rs:132) once a file's
+        // block iterator has ended before the file's size: when its block map addresses
+        // fewer blocks than its size needs, or after an error that File::seek_to swallowed
+        // (a damaged chunk in the block map). Which one cannot be told without walking the
+        // block map, so the panic is caught, silently (quiet.rs), and the file dropped: the
+        // panic happens outside every borrow inside the crate, so the filesystem stays
+        // usable. A read that failed meanwhile is the error the user sees.
+        self.failed.set(None);
+        let read = super::quiet::catch(|| {
+            if file.position() != offset {
+                file.seek_to(offset).map_err(|e| error(e, p))?;
+            }
             let mut done = 0;
             while done < buf.len() {
                 let n = file.read_bytes(&mut buf[done..]).map_err(|e| error(e, p))?;
@@ -204,15 +247,10 @@ impl GuestFs for Ext4Fs {
                 done += n;
             }
             Ok::<usize, Error>(done)
-        }));
+        });
         let done = match read {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(guest(
-                    &p.display(),
-                    "its block map ends before its size (damaged; the ext4 reader stopped)",
-                ))
-            }
+            Some(r) => r?,
+            None => return Err(self.stopped(p)),
         };
         cursors.insert(0, (p.clone(), file));
         cursors.truncate(CURSORS);
@@ -224,6 +262,80 @@ impl GuestFs for Ext4Fs {
 mod tests {
     use super::*;
     use crate::guest::Bytes;
+
+    /// An ext2 image (1 KiB blocks) holding `/f`, 40 KiB: 12 direct blocks, then an indirect
+    /// block whose number debugfs set past the end of the filesystem.
+    fn past_end() -> Vec<u8> {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fuzz/guest_fs/found-ext2-indirect-block-past-end"
+        );
+        let d = crate::fuzz::SparseDisk::parse(&std::fs::read(p).unwrap());
+        let mut v = vec![0u8; d.size() as usize];
+        d.read_exact_at(0, &mut v).unwrap();
+        v
+    }
+
+    fn f() -> GuestPath {
+        GuestPath::parse_user(b"/f").unwrap()
+    }
+
+    /// ext4-view panics reading on after its `seek_to` swallowed an error: that is an error
+    /// for the file (and the filesystem stays usable), whether read from the start or not.
+    #[test]
+    fn a_block_map_that_ends_early_is_an_error_not_a_panic() {
+        let fs = Ext4Fs::open(Arc::new(Bytes(past_end()))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..2 {
+            let e = fs
+                .read_at(&f(), 20 << 10, &mut buf)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/f") && e.contains("block map"), "{e}");
+        }
+        assert!(fs.read_at(&f(), 0, &mut vec![0u8; 40 << 10]).is_err());
+        assert_eq!(fs.read_at(&f(), 0, &mut buf).unwrap(), 4096);
+        assert_eq!(fs.stat(&f()).unwrap().size, 40 << 10);
+    }
+
+    /// A disk whose bytes in `bad` fail to read, as a chunk that fails its hash does.
+    struct Damaged(Bytes, std::ops::Range<u64>);
+
+    impl Disk for Damaged {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+
+        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            if offset < self.1.end && offset + buf.len() as u64 > self.1.start {
+                return Err(Error::corrupt("Vol_1/S_1/x0", "hash mismatch"));
+            }
+            self.0.read_exact_at(offset, buf)
+        }
+    }
+
+    /// The same stop, caused by a damaged chunk under the indirect block: the user sees
+    /// the chunk's error, not a guess about the block map.
+    #[test]
+    fn a_damaged_chunk_under_the_block_map_is_that_chunks_error() {
+        let mut v = past_end();
+        let at: Vec<usize> = (0..v.len() - 4)
+            .filter(|&i| v[i..i + 4] == 999_999u32.to_le_bytes())
+            .collect();
+        assert_eq!(at.len(), 1);
+        v[at[0]..at[0] + 4].copy_from_slice(&42u32.to_le_bytes());
+        let fs = Ext4Fs::open(Arc::new(Damaged(Bytes(v.clone()), 42 << 10..43 << 10))).unwrap();
+        let e = fs.read_at(&f(), 20 << 10, &mut [0u8; 100]).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        // Undamaged, the file reads.
+        let fs = Ext4Fs::open(Arc::new(Bytes(v))).unwrap();
+        let mut buf = vec![0u8; 40 << 10];
+        assert_eq!(fs.read_at(&f(), 0, &mut buf).unwrap(), 40 << 10);
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b as usize == (i * 7 + 1) % 251));
+    }
 
     /// A 1 MiB disk whose superblock says 1 KiB blocks, 1024 of them, 8192 per group.
     fn superblock(f: impl FnOnce(&mut [u8])) -> Arc<dyn Disk> {

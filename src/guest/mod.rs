@@ -24,6 +24,7 @@ pub mod name;
 pub mod ntfs;
 pub mod partition;
 pub mod probe;
+mod quiet;
 
 use std::io;
 use std::sync::Arc;

@@ -828,3 +828,66 @@ fn mount_files_equals_the_sources() {
     assert!(std::fs::write(mnt.join("vm/latest.files/p1/etc/new"), "x").is_err());
     s.w.ok(&["umount", mnt.to_str().unwrap()]);
 }
+
+/// ext4-view 1.0 panics reading a file whose block map stops early once a read has seeked
+/// past the stop (here an indirect block numbered past the end of the filesystem, as debugfs
+/// sets it): caught, that read is an error (EIO in the mount), the rest is served, and no
+/// panic message reaches the user or the mount's log.
+#[test]
+fn a_reader_panic_is_a_read_error_and_prints_nothing() {
+    if !have(&["mke2fs", "debugfs"]) || !can_run_privileged(&["/dev/fuse"]) {
+        return;
+    }
+    let s = set();
+    let dir = &s.dir;
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), vec![b'x'; 40 << 10]).unwrap();
+    std::fs::write(src.join("ok"), "fine\n").unwrap();
+    let img = dir.join("fs.img");
+    sh(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext2",
+            "-b",
+            "1024",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "1M",
+        ],
+    );
+    sh(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            "sif /f block[IND] 999999",
+            img.to_str().unwrap(),
+        ],
+    );
+    s.w.send("e", &img, &[]);
+    let e = s.w.fails(&["files", "cat", "e", "/f"], 1);
+    assert!(e.contains("/f") && !e.contains("panicked"), "{e}");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    s.w.ok(&["mount", mnt.to_str().unwrap(), "--files"]);
+    let _g = MountGuard(mnt.clone());
+    let f = std::fs::File::open(mnt.join("e/latest.files/f")).unwrap();
+    for _ in 0..2 {
+        let err = std::os::unix::fs::FileExt::read_at(&f, &mut [0u8; 1024], 20 << 10)
+            .expect_err("a read past the block map's stop");
+        assert_eq!(err.raw_os_error(), Some(5), "EIO: {err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("e/latest.files/ok")).unwrap(),
+        "fine\n"
+    );
+    drop(f);
+    s.w.ok(&["umount", mnt.to_str().unwrap()]);
+    let log = std::fs::read_to_string(dir.join("meta/mount.log")).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+}
