@@ -137,6 +137,11 @@ fi
 # sessions sent to s3://, encrypted copies, mirror updates.
 echo
 scripts/bench-copy.sh "$size_mib"
+# Files inside sessions: ls of a 1 TiB ext4 volume, get of a 1 GiB file, find over 50 sessions.
+if command -v mke2fs >/dev/null && command -v debugfs >/dev/null; then
+  echo
+  scripts/bench-files.sh
+fi
 # Scale rows: 1 TiB (with 50 sessions for the mount) and 16 TiB sparse volumes at 64 KiB
 # chunks (16,383 GiB: ext4's largest file). BENCH_SCALE=0 leaves them out.
 if [ "${BENCH_SCALE:-1}" != 0 ]; then

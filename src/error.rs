@@ -125,6 +125,9 @@ pub enum Error {
     /// The user answered no.
     #[error("cancelled; nothing was changed")]
     Cancelled,
+    /// A filesystem inside a session image is damaged, or holds what wyng does not read.
+    #[error("{path}: {what}")]
+    Guest { path: String, what: String },
 }
 
 impl Error {
@@ -190,6 +193,7 @@ impl Error {
             | Error::CountersNotReserved
             | Error::Tool { .. }
             | Error::Cancelled => 1,
+            | Error::Guest { .. } => 1,
         }
     }
 
@@ -222,6 +226,7 @@ impl Error {
             Error::Tool { .. } => "tool",
             Error::Interrupted => "interrupted",
             Error::Cancelled => "cancelled",
+            Error::Guest { .. } => "guest",
         }
     }
 

@@ -9,6 +9,8 @@
 //!   streamed manifests, merged-view indexes, chunk reader, session writer, journal, recovery.
 //! * [`source`]: where volume data and its changes come from (files, block devices,
 //!   copy-on-write snapshots).
+//! * [`guest`]: what is inside a disk image (partition tables, ext2/3/4, FAT, NTFS), read
+//!   in userspace from any "read at an offset" source.
 //! * [`view`]: a FUSE-free tree of volumes and sessions as sparse files (the mount).
 //! * [`nbd`]: the NBD protocol's wire format (pure; `ops::serve` is the server).
 //! * [`ops`]: one module per command, on top of all of that.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod guest;
 pub mod nbd;
 pub mod ops;
 pub mod parallel;

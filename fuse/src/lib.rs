@@ -47,6 +47,8 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// How long the kernel may cache this node's attributes and its directory entry.
     pub ttl: Duration,
+    /// Permission bits (`0o777`); `None`: 0555 directories, 0444 files, 0777 links.
+    pub perm: Option<u16>,
 }
 
 /// A tree of read-only sparse files. A node id always names the same thing; what a directory
@@ -206,6 +208,7 @@ fn file_attr(node: NodeId, a: &Attr) -> FileAttr {
         Kind::File => (FileType::RegularFile, 0o444, 1),
         Kind::Symlink => (FileType::Symlink, 0o777, 1),
     };
+    let perm = a.perm.map_or(perm, |p| p & 0o777);
     FileAttr {
         ino: node,
         size: a.size,

@@ -42,6 +42,7 @@ impl SparseTree for MemTree {
             size,
             blocks: if node == A { 2 * 65536 / 512 } else { 0 },
             mtime: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            perm: None,
             ttl: std::time::Duration::from_secs(3600),
         })
     }

@@ -395,6 +395,22 @@ impl SessionImage {
         Ok(n)
     }
 
+    /// Asks the background threads to fetch and decode the chunks holding `len` bytes from
+    /// `offset` into the cache, for a reader that knows where it goes next (a file inside the
+    /// image read in order). Never owed: dropped when they are busy.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        let cs = self.chunksize();
+        let first = offset / cs;
+        let count = (offset.saturating_add(len).div_ceil(cs)).saturating_sub(first);
+        if count > 0 {
+            self.0.live.read_ahead(Ahead {
+                image: self.clone(),
+                first,
+                count,
+            });
+        }
+    }
+
     /// Fetches into the cache the data chunks among `count` chunks from `first`.
     fn fetch_window(&self, first: u64, count: u64) -> Result<()> {
         let r = self.resolved();

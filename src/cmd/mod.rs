@@ -12,6 +12,7 @@ pub mod config;
 pub mod delete;
 pub mod diff;
 pub mod docs;
+pub mod files;
 pub mod list;
 pub mod monitor;
 pub mod mount;
@@ -197,6 +198,11 @@ pub fn json_written() -> bool {
     JSON_WRITTEN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A command streaming its JSON document (it has started writing stdout).
+pub fn mark_json_written() {
+    JSON_WRITTEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `--meta-reduce MODE:MIN` (behaviour §10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetaReduce {
@@ -254,6 +260,9 @@ pub enum Cmd {
     /// Compare local volumes with their newest (or a chosen) session in the archive
     #[command(after_help = diff::HELP)]
     Diff(diff::DiffArgs),
+    /// Browse, find and restore files inside sessions (ext2/3/4, FAT, NTFS; no root needed)
+    #[command(after_help = files::HELP)]
+    Files(files::FilesArgs),
     /// Unmount a `wyng mount`
     #[command(after_help = mount::UMOUNT_HELP)]
     Umount(mount::UmountArgs),
@@ -407,6 +416,7 @@ fn run_command(g: &Global, cmd: Cmd) -> Result<()> {
         Cmd::Mount(a) => mount::run(g, a),
         Cmd::Umount(a) => mount::umount(a),
         Cmd::Serve(a) => serve::run(g, a),
+        Cmd::Files(a) => files::run(g, a),
         Cmd::Monitor(a) => monitor::run(g, a),
         Cmd::Diff(a) => diff::run(g, a),
         Cmd::Prune(a) => prune::run(g, a),

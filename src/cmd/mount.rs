@@ -15,7 +15,7 @@ use wyng::{Error, Result};
 
 use super::Global;
 
-pub const HELP: &str = "Examples:\n  wyng mount /mnt/wyng --dest=file:/mnt/usb/laptop.backup\n  ls /mnt/wyng/vm1.img/            # S_20261101-020000.img ... latest.img -> newest, by-tag/\n  losetup -r -f --show -P /mnt/wyng/vm1.img/S_20261101-020000.img   # then mount -o ro,noload\n  dd if=/mnt/wyng/vm1.img/latest.img of=/dev/vg/vm1 bs=4M conv=sparse\n  wyng umount /mnt/wyng\n\nEvery chunk read is verified; a damaged chunk is an I/O error for that read, never wrong\nbytes. New sessions appear (and latest.img follows) within a few seconds; a session pruned\nwhile open answers ESTALE. The mount runs in the background (logging to <meta-dir>/mount.log)\nuntil `wyng umount`, SIGTERM or SIGINT. Loop-mounting a guest filesystem makes your kernel\nparse untrusted data: see docs/mount.md.";
+pub const HELP: &str = "Examples:\n  wyng mount /mnt/wyng --dest=file:/mnt/usb/laptop.backup\n  ls /mnt/wyng/vm1.img/            # S_20261101-020000.img ... latest.img -> newest, by-tag/\n  losetup -r -f --show -P /mnt/wyng/vm1.img/S_20261101-020000.img   # then mount -o ro,noload\n  dd if=/mnt/wyng/vm1.img/latest.img of=/dev/vg/vm1 bs=4M conv=sparse\n  wyng mount /mnt/wyng --files --dest=...   # and S_….files/: the files inside, no root needed\n  cp -a /mnt/wyng/vm1.img/latest.files/p1/etc/fstab /tmp/\n  wyng umount /mnt/wyng\n\nEvery chunk read is verified; a damaged chunk is an I/O error for that read, never wrong\nbytes. New sessions appear (and latest.img follows) within a few seconds; a session pruned\nwhile open answers ESTALE. The mount runs in the background (logging to <meta-dir>/mount.log)\nuntil `wyng umount`, SIGTERM or SIGINT. Loop-mounting a guest filesystem makes your kernel\nparse untrusted data: see docs/mount.md.";
 pub const UMOUNT_HELP: &str =
     "Examples:\n  wyng umount /mnt/wyng          # same as fusermount3 -u /mnt/wyng\n  wyng umount ~/restore/mnt\n\nWaits until the process that served the mount has exited.";
 
@@ -43,6 +43,10 @@ pub struct MountArgs {
     /// Let other users read the files (needs user_allow_other in /etc/fuse.conf for non-root)
     #[arg(long)]
     pub allow_other: bool,
+    /// Show the files inside each session too: S_….files/ beside S_….img (ext2/3/4, FAT,
+    /// NTFS, read by wyng itself; see docs/files.md)
+    #[arg(long)]
+    pub files: bool,
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +75,7 @@ pub fn run(g: &Global, a: MountArgs) -> Result<()> {
         cache_bytes: a.cache,
         allow_other: a.allow_other,
         refresh: super::background::refresh_interval(),
+        files: a.files,
     };
     if a.foreground {
         return serve(archive, &o, &mut |_| {});

@@ -12,6 +12,7 @@ pub mod dedup;
 pub mod diff;
 #[cfg(test)]
 mod faults;
+pub mod files;
 pub mod list;
 pub mod monitor;
 pub mod mount;

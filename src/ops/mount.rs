@@ -22,6 +22,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// How often the tree checks the archive for new or removed sessions.
     pub refresh: Duration,
+    /// Show the files inside each session too (`S_….files/`).
+    pub files: bool,
 }
 
 /// FUSE must be usable, and the mountpoint an empty directory that is not mounted on already.
@@ -133,6 +135,7 @@ pub fn start(mut archive: Archive, o: &MountOptions) -> Result<Mount> {
             volume: o.volume.clone(),
             session: filter,
             ttl: o.refresh,
+            files: o.files,
         },
     )?);
     crate::view::fuse::mount(view, &o.mountpoint, o.allow_other).map_err(|e| {

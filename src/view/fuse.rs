@@ -28,6 +28,7 @@ impl SparseTree for Adapter {
             blocks: a.blocks,
             mtime: a.mtime,
             ttl: a.ttl,
+            perm: a.perm,
         })
     }
 

@@ -5,6 +5,8 @@
 //! /<volume name>/S_YYYYMMDD-HHMMSS.img       one read-only file per session, the volume's size then
 //! /<volume name>/latest.img -> S_….img        the newest session
 //! /<volume name>/by-tag/<tag>/S_….img -> ../../S_….img
+//! /<volume name>/S_….files/                   with `--files`: the files inside (p1/, p2/, … with a
+//! /<volume name>/latest.files -> S_….files    partition table), read by [`crate::guest`]
 //! ```
 //! Volume names with slashes become nested directories. A file's mtime is its session's time.
 //!
@@ -28,6 +30,7 @@
 //! This module is the tree and its refresh policy; reading, caching and following the archive
 //! are [`LiveArchive`]'s.
 
+pub mod files;
 pub mod fuse;
 
 use std::collections::HashMap;
@@ -57,6 +60,8 @@ pub struct ViewOptions {
     /// How long the kernel may cache directories and attributes (the live archive is compared
     /// with the destination about as often).
     pub ttl: Duration,
+    /// Show each session's files too (`S_….files/`, `latest.files`).
+    pub files: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +81,8 @@ pub struct Attr {
     /// How long the kernel may cache this: directories, links and the existence of a session
     /// follow the archive (a session's content never changes: open files keep their cache).
     pub ttl: Duration,
+    /// Permission bits, where they are not the defaults (files inside sessions).
+    pub perm: Option<u16>,
 }
 
 enum Node {
@@ -88,6 +95,8 @@ enum Node {
         target: OsString,
         mtime: SystemTime,
     },
+    /// `S_….files/`: the root of a session's files.
+    Files(Box<files::FilesNode>),
 }
 
 struct SessionNode {
@@ -119,6 +128,8 @@ pub struct View {
     /// Stable node ids: a path keeps its id across refreshes.
     ids: Mutex<(HashMap<String, NodeId>, NodeId)>,
     gone: Mutex<HashMap<NodeId, GoneSession>>,
+    /// Ids of entries inside sessions' files.
+    guest_ids: files::GuestIds,
 }
 
 fn session_time(name: &SessionName) -> SystemTime {
@@ -243,6 +254,18 @@ fn build(
                 })),
             );
             add_child(&mut nodes, dir, &file, i);
+            if o.files {
+                let f = id(&format!("f:{}/{}", vol.vid, s.name));
+                nodes.insert(
+                    f,
+                    Node::Files(Box::new(files::FilesNode::new(
+                        vi,
+                        si,
+                        session_time(&s.name),
+                    ))),
+                );
+                add_child(&mut nodes, dir, &format!("{}.files", s.name), f);
+            }
             for t in &s.info.tags {
                 match tags.iter_mut().find(|(id, _)| *id == t.id) {
                     Some((_, files)) => files.push(file.clone()),
@@ -259,6 +282,17 @@ fn build(
             },
         );
         add_child(&mut nodes, dir, "latest.img", latest);
+        if o.files {
+            let latest = id(&format!("l:{path}/latest.files"));
+            nodes.insert(
+                latest,
+                Node::Link {
+                    target: format!("{}.files", newest.name).into(),
+                    mtime,
+                },
+            );
+            add_child(&mut nodes, dir, "latest.files", latest);
+        }
         if !tags.is_empty() {
             let by_tag = id(&format!("d:{path}/by-tag"));
             nodes.insert(
@@ -318,6 +352,7 @@ impl View {
             opts: o,
             ids: Mutex::new(ids),
             gone: Mutex::new(HashMap::new()),
+            guest_ids: files::GuestIds::default(),
         })
     }
 
@@ -415,13 +450,16 @@ impl View {
 
     pub fn kind(&self, node: NodeId) -> Option<Kind> {
         Some(match self.tree.read().nodes.get(&node)? {
-            Node::Dir { .. } => Kind::Dir,
+            Node::Dir { .. } | Node::Files(_) => Kind::Dir,
             Node::Session(_) => Kind::File,
             Node::Link { .. } => Kind::Symlink,
         })
     }
 
     pub fn attr(&self, node: NodeId) -> io::Result<Attr> {
+        if let Some(r) = self.guest_attr(node) {
+            return r;
+        }
         if matches!(self.kind(node), Some(Kind::Dir)) {
             self.refresh(false);
         }
@@ -434,6 +472,7 @@ impl View {
                 blocks: 0,
                 mtime: *mtime,
                 ttl: short,
+                perm: None,
             }),
             Some(Node::Link { target, mtime }) => Ok(Attr {
                 kind: Kind::Symlink,
@@ -441,6 +480,7 @@ impl View {
                 blocks: 0,
                 mtime: *mtime,
                 ttl: short,
+                perm: None,
             }),
             Some(Node::Session(s)) => {
                 let (size, mtime) = (s.volsize, s.mtime);
@@ -453,8 +493,17 @@ impl View {
                     mtime,
                     // The content never changes, but the session may be pruned.
                     ttl: short,
+                    perm: None,
                 })
             }
+            Some(Node::Files(f)) => Ok(Attr {
+                kind: Kind::Dir,
+                size: 0,
+                blocks: 0,
+                mtime: f.mtime,
+                ttl: short,
+                perm: None,
+            }),
             None => {
                 drop(st);
                 Err(self.gone_error(node))
@@ -463,6 +512,9 @@ impl View {
     }
 
     pub fn lookup(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+        if let Some(r) = self.guest_lookup(parent, name) {
+            return r;
+        }
         self.refresh(false);
         match self.tree.read().nodes.get(&parent)? {
             Node::Dir { children, .. } => {
@@ -474,6 +526,9 @@ impl View {
 
     /// A directory's entries with their kinds (no index is built for a listing).
     pub fn children(&self, dir: NodeId) -> Option<Vec<(OsString, NodeId, Kind)>> {
+        if let Some(r) = self.guest_children(dir) {
+            return r;
+        }
         self.refresh(false);
         let st = self.tree.read();
         match st.nodes.get(&dir)? {
@@ -482,7 +537,7 @@ impl View {
                     .iter()
                     .map(|(n, id)| {
                         let k = match st.nodes.get(id) {
-                            Some(Node::Dir { .. }) => Kind::Dir,
+                            Some(Node::Dir { .. } | Node::Files(_)) => Kind::Dir,
                             Some(Node::Link { .. }) => Kind::Symlink,
                             _ => Kind::File,
                         };
@@ -495,6 +550,9 @@ impl View {
     }
 
     pub fn readlink(&self, node: NodeId) -> Option<OsString> {
+        if node >= files::FIRST_GUEST_ID {
+            return self.guest_readlink(node);
+        }
         match self.tree.read().nodes.get(&node)? {
             Node::Link { target, .. } => Some(target.clone()),
             _ => None,
@@ -503,6 +561,9 @@ impl View {
 
     /// Fills `buf` from `offset` of a session file.
     pub fn read_at(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if node >= files::FIRST_GUEST_ID {
+            return self.guest_read(node, offset, buf);
+        }
         self.session(node)?
             .read_at(offset, buf)
             .map_err(|e| self.io_error(e))
@@ -510,6 +571,11 @@ impl View {
 
     /// The first offset at or after `offset` that holds data (`None`: only holes follow).
     pub fn next_data(&self, node: NodeId, offset: u64) -> io::Result<Option<u64>> {
+        if node >= files::FIRST_GUEST_ID {
+            // Holes inside guest files are not known: all data.
+            let size = self.attr(node)?.size;
+            return Ok((offset < size).then_some(offset));
+        }
         self.session(node)?
             .next_data(offset)
             .map_err(|e| self.io_error(e))
@@ -517,6 +583,9 @@ impl View {
 
     /// The first offset at or after `offset` in a hole (the file size if none before the end).
     pub fn next_hole(&self, node: NodeId, offset: u64) -> io::Result<u64> {
+        if node >= files::FIRST_GUEST_ID {
+            return Ok(self.attr(node)?.size.max(offset));
+        }
         self.session(node)?
             .next_hole(offset)
             .map_err(|e| self.io_error(e))

@@ -22,16 +22,21 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
             "progress",
         ],
         "source" => &["error", "format", "parallel", "progress", "spool"],
-        "view" => &["error", "format", "archive", "parallel", "spool", "size"],
         // The NBD wire format: pure, on its own.
         "nbd" => &[],
+        // Guest filesystems are pure over a "read at an offset" source: no archive.
+        "guest" => &["error"],
+        "view" => &[
+            "error", "format", "archive", "parallel", "spool", "size", "guest",
+        ],
         "ops" => &[
             "error", "format", "archive", "source", "view", "parallel", "progress", "size",
-            "spool", "auth", "ops", "nbd",
+            "spool", "auth", "ops", "nbd", "guest",
         ],
         // The fuzz targets reach every parser, wherever it lives.
         "fuzz" => &[
             "error", "format", "crypto", "codec", "dest", "spool", "source", "ops", "size", "nbd",
+            "guest",
         ],
         _ => return None,
     })

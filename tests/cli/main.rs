@@ -16,6 +16,7 @@ mod dedup;
 mod diff;
 mod encryption;
 mod errors;
+mod files;
 mod golden;
 mod hostile;
 mod layers;
