@@ -108,7 +108,7 @@ pub fn run(g: &Global, a: ArchCheckArgs) -> Result<()> {
                 if r.problems.is_empty() {
                     "no problems".to_string()
                 } else {
-                    format!("{} problem(s)", r.problems.len())
+                    super::count(r.problems.len() as u64, "problem", "problems")
                 }
             ));
         }

@@ -184,13 +184,15 @@ fn print(g: &Global, r: &CopyReport, created: bool) -> Result<()> {
     let copied: usize = r.volumes.iter().map(|v| v.sessions.len()).sum();
     if r.dry_run {
         g.say(format!(
-            "Would copy {copied} session(s): at most {} chunks, {} of data.",
+            "Would copy {}: at most {} chunks, {} of data.",
+            super::count(copied as u64, "session", "sessions"),
             r.chunks_copied,
             human(r.data_bytes)
         ));
     } else {
         g.say(format!(
-            "Copied {copied} session(s): {} chunks, {} stored ({} reused); {} written to {}.",
+            "Copied {}: {} chunks, {} stored ({} reused); {} written to {}.",
+            super::count(copied as u64, "session", "sessions"),
             r.chunks_copied,
             human(r.bytes_stored),
             r.chunks_reused,

@@ -111,7 +111,10 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
         for p in &removed {
             g.say(format!("Removed {}", p.display()));
         }
-        g.say(format!("{} snapshot(s) removed.", removed.len()));
+        g.say(format!(
+            "{} removed.",
+            super::count(removed.len() as u64, "snapshot", "snapshots")
+        ));
         return Ok(());
     }
     let vid = ops::volume::resolve(&wa, a.volume.as_deref(), a.vid.as_deref())?;

@@ -291,8 +291,8 @@ fn problems(what: &str, p: Vec<Problem>) -> Result<()> {
         eprintln!("wyng: {}", problem_line(x));
     }
     let text = format!(
-        "{what}: {} path(s) could not be read (listed above)",
-        p.len()
+        "{what}: {} could not be read (listed above)",
+        super::count(p.len() as u64, "path", "paths")
     );
     Err(if damage {
         Error::Guest {
@@ -421,11 +421,10 @@ fn get(g: &Global, a: GetArgs) -> Result<()> {
         }))?;
     } else {
         g.say(format!(
-            "Restored {} file(s), {} director{}, {} symlink(s), {} from {} of {} into {}{}.",
-            r.files,
-            r.dirs,
-            if r.dirs == 1 { "y" } else { "ies" },
-            r.symlinks,
+            "Restored {}, {}, {}, {} from {} of {} into {}{}.",
+            super::count(r.files as u64, "file", "files"),
+            super::count(r.dirs as u64, "directory", "directories"),
+            super::count(r.symlinks as u64, "symlink", "symlinks"),
             wyng::size::human(r.bytes),
             super::date(s.session.as_str()),
             a.common.volume,
@@ -448,8 +447,8 @@ fn get(g: &Global, a: GetArgs) -> Result<()> {
         eprintln!("wyng: {}", problem_line(p));
     }
     let what = format!(
-        "{} path(s) were not restored (listed above)",
-        r.failed.len()
+        "{} not restored (listed above)",
+        super::count(r.failed.len() as u64, "path was", "paths were")
     );
     Err(if local {
         Error::local(&a.to, what)
@@ -522,9 +521,9 @@ fn find(g: &Global, a: FindArgs) -> Result<()> {
     let p = closed_pipe_p(p)?;
     if found == 0 && p.is_empty() && !g.json {
         eprintln!(
-            "wyng: no path matching '{}' in {} session(s) of {}",
+            "wyng: no path matching '{}' in {} of {}",
             escape(a.pattern.as_bytes()),
-            sessions.len(),
+            super::count(sessions.len() as u64, "session", "sessions"),
             a.common.volume
         );
     }

@@ -204,9 +204,9 @@ pub fn run(g: &Global, a: PruneArgs) -> Result<()> {
         } else {
             let names: Vec<&str> = r.removed.iter().map(|s| date(s)).collect();
             g.say(format!(
-                "{}: removed {} session(s): {}",
+                "{}: removed {}: {}",
                 r.volume,
-                r.removed.len(),
+                super::count(r.removed.len() as u64, "session", "sessions"),
                 names.join(" ")
             ));
         }

@@ -198,8 +198,8 @@ fn serve(
     };
     ready(Ok(server.uri()));
     tracing::info!(
-        "serving {} export(s) at {}",
-        server.exports().len(),
+        "serving {} at {}",
+        super::count(server.exports().len() as u64, "export", "exports"),
         server.uri()
     );
     match super::background::wait_for_signal(&mut signals, || server.is_finished()) {

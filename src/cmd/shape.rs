@@ -179,7 +179,8 @@ fn shape_subcommand(mut sub: Command, root_longs: &[String]) -> Command {
 
 /// `-h`'s closing text: the first two examples of `--help`'s, and where the rest is.
 fn short_help(name: &str, long: &str) -> String {
-    let mut lines = long.lines();
+    // The examples may follow a paragraph of prose: start at their heading.
+    let mut lines = long.lines().skip_while(|l| !l.starts_with("Example"));
     let head = lines.next().unwrap_or("Examples:");
     // The first two that fit on a line.
     let examples: Vec<&str> = lines

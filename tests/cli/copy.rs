@@ -357,7 +357,7 @@ fn selections_dry_runs_and_refusals() {
     // Plain text says what happened.
     let out = c.ok(&["arch-copy", "-a", &f]);
     assert!(out.contains("other: new in the copy"), "{out}");
-    assert!(out.contains("Copied 1 session(s)"), "{out}");
+    assert!(out.contains("Copied 1 session:"), "{out}");
     // A volume renamed in the source is renamed in the copy: nothing copied.
     s.ok(&["rename", "other", "renamed"]);
     let r = copy(&c, &from, &["-a", "--delete"]);
