@@ -193,7 +193,7 @@ impl Error {
             | Error::CountersNotReserved
             | Error::Tool { .. }
             | Error::Cancelled => 1,
-            | Error::Guest { .. } => 1,
+            Error::Guest { .. } => 1,
         }
     }
 
