@@ -1,6 +1,6 @@
 //! wyng: block-level incremental backup, byte-compatible with Wyng archive format V3.
 //!
-//! Layers, from the bytes on disk up (each knows only those below it; `tests/layers.rs`
+//! Layers, from the bytes on disk up (each knows only those below it; `tests/cli/layers.rs`
 //! checks the rules):
 //! * [`format`]: pure parse/serialize of the format's objects (no I/O, no crypto).
 //! * [`crypto`], [`codec`]: hashes, ciphers, compression; the one path every byte takes.
@@ -14,6 +14,10 @@
 //! * [`view`]: a FUSE-free tree of volumes and sessions as sparse files (the mount).
 //! * [`nbd`]: the NBD protocol's wire format (pure; `ops::serve` is the server).
 //! * [`ops`]: one module per command, on top of all of that.
+//!
+//! Beside the layers: [`auth`] (passphrases, the kernel keyring's key cache), [`parallel`]
+//! (the order-preserving parallel map every pipeline runs on), [`spool`] (temporary files),
+//! [`size`] (sizes as users write them), [`progress`] (progress lines the binary shows).
 
 pub mod archive;
 pub mod auth;
