@@ -16,4 +16,4 @@ WYNG_BIN="$W" BENCH_GIB="$gib" VM_TIMEOUT=3600 scripts/vm-run.sh tests/vm/bench.
 if [ "$rc" -eq 3 ]; then echo "bench-vm: skipped (no VM here: scripts/vm-install.sh)"; exit 0; fi
 printf '%-34s %8s %9s %9s\n' "operation" "wall s" "MiB/s" "vs dd"
 cat "$dir/out/rows"
-[ "$rc" -eq 0 ] || { tail -20 "$dir/out/guest.log" "$dir/out/bench.err" 2>/dev/null; exit "$rc"; }
+[ "$rc" -eq 0 ] || { tail -30 "$dir/out/guest.log" "$dir/out/bench.err" 2>/dev/null; exit "$rc"; }

@@ -21,8 +21,21 @@ udevadm settle
 rows=$OUT/rows
 : >"$rows"
 secs() { local t0=$(date +%s.%N); "$@" >/dev/null 2>>"$OUT/bench.err"; local rc=$?; awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { print a - b }'; return $rc; }
-row() { # name seconds dd_seconds
+row() { # name seconds dd_seconds [exit code of the timed command]
+  if [ "${4:-0}" -ne 0 ]; then
+    printf '%-34s FAILED (exit %s; see below)\n' "$1" "$4" >>"$rows"
+    failed=1
+    return
+  fi
   awk -v n="$1" -v s="$2" -v d="$3" -v g="$G" 'BEGIN { printf "%-34s %8.1f %9.1f %8.2fx\n", n, s, g * 1024 / s, d / s }' >>"$rows"
+}
+failed=0
+# Times a command (its output to bench.err); a failure is a FAILED row, never a fast one.
+timed() { # name dd_seconds command...
+  local name=$1 d=$2 t rc=0
+  shift 2
+  t=$(secs "$@") || rc=$?
+  row "$name" "$t" "$d" "$rc"
 }
 for kind in lvm zfs; do
   if [ $kind = lvm ]; then dev=/dev/bench/vol; local=bench/pool; else dev=/dev/zvol/tank/vms/vol; local=zfs:tank/vms; fi
@@ -31,18 +44,18 @@ for kind in lvm zfs; do
   d=$(secs dd if=$dev of=/dev/null bs=1M)
   row "$kind: dd read of the volume" "$d" "$d"
   dest=file:/tmp/arch-$kind
-  "$W" arch-init --dest=$dest --encrypt=off --meta-dir=/tmp/meta -q
-  row "$kind: wyng first send" "$(secs "$W" send vol --local=$local --dest=$dest --meta-dir=/tmp/meta -q)" "$d"
+  "$W" arch-init --dest=$dest --encrypt=off --meta-dir=/tmp/meta -q 2>>"$OUT/bench.err"
+  timed "$kind: wyng first send" "$d" "$W" send vol --local=$local --dest=$dest --meta-dir=/tmp/meta -q
   for i in $(seq 100); do dd if=/dev/urandom of=$dev bs=4096 count=1 seek=$((RANDOM * 8 % (G * 262144))) conv=notrunc status=none; done
   sync
-  row "$kind: wyng incremental (100x4K)" "$(secs "$W" send vol --local=$local --dest=$dest --meta-dir=/tmp/meta -q)" "$d"
+  timed "$kind: wyng incremental (100x4K)" "$d" "$W" send vol --local=$local --dest=$dest --meta-dir=/tmp/meta -q
   if [ $kind = lvm ] && [ -n "${WYNG_ORIGINAL:-}" ]; then
     od=/tmp/arch-orig
-    python3 "$WYNG_ORIGINAL" --dest=file:$od arch-init -u >/dev/null 2>>"$OUT/bench.err"
-    row "lvm: original first send" "$(secs python3 "$WYNG_ORIGINAL" --dest=file:$od --local=bench/pool send vol -u)" "$d"
+    python3 "$WYNG_ORIGINAL" --dest=file:$od arch-init --encrypt=off -u >>"$OUT/bench.err" 2>&1
+    timed "lvm: original first send" "$d" python3 "$WYNG_ORIGINAL" --dest=file:$od --local=bench/pool send vol -u
     for i in $(seq 100); do dd if=/dev/urandom of=$dev bs=4096 count=1 seek=$((RANDOM * 8 % (G * 262144))) conv=notrunc status=none; done
     sync
-    row "lvm: original incremental (100x4K)" "$(secs python3 "$WYNG_ORIGINAL" --dest=file:$od --local=bench/pool send vol -u)" "$d"
+    timed "lvm: original incremental (100x4K)" "$d" python3 "$WYNG_ORIGINAL" --dest=file:$od --local=bench/pool send vol -u
   fi
 done
-exit 0
+exit $failed
