@@ -127,6 +127,7 @@ fn to_stdout(
     Ok(())
 }
 
+#[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
 pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
     let mode = match (a.sparse, a.sparse_write) {
         (true, _) => Mode::Sparse,

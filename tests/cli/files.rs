@@ -330,6 +330,10 @@ fn listed(
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: two sessions, every command compared"
+)]
 fn gpt_ext4_and_fat_two_sessions_ls_get_cat_find_diff() {
     if !have(&[
         "mke2fs",

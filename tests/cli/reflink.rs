@@ -781,6 +781,7 @@ fn json_exit(w: &Wyng, args: &[&str], code: i32) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"))
 }
 
+#[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
 #[test]
 fn vols_from_spans_storages_renames_and_lists_failures() {
     let Some(s) = Setup::new("btrfs", &eight_mib(11)) else {

@@ -690,6 +690,7 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    #[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
     fn start() -> Option<Cluster> {
         Command::new("weed").arg("version").output().ok()?;
         let dir = tmp();
