@@ -12,7 +12,7 @@ trap remove_dir EXIT
 echo "== LVM thin and ZFS in a VM (TCG, 2 vCPUs); volume ${gib} GiB, half random data"
 [ -n "${WYNG_ORIGINAL:-}" ] || echo "(the original Wyng: skipped, set WYNG_ORIGINAL=/path/to/wyng to include it)"
 rc=0
-WYNG_BIN="$W" BENCH_GIB="$gib" VM_TIMEOUT=3600 scripts/vm-run.sh tests/vm/bench.sh "$dir/out" $((gib * 2 + 3)) || rc=$?
+WYNG_BIN="$W" BENCH_GIB="$gib" VM_TIMEOUT=3600 scripts/vm-run.sh tests/vm/bench.sh "$dir/out" $((gib * 5 + 4)) || rc=$?
 if [ "$rc" -eq 3 ]; then echo "bench-vm: skipped (no VM here: scripts/vm-install.sh)"; exit 0; fi
 printf '%-34s %8s %9s %9s\n' "operation" "wall s" "MiB/s" "vs dd"
 cat "$dir/out/rows"
