@@ -20,6 +20,7 @@ pub mod dest;
 pub mod error;
 pub mod format;
 #[doc(hidden)]
+#[cfg(feature = "fuzz-targets")]
 pub mod fuzz;
 pub mod ops;
 pub mod parallel;
