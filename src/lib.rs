@@ -13,6 +13,7 @@
 //! * [`ops`]: one module per command, on top of all of that.
 
 pub mod archive;
+pub(crate) mod atomic_file;
 pub mod auth;
 pub mod codec;
 pub mod crypto;

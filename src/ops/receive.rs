@@ -19,6 +19,7 @@ use crossbeam_channel::bounded;
 
 use crate::archive::index::MergedIndex;
 use crate::archive::Archive;
+use crate::atomic_file::{self, Durability};
 use crate::error::{Error, Result};
 use crate::format::manifest::chunk_len;
 use crate::format::Session;
@@ -328,7 +329,7 @@ fn receive_to_file(
             let writer = s.spawn(|| -> Result<()> {
                 for (off, d) in rx {
                     f.write_all_at(&d, off).map_err(|e| write_err(&tmp, e))?;
-                    start_writeback(&f, off, d.len());
+                    crate::atomic_file::start_writeback(&f, off, d.len() as u64);
                 }
                 Ok(())
             });
@@ -355,11 +356,9 @@ fn receive_to_file(
         progress.finish();
         f.sync_all().map_err(|e| write_err(&tmp, e))?;
         apply_metadata(&f, &tmp, &s.info.permissions, s.info.localtime);
-        fs::rename(&tmp, target)
+        // Synced above (a write error is reported as one, not as a failed rename).
+        atomic_file::commit(&f, &tmp, target, Durability::FileAndDir)
             .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
-        if let Ok(d) = File::open(&parent) {
-            let _ = d.sync_all();
-        }
         Ok(data.chunks)
     })();
     if result.is_err() {
@@ -559,11 +558,10 @@ fn update_file(
         })?;
         apply_metadata(&f, work, &session.info.permissions, session.info.localtime);
         if staged {
-            fs::rename(work, target)
+            atomic_file::commit(&f, work, target, Durability::FileAndDir)
                 .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
-        }
-        if let Some(d) = target.parent().and_then(|p| File::open(p).ok()) {
-            let _ = d.sync_all();
+        } else {
+            atomic_file::sync_parent(target);
         }
         Ok(counts)
     })();
@@ -705,21 +703,6 @@ fn update_in_place(
     Ok((fetched, written.into_inner()))
 }
 
-/// Starts writeback of a range now, so the disk works while we decode and the final sync has
-/// little left to wait for. Advisory: failures show up at that sync.
-fn start_writeback(f: &File, off: u64, len: usize) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on an open descriptor; no memory is passed (nix has no wrapper).
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            off as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
 fn write_err(path: &Path, e: std::io::Error) -> Error {
     Error::local(path, format!("write failed: {e}"))
 }
@@ -839,7 +822,9 @@ pub fn receive_local(
             .open(&tmp)
             .map_err(|e| Error::local(&tmp, e.to_string()))?;
         apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
-        fs::rename(&tmp, &target).map_err(|e| Error::local(&target, e.to_string()))?;
+        // The snapshot's copy is as durable as the snapshot itself.
+        atomic_file::commit(&f, &tmp, &target, Durability::None)
+            .map_err(|e| Error::local(&target, e.to_string()))?;
         tracing::info!("{name}: snapshot retrieved");
         plain(0, Some(0))
     } else if baseline {
