@@ -26,7 +26,7 @@ impl FileDest {
             p.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|e| Error::local(".", format!("no current directory: {e}")))?
+                .map_err(|e| Error::local_io(".", "no current directory", e))?
                 .join(p)
         };
         Ok(FileDest {

@@ -112,7 +112,7 @@ fn resolve_target(path: &Path) -> Result<(PathBuf, Option<fs::Metadata>)> {
     for _ in 0..40 {
         match fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
-                let link = fs::read_link(&at).map_err(|e| Error::local(&at, e.to_string()))?;
+                let link = fs::read_link(&at).map_err(|e| Error::local_io(&at, "", e))?;
                 at = match at.parent() {
                     Some(dir) if link.is_relative() => dir.join(link),
                     _ => link,
@@ -120,7 +120,7 @@ fn resolve_target(path: &Path) -> Result<(PathBuf, Option<fs::Metadata>)> {
             }
             Ok(m) => return Ok((at, Some(m))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((at, None)),
-            Err(e) => return Err(Error::local(&at, e.to_string())),
+            Err(e) => return Err(Error::local_io(&at, "", e)),
         }
     }
     Err(Error::local(
@@ -263,7 +263,7 @@ pub fn receive(
                 .read(true)
                 .write(true)
                 .open(target)
-                .map_err(|e| Error::local(target, format!("cannot open for writing: {e}")))?;
+                .map_err(|e| Error::local_io(target, "cannot open for writing", e))?;
             update_in_place(archive, &ix, &f, target, true, None, o.mode)?
         } else {
             update_file(archive, &ix, target, target, None, o.mode, session)?
@@ -318,9 +318,9 @@ fn receive_to_file(
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| Error::local(&tmp, format!("cannot create: {e}")))?;
+            .map_err(|e| Error::local_io(&tmp, "cannot create", e))?;
         f.set_len(ix.volsize())
-            .map_err(|e| Error::local(&tmp, e.to_string()))?;
+            .map_err(|e| Error::local_io(&tmp, "", e))?;
         let progress = Progress::bytes(ix.data_bytes(), "receive");
         // One writer thread: concurrent writers to one file only contend for its inode lock.
         let (tx, rx) = bounded::<(u64, Vec<u8>)>(workers() * 2);
@@ -358,7 +358,7 @@ fn receive_to_file(
         apply_metadata(&f, &tmp, &s.info.permissions, s.info.localtime);
         // Synced above (a write error is reported as one, not as a failed rename).
         atomic_file::commit(&f, &tmp, target, Durability::FileAndDir)
-            .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
+            .map_err(|e| Error::local_io(target, "cannot rename into place", e))?;
         Ok(data.chunks)
     })();
     if result.is_err() {
@@ -450,10 +450,10 @@ fn receive_to_device(
     let mut f = OpenOptions::new()
         .write(true)
         .open(target)
-        .map_err(|e| Error::local(target, format!("cannot open for writing: {e}")))?;
+        .map_err(|e| Error::local_io(target, "cannot open for writing", e))?;
     let size = f
         .seek(SeekFrom::End(0))
-        .map_err(|e| Error::local(target, e.to_string()))?;
+        .map_err(|e| Error::local_io(target, "", e))?;
     if size < ix.volsize() {
         return Err(Error::local(
             target,
@@ -530,7 +530,7 @@ fn update_file(
             .read(true)
             .write(true)
             .open(work)
-            .map_err(|e| Error::local(work, format!("cannot open for writing: {e}")))?;
+            .map_err(|e| Error::local_io(work, "cannot open for writing", e))?;
         let counts = update_in_place(archive, ix, &f, work, false, only, mode).map_err(|e| {
             // Say exactly what state the target is left in. Only a local failure's text is
             // extended; others keep their kind (and exit code), with the state logged.
@@ -550,6 +550,15 @@ fn update_file(
                     path,
                     what: format!("{what}; {state}"),
                 },
+                // The state goes after the error's own words: one message, the text of the
+                // I/O error kept in it.
+                Error::LocalIo { path, what, source } => Error::Local {
+                    path,
+                    what: match what.is_empty() {
+                        true => format!("{source}; {state}"),
+                        false => format!("{what}: {source}; {state}"),
+                    },
+                },
                 e => {
                     tracing::warn!("{}: {state}", target.display());
                     e
@@ -559,7 +568,7 @@ fn update_file(
         apply_metadata(&f, work, &session.info.permissions, session.info.localtime);
         if staged {
             atomic_file::commit(&f, work, target, Durability::FileAndDir)
-                .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
+                .map_err(|e| Error::local_io(target, "cannot rename into place", e))?;
         } else {
             atomic_file::sync_parent(target);
         }
@@ -622,7 +631,7 @@ fn update_in_place(
     if block {
         let size = (&*f)
             .seek(SeekFrom::End(0))
-            .map_err(|e| Error::local(path, e.to_string()))?;
+            .map_err(|e| Error::local_io(path, "", e))?;
         if size < volsize {
             return Err(Error::local(
                 path,
@@ -631,13 +640,13 @@ fn update_in_place(
         }
     } else {
         f.set_len(volsize)
-            .map_err(|e| Error::local(path, e.to_string()))?;
+            .map_err(|e| Error::local_io(path, "", e))?;
     }
     let written = AtomicU64::new(0);
     let read_local = |off: u64, len: usize| -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, off)
-            .map_err(|e| Error::local(path, format!("read error at offset {off}: {e}")))?;
+            .map_err(|e| Error::local_io(path, format!("read error at offset {off}"), e))?;
         Ok(buf)
     };
     let zero_range = |off: u64, len: u64| -> Result<()> {
@@ -704,7 +713,7 @@ fn update_in_place(
 }
 
 fn write_err(path: &Path, e: std::io::Error) -> Error {
-    Error::local(path, format!("write failed: {e}"))
+    Error::local_io(path, "write failed", e)
 }
 
 /// Mode, owner (when root and the names exist) and mtime of the session, as the original does.
@@ -785,7 +794,7 @@ pub fn receive_local(
         archive.local_dir(),
     );
     if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(|e| Error::local(parent, e.to_string()))?;
+        fs::create_dir_all(parent).map_err(|e| Error::local_io(parent, "", e))?;
     }
     let exists = fs::symlink_metadata(&target).is_ok();
     if exists {
@@ -820,11 +829,11 @@ pub fn receive_local(
         let f = OpenOptions::new()
             .write(true)
             .open(&tmp)
-            .map_err(|e| Error::local(&tmp, e.to_string()))?;
+            .map_err(|e| Error::local_io(&tmp, "", e))?;
         apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
         // The snapshot's copy is as durable as the snapshot itself.
         atomic_file::commit(&f, &tmp, &target, Durability::None)
-            .map_err(|e| Error::local(&target, e.to_string()))?;
+            .map_err(|e| Error::local_io(&target, "", e))?;
         tracing::info!("{name}: snapshot retrieved");
         plain(0, Some(0))
     } else if baseline {

@@ -103,7 +103,7 @@ impl DeltaMap {
     }
 
     pub fn load(path: &Path) -> Result<DeltaMap> {
-        let bytes = fs::read(path).map_err(|e| Error::local(path, e.to_string()))?;
+        let bytes = fs::read(path).map_err(|e| Error::local_io(path, "", e))?;
         Ok(DeltaMap { bytes })
     }
 
@@ -207,7 +207,7 @@ impl DeltaMap {
     /// Writes the map under a temporary name and renames it into place, with `mtime_ns` as
     /// its mtime. An all-zero map is written sparse.
     pub fn save(&self, path: &Path, mtime_ns: i128) -> Result<()> {
-        let io = |e: std::io::Error| Error::local(path, format!("cannot write the delta map: {e}"));
+        let io = |e: std::io::Error| Error::local_io(path, "cannot write the delta map", e);
         let af = AtomicFile::create(path).map_err(io)?;
         let mut f = af.file();
         if self.is_empty() {
@@ -245,10 +245,10 @@ pub fn stamp(path: &Path, mtime_ns: i128) -> Result<()> {
     let f = File::options()
         .write(true)
         .open(path)
-        .map_err(|e| Error::local(path, e.to_string()))?;
+        .map_err(|e| Error::local_io(path, "", e))?;
     f.set_modified(time_of(mtime_ns))
         .and_then(|()| f.sync_all())
-        .map_err(|e| Error::local(path, format!("cannot stamp the delta map: {e}")))
+        .map_err(|e| Error::local_io(path, "cannot stamp the delta map", e))
 }
 
 /// Whether `snap1` is the paired baseline of the session whose map is `map` (behaviour §5.2).

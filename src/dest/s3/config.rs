@@ -96,10 +96,10 @@ fn section(path: Option<PathBuf>, wanted: &[String]) -> Result<Vec<(String, Stri
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::local(&path, e.to_string())),
+        Err(e) => return Err(Error::local_io(&path, "", e)),
     };
-    let sections = crate::format::ini::parse_configparser(&text)
-        .map_err(|e| Error::local(&path, e.to_string()))?;
+    let sections =
+        crate::format::ini::parse_configparser(&text).map_err(|e| Error::local(&path, e))?;
     Ok(sections
         .into_iter()
         .find(|(s, _)| wanted.iter().any(|w| w == s.trim()))
