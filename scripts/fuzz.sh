@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of every parser of archive input (src/fuzz.rs), with cargo-fuzz and
+# Coverage-guided fuzzing of every parser of archive input (src/fuzz/), with cargo-fuzz and
 # libFuzzer under AddressSanitizer.
 #
 #   scripts/fuzz.sh [MINUTES]     (default 10: the total wall-clock time, shared by the targets)

@@ -277,8 +277,9 @@ struct Strict {
     inner: Box<dyn StrictRead>,
     done: bool,
     /// The first error, repeated to every later read without touching the decoder again:
-    /// libbzip2 reads out of bounds when called again after it reported damage (found by
-    /// fuzzing under AddressSanitizer), and no decoder promises anything after an error.
+    /// C libbzip2 read out of bounds when called again after it reported damage (found by
+    /// fuzzing under AddressSanitizer; bzip2 now runs on the pure-Rust libbz2-rs-sys), and
+    /// no decoder promises anything after an error.
     failed: Option<(std::io::ErrorKind, String)>,
 }
 

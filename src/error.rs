@@ -83,6 +83,16 @@ pub enum Error {
     #[error("{path}: {what}")]
     Local { path: PathBuf, what: String },
 
+    /// An I/O failure on the local source or restore target (or a local file the user named),
+    /// with what was being done (may be empty) and the error itself.
+    #[error("{path}: {what}{sep}{source}", sep = if what.is_empty() { "" } else { ": " })]
+    LocalIo {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// wyng's own state under `--meta-dir` (rollback copy, counters, indexes, maps).
     #[error("local state in {path}: {source} (check --meta-dir; free space there if it is full)")]
     LocalState {
@@ -153,6 +163,19 @@ impl Error {
         }
     }
 
+    /// [`Error::LocalIo`]: `what` says what was being done ("cannot create"), or is empty.
+    pub fn local_io(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::LocalIo {
+            path: path.into(),
+            what: what.into(),
+            source,
+        }
+    }
+
     pub fn local_state(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::LocalState {
             path: path.into(),
@@ -180,7 +203,7 @@ impl Error {
             | Error::Busy { .. }
             | Error::ChangedWhileReading { .. } => 5,
             Error::ArchiveNotFound { .. } | Error::DestMissing { .. } => 6,
-            Error::Local { .. } => 7,
+            Error::Local { .. } | Error::LocalIo { .. } => 7,
             Error::Interrupted => 8,
             Error::Corrupt { .. }
             | Error::Pruned { .. }
@@ -216,7 +239,7 @@ impl Error {
             Error::Pruned { .. } => "pruned",
             Error::Unsupported(_) => "unsupported",
             Error::Auth(_) => "auth",
-            Error::Local { .. } => "local",
+            Error::Local { .. } | Error::LocalIo { .. } => "local",
             Error::LocalState { .. } => "local_state",
             Error::Io { .. } => "io",
             Error::Rollback { .. } => "rollback",
@@ -233,5 +256,23 @@ impl Error {
     /// Whether this is damage to the archive (as opposed to a failure to reach it, bad input…).
     pub fn is_damage(&self) -> bool {
         matches!(self, Error::Corrupt { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_io_error_reads_as_before_and_keeps_its_source() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = Error::local_io("/x.img", "cannot create", full);
+        assert_eq!(e.to_string(), "/x.img: cannot create: no storage space");
+        let src = std::error::Error::source(&e).expect("the io::Error is the source");
+        let io = src.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!((e.exit_code(), e.kind()), (7, "local"));
+        let bare = Error::local_io("/x.img", "", std::io::ErrorKind::NotFound.into());
+        assert_eq!(bare.to_string(), "/x.img: entity not found");
     }
 }

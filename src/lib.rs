@@ -20,6 +20,7 @@
 //! [`size`] (sizes as users write them), [`progress`] (progress lines the binary shows).
 
 pub mod archive;
+pub(crate) mod atomic_file;
 pub mod auth;
 pub mod codec;
 pub mod crypto;
@@ -27,6 +28,7 @@ pub mod dest;
 pub mod error;
 pub mod format;
 #[doc(hidden)]
+#[cfg(feature = "fuzz-targets")]
 pub mod fuzz;
 pub mod guest;
 pub mod nbd;

@@ -16,41 +16,11 @@ pub struct Spool {
     len: u64,
 }
 
-/// A new file that no directory lists.
+/// A new file that no directory lists (`O_TMPFILE` where the filesystem has it, else created
+/// and unlinked at once: the `tempfile` crate's `tempfile_in`).
 pub fn unlinked_file(dir: &Path) -> io::Result<File> {
     std::fs::create_dir_all(dir)?;
-    // O_TMPFILE where the filesystem has it; else create and unlink at once.
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags_tmpfile()
-        .open(dir)
-    {
-        return Ok(f);
-    }
-    let path = dir.join(format!(
-        ".wyng-spool.{}.{}.tmp",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(f)
-}
-
-trait TmpfileFlag {
-    fn custom_flags_tmpfile(&mut self) -> &mut Self;
-}
-
-impl TmpfileFlag for std::fs::OpenOptions {
-    fn custom_flags_tmpfile(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_TMPFILE).mode(0o600)
-    }
+    tempfile::tempfile_in(dir)
 }
 
 impl Spool {

@@ -3,7 +3,10 @@
 //! returns; this crate speaks the kernel protocol.
 //!
 //! Invariants:
-//! * Nothing can be changed: the mount is `ro`, and every modifying request is answered `EROFS`.
+//! * Nothing can be changed: the mount is `ro`, so the kernel answers every modifying call
+//!   `EROFS` before it reaches us (`fuse/tests/memtree.rs` proves it), and opening for writing
+//!   is refused here too. No modifying request is implemented: should one arrive anyway (a
+//!   mount remounted `rw` by hand), fuser's default refuses it (`ENOSYS`/`EPERM`).
 //! * A file's content never changes while it exists, so opened files keep their page cache
 //!   (`FOPEN_KEEP_CACHE`); how long the kernel may cache each node's attributes and entries is
 //!   the tree's choice ([`Attr::ttl`]), so directories can follow a source that changes.
@@ -22,9 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow,
+    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
 /// Node number; the root directory is [`ROOT`].
@@ -405,140 +408,5 @@ impl Filesystem for ReadOnlyFs {
         } else {
             reply.ok()
         }
-    }
-
-    // Everything that would change the tree: read-only.
-
-    fn setattr(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<u64>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<u32>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(libc::EROFS);
-    }
-
-    fn mknod(
-        &mut self,
-        _req: &Request<'_>,
-        _p: u64,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _r: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(libc::EROFS);
-    }
-
-    fn mkdir(
-        &mut self,
-        _req: &Request<'_>,
-        _p: u64,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(libc::EROFS);
-    }
-
-    fn unlink(&mut self, _req: &Request<'_>, _p: u64, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(libc::EROFS);
-    }
-
-    fn rmdir(&mut self, _req: &Request<'_>, _p: u64, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(libc::EROFS);
-    }
-
-    fn symlink(&mut self, _req: &Request<'_>, _p: u64, _n: &OsStr, _l: &Path, reply: ReplyEntry) {
-        reply.error(libc::EROFS);
-    }
-
-    fn rename(
-        &mut self,
-        _req: &Request<'_>,
-        _p: u64,
-        _n: &OsStr,
-        _np: u64,
-        _nn: &OsStr,
-        _f: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(libc::EROFS);
-    }
-
-    fn link(&mut self, _req: &Request<'_>, _i: u64, _np: u64, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(libc::EROFS);
-    }
-
-    fn write(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _fh: u64,
-        _offset: i64,
-        _data: &[u8],
-        _wf: u32,
-        _flags: i32,
-        _lock: Option<u64>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(libc::EROFS);
-    }
-
-    fn create(
-        &mut self,
-        _req: &Request<'_>,
-        _p: u64,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(libc::EROFS);
-    }
-
-    fn setxattr(
-        &mut self,
-        _req: &Request<'_>,
-        _i: u64,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(libc::EROFS);
-    }
-
-    fn removexattr(&mut self, _req: &Request<'_>, _i: u64, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(libc::EROFS);
-    }
-
-    fn fallocate(
-        &mut self,
-        _req: &Request<'_>,
-        _i: u64,
-        _fh: u64,
-        _o: i64,
-        _l: i64,
-        _m: i32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(libc::EROFS);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -187,6 +188,34 @@ fn mounted_tree_behaves_like_a_read_only_sparse_filesystem() {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     ));
     erofs(std::fs::rename(mnt.join("a.img"), mnt.join("b.img")));
+    // Those whose fuser default would answer otherwise (EPERM, ENOSYS): the kernel answers
+    // first, so none of them needs an implementation here.
+    erofs(std::os::unix::fs::symlink("a.img", mnt.join("l")));
+    erofs(std::fs::hard_link(mnt.join("a.img"), mnt.join("h")));
+    erofs(std::fs::remove_dir(mnt.join("sub")));
+    let path = std::ffi::CString::new(mnt.join("a.img").into_os_string().into_vec()).unwrap();
+    // SAFETY: NUL-terminated strings and a 1-byte value, all alive for the call.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.x".as_ptr(),
+            [1u8].as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    erofs(if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    });
+    // SAFETY: a NUL-terminated path alive for the call.
+    let r = unsafe { libc::truncate(path.as_ptr(), 0) };
+    erofs(if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    });
 
     // An error from the tree is an error to the reader, never data.
     let mut bad = std::fs::File::open(mnt.join("sub/bad.img")).unwrap();

@@ -230,7 +230,7 @@ impl DedupIndex {
             }
             buf.push(rec?);
             if buf.len() >= max_records {
-                std::fs::create_dir_all(dir).map_err(|e| Error::local(dir, e.to_string()))?;
+                std::fs::create_dir_all(dir).map_err(|e| Error::local_io(dir, "", e))?;
                 runs.push(spill(&mut buf, dir)?);
             }
         }

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::atomic_file::{AtomicFile, Durability};
 use crate::error::{Error, Result};
 use crate::format::Session;
 
@@ -157,10 +158,11 @@ impl DigestWriter {
             .w
             .into_inner()
             .map_err(|e| err(&self.tmp, e.into_error()))?;
-        let dst_tmp = self.dir.join(format!("digests.{}.new", std::process::id()));
-        let mut out = BufWriter::new(File::create(&dst_tmp).map_err(|e| err(&dst_tmp, e))?);
+        let dst = path(&self.dir);
+        let af = AtomicFile::create(&dst).map_err(|e| err(&dst, e))?;
+        let mut out = BufWriter::new(af.file());
         out.write_all(&header(last, chunksize))
-            .map_err(|e| err(&dst_tmp, e))?;
+            .map_err(|e| err(&dst, e))?;
         let mut r = BufReader::new(f);
         std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(0)).map_err(|e| err(&self.tmp, e))?;
         // The checksums are keyed by the header, known only now.
@@ -174,12 +176,13 @@ impl DigestWriter {
             }
             out.write_all(&rec)
                 .and_then(|()| out.write_all(&super::local::record_sum(&key, &rec)))
-                .map_err(|e| err(&dst_tmp, e))?;
+                .map_err(|e| err(&dst, e))?;
         }
-        out.flush().map_err(|e| err(&dst_tmp, e))?;
+        out.flush().map_err(|e| err(&dst, e))?;
         drop(out);
         let _ = std::fs::remove_file(&self.tmp);
-        std::fs::rename(&dst_tmp, path(&self.dir)).map_err(|e| err(&dst_tmp, e))
+        // A cache (rebuilt by a full scan if lost): not synced.
+        af.commit(Durability::None).map_err(|e| err(&dst, e))
     }
 
     /// Drops the unfinished map.

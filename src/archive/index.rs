@@ -368,11 +368,7 @@ impl Builder {
         let (file, path) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(|e| Error::local_state(d, e))?;
-                let p = d.join(format!(
-                    ".build.{}.{}.tmp",
-                    std::process::id(),
-                    uuid::Uuid::new_v4().simple()
-                ));
+                let p = crate::atomic_file::temp_path(&d.join("index"));
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -498,7 +494,11 @@ impl Builder {
         file.write_all_at(&head, 0).map_err(io)?;
         if let Some(tmp) = self.path.take() {
             match dest {
-                Some(d) => std::fs::rename(&tmp, d).map_err(|e| Error::local_state(d, e))?,
+                // A cache (rebuilt from the archive if lost): not synced.
+                Some(d) => {
+                    crate::atomic_file::commit(&file, &tmp, d, crate::atomic_file::Durability::None)
+                        .map_err(|e| Error::local_state(d, e))?
+                }
                 // Kept open, named by nothing.
                 None => {
                     let _ = std::fs::remove_file(&tmp);

@@ -16,7 +16,6 @@
 //! * `<vid>/index/`: merged-view indexes of sessions ([`crate::archive::index`]).
 //! * `<vid>/S_…deltamap`: the copy-on-write pairing of local storage (`source::deltamap`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use blake2::digest::consts::U20;
@@ -31,16 +30,9 @@ pub struct LocalState {
     dir: PathBuf,
 }
 
-/// Replaces a file atomically and durably.
+/// Replaces a file atomically and durably (what safety rests on: the root's copy, counters).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::atomic_file::write(path, data, crate::atomic_file::Durability::FileAndDir)
 }
 
 /// `--meta-reduce` (behaviour §10): removes, under every archive's state directory in

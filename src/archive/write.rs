@@ -38,12 +38,20 @@ impl Deref for WriteArchive {
 }
 
 /// Crash injection for tests: `WYNG_FAILPOINT=<name>` aborts the process at that step of a
-/// commit, exactly as a power cut or `kill -9` would (no destructors, no cleanup).
+/// commit, exactly as a power cut or `kill -9` would (no destructors, no cleanup). Only in
+/// builds with the `failpoints` feature, which `cargo test` turns on (Cargo.toml); a release
+/// build compiles every failpoint to nothing and never looks at the variable.
+#[cfg(feature = "failpoints")]
 pub(crate) fn failpoint(name: &str) {
     if std::env::var("WYNG_FAILPOINT").is_ok_and(|v| v == name) {
         std::process::abort();
     }
 }
+
+/// Without the `failpoints` feature a failpoint is nothing (see above).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub(crate) fn failpoint(_name: &str) {}
 
 impl Archive {
     /// Opens an archive for writing: exclusive lock, counters reserved, interrupted commands

@@ -85,7 +85,7 @@ pub fn man(a: ManArgs) -> Result<()> {
         let text = page(&cmd, a.command.as_deref())?;
         return super::write_stdout(&text);
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::local(&dir, e.to_string()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::local_io(&dir, "", e))?;
     let names: Vec<String> = cmd
         .get_subcommands()
         .map(|s| s.get_name().to_string())
@@ -93,7 +93,7 @@ pub fn man(a: ManArgs) -> Result<()> {
         .collect();
     let write = |file: String, text: Vec<u8>| {
         let path = dir.join(file);
-        std::fs::write(&path, text).map_err(|e| Error::local(&path, e.to_string()))
+        std::fs::write(&path, text).map_err(|e| Error::local_io(&path, "", e))
     };
     write("wyng.1".into(), page(&cmd, None)?)?;
     for n in &names {

@@ -178,6 +178,9 @@ pub struct Global {
     /// at every commit point and removes snapshots synchronously
     #[arg(long, global = true)]
     pub maxsync: bool,
+    /// What the run's s3:// destinations did, reported at the end ([`report_s3_usage`]).
+    #[arg(skip)]
+    pub s3_usage: wyng::archive::S3UsageLog,
 }
 
 fn vouch(s: &str) -> std::result::Result<String, String> {
@@ -347,6 +350,8 @@ pub fn run(mut cli: Cli) -> Result<()> {
         exit_on_signals();
     }
     let result = run_command(g, cli.cmd);
+    // Every archive is closed by now (each s3:// lock released), so the counts are complete.
+    report_s3_usage(g);
     if uses_archive && g.meta_reduce.mode != MetaMode::Off && g.meta_dir().is_dir() {
         let n = wyng::archive::local::reduce(
             g.meta_dir(),
@@ -358,6 +363,23 @@ pub fn run(mut cli: Cli) -> Result<()> {
         }
     }
     result
+}
+
+/// Each s3:// destination's requests and bytes: a log line (`-v`) and, with `--json`, one JSON
+/// line on stderr (stdout keeps the command's own report).
+fn report_s3_usage(g: &Global) {
+    for u in g.s3_usage.usages() {
+        if g.json {
+            eprintln!("{}", serde_json::json!({ "s3": u }));
+        }
+        tracing::info!(
+            "s3: {} requests ({} retried), {} uploaded, {} downloaded",
+            u.requests,
+            u.retries,
+            wyng::size::human(u.bytes_up),
+            wyng::size::human(u.bytes_down),
+        );
+    }
 }
 
 /// SIGTERM, SIGINT and SIGHUP end the command with the original's exit code for an
@@ -558,7 +580,7 @@ impl Global {
                         .s3_timeout
                         .map(|s| std::time::Duration::from_secs(s.into())),
                     access_key: None,
-                    report_json: self.json,
+                    usage: self.s3_usage.clone(),
                 },
             },
         )

@@ -66,7 +66,7 @@ pub fn run(g: &Global, a: MountArgs) -> Result<()> {
         .as_deref()
         .map(|s| SessionSel::parse(Some(s), true, super::now()))
         .transpose()?;
-    std::fs::create_dir_all(g.meta_dir()).map_err(|e| Error::local(g.meta_dir(), e.to_string()))?;
+    std::fs::create_dir_all(g.meta_dir()).map_err(|e| Error::local_io(g.meta_dir(), "", e))?;
     let archive = g.read()?;
     let o = MountOptions {
         mountpoint: a.mountpoint.clone(),

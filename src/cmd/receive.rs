@@ -259,8 +259,7 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
             each(&names, &mut |n| {
                 let target = dir.join(n);
                 if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| Error::local(parent, e.to_string()))?;
+                    std::fs::create_dir_all(parent).map_err(|e| Error::local_io(parent, "", e))?;
                 }
                 ops::receive::receive(&archive, n, &sel, &opts(target))
             })?;

@@ -26,7 +26,7 @@ impl FileDest {
             p.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|e| Error::local(".", format!("no current directory: {e}")))?
+                .map_err(|e| Error::local_io(".", "no current directory", e))?
                 .join(p)
         };
         Ok(FileDest {
@@ -83,10 +83,7 @@ impl FileDest {
 /// Starts writeback now so the disk works in parallel with compression; the commit's sync then
 /// has little left to wait for. Advisory only: errors surface at that sync.
 fn start_writeback(f: &File) {
-    // SAFETY: plain syscall on an open descriptor; no memory is passed. (nix has no wrapper.)
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
+    crate::atomic_file::start_writeback(f, 0, 0);
 }
 
 impl Dest for FileDest {

@@ -64,7 +64,7 @@ pub fn select(archive: &Archive, local: &Path, purge: Purge) -> Vec<FoundSnapsho
 pub fn remove(archive: &Archive, snaps: &[FoundSnapshot], purge: Purge) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for s in snaps {
-        std::fs::remove_file(&s.path).map_err(|e| Error::local(&s.path, e.to_string()))?;
+        std::fs::remove_file(&s.path).map_err(|e| Error::local_io(&s.path, "", e))?;
         if s.uuid == archive.uuid() {
             forget_maps(archive, &s.vid);
         }

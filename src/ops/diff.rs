@@ -67,11 +67,11 @@ pub fn diff(
     let si = sel.select(vol)?;
     let ix = archive.merged(vi, si)?;
     let src = Source::open(local)?;
-    let file = File::open(local).map_err(|e| Error::local(local, e.to_string()))?;
+    let file = File::open(local).map_err(|e| Error::local_io(local, "", e))?;
     let block = std::os::unix::fs::FileTypeExt::is_block_device(
         &file
             .metadata()
-            .map_err(|e| Error::local(local, e.to_string()))?
+            .map_err(|e| Error::local_io(local, "", e))?
             .file_type(),
     );
     let cs = archive.chunksize();

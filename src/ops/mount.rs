@@ -60,7 +60,7 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
         ));
     }
     let parent = mountpoint.join("..");
-    let pmd = std::fs::metadata(&parent).map_err(|e| Error::local(&parent, e.to_string()))?;
+    let pmd = std::fs::metadata(&parent).map_err(|e| Error::local_io(&parent, "", e))?;
     use std::os::unix::fs::MetadataExt;
     if pmd.dev() != md.dev() || md.ino() == pmd.ino() {
         return Err(Error::local(
@@ -69,7 +69,7 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
         ));
     }
     if std::fs::read_dir(mountpoint)
-        .map_err(|e| Error::local(mountpoint, e.to_string()))?
+        .map_err(|e| Error::local_io(mountpoint, "", e))?
         .next()
         .is_some()
     {
@@ -157,7 +157,7 @@ pub fn start(mut archive: Archive, o: &MountOptions) -> Result<Mount> {
 /// has exited, so a `wyng mount` right after starts from a clean slate.
 pub fn umount(mountpoint: &Path) -> Result<()> {
     let abs = crate::view::fuse::absolute(mountpoint)
-        .map_err(|e| Error::local(mountpoint, format!("cannot use as a mountpoint: {e}")))?;
+        .map_err(|e| Error::local_io(mountpoint, "cannot use as a mountpoint", e))?;
     let server = match at_mountpoint(&abs) {
         AtMountpoint::Wyng { server } => server,
         _ => None,
@@ -194,7 +194,7 @@ fn unmount_path(mountpoint: &Path) -> Result<()> {
             "is busy: close the files open under it (see `fuser -m`), then try again",
         )),
         Err(nix::errno::Errno::EINVAL) => Err(Error::local(mountpoint, "is not mounted")),
-        Err(e) => Err(Error::local(mountpoint, format!("cannot unmount: {e}"))),
+        Err(e) => Err(Error::local_io(mountpoint, "cannot unmount", e.into())),
     }
 }
 

@@ -90,11 +90,14 @@ pub fn update(meta_dir: &Path, when: &str, updates: &[Update]) -> Result<()> {
     if rec == before {
         return Ok(());
     }
-    let tmp = meta_dir.join("outstanding.json.tmp");
     let text = serde_json::to_string_pretty(&rec).expect("serializable") + "\n";
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &p))
-        .map_err(|e| Error::local_state(&p, e))
+    // What the next send relies on to catch up the destinations that missed volumes.
+    crate::atomic_file::write(
+        &p,
+        text.as_bytes(),
+        crate::atomic_file::Durability::FileAndDir,
+    )
+    .map_err(|e| Error::local_state(&p, e))
 }
 
 /// Forgets what destinations `urls` miss; returns those that had entries, with how many.

@@ -19,6 +19,7 @@ use crossbeam_channel::bounded;
 
 use crate::archive::index::MergedIndex;
 use crate::archive::Archive;
+use crate::atomic_file::{self, Durability};
 use crate::error::{Error, Result};
 use crate::format::manifest::chunk_len;
 use crate::format::Session;
@@ -111,7 +112,7 @@ fn resolve_target(path: &Path) -> Result<(PathBuf, Option<fs::Metadata>)> {
     for _ in 0..40 {
         match fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
-                let link = fs::read_link(&at).map_err(|e| Error::local(&at, e.to_string()))?;
+                let link = fs::read_link(&at).map_err(|e| Error::local_io(&at, "", e))?;
                 at = match at.parent() {
                     Some(dir) if link.is_relative() => dir.join(link),
                     _ => link,
@@ -119,7 +120,7 @@ fn resolve_target(path: &Path) -> Result<(PathBuf, Option<fs::Metadata>)> {
             }
             Ok(m) => return Ok((at, Some(m))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((at, None)),
-            Err(e) => return Err(Error::local(&at, e.to_string())),
+            Err(e) => return Err(Error::local_io(&at, "", e)),
         }
     }
     Err(Error::local(
@@ -262,7 +263,7 @@ pub fn receive(
                 .read(true)
                 .write(true)
                 .open(target)
-                .map_err(|e| Error::local(target, format!("cannot open for writing: {e}")))?;
+                .map_err(|e| Error::local_io(target, "cannot open for writing", e))?;
             update_in_place(archive, &ix, &f, target, true, None, o.mode)?
         } else {
             update_file(archive, &ix, target, target, None, o.mode, session)?
@@ -317,9 +318,9 @@ fn receive_to_file(
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| Error::local(&tmp, format!("cannot create: {e}")))?;
+            .map_err(|e| Error::local_io(&tmp, "cannot create", e))?;
         f.set_len(ix.volsize())
-            .map_err(|e| Error::local(&tmp, e.to_string()))?;
+            .map_err(|e| Error::local_io(&tmp, "", e))?;
         let progress = Progress::bytes(ix.data_bytes(), "receive");
         // One writer thread: concurrent writers to one file only contend for its inode lock.
         let (tx, rx) = bounded::<(u64, Vec<u8>)>(workers() * 2);
@@ -328,7 +329,7 @@ fn receive_to_file(
             let writer = s.spawn(|| -> Result<()> {
                 for (off, d) in rx {
                     f.write_all_at(&d, off).map_err(|e| write_err(&tmp, e))?;
-                    start_writeback(&f, off, d.len());
+                    crate::atomic_file::start_writeback(&f, off, d.len() as u64);
                 }
                 Ok(())
             });
@@ -355,11 +356,9 @@ fn receive_to_file(
         progress.finish();
         f.sync_all().map_err(|e| write_err(&tmp, e))?;
         apply_metadata(&f, &tmp, &s.info.permissions, s.info.localtime);
-        fs::rename(&tmp, target)
-            .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
-        if let Ok(d) = File::open(&parent) {
-            let _ = d.sync_all();
-        }
+        // Synced above (a write error is reported as one, not as a failed rename).
+        atomic_file::commit(&f, &tmp, target, Durability::FileAndDir)
+            .map_err(|e| Error::local_io(target, "cannot rename into place", e))?;
         Ok(data.chunks)
     })();
     if result.is_err() {
@@ -451,10 +450,10 @@ fn receive_to_device(
     let mut f = OpenOptions::new()
         .write(true)
         .open(target)
-        .map_err(|e| Error::local(target, format!("cannot open for writing: {e}")))?;
+        .map_err(|e| Error::local_io(target, "cannot open for writing", e))?;
     let size = f
         .seek(SeekFrom::End(0))
-        .map_err(|e| Error::local(target, e.to_string()))?;
+        .map_err(|e| Error::local_io(target, "", e))?;
     if size < ix.volsize() {
         return Err(Error::local(
             target,
@@ -531,7 +530,7 @@ fn update_file(
             .read(true)
             .write(true)
             .open(work)
-            .map_err(|e| Error::local(work, format!("cannot open for writing: {e}")))?;
+            .map_err(|e| Error::local_io(work, "cannot open for writing", e))?;
         let counts = update_in_place(archive, ix, &f, work, false, only, mode).map_err(|e| {
             // Say exactly what state the target is left in. Only a local failure's text is
             // extended; others keep their kind (and exit code), with the state logged.
@@ -551,6 +550,15 @@ fn update_file(
                     path,
                     what: format!("{what}; {state}"),
                 },
+                // The state goes after the error's own words: one message, the text of the
+                // I/O error kept in it.
+                Error::LocalIo { path, what, source } => Error::Local {
+                    path,
+                    what: match what.is_empty() {
+                        true => format!("{source}; {state}"),
+                        false => format!("{what}: {source}; {state}"),
+                    },
+                },
                 e => {
                     tracing::warn!("{}: {state}", target.display());
                     e
@@ -559,11 +567,10 @@ fn update_file(
         })?;
         apply_metadata(&f, work, &session.info.permissions, session.info.localtime);
         if staged {
-            fs::rename(work, target)
-                .map_err(|e| Error::local(target, format!("cannot rename into place: {e}")))?;
-        }
-        if let Some(d) = target.parent().and_then(|p| File::open(p).ok()) {
-            let _ = d.sync_all();
+            atomic_file::commit(&f, work, target, Durability::FileAndDir)
+                .map_err(|e| Error::local_io(target, "cannot rename into place", e))?;
+        } else {
+            atomic_file::sync_parent(target);
         }
         Ok(counts)
     })();
@@ -624,7 +631,7 @@ fn update_in_place(
     if block {
         let size = (&*f)
             .seek(SeekFrom::End(0))
-            .map_err(|e| Error::local(path, e.to_string()))?;
+            .map_err(|e| Error::local_io(path, "", e))?;
         if size < volsize {
             return Err(Error::local(
                 path,
@@ -633,13 +640,13 @@ fn update_in_place(
         }
     } else {
         f.set_len(volsize)
-            .map_err(|e| Error::local(path, e.to_string()))?;
+            .map_err(|e| Error::local_io(path, "", e))?;
     }
     let written = AtomicU64::new(0);
     let read_local = |off: u64, len: usize| -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, off)
-            .map_err(|e| Error::local(path, format!("read error at offset {off}: {e}")))?;
+            .map_err(|e| Error::local_io(path, format!("read error at offset {off}"), e))?;
         Ok(buf)
     };
     let zero_range = |off: u64, len: u64| -> Result<()> {
@@ -705,23 +712,8 @@ fn update_in_place(
     Ok((fetched, written.into_inner()))
 }
 
-/// Starts writeback of a range now, so the disk works while we decode and the final sync has
-/// little left to wait for. Advisory: failures show up at that sync.
-fn start_writeback(f: &File, off: u64, len: usize) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on an open descriptor; no memory is passed (nix has no wrapper).
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            off as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
 fn write_err(path: &Path, e: std::io::Error) -> Error {
-    Error::local(path, format!("write failed: {e}"))
+    Error::local_io(path, "write failed", e)
 }
 
 /// Mode, owner (when root and the names exist) and mtime of the session, as the original does.
@@ -802,7 +794,7 @@ pub fn receive_local(
         archive.local_dir(),
     );
     if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(|e| Error::local(parent, e.to_string()))?;
+        fs::create_dir_all(parent).map_err(|e| Error::local_io(parent, "", e))?;
     }
     let exists = fs::symlink_metadata(&target).is_ok();
     if exists {
@@ -837,9 +829,11 @@ pub fn receive_local(
         let f = OpenOptions::new()
             .write(true)
             .open(&tmp)
-            .map_err(|e| Error::local(&tmp, e.to_string()))?;
+            .map_err(|e| Error::local_io(&tmp, "", e))?;
         apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
-        fs::rename(&tmp, &target).map_err(|e| Error::local(&target, e.to_string()))?;
+        // The snapshot's copy is as durable as the snapshot itself.
+        atomic_file::commit(&f, &tmp, &target, Durability::None)
+            .map_err(|e| Error::local_io(&target, "", e))?;
         tracing::info!("{name}: snapshot retrieved");
         plain(0, Some(0))
     } else if baseline {

@@ -18,6 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::atomic_file::{AtomicFile, Durability};
 use crate::error::{Error, Result};
 
 /// The bitmap of changed chunks.
@@ -102,7 +103,7 @@ impl DeltaMap {
     }
 
     pub fn load(path: &Path) -> Result<DeltaMap> {
-        let bytes = fs::read(path).map_err(|e| Error::local(path, e.to_string()))?;
+        let bytes = fs::read(path).map_err(|e| Error::local_io(path, "", e))?;
         Ok(DeltaMap { bytes })
     }
 
@@ -206,23 +207,16 @@ impl DeltaMap {
     /// Writes the map under a temporary name and renames it into place, with `mtime_ns` as
     /// its mtime. An all-zero map is written sparse.
     pub fn save(&self, path: &Path, mtime_ns: i128) -> Result<()> {
-        let io = |e: std::io::Error| Error::local(path, format!("cannot write the delta map: {e}"));
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("deltamap.tmp");
-        let mut f = File::create(&tmp).map_err(io)?;
+        let io = |e: std::io::Error| Error::local_io(path, "cannot write the delta map", e);
+        let af = AtomicFile::create(path).map_err(io)?;
+        let mut f = af.file();
         if self.is_empty() {
             f.set_len(self.bytes.len() as u64).map_err(io)?;
         } else {
             f.write_all(&self.bytes).map_err(io)?;
         }
         f.set_modified(time_of(mtime_ns)).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io)?;
-        sync_dir(path);
-        Ok(())
+        af.commit(Durability::FileAndDir).map_err(io)
     }
 }
 
@@ -233,12 +227,6 @@ fn map_len(volsize: u64, chunksize: u64) -> usize {
 fn time_of(ns: i128) -> std::time::SystemTime {
     let ns = ns.max(0) as u128;
     UNIX_EPOCH + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
-}
-
-fn sync_dir(path: &Path) {
-    if let Some(d) = path.parent().and_then(|p| File::open(p).ok()) {
-        let _ = d.sync_all();
-    }
 }
 
 /// The map file of a volume whose newest session is `session` (`S_…`) with `sequence`.
@@ -257,10 +245,10 @@ pub fn stamp(path: &Path, mtime_ns: i128) -> Result<()> {
     let f = File::options()
         .write(true)
         .open(path)
-        .map_err(|e| Error::local(path, e.to_string()))?;
+        .map_err(|e| Error::local_io(path, "", e))?;
     f.set_modified(time_of(mtime_ns))
         .and_then(|()| f.sync_all())
-        .map_err(|e| Error::local(path, format!("cannot stamp the delta map: {e}")))
+        .map_err(|e| Error::local_io(path, "cannot stamp the delta map", e))
 }
 
 /// Whether `snap1` is the paired baseline of the session whose map is `map` (behaviour §5.2).
@@ -306,7 +294,9 @@ pub fn remove_others(vol_cache_dir: &Path, keep: Option<&Path>) {
         let p = e.path();
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if (name.ends_with(".deltamap") || name.ends_with(".deltamap.tmp"))
+        // Maps, and what a save interrupted by a crash left (older versions' names too).
+        let leftover = crate::atomic_file::is_temp(&name) && name.contains(".deltamap.");
+        if (name.ends_with(".deltamap") || name.ends_with(".deltamap.tmp") || leftover)
             && Some(p.as_path()) != keep
         {
             let _ = fs::remove_file(&p);

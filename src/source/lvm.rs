@@ -36,7 +36,7 @@ impl Runner for System {
             // Inherited descriptors are ours to keep; LVM's warning about each is noise.
             .env("LVM_SUPPRESS_FD_WARNINGS", "1")
             .output()
-            .map_err(|e| Error::local(Path::new(&argv[0]), format!("cannot run: {e}")))?;
+            .map_err(|e| Error::local_io(Path::new(&argv[0]), "cannot run", e))?;
         if !out.status.success() {
             return Err(Error::local(
                 Path::new(&argv[0]),

@@ -27,11 +27,9 @@ pub struct Source {
 
 impl Source {
     pub fn open(path: &Path) -> Result<Source> {
-        let file = File::open(path)
-            .map_err(|e| Error::local(path, format!("cannot open the source: {e}")))?;
-        let md = file
-            .metadata()
-            .map_err(|e| Error::local(path, e.to_string()))?;
+        let file =
+            File::open(path).map_err(|e| Error::local_io(path, "cannot open the source", e))?;
+        let md = file.metadata().map_err(|e| Error::local_io(path, "", e))?;
         let ft = md.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
             return Err(Error::local(
@@ -42,7 +40,7 @@ impl Source {
         let size = if ft.is_block_device() {
             (&file)
                 .seek(SeekFrom::End(0))
-                .map_err(|e| Error::local(path, e.to_string()))?
+                .map_err(|e| Error::local_io(path, "", e))?
         } else {
             md.len()
         };
@@ -78,7 +76,7 @@ impl Source {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.file
             .read_exact_at(buf, offset)
-            .map_err(|e| Error::local(&self.path, format!("read error at offset {offset}: {e}")))
+            .map_err(|e| Error::local_io(&self.path, format!("read error at offset {offset}"), e))
     }
 }
 

@@ -42,11 +42,11 @@ pub struct ReflinkStore {
 
 impl ReflinkStore {
     pub fn open(dir: &Path) -> Result<ReflinkStore> {
-        let md = std::fs::metadata(dir).map_err(|e| Error::local(dir, format!("--local: {e}")))?;
+        let md = std::fs::metadata(dir).map_err(|e| Error::local_io(dir, "--local", e))?;
         if !md.is_dir() {
             return Err(Error::local(dir, "--local must be a directory"));
         }
-        let st = nix::sys::statfs::statfs(dir).map_err(|e| Error::local(dir, e.to_string()))?;
+        let st = nix::sys::statfs::statfs(dir).map_err(|e| Error::local_io(dir, "", e.into()))?;
         let magic = st.filesystem_type().0 as i64;
         let vouched = || {
             let opts = super::options();
@@ -156,21 +156,21 @@ pub fn snapshot(src: &Path, dst: &Path) -> Result<()> {
             format!("cannot make a reflink snapshot ({e}); is the filesystem reflink-capable?"),
         )
     })?;
-    let md = std::fs::metadata(src).map_err(|e| Error::local(src, e.to_string()))?;
+    let md = std::fs::metadata(src).map_err(|e| Error::local_io(src, "", e))?;
     let f = File::options()
         .write(true)
         .open(dst)
-        .map_err(|e| Error::local(dst, e.to_string()))?;
+        .map_err(|e| Error::local_io(dst, "", e))?;
     let mtime =
         std::time::UNIX_EPOCH + std::time::Duration::new(md.mtime() as u64, md.mtime_nsec() as u32);
     f.set_modified(mtime)
-        .map_err(|e| Error::local(dst, e.to_string()))?;
-    f.sync_all().map_err(|e| Error::local(dst, e.to_string()))?;
+        .map_err(|e| Error::local_io(dst, "", e))?;
+    f.sync_all().map_err(|e| Error::local_io(dst, "", e))?;
     std::fs::set_permissions(
         dst,
         std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7555),
     )
-    .map_err(|e| Error::local(dst, e.to_string()))?;
+    .map_err(|e| Error::local_io(dst, "", e))?;
     Ok(())
 }
 
@@ -248,7 +248,7 @@ impl Snapshots for VolumeSnaps {
     /// mtime (the volume's when it was taken).
     fn promote_snap2(&self, _last: &Session) -> Result<i128> {
         std::fs::rename(&self.snap2, &self.snap1)
-            .map_err(|e| Error::local(&self.snap2, format!("cannot rotate snapshots: {e}")))?;
+            .map_err(|e| Error::local_io(&self.snap2, "cannot rotate snapshots", e))?;
         if let Some(d) = self.snap1.parent().and_then(|p| File::open(p).ok()) {
             let _ = d.sync_all();
         }
@@ -547,7 +547,7 @@ fn consistent_maps(store: &ReflinkStore, jobs: &[DeltaJob]) -> Result<Option<Vec
     let size = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| m.len())
-            .map_err(|e| Error::local(p, e.to_string()))
+            .map_err(|e| Error::local_io(p, "", e))
     };
     let read_all = |root: Option<&Path>| -> Result<Vec<Maps>> {
         jobs.iter()
@@ -708,7 +708,7 @@ nix::ioctl_readwrite_bad!(fs_ioc_fiemap, 0xC020_660B, Fiemap);
 
 /// The extent map of a file (FIEMAP, after syncing it).
 pub fn extents(path: &Path) -> Result<Vec<Extent>> {
-    let f = File::open(path).map_err(|e| Error::local(path, e.to_string()))?;
+    let f = File::open(path).map_err(|e| Error::local_io(path, "", e))?;
     let mut out = Vec::new();
     let mut start = 0u64;
     let mut fm = Box::new(Fiemap {

@@ -80,7 +80,7 @@ fn finish(argv: &[&str], mut child: std::process::Child) -> Result<()> {
     }
     let status = child
         .wait()
-        .map_err(|e| Error::local(Path::new(argv[0]), e.to_string()))?;
+        .map_err(|e| Error::local_io(Path::new(argv[0]), "", e))?;
     if !status.success() {
         return Err(failed(argv, &err));
     }
@@ -106,7 +106,7 @@ impl Commands for System {
             });
         }
         finish(argv, child)?;
-        read.map_err(|e| Error::local(Path::new(argv[0]), e.to_string()))?;
+        read.map_err(|e| Error::local_io(Path::new(argv[0]), "", e))?;
         String::from_utf8(out).map_err(|_| Error::Tool {
             program: argv.join(" "),
             what: "output is not UTF-8".into(),

@@ -49,7 +49,7 @@ impl RemoteDest {
     pub fn new(url: &str, o: &super::DestOptions) -> Result<RemoteDest> {
         let control_dir = std::env::temp_dir().join(format!("wyng-ssh-{}", nix::unistd::getuid()));
         std::fs::create_dir_all(&control_dir)
-            .map_err(|e| Error::local(&control_dir, format!("cannot create: {e}")))?;
+            .map_err(|e| Error::local_io(&control_dir, "cannot create", e))?;
         let _ = std::fs::set_permissions(
             &control_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),

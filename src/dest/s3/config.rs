@@ -28,9 +28,9 @@ pub struct S3Options {
     pub stall: Option<std::time::Duration>,
     /// Access key id and secret given by a program embedding wyng (before the environment).
     pub access_key: Option<(String, String)>,
-    /// At the end, also print the requests and bytes as one JSON line on stderr (`--json`:
-    /// stdout keeps the command's own report).
-    pub report_json: bool,
+    /// Where the requests and bytes of every destination opened are counted, for the caller
+    /// to report.
+    pub usage: super::S3UsageLog,
 }
 
 pub struct S3Config {
@@ -45,7 +45,6 @@ pub struct S3Config {
     pub credential_source: String,
     pub no_conditional_lock: bool,
     pub parallel: usize,
-    pub report_json: bool,
     pub stall: std::time::Duration,
 }
 
@@ -97,10 +96,10 @@ fn section(path: Option<PathBuf>, wanted: &[String]) -> Result<Vec<(String, Stri
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::local(&path, e.to_string())),
+        Err(e) => return Err(Error::local_io(&path, "", e)),
     };
-    let sections = crate::format::ini::parse_configparser(&text)
-        .map_err(|e| Error::local(&path, e.to_string()))?;
+    let sections =
+        crate::format::ini::parse_configparser(&text).map_err(|e| Error::local(&path, e))?;
     Ok(sections
         .into_iter()
         .find(|(s, _)| wanted.iter().any(|w| w == s.trim()))
@@ -213,7 +212,6 @@ impl S3Config {
             no_conditional_lock: o.no_conditional_lock,
             parallel: o.parallel.unwrap_or(16).clamp(1, 256),
             stall: o.stall.unwrap_or(super::STALL),
-            report_json: o.report_json,
         })
     }
 
@@ -288,7 +286,6 @@ mod tests {
             credential_source: String::new(),
             no_conditional_lock: false,
             parallel: 1,
-            report_json: false,
             stall: super::super::STALL,
         };
         assert_eq!(c.key("archive.ini"), "p/q/archive.ini");

@@ -87,13 +87,50 @@ enum Body<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Requests and bytes of this run, reported at the end (`-v`, `--json`).
-#[derive(Default)]
+/// Requests and bytes of this run, counted as they happen; [`S3UsageLog`] reads them.
+#[derive(Debug, Default)]
 struct Stats {
     requests: AtomicU64,
     retries: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+}
+
+/// What one `s3://` destination did in this run: requests (and how many of them were retries)
+/// and bytes each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct S3Usage {
+    pub requests: u64,
+    pub retries: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Where the caller reads what every `s3://` destination opened with these options did
+/// ([`S3Options::usage`]; clones share one log). The library counts; the binary reports,
+/// once every destination is closed (closing releases the lock, itself a request).
+#[derive(Clone, Debug, Default)]
+pub struct S3UsageLog(Arc<Mutex<Vec<Arc<Stats>>>>);
+
+impl S3UsageLog {
+    fn register(&self, stats: Arc<Stats>) {
+        self.0.lock().push(stats);
+    }
+
+    /// One entry per destination opened, in the order they were opened.
+    pub fn usages(&self) -> Vec<S3Usage> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.0
+            .lock()
+            .iter()
+            .map(|s| S3Usage {
+                requests: load(&s.requests),
+                retries: load(&s.retries),
+                bytes_up: load(&s.bytes_up),
+                bytes_down: load(&s.bytes_down),
+            })
+            .collect()
+    }
 }
 
 /// What the upload workers and the destination share.
@@ -102,7 +139,7 @@ struct Inner {
     cfg: S3Config,
     bucket: rusty_s3::Bucket,
     agent: RwLock<ureq::Agent>,
-    stats: Stats,
+    stats: Arc<Stats>,
     /// Set when the lock was lost (taken over after we stalled past its expiry): every later
     /// write fails rather than racing the new owner.
     lock_lost: AtomicBool,
@@ -641,13 +678,15 @@ impl S3Dest {
         )
         .map_err(|e| Error::Usage(format!("--dest '{url}': {e}")))?;
         let (parallel, cfg_stall) = (cfg.parallel, cfg.stall);
+        let stats = Arc::new(Stats::default());
+        o.usage.register(stats.clone());
         Ok(S3Dest {
             inner: Arc::new(Inner {
                 url: url.to_string(),
                 cfg,
                 bucket,
                 agent: RwLock::new(agent(parallel, cfg_stall)),
-                stats: Stats::default(),
+                stats,
                 lock_lost: AtomicBool::new(false),
                 down: AtomicBool::new(false),
             }),
@@ -742,25 +781,6 @@ impl Drop for S3Dest {
         if let Some(l) = self.lock.lock().take() {
             l.release(&self.inner);
         }
-        let s = &self.inner.stats;
-        if self.inner.cfg.report_json {
-            eprintln!(
-                "{}",
-                serde_json::json!({"s3": {
-                    "requests": s.requests.load(Ordering::Relaxed),
-                    "retries": s.retries.load(Ordering::Relaxed),
-                    "bytes_up": s.bytes_up.load(Ordering::Relaxed),
-                    "bytes_down": s.bytes_down.load(Ordering::Relaxed),
-                }})
-            );
-        }
-        tracing::info!(
-            "s3: {} requests ({} retried), {} uploaded, {} downloaded",
-            s.requests.load(Ordering::Relaxed),
-            s.retries.load(Ordering::Relaxed),
-            crate::size::human(s.bytes_up.load(Ordering::Relaxed)),
-            crate::size::human(s.bytes_down.load(Ordering::Relaxed)),
-        );
     }
 }
 
