@@ -390,13 +390,6 @@ impl SessionWriter<'_> {
             }
             _ => None,
         };
-        if self.resume.is_some() {
-            w.a.dest.remove_all(&format!(
-                "{}/{}",
-                layout::dir(&vid, staging),
-                resume::MARKER
-            ))?;
-        }
         let enc = w.a.codec.encode_meta(info.to_text().as_bytes())?;
         if enc.file.len() as u64 > w.a.meta_limit(fmt::MAX_INFO_Z as u64) {
             return Err(Error::Usage(
@@ -404,6 +397,16 @@ impl SessionWriter<'_> {
             ));
         }
         w.a.dest.write(&layout::info(&vid, staging), &enc.file)?;
+        // The resume marker goes last before the rename (a session dir never holds it), so an
+        // interruption before this point leaves a staging a later run still resumes from; only
+        // the sync and the rename remain in which a kill costs the session's chunks.
+        if self.resume.is_some() {
+            w.a.dest.remove_all(&format!(
+                "{}/{}",
+                layout::dir(&vid, staging),
+                resume::MARKER
+            ))?;
+        }
         w.a.dest.sync()?;
         failpoint("before-session-rename");
         if !in_place {
