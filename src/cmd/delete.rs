@@ -86,8 +86,8 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
         if (!found.is_empty() || purge == Purge::All) && g.unattended() && !g.force {
             // As the original: removing local snapshots unattended takes --force.
             return Err(Error::Usage(format!(
-                "delete --clean would remove {} snapshot(s) from {} without asking: add --force to do so unattended",
-                found.len(),
+                "delete --clean would remove {} from {} without asking: add --force to do so unattended",
+                super::count(found.len() as u64, "snapshot", "snapshots"),
                 local.display()
             )));
         }

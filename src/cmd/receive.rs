@@ -83,8 +83,8 @@ pub fn summary(r: &ops::receive::ReadReport, to: &str) -> String {
     }
     if r.chunks_skipped > 0 {
         s += &format!(
-            "; {} DAMAGED chunk(s) skipped, left as zeros",
-            r.chunks_skipped
+            "; {} skipped, left as zeros",
+            super::count(r.chunks_skipped, "DAMAGED chunk", "DAMAGED chunks")
         );
     }
     s + ")."

@@ -183,9 +183,9 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
     if !r.autopruned.is_empty() {
         let names: Vec<&str> = r.autopruned.iter().map(|s| date(s)).collect();
         out.push(format!(
-            "{}: autoprune removed {} session(s) to make room: {}",
+            "{}: autoprune removed {} to make room: {}",
             r.volume,
-            names.len(),
+            count(names.len() as u64, "session", "sessions"),
             names.join(" ")
         ));
     }
@@ -201,9 +201,9 @@ fn lines(r: &ops::send::VolumeReport, dry_run: bool) -> Vec<String> {
     let retention = (!r.retention_removed.is_empty()).then(|| {
         let names: Vec<&str> = r.retention_removed.iter().map(|s| date(s)).collect();
         format!(
-            "{}: retention removed {} session(s): {}",
+            "{}: retention removed {}: {}",
             r.volume,
-            names.len(),
+            count(names.len() as u64, "session", "sessions"),
             names.join(" ")
         )
     });

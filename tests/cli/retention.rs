@@ -220,7 +220,7 @@ fn send_keeps_what_its_retention_policy_says() {
         "--keep-last=1",
     ]);
     assert!(
-        text.contains("v.img: retention removed 2 session(s)"),
+        text.contains("v.img: retention removed 2 sessions"),
         "{text}"
     );
     check_strict(&ar);
