@@ -10,8 +10,9 @@
 //!   root at most every `refresh` (or when forced) and loads the new state when it changed; its
 //!   generation tells readers to look again. A [`SessionImage`] is a session by volume id and
 //!   name: after a prune moved its chunk files, it finds them in the new state; a read that
-//!   meets a missing chunk file refreshes first, so a prune never shows as damage. A session
-//!   that is gone answers [`Error::Pruned`].
+//!   meets a missing chunk file refreshes first, and waits while a journaled change (a prune
+//!   moving files) is under way, so a prune never shows as damage. A session that is gone
+//!   answers [`Error::Pruned`].
 //! * **Memory does not grow with volumes**: an image is its merged-view index (data entries on
 //!   disk) plus the shared, byte-bounded cache.
 
@@ -30,6 +31,10 @@ use crate::format::{SessionName, VolumeId};
 
 /// Chunks fetched per request from a remote destination when reading sequentially.
 const REMOTE_WINDOW: u64 = 32;
+/// How long a read waits for a prune or delete under way to finish before it answers that the
+/// archive changed while reading (never damage); and how often it looks.
+const TRANSACTION_WAIT: Duration = Duration::from_secs(60);
+const TRANSACTION_POLL: Duration = Duration::from_millis(100);
 
 pub struct LiveArchive {
     current: RwLock<Arc<Archive>>,
@@ -294,32 +299,63 @@ impl SessionImage {
         Ok(r)
     }
 
+    /// [`Self::resolve_again`], except that a session missing from a state loaded while a
+    /// journaled change is under way (its volume may be left out until the change is done) is
+    /// waited for, up to [`TRANSACTION_WAIT`], before it counts as pruned.
+    fn resolve_settled(&self, seen: &Resolved) -> Result<Resolved> {
+        let deadline = Instant::now() + TRANSACTION_WAIT;
+        loop {
+            match self.resolve_again(seen) {
+                Err(Error::Pruned { .. })
+                    if self.0.live.current().transaction_pending() && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(TRANSACTION_POLL);
+                    self.0.live.refresh(true);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Fills `buf` from `offset` (fewer bytes only at the end of the image).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let r = self.resolved();
         // A session pruned meanwhile, or loaded anew by another reader's refresh.
-        let r = self.resolve_again(&r)?;
+        let r = self.resolve_settled(&r)?;
         match self.read_in(&r, offset, buf) {
             Ok(n) => Ok(n),
             Err(Miss::Failed(e)) => Err(e),
-            Err(Miss::Moved) => {
-                // A chunk file is not where this state says: if the archive changed, read
-                // from its new state; if not, the archive is damaged.
-                let missing = || {
-                    Error::corrupt(
+            Err(Miss::Moved) => self.read_moved(r, offset, buf),
+        }
+    }
+
+    /// A read that met a chunk file not where its state says: follow the archive to where the
+    /// file is now. A journaled change under way (a prune moving files) is waited for, up to
+    /// [`TRANSACTION_WAIT`]; only a chunk missing from an archive that did not change and has
+    /// no change under way is damage.
+    fn read_moved(&self, mut r: Resolved, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let deadline = Instant::now() + TRANSACTION_WAIT;
+        loop {
+            if !self.0.live.refresh(true) {
+                if !self.0.live.current().transaction_pending() {
+                    return Err(Error::corrupt(
                         format!("{}/{}", self.0.vid, self.0.session),
                         "a chunk file of this session is missing (run `wyng arch-check` to see what else is)",
-                    )
-                };
-                if !self.0.live.refresh(true) {
-                    return Err(missing());
+                    ));
                 }
-                let r = self.resolve_again(&r)?;
-                match self.read_in(&r, offset, buf) {
-                    Ok(n) => Ok(n),
-                    Err(Miss::Failed(e)) => Err(e),
-                    Err(Miss::Moved) => Err(missing()),
+                if Instant::now() >= deadline {
+                    return Err(Error::ChangedWhileReading {
+                        url: self.0.live.current().url().to_string(),
+                    });
                 }
+                std::thread::sleep(TRANSACTION_POLL);
+                continue;
+            }
+            r = self.resolve_settled(&r)?;
+            match self.read_in(&r, offset, buf) {
+                Ok(n) => return Ok(n),
+                Err(Miss::Failed(e)) => return Err(e),
+                Err(Miss::Moved) => continue,
             }
         }
     }

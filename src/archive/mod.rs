@@ -731,6 +731,12 @@ impl Archive {
         })
     }
 
+    /// Whether this state was loaded while a journaled change (a prune's merge, a delete) was
+    /// under way: its chunk files may be moving until the root changes again.
+    pub(crate) fn transaction_pending(&self) -> bool {
+        !self.ini.in_process.is_empty()
+    }
+
     /// Whether the archive on the destination is still the one loaded (its root unchanged).
     pub fn is_current(&self) -> Result<bool> {
         Ok(self.dest.read(layout::ROOT, ROOT_MAX)?.as_deref() == Some(&self.root[..]))
