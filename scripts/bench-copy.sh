@@ -23,26 +23,7 @@ rm -rf "$dir/src" "$dir/cp" "$dir/cp-sync" "$dir/copy" "$dir/enc" "$dir/enc2" "$
 
 s3=0
 if command -v weed >/dev/null; then
-  port() { python3 -c 'import socket
-while True:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
-    if p < 55000:
-        t = socket.socket()
-        try:
-            t.bind(("127.0.0.1", p + 10000)); t.close(); print(p); break
-        except OSError: pass'; }
-  s3p=$(port)
-  AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret S3_BUCKET=bench \
-    weed mini -dir="$dir/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false \
-    -master.port="$(port)" -volume.port="$(port)" -filer.port="$(port)" -s3.port="$s3p" \
-    -webdav.port="$(port)" -admin.port="$(port)" -s3.port.iceberg="$(port)" -s3.port.lance="$(port)" \
-    >"$dir/weed.log" 2>&1 & weed_pid=$!
-  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_ENDPOINT_URL="http://127.0.0.1:$s3p"
-  for _ in $(seq 120); do
-    # (wyng list fails on a missing archive: only its message counts, pipefail or not)
-    { "$W" list --dest=s3://bench/ready $meta 2>&1 || true; } | grep -q "no Wyng archive" && { s3=1; break; }
-    sleep 0.5
-  done
+  start_weed && s3=1
 fi
 
 declare -A wall

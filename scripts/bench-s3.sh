@@ -18,26 +18,8 @@ cleanup() {
 trap cleanup EXIT
 img="$dir/vol.img"; meta="--meta-dir=$dir/meta"; imp="--import-other-from=vol:|:$img"
 
-# Free ports (weed also takes port + 10000 for gRPC).
-port() { python3 -c 'import socket
-while True:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
-    if p < 55000:
-        t = socket.socket()
-        try:
-            t.bind(("127.0.0.1", p + 10000)); t.close(); print(p); break
-        except OSError: pass'; }
-s3p=$(port)
-AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret S3_BUCKET=bench \
-  weed mini -dir="$dir/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false \
-  -master.port="$(port)" -volume.port="$(port)" -filer.port="$(port)" -s3.port="$s3p" \
-  -webdav.port="$(port)" -admin.port="$(port)" -s3.port.iceberg="$(port)" -s3.port.lance="$(port)" \
-  >"$dir/weed.log" 2>&1 & weed_pid=$!
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_ENDPOINT_URL="http://127.0.0.1:$s3p"
-for _ in $(seq 120); do
-  "$W" list --dest=s3://bench/ready $meta 2>&1 | grep -q "no Wyng archive" && break
-  sleep 0.5
-done
+# SeaweedFS on free ports (bench-prologue.sh).
+start_weed || true
 
 echo "== $(nproc) cores; image ${size_mib} MiB (30% random, 30% text, 40% holes); SeaweedFS $(weed version 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1"
 "$B" gen "$img" "$size_mib"
