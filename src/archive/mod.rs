@@ -717,20 +717,6 @@ impl Archive {
         session::Hashed(self.codec.hash_chunk(raw))
     }
 
-    /// How this archive compresses chunks: archives that share it can share one compression
-    /// of a chunk ([`Archive::hash_compressed`]).
-    pub fn compressor(&self) -> Compressor {
-        self.codec.compressor
-    }
-
-    /// [`Archive::hash_chunk`] of data already compressed with [`Archive::compressor`].
-    pub fn hash_compressed(&self, file: Vec<u8>) -> session::Hashed {
-        session::Hashed(crate::codec::Encoded {
-            hash: self.codec.data_hash.hash(&file),
-            file,
-        })
-    }
-
     /// Whether this state was loaded while a journaled change (a prune's merge, a delete) was
     /// under way: its chunk files may be moving until the root changes again.
     pub(crate) fn transaction_pending(&self) -> bool {
@@ -1006,4 +992,87 @@ fn codec_for(ini: &ArchiveIni, keys: Option<(&MasterKeys, &SaltFile)>) -> Result
 fn gunzip_root(body: &[u8]) -> Result<String> {
     let text = gunzip(body, ini::MAX_BODY * 8).map_err(|e| Error::corrupt(layout::ROOT, e))?;
     String::from_utf8(text).map_err(|_| Error::corrupt(layout::ROOT, "not UTF-8 text"))
+}
+
+/// One chunk's data hashed for several archives (a send to several destinations): compressed
+/// once per compression setting, so archives that compress alike share that work, and hashed
+/// with each archive's own key. Compression stays behind the archive: callers see only the
+/// [`session::Hashed`] each archive would store.
+pub struct SharedChunk<'a> {
+    raw: &'a [u8],
+    compressed: Vec<(Compressor, Vec<u8>)>,
+}
+
+impl<'a> SharedChunk<'a> {
+    pub fn new(raw: &'a [u8]) -> SharedChunk<'a> {
+        SharedChunk {
+            raw,
+            compressed: Vec::new(),
+        }
+    }
+
+    /// [`Archive::hash_chunk`] of the data, reusing a compression another archive with the same
+    /// settings already made.
+    pub fn hash_for(&mut self, archive: &Archive) -> session::Hashed {
+        let c = archive.codec.compressor;
+        let file = match self.compressed.iter().find(|(k, _)| *k == c) {
+            Some((_, f)) => f.clone(),
+            None => {
+                let f = c.compress(self.raw);
+                self.compressed.push((c, f.clone()));
+                f
+            }
+        };
+        session::Hashed(crate::codec::Encoded {
+            hash: archive.codec.data_hash.hash(&file),
+            file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod shared_chunk_tests {
+    use super::*;
+
+    fn archive(compression: Compression, level: i32, cipher: Option<CipherMode>) -> WriteArchive {
+        let meta = tempfile::tempdir().unwrap();
+        let auth = crate::auth::Auth {
+            passcmd: None,
+            authmin: 0,
+            cached_only: false,
+        };
+        Archive::init(
+            Location::memory(MemDest::new("mem:shared")),
+            &InitParams {
+                compression: Compressor::new(compression, level).unwrap(),
+                chunksize: 65536,
+                cipher,
+            },
+            &auth,
+            Some(meta.path()),
+        )
+        .unwrap()
+    }
+
+    /// Sharing changes nothing an archive stores: every archive gets exactly the hash and file
+    /// it computes alone, whether its compression matches another's or not.
+    #[test]
+    fn a_shared_chunk_hashes_as_each_archive_alone() {
+        let raw: Vec<u8> = (0..65536u32).map(|i| (i * 7 / 13) as u8).collect();
+        let archives = [
+            archive(Compression::Zstd, 3, None),
+            archive(Compression::Zstd, 3, None),
+            archive(Compression::Zlib, 6, None),
+            archive(Compression::Zstd, 9, None),
+        ];
+        let mut shared = SharedChunk::new(&raw);
+        for wa in &archives {
+            let alone = wa.hash_chunk(&raw);
+            let got = shared.hash_for(wa);
+            assert_eq!(got.hash(), alone.hash());
+            assert_eq!(got.0.file, alone.0.file);
+        }
+        // Two archives compress alike: three compressions, not four.
+        assert_eq!(shared.compressed.len(), 3);
+    }
 }

@@ -213,3 +213,29 @@ fn the_rule_checker_sees_what_it_must() {
         vec!["archive", "ops", "view"]
     );
 }
+
+/// Chunks are compressed and decompressed behind the archive: re-exporting `Compressor` for
+/// configuration (`arch-init`'s settings) must not let a layer above compress on its own (a
+/// send to several archives shares compressions through `archive::SharedChunk`).
+#[test]
+fn compression_stays_behind_the_archive() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|p| {
+            let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            !(rel.starts_with("archive/") || rel == "codec.rs" || rel.starts_with("fuzz/"))
+        })
+        .filter(|p| {
+            let c = code(p);
+            c.contains(".compress(") || c.contains(".decompress(")
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "compression outside the archive: {offenders:?}"
+    );
+}

@@ -71,8 +71,8 @@ fn examine(
 ) -> Vec<Option<Result<Outcome>>> {
     let zero = buf.len() as u64 == cs && is_all_zero(buf);
     let digest = (!zero).then(|| digests::digest(buf));
-    // Compressed once per compressor: archives that compress alike share it.
-    let mut compressed: Vec<(crate::archive::Compressor, Vec<u8>)> = Vec::new();
+    // Compressed once per compression setting: archives that compress alike share it.
+    let mut shared = crate::archive::SharedChunk::new(buf);
     let several = jobs.iter().filter(|j| j.is_some()).count() > 1;
     lanes
         .iter()
@@ -80,19 +80,11 @@ fn examine(
         .map(|(lane, j)| {
             let j = j.filter(|_| !lane.is_failed())?;
             let mut hash = |a: &Archive| {
-                if !several {
-                    return a.hash_chunk(buf);
+                if several {
+                    shared.hash_for(a)
+                } else {
+                    a.hash_chunk(buf)
                 }
-                let c = a.compressor();
-                let file = match compressed.iter().find(|(k, _)| *k == c) {
-                    Some((_, f)) => f.clone(),
-                    None => {
-                        let f = c.compress(buf);
-                        compressed.push((c, f.clone()));
-                        f
-                    }
-                };
-                a.hash_compressed(file)
             };
             Some(j.and_then(|j| match digest {
                 None => Ok(Outcome::Zero(idx)),
