@@ -727,4 +727,17 @@ mod tests {
         assert_eq!(g[9], 0xff);
         assert_eq!(gunzip(&g, 100).unwrap(), b"[var]\n");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// Decoders see archive bytes: any input is an error or bounded output, never a panic.
+        #[test]
+        fn decompression_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            for kind in [Compression::Zstd, Compression::Zlib, Compression::Bz2] {
+                let c = Compressor { kind, level: kind.default_level() };
+                let _ = c.decompress(&bytes, 1 << 16);
+            }
+        }
+    }
 }

@@ -259,6 +259,17 @@ impl Error {
     }
 }
 
+/// Format errors keep their text and exit code: damage is damage wherever it is found.
+impl From<crate::format::Error> for Error {
+    fn from(e: crate::format::Error) -> Self {
+        match e {
+            crate::format::Error::Corrupt { path, what } => Error::Corrupt { path, what },
+            crate::format::Error::Unsupported(s) => Error::Unsupported(s),
+            crate::format::Error::InvalidName(s) => Error::Usage(s),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub mod codec;
 pub mod crypto;
 pub mod dest;
 pub mod error;
-pub mod format;
+pub use wyng_format as format;
 #[doc(hidden)]
 #[cfg(feature = "fuzz-targets")]
 pub mod fuzz;

@@ -226,7 +226,9 @@ impl WriteArchive {
         let spool = self.merge_list(vid)?;
         let open = || -> Result<MergeList<Box<dyn std::io::BufRead + Send>>> {
             let r = spool.reader().map_err(|e| Error::io("merge list", e))?;
-            MergeList::read(Box::new(BufReader::new(flate2::bufread::GzDecoder::new(r))))
+            let r: Box<dyn std::io::BufRead + Send> =
+                Box::new(BufReader::new(flate2::bufread::GzDecoder::new(r)));
+            Ok(MergeList::read(r)?)
         };
         let head = open()?.head;
         let src0 = head.src0.clone();

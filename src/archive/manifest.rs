@@ -27,7 +27,7 @@ impl Iterator for SessionLines {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {
-        self.inner.as_mut()?.next()
+        Some(self.inner.as_mut()?.next()?.map_err(Error::from))
     }
 }
 

@@ -128,7 +128,11 @@ pub fn is_metadata_volume(name: &str) -> bool {
 }
 
 pub fn check_volume_name(name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::Usage(format!("invalid volume name '{name}': {why}")));
+    let bad = |why: &str| {
+        Err(Error::InvalidName(format!(
+            "invalid volume name '{name}': {why}"
+        )))
+    };
     if name.is_empty() || name.chars().count() > 4000 {
         return bad("must be 1 to 4000 characters");
     }

@@ -1,8 +1,8 @@
 //! volinfo (format §8.1) and the informational `sessions` file (§8.2).
 
 use crate::error::{Error, Result};
-use crate::format::ids::{check_volume_name, Hash32, SessionName};
-use crate::format::kv::parse_kv;
+use crate::ids::{check_volume_name, Hash32, SessionName};
+use crate::kv::parse_kv;
 
 pub const MAX_SESSIONS: usize = 16384;
 pub const MAX_DESC: usize = 100;

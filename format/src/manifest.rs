@@ -13,7 +13,7 @@
 use std::io::{BufRead, Write};
 
 use crate::error::{Error, Result};
-use crate::format::ids::Hash32;
+use crate::ids::Hash32;
 
 /// What one chunk address holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -632,8 +632,10 @@ impl Ord for Slot {
     }
 }
 
-impl<I: Iterator<Item = Result<Entry>>> Merge<I> {
-    pub fn new(layers: Vec<I>) -> Result<Self> {
+/// Generic over the layers' error type: the layers are read by the caller (from a destination,
+/// with its own errors); the merge adds none.
+impl<E, I: Iterator<Item = Result<Entry, E>>> Merge<I> {
+    pub fn new(layers: Vec<I>) -> Result<Self, E> {
         let mut m = Merge {
             layers,
             heap: std::collections::BinaryHeap::new(),
@@ -674,7 +676,7 @@ impl<I: Iterator<Item = Result<Entry>>> Merge<I> {
     }
 
     /// Reads the next entry of `layer` into the held slot.
-    fn advance(&mut self, layer: usize) -> Result<()> {
+    fn advance(&mut self, layer: usize) -> Result<(), E> {
         if let Some(e) = self.layers[layer].next() {
             let (idx, r) = e?;
             match self.held.take() {
@@ -689,16 +691,16 @@ impl<I: Iterator<Item = Result<Entry>>> Merge<I> {
     }
 }
 
-impl<I: Iterator<Item = Result<Entry>>> Iterator for Merge<I> {
+impl<E, I: Iterator<Item = Result<Entry, E>>> Iterator for Merge<I> {
     /// `(index, value, layer)`.
-    type Item = Result<(u64, ChunkRef, usize)>;
+    type Item = Result<(u64, ChunkRef, usize), E>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
         let (idx, layer, r) = self.pop_min()?;
-        let mut step = || -> Result<()> {
+        let mut step = || -> Result<(), E> {
             self.advance(layer)?;
             // Older layers with the same index: skip their entries.
             loop {
@@ -767,8 +769,11 @@ impl<I> Complete<I> {
     }
 }
 
-impl<T, I: Iterator<Item = Result<(u64, ChunkRef, T)>>> Iterator for Complete<I> {
-    type Item = Result<(u64, ChunkRef, T)>;
+/// A gap is damage in the format's terms, converted into the caller's error type.
+impl<T, E: From<Error>, I: Iterator<Item = Result<(u64, ChunkRef, T), E>>> Iterator
+    for Complete<I>
+{
+    type Item = Result<(u64, ChunkRef, T), E>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -778,7 +783,7 @@ impl<T, I: Iterator<Item = Result<(u64, ChunkRef, T)>>> Iterator for Complete<I>
             Some(Ok((idx, r, t))) if idx < self.n => {
                 if idx != self.next {
                     self.done = true;
-                    return Some(Err(self.gap(self.next)));
+                    return Some(Err(self.gap(self.next).into()));
                 }
                 self.next = idx + 1;
                 Some(Ok((idx, r, t)))
@@ -790,7 +795,7 @@ impl<T, I: Iterator<Item = Result<(u64, ChunkRef, T)>>> Iterator for Complete<I>
             // Beyond the end (or the end itself): the view is complete if nothing is missing.
             _ => {
                 self.done = true;
-                (self.next < self.n).then(|| Err(self.gap(self.next)))
+                (self.next < self.n).then(|| Err(self.gap(self.next).into()))
             }
         }
     }

@@ -11,7 +11,7 @@
 use std::io::BufRead;
 
 use crate::error::{Error, Result};
-use crate::format::{SessionName, VolumeId};
+use crate::{SessionName, VolumeId};
 
 /// A transaction recorded in `[in_process]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,7 +251,7 @@ impl<R: BufRead> MergeList<R> {
             if line == "###" {
                 break;
             }
-            if others.len() > crate::format::volinfo::MAX_SESSIONS {
+            if others.len() > crate::volinfo::MAX_SESSIONS {
                 return Err(Error::corrupt("merge.lst.gz", "too many sessions"));
             }
             others.push(name(&line)?);

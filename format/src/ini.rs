@@ -8,7 +8,7 @@
 //! * `updated_at` strictly increases on every save (see [`next_updated_at`]).
 
 use crate::error::{Error, Result};
-use crate::format::ids::{Hash32, VolumeId};
+use crate::ids::{Hash32, VolumeId};
 
 pub const HEADER_PREFIX: &[u8] = b"[WYNG03]\nci = ";
 pub const HEADER_LEN: usize = 17;

@@ -1,8 +1,8 @@
 //! Session `info` (format §9). Lines are written in the original's fixed order, tags last.
 
 use crate::error::{Error, Result};
-use crate::format::ids::{Hash32, SessionName};
-use crate::format::kv::parse_kv;
+use crate::ids::{Hash32, SessionName};
+use crate::kv::parse_kv;
 
 pub const MAX_TAGS: usize = 5;
 pub const MAX_TAG_ID: usize = 25;
