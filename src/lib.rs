@@ -1,8 +1,9 @@
 //! wyng: block-level incremental backup, byte-compatible with Wyng archive format V3.
 //!
-//! Layers, from the bytes on disk up (each knows only those below it; `tests/cli/layers.rs`
-//! checks the rules):
-//! * [`format`]: pure parse/serialize of the format's objects (no I/O, no crypto).
+//! Layers, from the bytes on disk up (each knows only those below it; Cargo and
+//! `tests/cli/layers.rs` check the rules):
+//! * [`format`]: pure parse/serialize of the format's objects (no I/O, no crypto): the
+//!   `wyng-format` crate (`format/`), so that its purity is a compile error.
 //! * [`crypto`], [`codec`]: hashes, ciphers, compression; the one path every byte takes.
 //! * [`dest`]: where an archive lives (a directory, a remote shell, memory for tests).
 //! * [`archive`]: the only way to an archive's bytes: open for read or write, verified
