@@ -315,7 +315,7 @@ pub fn run(g: &Global, a: FilesArgs) -> Result<()> {
 }
 
 fn open(g: &Global, c: &Common) -> Result<Files> {
-    std::fs::create_dir_all(g.meta_dir()).map_err(|e| Error::local(g.meta_dir(), e.to_string()))?;
+    std::fs::create_dir_all(g.meta_dir()).map_err(|e| Error::local_io(g.meta_dir(), "", e))?;
     Ok(Files::new(g.read()?, c.cache))
 }
 

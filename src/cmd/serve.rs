@@ -118,7 +118,7 @@ impl ServeArgs {
 
 pub fn run(g: &Global, a: ServeArgs) -> Result<()> {
     let o = a.options()?;
-    std::fs::create_dir_all(g.meta_dir()).map_err(|e| Error::local(g.meta_dir(), e.to_string()))?;
+    std::fs::create_dir_all(g.meta_dir()).map_err(|e| Error::local_io(g.meta_dir(), "", e))?;
     let archive = g.read()?;
     let pid_file = a.pid_file.clone();
     let writable = o.overlay.is_some();

@@ -51,8 +51,9 @@ pub struct GetReport {
 
 const BLOCK: usize = 4096;
 
-fn local(path: &str, e: impl std::fmt::Display) -> Error {
-    Error::local(path, e.to_string())
+/// An I/O failure on the restore target, keeping the error (a `nix` errno is one too).
+fn local(path: &str, e: impl Into<std::io::Error>) -> Error {
+    Error::local_io(path, "", e.into())
 }
 
 fn open_dir_at(dir: Option<&OwnedFd>, name: &std::path::Path) -> nix::Result<OwnedFd> {
@@ -264,7 +265,10 @@ impl Restorer<'_> {
             Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(e) => Err(local(&shown, e)),
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
-                Err(local(&shown, "a directory is in the way (not replaced)"))
+                Err(Error::local(
+                    &shown,
+                    "a directory is in the way (not replaced)",
+                ))
             }
             Ok(_) if !self.o.overwrite => Err(Error::local(
                 shown,
@@ -290,14 +294,14 @@ impl Restorer<'_> {
         };
         // An existing directory is merged into; a link or file there is refused (O_NOFOLLOW).
         let sub = open_dir_at(Some(dir), name).map_err(|e| {
-            local(
-                &shown,
-                if e == nix::errno::Errno::ELOOP || e == nix::errno::Errno::ENOTDIR {
-                    "something that is not a directory is in the way (not replaced)".to_string()
-                } else {
-                    e.to_string()
-                },
-            )
+            if e == nix::errno::Errno::ELOOP || e == nix::errno::Errno::ENOTDIR {
+                Error::local(
+                    &shown,
+                    "something that is not a directory is in the way (not replaced)",
+                )
+            } else {
+                local(&shown, e)
+            }
         })?;
         self.report.dirs += 1;
         self.children(&sub, p)?;

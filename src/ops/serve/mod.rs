@@ -277,15 +277,15 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
                 "is busy: a server is listening there (stop it first)",
             ));
         }
-        std::fs::remove_file(path).map_err(|e| Error::local(path, e.to_string()))?;
+        std::fs::remove_file(path).map_err(|e| Error::local_io(path, "", e))?;
     }
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| Error::local(d, e.to_string()))?;
+        std::fs::create_dir_all(d).map_err(|e| Error::local_io(d, "", e))?;
     }
-    let l = UnixListener::bind(path)
-        .map_err(|e| Error::local(path, format!("cannot listen there: {e}")))?;
+    let l =
+        UnixListener::bind(path).map_err(|e| Error::local_io(path, "cannot listen there", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::local(path, e.to_string()))?;
+        .map_err(|e| Error::local_io(path, "", e))?;
     Ok(l)
 }
 
@@ -308,7 +308,7 @@ pub fn start(mut archive: Archive, o: ServeOptions) -> Result<Server> {
         Listen::Unix(p) => {
             let l = bind_unix(p)?;
             l.set_nonblocking(true)
-                .map_err(|e| Error::local(p, e.to_string()))?;
+                .map_err(|e| Error::local_io(p, "", e))?;
             let ino = std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
             let scheme = if tls.is_some() {
                 "nbds+unix"
@@ -329,9 +329,9 @@ pub fn start(mut archive: Archive, o: ServeOptions) -> Result<Server> {
                 )));
             }
             let l = TcpListener::bind(addr)
-                .map_err(|e| Error::local(addr.to_string(), format!("cannot listen there: {e}")))?;
+                .map_err(|e| Error::local_io(addr.to_string(), "cannot listen there", e))?;
             l.set_nonblocking(true)
-                .map_err(|e| Error::local(addr.to_string(), e.to_string()))?;
+                .map_err(|e| Error::local_io(addr.to_string(), "", e))?;
             let bound = l.local_addr().unwrap_or(addr);
             let scheme = if tls.is_some() { "nbds" } else { "nbd" };
             (Listener::Tcp(l), None, format!("{scheme}://{bound}/"))
