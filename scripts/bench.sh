@@ -4,6 +4,8 @@
 # Usage: scripts/bench.sh [SIZE_MIB]   (default 1024; docs/benchmarks.md uses 4096)
 #        BENCH_DIR=/path keeps the work files there, one subdirectory per script (default: a
 #        temporary dir, removed after).
+#        BENCH_CORE_ONLY=1 stops after the core rows (file:, ssh, encrypted), the quick before/after
+#        comparison of a change that touches no one area.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib="${1:-1024}"
@@ -120,6 +122,7 @@ cmp "$img" "$dir/out.img" && echo "(restored image identical)"
 echo "archive: $(du -sm "$ar" | cut -f1) MiB on disk"
 echo "ratios: send vs single-core compress+hash (target >= 1.6x), unchanged send vs single-core read"
 echo "(target: no slower than reading the volume once), receive/verify vs single-core hash+decompress (target >= 1.5x)"
+[ "${BENCH_CORE_ONLY:-0}" = 1 ] && exit 0
 # Resumed sends (killed at ~50%) and sends to two archives at once, against plain sends.
 echo
 scripts/bench-resume.sh "$size_mib"
