@@ -1,5 +1,6 @@
 //! Deduplication: shared chunks are stored once (hard links), every session still receives
-//! exactly, and the archive stays valid for the original.
+//! exactly, and the archive stays valid for the original: encrypted, and with an index larger
+//! than its memory (`WYNG_DEDUP_MEMORY`). The plain cases, in-process: src/ops/semantics/dedup.rs.
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -61,11 +62,6 @@ fn dedup_send(pass: Option<&str>, memory: Option<&str>) {
 }
 
 #[test]
-fn send_dedup_links_shared_chunks() {
-    dedup_send(None, None);
-}
-
-#[test]
 fn send_dedup_on_an_encrypted_archive() {
     dedup_send(Some("dedup passphrase"), None);
 }
@@ -75,11 +71,6 @@ fn dedup_with_an_index_larger_than_its_memory() {
     // 440 bytes = 10 records: the index is built in sorted runs merged on disk.
     dedup_send(None, Some("440"));
     arch_deduplicate(Some("440"));
-}
-
-#[test]
-fn arch_deduplicate_links_what_was_sent_twice() {
-    arch_deduplicate(None);
 }
 
 fn arch_deduplicate(memory: Option<&str>) {
