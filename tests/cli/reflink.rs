@@ -322,7 +322,8 @@ fn randomized_on(kind: &str, seed: u64, rounds: usize) {
         touched: Default::default(),
     };
     let ar = t.path().join("archive");
-    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    // Explicit session names: a send per round, no waiting for the clock.
+    let w = Wyng::fresh(&ar, &t.path().join("meta")).named_sessions();
     let loc = format!("--local={}", local.display());
     let mut sessions = Vec::new();
     let r = w.json(&["send", "vol.img", &loc])[0].clone();
