@@ -392,7 +392,7 @@ fn kill_9_during_prune_delete_and_dedup() {
     use std::time::{Duration, Instant};
     let t = tmp();
     let base = t.path().join("base");
-    let w = Wyng::fresh(&base, &t.path().join("meta-base"));
+    let w = Wyng::fresh(&base, &t.path().join("meta-base")).named_sessions();
     let src = t.path().join("s.img");
     let mut img = Image::new(9);
     img.random(12 << 20);

@@ -924,7 +924,7 @@ fn prune_on_s3_and_a_link_cut_in_the_middle_of_it() {
     let t = tmp();
     let proxy = Proxy::new(weed.s3_port);
     let prefix = unique("prune");
-    let w = s3_wyng(t.path(), proxy.port, &prefix);
+    let w = s3_wyng(t.path(), proxy.port, &prefix).named_sessions();
     w.init(&["--chunk-factor=1"]);
     let img = t.path().join("p.img");
     let mut im = Image::new(21);
