@@ -1,6 +1,7 @@
 //! Deduplication: shared chunks are stored once (hard links), every session still receives
-//! exactly, and the archive stays valid for the original: encrypted, and with an index larger
-//! than its memory (`WYNG_DEDUP_MEMORY`). The plain cases, in-process: src/ops/semantics/dedup.rs.
+//! exactly, and the archive stays valid for the original: encrypted, with an index larger than
+//! its memory (`WYNG_DEDUP_MEMORY`), and `arch-deduplicate`'s report. What the plain cases
+//! link and read back, in-process: src/ops/semantics/dedup.rs.
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -71,6 +72,11 @@ fn dedup_with_an_index_larger_than_its_memory() {
     // 440 bytes = 10 records: the index is built in sorted runs merged on disk.
     dedup_send(None, Some("440"));
     arch_deduplicate(Some("440"));
+}
+
+#[test]
+fn arch_deduplicate_links_what_was_sent_twice() {
+    arch_deduplicate(None);
 }
 
 fn arch_deduplicate(memory: Option<&str>) {
