@@ -264,7 +264,7 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
         dedup: a.dedup,
         dry_run: a.dry_run,
         local: None,
-        session: None,
+        session: test_session_name(),
         autoprune_on: (a.auto.autoprune() == AutoMode::On).then_some(ops::autoprune::Calendar {
             apdays,
             now: super::now(),
@@ -562,4 +562,15 @@ fn requests(
         ));
     }
     Ok((reqs, per))
+}
+
+/// Tests only: `WYNG_TEST_SESSION=YYYYMMDD-HHMMSS` names the session instead of the clock, so a
+/// test sending a volume again need not wait for the next second. Read only in builds with the
+/// test-only `failpoints` feature, never in a release build (see Cargo.toml).
+fn test_session_name() -> Option<wyng::format::SessionName> {
+    #[cfg(feature = "failpoints")]
+    if let Ok(s) = std::env::var("WYNG_TEST_SESSION") {
+        return wyng::format::SessionName::from_user(&s);
+    }
+    None
 }

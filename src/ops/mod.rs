@@ -20,6 +20,8 @@ pub mod outstanding;
 pub mod prune;
 pub mod receive;
 pub mod segments;
+#[cfg(test)]
+mod semantics;
 pub mod send;
 pub mod serve;
 pub mod verify;

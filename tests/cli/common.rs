@@ -78,6 +78,8 @@ pub struct Wyng {
     pub extra: Vec<String>,
     /// Extra environment for every command.
     pub env: Vec<(String, String)>,
+    /// With [`Wyng::named_sessions`]: the time (seconds) of the last session name given.
+    pub named: Option<std::sync::Arc<std::sync::Mutex<i64>>>,
 }
 
 impl Wyng {
@@ -88,7 +90,27 @@ impl Wyng {
             pass: None,
             extra: Vec::new(),
             env: Vec::new(),
+            named: None,
         }
+    }
+
+    /// Every `send` through this helper (and its clones) names its session explicitly
+    /// (`WYNG_TEST_SESSION`, a test-only hook): the current second, or the second after the
+    /// last name given if that is later, so sends in a row do not wait for the clock. Only for
+    /// tests whose archive no other helper sends to and that select no session relative to
+    /// now: a name can be a few seconds ahead of the clock.
+    pub fn named_sessions(mut self) -> Wyng {
+        self.named = Some(Default::default());
+        self
+    }
+
+    /// The next explicit session name (see [`Wyng::named_sessions`]).
+    fn next_session(&self) -> Option<String> {
+        let mut last = self.named.as_ref()?.lock().unwrap();
+        let now = chrono::Local::now().naive_local().and_utc().timestamp();
+        *last = now.max(*last + 1);
+        let t = chrono::DateTime::from_timestamp(*last, 0)?.naive_utc();
+        Some(t.format("%Y%m%d-%H%M%S").to_string())
     }
 
     pub fn with_pass(archive: &Path, meta: &Path, pass: &str) -> Wyng {
@@ -131,6 +153,11 @@ impl Wyng {
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null());
+        if args.first() == Some(&"send") {
+            if let Some(name) = self.next_session() {
+                c.env("WYNG_TEST_SESSION", name);
+            }
+        }
         c
     }
 

@@ -188,7 +188,7 @@ fn sessions_are_chosen_as_people_name_them() {
 #[test]
 fn prune_says_what_it_keeps_and_removes_and_a_no_is_not_an_error() {
     let t = tmp();
-    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta"));
+    let w = Wyng::fresh(&t.path().join("ar"), &t.path().join("meta")).named_sessions();
     let img = t.path().join("vm.img");
     let mut i = Image::new(13);
     i.random(100_000);

@@ -62,47 +62,59 @@ fn original_encrypted_archives_read_exactly() {
 
 #[test]
 fn every_mode_we_write_passes_the_checker() {
-    for mode in ["xchacha20-dgr", "xchacha20-msr", "xchacha20-ct"] {
-        let t = tmp();
-        let ar = t.path().join("a");
-        let pass = format!("test passphrase for {mode}");
-        let w = Wyng::with_pass(&ar, &t.path().join("meta"), &pass);
-        w.ok(&[
-            "arch-init",
-            &format!("--encrypt={mode}"),
-            "--chunk-factor=1",
-            "--compression=zlib:6",
-        ]);
-        let src = t.path().join("s.img");
-        let mut img = Image::new(7);
-        img.random(300_000)
-            .text(200_000)
-            .zeros(200_000)
-            .random(1234);
-        let mut recorded = Vec::new();
-        for step in 0..4 {
-            match step {
-                1 => {
-                    img.scribble(70_000, 5000);
-                }
-                2 => {
-                    img.text(150_000);
-                }
-                3 => img.data.truncate(400_001),
-                _ => {}
+    // One archive per mode, each given the same history (sessions named explicitly: no waiting
+    // for the clock).
+    let t = tmp();
+    let modes = ["xchacha20-dgr", "xchacha20-msr", "xchacha20-ct"];
+    let archives: Vec<(&str, std::path::PathBuf, String, Wyng)> = modes
+        .iter()
+        .map(|mode| {
+            let ar = t.path().join(mode);
+            let pass = format!("test passphrase for {mode}");
+            let w = Wyng::with_pass(&ar, &t.path().join(format!("meta-{mode}")), &pass)
+                .named_sessions();
+            w.ok(&[
+                "arch-init",
+                &format!("--encrypt={mode}"),
+                "--chunk-factor=1",
+                "--compression=zlib:6",
+            ]);
+            (*mode, ar, pass, w)
+        })
+        .collect();
+    let src = t.path().join("s.img");
+    let mut img = Image::new(7);
+    img.random(300_000)
+        .text(200_000)
+        .zeros(200_000)
+        .random(1234);
+    let mut recorded = vec![Vec::new(); modes.len()];
+    for step in 0..4 {
+        match step {
+            1 => {
+                img.scribble(70_000, 5000);
             }
-            img.write(&src);
-            let r = w.send("disk", &src, &[]);
-            recorded.push((r["session"].as_str().unwrap().to_string(), img.sha256()));
+            2 => {
+                img.text(150_000);
+            }
+            3 => img.data.truncate(400_001),
+            _ => {}
         }
-        let out = t.path().join("o");
-        for (s, sha) in &recorded {
+        img.write(&src);
+        for ((_, _, _, w), rec) in archives.iter().zip(&mut recorded) {
+            let r = w.send("disk", &src, &[]);
+            rec.push((r["session"].as_str().unwrap().to_string(), img.sha256()));
+        }
+    }
+    let out = t.path().join("o");
+    for ((mode, ar, pass, w), rec) in archives.iter().zip(&recorded) {
+        for (s, sha) in rec {
             w.receive("disk", Some(s), &out);
             assert_eq!(&sha256_file(&out), sha, "{mode} {s}");
         }
-        if let Some(report) = check_strict_with(&ar, Some(&pass)) {
+        if let Some(report) = check_strict_with(ar, Some(pass)) {
             assert_eq!(report["archive"]["encrypted"], true);
-            assert_eq!(checker_hashes(&report, "disk"), recorded, "{mode}");
+            assert_eq!(&checker_hashes(&report, "disk"), rec, "{mode}");
         }
     }
 }

@@ -49,6 +49,7 @@ fn bad_urls_and_options() {
             pass: None,
             extra: Vec::new(),
             env: Vec::new(),
+            named: None,
         };
         let err = w.fails(&["list"], 9);
         assert!(one_line(&err).contains(what), "{url}: {err}");

@@ -88,7 +88,8 @@ fn incremental_on(kind: &str) {
     img.random(24 << 20);
     img.write(&vol);
     let ar = t.path().join("archive");
-    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    // Explicit session names: sends in a row do not wait for the clock.
+    let w = Wyng::fresh(&ar, &t.path().join("meta")).named_sessions();
     let loc = format!("--local={}", local.display());
     let send = || -> serde_json::Value { w.json(&["send", "vms/disk.img", &loc])[0].clone() };
     let mut sessions = Vec::new();
@@ -322,7 +323,8 @@ fn randomized_on(kind: &str, seed: u64, rounds: usize) {
         touched: Default::default(),
     };
     let ar = t.path().join("archive");
-    let w = Wyng::fresh(&ar, &t.path().join("meta"));
+    // Explicit session names: a send per round, no waiting for the clock.
+    let w = Wyng::fresh(&ar, &t.path().join("meta")).named_sessions();
     let loc = format!("--local={}", local.display());
     let mut sessions = Vec::new();
     let r = w.json(&["send", "vol.img", &loc])[0].clone();
@@ -493,9 +495,10 @@ fn eight_mib(seed: u64) -> Vec<u8> {
 
 #[test]
 fn lost_state_means_a_correct_full_scan() {
-    let Some(s) = Setup::new("btrfs", &eight_mib(5)) else {
+    let Some(mut s) = Setup::new("btrfs", &eight_mib(5)) else {
         return;
     };
+    s.w = s.w.named_sessions();
     s.send();
     assert_eq!(s.snapshots().len(), 1, "{:?}", s.snapshots());
     assert_eq!(s.maps().len(), 1, "{:?}", s.maps());
@@ -634,9 +637,10 @@ fn nocow_files_get_full_scans_without_snapshots() {
 
 #[test]
 fn receive_modes_touch_only_what_differs() {
-    let Some(s) = Setup::new("btrfs", &eight_mib(9)) else {
+    let Some(mut s) = Setup::new("btrfs", &eight_mib(9)) else {
         return;
     };
+    s.w = s.w.named_sessions();
     let mut shas = Vec::new();
     let mut names = Vec::new();
     let r = s.send();

@@ -53,7 +53,7 @@ fn resume_after_kills(pass: Option<&str>, seed: u64) {
     let t = tmp();
     let ar = t.path().join("a");
     let w = {
-        let mut w = Wyng::maybe_pass(&ar, &t.path().join("meta"), pass);
+        let mut w = Wyng::maybe_pass(&ar, &t.path().join("meta"), pass).named_sessions();
         // Small checkpoints, so a kill anywhere finds most of what was staged recorded.
         w.env.push(("WYNG_CHECKPOINT".into(), "512K".into()));
         w

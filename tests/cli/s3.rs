@@ -271,7 +271,6 @@ fn every_command_on_s3() {
         im.write(&img);
         let r = w.send("vm.img", &img, &[]);
         shas.push((r["session"].as_str().unwrap().to_string(), im.sha256()));
-        std::thread::sleep(Duration::from_millis(1100));
     }
     // An unchanged send records nothing; -v reports the requests made.
     let o = w.run(&[
@@ -872,6 +871,8 @@ fn replicated_cluster_loses_a_volume_server() {
     // A volume server dies during a send: the send completes or fails cleanly.
     im.scribble(0, 40 << 20);
     im.write(&img);
+    // Past the first session's second, so the send starts at once (the binary would wait for
+    // the clock) and the volume server dies while it stores.
     std::thread::sleep(Duration::from_millis(1100));
     let imp = format!("--import-other-from=c.img:|:{}", img.display());
     let o = interrupted(
@@ -893,7 +894,6 @@ fn replicated_cluster_loses_a_volume_server() {
     // The next send succeeds on the two servers left.
     im.scribble(5 << 20, 1 << 20);
     im.write(&img);
-    std::thread::sleep(Duration::from_millis(1100));
     expect.push((w.send("c.img", &img, &[])["session"].clone(), im.sha256()));
     // The server comes back; another dies during a receive: every object still has a copy.
     cluster.restart("volume1");
@@ -924,7 +924,7 @@ fn prune_on_s3_and_a_link_cut_in_the_middle_of_it() {
     let t = tmp();
     let proxy = Proxy::new(weed.s3_port);
     let prefix = unique("prune");
-    let w = s3_wyng(t.path(), proxy.port, &prefix);
+    let w = s3_wyng(t.path(), proxy.port, &prefix).named_sessions();
     w.init(&["--chunk-factor=1"]);
     let img = t.path().join("p.img");
     let mut im = Image::new(21);
@@ -937,7 +937,6 @@ fn prune_on_s3_and_a_link_cut_in_the_middle_of_it() {
         im.write(&img);
         let r = w.send("p.img", &img, &[]);
         shas.push((r["session"].as_str().unwrap().to_string(), im.sha256()));
-        std::thread::sleep(Duration::from_millis(1100));
     }
     // Prune the two oldest: what they held moves into the third, which still restores exactly.
     let upto = format!("--session={}", &shas[2].0[2..]);

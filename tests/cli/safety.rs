@@ -217,7 +217,7 @@ fn damage_record(rec: &std::path::Path, d: Damage) {
 fn a_damaged_resume_record_never_commits_a_bad_session() {
     let t = tmp();
     let ar = t.path().join("ar");
-    let mut w = Wyng::fresh(&ar, &t.path().join("meta"));
+    let mut w = Wyng::fresh(&ar, &t.path().join("meta")).named_sessions();
     // A checkpoint after every few chunks: the record names most of what was staged.
     w.env.push(("WYNG_CHECKPOINT".into(), "128K".into()));
     let src = t.path().join("s.img");

@@ -171,7 +171,7 @@ fn history(w: &Wyng, t: &Path) -> Vec<(String, String)> {
 fn round_trip(sshd: &Sshd, pass: Option<&str>) {
     let t = tmp();
     let remote = t.path().join("remote-archive");
-    let w = sshd.wyng(&remote, pass);
+    let w = sshd.wyng(&remote, pass).named_sessions();
     w.init(&["--chunk-factor=1"]);
     let mut recorded = history(&w, t.path());
     let list = w.json(&["list"]);
@@ -294,7 +294,7 @@ fn link_loss_during_send_and_receive_leaves_a_valid_archive() {
     let Some(sshd) = Sshd::start() else { return };
     let t = tmp();
     let remote = t.path().join("remote-archive");
-    let w = sshd.wyng(&remote, None);
+    let w = sshd.wyng(&remote, None).named_sessions();
     w.ok(&["arch-init", "--encrypt=off", "--chunk-factor=1"]);
     let recorded = history(&w, t.path());
 
