@@ -38,6 +38,7 @@ pub mod progress;
 pub mod size;
 pub mod source;
 pub mod spool;
+pub mod tuning;
 pub mod view;
 
 pub use error::{Error, Result};

@@ -274,12 +274,12 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
     let vf = a
         .vols_from
         .as_deref()
-        .map(wyng::ops::vols_from::VolsFrom::load)
+        .map(|f| wyng::ops::vols_from::VolsFrom::load(f, &g.local))
         .transpose()?;
     let store = a
         .local
         .as_deref()
-        .map(wyng::source::LocalStorage::open)
+        .map(|l| wyng::source::LocalStorage::open(l, &g.local))
         .transpose()?;
     if vf.is_none() {
         if a.all && store.is_none() {

@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 pub use file::FileDest;
 pub use memory::MemDest;
 pub use remote::RemoteDest;
-pub use s3::{S3Dest, S3Options, S3Usage, S3UsageLog};
+pub use s3::{AwsEnv, S3Dest, S3Options, S3Usage, S3UsageLog};
 
 use crate::error::{Error, Result};
 

@@ -7,14 +7,13 @@ use crate::archive::Archive;
 use crate::error::Result;
 use crate::ops::receive::ReadReport;
 use crate::ops::SessionSel;
-use crate::progress::Progress;
 
 pub fn verify(archive: &Archive, name: &str, sel: &SessionSel) -> Result<ReadReport> {
     let vi = archive.find_index(name)?;
     let vol = &archive.volumes()[vi];
     let si = sel.select(vol)?;
     let ix = archive.merged_fresh(vi, si)?;
-    let progress = Progress::bytes(ix.data_bytes(), "verify");
+    let progress = archive.progress(ix.data_bytes(), "verify");
     let stats = archive.chunks().run(
         ix.locs(),
         |_, d| {

@@ -37,7 +37,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use rusty_s3::S3Action;
 
-pub use config::{S3Config, S3Options};
+pub use config::{AwsEnv, S3Config, S3Options};
 
 use super::{Capabilities, Dest, FileStat};
 use crate::error::{Error, Result};

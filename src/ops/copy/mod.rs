@@ -164,7 +164,7 @@ pub fn new_copy(
         chunksize: src.chunksize(),
         cipher,
     };
-    Archive::init(loc, &p, auth, meta_dir)
+    Ok(Archive::init(loc, &p, auth, meta_dir)?.tuned_as(src))
 }
 
 /// Refuses a pair that cannot be copied: chunk sizes differ, or the target is the source (or a
