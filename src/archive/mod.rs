@@ -60,7 +60,7 @@ pub use crate::codec::{Compression, Compressor};
 pub use crate::crypto::CipherMode;
 /// A move of a staged file (taking chunks from an interrupted send, merges).
 pub use crate::dest::Move;
-pub use crate::dest::{Capabilities, DestOptions, MemDest, S3Options, S3Usage, S3UsageLog};
+pub use crate::dest::{AwsEnv, Capabilities, DestOptions, MemDest, S3Options, S3Usage, S3UsageLog};
 pub use chunks::{ChunkLoc, ChunkReader};
 pub use index::MergedIndex;
 pub use local::LocalState;

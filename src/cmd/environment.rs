@@ -27,9 +27,9 @@ pub fn tuning() -> Result<Tuning> {
 }
 
 /// The AWS tools' variables an s3:// destination is configured by (the S3 convention).
-pub fn aws() -> wyng::dest::AwsEnv {
-    wyng::dest::AwsEnv(
-        wyng::dest::AwsEnv::NAMES
+pub fn aws() -> wyng::archive::AwsEnv {
+    wyng::archive::AwsEnv(
+        wyng::archive::AwsEnv::NAMES
             .iter()
             .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
             .collect(),

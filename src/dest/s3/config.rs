@@ -109,9 +109,10 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
 }
 
 fn home_file(env: &AwsEnv, var: &str, name: &str) -> Option<PathBuf> {
-    env.get(var)
-        .map(PathBuf::from)
-        .or_else(|| env.get("HOME").map(|h| PathBuf::from(h).join(".aws").join(name)))
+    env.get(var).map(PathBuf::from).or_else(|| {
+        env.get("HOME")
+            .map(|h| PathBuf::from(h).join(".aws").join(name))
+    })
 }
 
 /// The `[section]` of an AWS ini file, as key/value pairs (missing file or section: empty).
