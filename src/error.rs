@@ -13,6 +13,31 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A setting whose value the library checks ([`Error::BadValue`]); the binary knows which
+/// option gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// Autoprune's day windows (A:B:C:D).
+    AutopruneDays,
+    /// Chunk size of a new archive, as a power of two times 32 KiB.
+    ChunkFactor,
+    /// S3 addressing style.
+    S3Addressing,
+    /// Where local volumes live (a directory, vg/pool or zfs:pool/dataset).
+    LocalStorage,
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Setting::AutopruneDays => "autoprune days",
+            Setting::ChunkFactor => "chunk factor",
+            Setting::S3Addressing => "S3 addressing",
+            Setting::LocalStorage => "local storage",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad command-line input or option value.
@@ -52,6 +77,34 @@ pub enum Error {
 
     #[error("volume '{0}' is not in the archive: `wyng list` shows the volume names")]
     VolumeNotFound(String),
+
+    /// A destination URL that cannot be used as written; `why` says how to write it.
+    #[error("destination '{url}': {why}")]
+    BadDest { url: String, why: String },
+
+    /// A session selection (WHEN, or FROM,TO) that cannot be read; `why` says what is wrong.
+    #[error("session selection '{spec}': {why}")]
+    BadSessionSpec { spec: String, why: String },
+
+    /// A session selection that matches no session of `of` ("volume 'x'", "volumes x, y").
+    #[error("session selection '{spec}' matches no session of {of}")]
+    NoSessionMatches { spec: String, of: String },
+
+    /// The same volume named twice in one command (nothing was changed).
+    #[error("volume '{0}' is named twice; nothing was changed")]
+    VolumeNamedTwice(String),
+
+    /// A volume of this name is already in the archive.
+    #[error("volume '{0}' already exists")]
+    VolumeExists(String),
+
+    /// A setting's value the library does not take; `expected` says what it takes.
+    #[error("{setting} '{value}': {expected}")]
+    BadValue {
+        setting: Setting,
+        value: String,
+        expected: String,
+    },
 
     #[error("{0}")]
     Selection(String),
@@ -186,8 +239,13 @@ impl Error {
     /// Exit code, following the original Wyng (behaviour notes §3).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 9,
-            Error::Selection(_) | Error::VolumeNotFound(_) => 2,
+            Error::Usage(_)
+            | Error::BadDest { .. }
+            | Error::BadSessionSpec { .. }
+            | Error::VolumeNamedTwice(_)
+            | Error::VolumeExists(_)
+            | Error::BadValue { .. } => 9,
+            Error::Selection(_) | Error::VolumeNotFound(_) | Error::NoSessionMatches { .. } => 2,
             Error::VolumesFailed { damage, .. } => {
                 if *damage {
                     1
@@ -223,7 +281,14 @@ impl Error {
     /// A stable name for the kind of error (`--json` error reports carry it).
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Usage(_) => "usage",
+            // The typed usage and selection cases keep the kind they had as text.
+            Error::Usage(_)
+            | Error::BadDest { .. }
+            | Error::BadSessionSpec { .. }
+            | Error::VolumeNamedTwice(_)
+            | Error::VolumeExists(_)
+            | Error::BadValue { .. } => "usage",
+            Error::NoSessionMatches { .. } => "selection",
             Error::ArchiveNotFound { .. } => "archive_not_found",
             Error::DestMissing { .. } => "destination_not_found",
             Error::ArchiveExists { .. } => "archive_exists",

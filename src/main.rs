@@ -50,7 +50,7 @@ fn main() {
         notes.iter().for_each(|n| eprintln!("{n}"));
     }
     if let Err(e) = cmd::run(cli) {
-        fail(json, &e.to_string(), e.exit_code(), e.kind());
+        fail(json, &cmd::errors::message(&e), e.exit_code(), e.kind());
     }
 }
 

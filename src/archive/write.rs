@@ -479,10 +479,7 @@ impl WriteArchive {
     /// leaving two volumes of one name).
     pub fn name_is_free(&self, name: &str) -> Result<()> {
         match self.find_index(name) {
-            Ok(_) => Err(Error::Usage(format!(
-                "volume '{}' already exists",
-                super::sanitized(name)
-            ))),
+            Ok(_) => Err(Error::VolumeExists(super::sanitized(name))),
             Err(Error::VolumeNotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -521,7 +518,7 @@ impl WriteArchive {
             .enumerate()
             .any(|(i, v)| i != vi && v.name() == name)
         {
-            return Err(Error::Usage(format!("volume '{name}' already exists")));
+            return Err(Error::VolumeExists(super::sanitized(name)));
         }
         let mut volinfo = self.a.volumes[vi].volinfo.clone();
         volinfo.name = name.to_string();

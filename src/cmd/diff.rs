@@ -128,7 +128,10 @@ pub fn run(g: &Global, a: DiffArgs) -> Result<()> {
         };
     }
     for (_, e) in &failed {
-        eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+        eprintln!(
+            "wyng: error: {}",
+            wyng::archive::printable(&super::errors::message(&e))
+        );
     }
     super::volumes_failed("diff", &failed)
 }

@@ -13,6 +13,7 @@ pub mod delete;
 pub mod diff;
 pub mod docs;
 pub mod environment;
+pub mod errors;
 pub mod files;
 pub mod list;
 pub mod monitor;

@@ -96,7 +96,7 @@ pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
             .iter()
             .map(|(url, r)| match r {
                 Ok(r) => serde_json::json!({ "dest": url, "volumes": r }),
-                Err(e) => serde_json::json!({ "dest": url, "volumes": [], "error": e.to_string() }),
+                Err(e) => serde_json::json!({ "dest": url, "volumes": [], "error": super::errors::message(e) }),
             })
             .collect();
         g.json(&serde_json::json!({ "destinations": out }))?;
@@ -108,7 +108,7 @@ pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
                     .iter()
                     .flat_map(lines)
                     .for_each(|l| g.say(format!("  {l}"))),
-                Err(e) => g.say(format!("  failed: {e}")),
+                Err(e) => g.say(format!("  failed: {}", super::errors::message(e))),
             }
         }
     }

@@ -219,7 +219,10 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
                     }
                     Err(e) if names.len() == 1 => return Err(e),
                     Err(e) => {
-                        eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+                        eprintln!(
+                            "wyng: error: {}",
+                            wyng::archive::printable(&super::errors::message(&e))
+                        );
                         failed.push((n.clone(), e));
                     }
                 }

@@ -201,7 +201,11 @@ impl ThinPool {
         let (vg, pool) = spec
             .split_once('/')
             .filter(|(v, p)| !v.is_empty() && !p.is_empty())
-            .ok_or_else(|| Error::Usage(format!("--local '{spec}': use vg/pool or /dir")))?;
+            .ok_or_else(|| Error::BadValue {
+                setting: crate::error::Setting::LocalStorage,
+                value: spec.into(),
+                expected: "use vg/pool or /dir".into(),
+            })?;
         let tp = ThinPool {
             vg: vg.into(),
             pool: pool.into(),

@@ -80,9 +80,10 @@ pub struct S3Config {
 
 /// Splits `s3://BUCKET[/PREFIX]`.
 pub fn parse_url(url: &str) -> Result<(String, String)> {
-    let rest = url
-        .strip_prefix("s3://")
-        .ok_or_else(|| Error::Usage(format!("--dest '{url}': write s3://BUCKET/PREFIX")))?;
+    let rest = url.strip_prefix("s3://").ok_or_else(|| Error::BadDest {
+        url: url.into(),
+        why: "write s3://BUCKET/PREFIX".into(),
+    })?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let valid_bucket = (3..=63).contains(&bucket.len())
         && bucket
@@ -91,9 +92,12 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
         && !bucket.starts_with(['-', '.'])
         && !bucket.ends_with(['-', '.']);
     if !valid_bucket {
-        return Err(Error::Usage(format!(
-            "--dest '{url}': '{bucket}' is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '-', '.')"
-        )));
+        return Err(Error::BadDest {
+            url: url.into(),
+            why: format!(
+                "'{bucket}' is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '-', '.')"
+            ),
+        });
     }
     let prefix = prefix.trim_matches('/');
     if prefix
@@ -101,9 +105,10 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
         .any(|c| c == ".." || c == "." || c.is_empty())
         && !prefix.is_empty()
     {
-        return Err(Error::Usage(format!(
-            "--dest '{url}': the prefix must not contain empty, '.' or '..' parts"
-        )));
+        return Err(Error::BadDest {
+            url: url.into(),
+            why: "the prefix must not contain empty, '.' or '..' parts".into(),
+        });
     }
     Ok((bucket.to_string(), prefix.to_string()))
 }
@@ -224,9 +229,11 @@ impl S3Config {
             "virtual" => false,
             "auto" => custom.is_some() || bucket.contains('.'),
             other => {
-                return Err(Error::Usage(format!(
-                    "--s3-addressing '{other}': use path, virtual or auto"
-                )))
+                return Err(Error::BadValue {
+                    setting: crate::error::Setting::S3Addressing,
+                    value: other.into(),
+                    expected: "use path, virtual or auto".into(),
+                })
             }
         };
         Ok(S3Config {

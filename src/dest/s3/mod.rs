@@ -676,7 +676,10 @@ impl S3Dest {
             cfg.bucket.clone(),
             cfg.region.clone(),
         )
-        .map_err(|e| Error::Usage(format!("--dest '{url}': {e}")))?;
+        .map_err(|e| Error::BadDest {
+            url: url.into(),
+            why: e.to_string(),
+        })?;
         let (parallel, cfg_stall) = (cfg.parallel, cfg.stall);
         let stats = Arc::new(Stats::default());
         o.usage.register(stats.clone());

@@ -1,0 +1,71 @@
+//! Library errors as users read them: the typed usage and selection cases name the option
+//! that gives the value (the library describes the thing, never the flag).
+
+use wyng::error::Setting;
+use wyng::Error;
+
+/// The text of `e` for the user (stderr, `--json`'s `message`, per-volume report lines).
+pub fn message(e: &Error) -> String {
+    match e {
+        Error::BadDest { url, why } => format!("--dest '{url}': {why}"),
+        Error::BadSessionSpec { spec, why } => format!("--session '{spec}': {why}"),
+        Error::NoSessionMatches { spec, of } => {
+            format!("--session={spec} matches no session of {of}")
+        }
+        Error::BadValue {
+            setting,
+            value,
+            expected,
+        } => match setting {
+            Setting::AutopruneDays => format!("--apdays '{value}': {expected}"),
+            Setting::ChunkFactor => format!("--chunk-factor {value} is {expected}"),
+            Setting::S3Addressing => format!("--s3-addressing '{value}': {expected}"),
+            Setting::LocalStorage => format!("--local '{value}': {expected}"),
+        },
+        e => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_usage_errors_name_their_option_with_the_same_exit_code_and_kind() {
+        let cases = [
+            (
+                Error::BadDest {
+                    url: "ftp://x".into(),
+                    why: "not a destination URL".into(),
+                },
+                "--dest 'ftp://x': not a destination URL",
+                9,
+                "usage",
+            ),
+            (
+                Error::NoSessionMatches {
+                    spec: "^nope".into(),
+                    of: "volume 'a'".into(),
+                },
+                "--session=^nope matches no session of volume 'a'",
+                2,
+                "selection",
+            ),
+            (
+                Error::BadValue {
+                    setting: Setting::ChunkFactor,
+                    value: "9".into(),
+                    expected: "out of range: 1 (64 KiB chunks) to 6 (2 MiB)".into(),
+                },
+                "--chunk-factor 9 is out of range: 1 (64 KiB chunks) to 6 (2 MiB)",
+                9,
+                "usage",
+            ),
+        ];
+        for (e, text, code, kind) in cases {
+            assert_eq!(message(&e), text);
+            assert!(!e.to_string().contains("--"), "{e}");
+            assert_eq!((e.exit_code(), e.kind()), (code, kind));
+        }
+    }
+}
