@@ -44,10 +44,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
-    #[error("no Wyng archive at '{url}': check --dest, or create one with `wyng arch-init --dest={url}`")]
+    #[error("no Wyng archive at '{url}': check the location, or create an archive there")]
     ArchiveNotFound { url: String },
 
-    #[error("an archive already exists at '{url}': choose another --dest, or remove the old archive first")]
+    #[error("an archive already exists at '{url}': choose another location, or remove the old archive first")]
     ArchiveExists { url: String },
 
     #[error("destination '{url}' is not usable: {detail}")]
@@ -68,7 +68,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("another wyng process is using the archive '{url}'; wait for it to finish, or let this command wait with --lock-wait=SECONDS")]
+    #[error("another wyng process is using the archive '{url}'; wait for it to finish, or let this command wait for it")]
     Busy { url: String },
 
     /// A reader holding no lock found files moved by a writer (a prune or delete).
@@ -147,7 +147,7 @@ pub enum Error {
     },
 
     /// wyng's own state under `--meta-dir` (rollback copy, counters, indexes, maps).
-    #[error("local state in {path}: {source} (check --meta-dir; free space there if it is full)")]
+    #[error("local state in {path}: {source} (check the local state directory; free space there if it is full)")]
     LocalState {
         path: PathBuf,
         #[source]
@@ -162,7 +162,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("archive is older than the last one seen here: '{url}' may have been replaced by an old copy of itself; check it, then use --force-allow-rollback to accept it")]
+    #[error("archive is older than the last one seen here: '{url}' may have been replaced by an old copy of itself; check it, then accept the rollback explicitly")]
     Rollback { url: String },
 
     #[error(
@@ -170,12 +170,12 @@ pub enum Error {
     )]
     FutureTimestamp,
 
-    #[error("an interrupted {command} of {vid} was already retried and did not complete: see why in the earlier error (or run `wyng arch-check`), then run again with --force-retry to retry it once more")]
+    #[error("an interrupted {command} of {vid} was already retried and did not complete: see why in the earlier error (or check the archive), then force one more retry")]
     RetryPending { command: String, vid: String },
 
     /// An encryption was attempted with counters that were never reserved in local state: a
     /// programming error caught before it could reuse a nonce counter.
-    #[error("encryption counters were not reserved in local state; nothing was written (an encrypted archive can only be written with a usable --meta-dir)")]
+    #[error("encryption counters were not reserved in local state; nothing was written (an encrypted archive can only be written with a usable local state directory)")]
     CountersNotReserved,
 
     /// An external program (lvm, thin_delta, …) answered something we cannot parse.

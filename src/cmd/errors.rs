@@ -1,5 +1,6 @@
 //! Library errors as users read them: the typed usage and selection cases name the option
-//! that gives the value (the library describes the thing, never the flag).
+//! that gives the value, and errors whose way out is an option name it (the library describes
+//! the thing, never the flag).
 
 use wyng::error::Setting;
 use wyng::Error;
@@ -22,6 +23,26 @@ pub fn message(e: &Error) -> String {
             Setting::S3Addressing => format!("--s3-addressing '{value}': {expected}"),
             Setting::LocalStorage => format!("--local '{value}': {expected}"),
         },
+        Error::ArchiveNotFound { url } => format!(
+            "no Wyng archive at '{url}': check --dest, or create one with `wyng arch-init --dest={url}`"
+        ),
+        Error::ArchiveExists { url } => format!(
+            "an archive already exists at '{url}': choose another --dest, or remove the old archive first"
+        ),
+        Error::Busy { url } => format!(
+            "another wyng process is using the archive '{url}'; wait for it to finish, or let this command wait with --lock-wait=SECONDS"
+        ),
+        Error::LocalState { path, source } => format!(
+            "local state in {}: {source} (check --meta-dir; free space there if it is full)",
+            path.display()
+        ),
+        Error::Rollback { url } => format!(
+            "archive is older than the last one seen here: '{url}' may have been replaced by an old copy of itself; check it, then use --force-allow-rollback to accept it"
+        ),
+        Error::RetryPending { command, vid } => format!(
+            "an interrupted {command} of {vid} was already retried and did not complete: see why in the earlier error (or run `wyng arch-check`), then run again with --force-retry to retry it once more"
+        ),
+        Error::CountersNotReserved => "encryption counters were not reserved in local state; nothing was written (an encrypted archive can only be written with a usable --meta-dir)".into(),
         e => e.to_string(),
     }
 }
