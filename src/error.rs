@@ -98,6 +98,10 @@ pub enum Error {
     #[error("volume '{0}' already exists")]
     VolumeExists(String),
 
+    /// The command that prints the passphrase could not run, or failed.
+    #[error("the passphrase command {0}")]
+    Passcmd(String),
+
     /// A setting's value the library does not take; `expected` says what it takes.
     #[error("{setting} '{value}': {expected}")]
     BadValue {
@@ -244,6 +248,7 @@ impl Error {
             | Error::BadSessionSpec { .. }
             | Error::VolumeNamedTwice(_)
             | Error::VolumeExists(_)
+            | Error::Passcmd(_)
             | Error::BadValue { .. } => 9,
             Error::Selection(_) | Error::VolumeNotFound(_) | Error::NoSessionMatches { .. } => 2,
             Error::VolumesFailed { damage, .. } => {
@@ -287,6 +292,7 @@ impl Error {
             | Error::BadSessionSpec { .. }
             | Error::VolumeNamedTwice(_)
             | Error::VolumeExists(_)
+            | Error::Passcmd(_)
             | Error::BadValue { .. } => "usage",
             Error::NoSessionMatches { .. } => "selection",
             Error::ArchiveNotFound { .. } => "archive_not_found",

@@ -130,7 +130,7 @@ pub fn run(g: &Global, a: DiffArgs) -> Result<()> {
     for (_, e) in &failed {
         eprintln!(
             "wyng: error: {}",
-            wyng::archive::printable(&super::errors::message(&e))
+            wyng::archive::printable(&super::errors::message(e))
         );
     }
     super::volumes_failed("diff", &failed)

@@ -10,6 +10,7 @@ pub fn message(e: &Error) -> String {
     match e {
         Error::BadDest { url, why } => format!("--dest '{url}': {why}"),
         Error::BadSessionSpec { spec, why } => format!("--session '{spec}': {why}"),
+        Error::Passcmd(what) => format!("--passcmd {what}"),
         Error::NoSessionMatches { spec, of } => {
             format!("--session={spec} matches no session of {of}")
         }
