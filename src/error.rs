@@ -98,6 +98,10 @@ pub enum Error {
     #[error("volume '{0}' already exists")]
     VolumeExists(String),
 
+    /// A prune given no sessions, no retention policy and no autoprune.
+    #[error("prune needs sessions to remove, a retention policy, or autoprune")]
+    NothingToPrune,
+
     /// The command that prints the passphrase could not run, or failed.
     #[error("the passphrase command {0}")]
     Passcmd(String),
@@ -249,6 +253,7 @@ impl Error {
             | Error::VolumeNamedTwice(_)
             | Error::VolumeExists(_)
             | Error::Passcmd(_)
+            | Error::NothingToPrune
             | Error::BadValue { .. } => 9,
             Error::Selection(_) | Error::VolumeNotFound(_) | Error::NoSessionMatches { .. } => 2,
             Error::VolumesFailed { damage, .. } => {
@@ -293,6 +298,7 @@ impl Error {
             | Error::VolumeNamedTwice(_)
             | Error::VolumeExists(_)
             | Error::Passcmd(_)
+            | Error::NothingToPrune
             | Error::BadValue { .. } => "usage",
             Error::NoSessionMatches { .. } => "selection",
             Error::ArchiveNotFound { .. } => "archive_not_found",

@@ -11,6 +11,7 @@ pub fn message(e: &Error) -> String {
         Error::BadDest { url, why } => format!("--dest '{url}': {why}"),
         Error::BadSessionSpec { spec, why } => format!("--session '{spec}': {why}"),
         Error::Passcmd(what) => format!("--passcmd {what}"),
+        Error::NothingToPrune => "prune needs --session=DATE|^TAG|FROM,TO, a retention policy such as --keep-daily=7, or --autoprune=on|full".into(),
         Error::NoSessionMatches { spec, of } => {
             format!("--session={spec} matches no session of {of}")
         }

@@ -157,10 +157,7 @@ fn select_with(
         Some(spec) => select_spec(vol, spec, o)?,
         None if !o.policy.is_empty() => (0..n).collect(),
         None if o.autoprune != AutoMode::Off => Vec::new(),
-        None => return Err(Error::Usage(
-            "prune needs --session=DATE|^TAG|FROM,TO, a retention policy such as --keep-daily=7, or --autoprune=on|full"
-                .into(),
-        )),
+        None => return Err(Error::NothingToPrune),
     };
     if o.autoprune != AutoMode::Off {
         let limit = match o.autoprune {
