@@ -96,9 +96,7 @@ impl Auth {
             Zeroizing::new(trimmed.as_bytes().to_vec())
         };
         if p.is_empty() || p.iter().all(|&b| b == 0) {
-            return Err(Error::Auth(
-                "no passphrase given: type it at the prompt, pipe it on standard input, or use --passcmd".into(),
-            ));
+            return Err(Error::NoPassphrase);
         }
         Ok(p)
     }

@@ -98,6 +98,14 @@ pub enum Error {
     #[error("volume '{0}' already exists")]
     VolumeExists(String),
 
+    /// A delete given neither a volume name nor a volume id.
+    #[error("name the volume to delete, or give its id")]
+    NothingToDelete,
+
+    /// Skipping damaged chunks was asked of a receive that updates its target in place.
+    #[error("skipping damaged chunks works with a full receive, not with an update in place")]
+    SkipNeedsFullReceive,
+
     /// A prune given no sessions, no retention policy and no autoprune.
     #[error("prune needs sessions to remove, a retention policy, or autoprune")]
     NothingToPrune,
@@ -140,6 +148,10 @@ pub enum Error {
     #[error("could not authenticate archive: {0}")]
     Auth(String),
 
+    /// An encrypted archive and no passphrase (an empty line, or nothing on standard input).
+    #[error("could not authenticate archive: no passphrase given: type it at the prompt, pipe it on standard input, or give a command that prints it")]
+    NoPassphrase,
+
     /// A problem with the local source or restore target.
     #[error("{path}: {what}")]
     Local { path: PathBuf, what: String },
@@ -155,7 +167,9 @@ pub enum Error {
     },
 
     /// wyng's own state under `--meta-dir` (rollback copy, counters, indexes, maps).
-    #[error("local state in {path}: {source} (check the local state directory; free space there if it is full)")]
+    // Names the option itself: the library logs this error as a warning when the local state
+    // is only an optimisation (an unencrypted send goes on), where the binary cannot word it.
+    #[error("local state in {path}: {source} (check --meta-dir; free space there if it is full)")]
     LocalState {
         path: PathBuf,
         #[source]
@@ -254,6 +268,8 @@ impl Error {
             | Error::VolumeExists(_)
             | Error::Passcmd(_)
             | Error::NothingToPrune
+            | Error::NothingToDelete
+            | Error::SkipNeedsFullReceive
             | Error::BadValue { .. } => 9,
             Error::Selection(_) | Error::VolumeNotFound(_) | Error::NoSessionMatches { .. } => 2,
             Error::VolumesFailed { damage, .. } => {
@@ -263,7 +279,7 @@ impl Error {
                     2
                 }
             }
-            Error::Auth(_) => 3,
+            Error::Auth(_) | Error::NoPassphrase => 3,
             Error::ArchiveExists { .. }
             | Error::DestUnavailable { .. }
             | Error::DestFull { .. }
@@ -299,6 +315,8 @@ impl Error {
             | Error::VolumeExists(_)
             | Error::Passcmd(_)
             | Error::NothingToPrune
+            | Error::NothingToDelete
+            | Error::SkipNeedsFullReceive
             | Error::BadValue { .. } => "usage",
             Error::NoSessionMatches { .. } => "selection",
             Error::ArchiveNotFound { .. } => "archive_not_found",
@@ -315,7 +333,7 @@ impl Error {
             Error::Corrupt { .. } => "damaged",
             Error::Pruned { .. } => "pruned",
             Error::Unsupported(_) => "unsupported",
-            Error::Auth(_) => "auth",
+            Error::Auth(_) | Error::NoPassphrase => "auth",
             Error::Local { .. } | Error::LocalIo { .. } => "local",
             Error::LocalState { .. } => "local_state",
             Error::Io { .. } => "io",

@@ -11,6 +11,9 @@ pub fn message(e: &Error) -> String {
         Error::BadDest { url, why } => format!("--dest '{url}': {why}"),
         Error::BadSessionSpec { spec, why } => format!("--session '{spec}': {why}"),
         Error::Passcmd(what) => format!("--passcmd {what}"),
+        Error::NoPassphrase => "could not authenticate archive: no passphrase given: type it at the prompt, pipe it on standard input, or use --passcmd".into(),
+        Error::NothingToDelete => "name the volume to delete, or give --vid (or use --clean)".into(),
+        Error::SkipNeedsFullReceive => "--skip-corrupt-chunks works with a full receive, not with --sparse or --sparse-write".into(),
         Error::NothingToPrune => "prune needs --session=DATE|^TAG|FROM,TO, a retention policy such as --keep-daily=7, or --autoprune=on|full".into(),
         Error::NoSessionMatches { spec, of } => {
             format!("--session={spec} matches no session of {of}")
@@ -33,10 +36,6 @@ pub fn message(e: &Error) -> String {
         ),
         Error::Busy { url } => format!(
             "another wyng process is using the archive '{url}'; wait for it to finish, or let this command wait with --lock-wait=SECONDS"
-        ),
-        Error::LocalState { path, source } => format!(
-            "local state in {}: {source} (check --meta-dir; free space there if it is full)",
-            path.display()
         ),
         Error::Rollback { url } => format!(
             "archive is older than the last one seen here: '{url}' may have been replaced by an old copy of itself; check it, then use --force-allow-rollback to accept it"

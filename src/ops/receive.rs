@@ -250,10 +250,7 @@ pub fn receive(
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());
     if o.skip_corrupt && existing.is_some() && o.mode != Mode::Full {
-        return Err(Error::Usage(
-            "--skip-corrupt-chunks works with a full receive, not with --sparse or --sparse-write"
-                .into(),
-        ));
+        return Err(Error::SkipNeedsFullReceive);
     }
     if existing.is_some() && o.mode != Mode::Full {
         let (data, written) = if block {

@@ -61,9 +61,7 @@ pub fn resolve(wa: &WriteArchive, name: Option<&str>, vid: Option<&str>) -> Resu
                     crate::archive::sanitized(v)
                 ))
             }),
-        _ => Err(Error::Usage(
-            "name the volume to delete, or give --vid (or use --clean)".into(),
-        )),
+        _ => Err(Error::NothingToDelete),
     }
 }
 
