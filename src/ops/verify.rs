@@ -47,26 +47,40 @@ mod tests {
     use crate::progress::{Meter, Reporter, Reporting};
     use crate::tuning::Tuning;
 
-    /// Every task reported: label, total, bytes done, finished.
+    /// One task as reported.
+    #[derive(Clone, Debug)]
+    struct Seen {
+        label: String,
+        total: u64,
+        done: u64,
+        finished: bool,
+    }
+
+    /// Every task reported.
     #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<(String, u64, u64, bool)>>>);
+    struct Recorder(Arc<Mutex<Vec<Seen>>>);
 
     struct Task(Recorder, usize);
 
     impl Reporter for Recorder {
         fn bytes(&self, total: u64, label: &str) -> Box<dyn Meter> {
             let mut log = self.0.lock();
-            log.push((label.into(), total, 0, false));
+            log.push(Seen {
+                label: label.into(),
+                total,
+                done: 0,
+                finished: false,
+            });
             Box::new(Task(self.clone(), log.len() - 1))
         }
     }
 
     impl Meter for Task {
         fn inc(&self, n: u64) {
-            self.0 .0.lock()[self.1].2 += n;
+            self.0 .0.lock()[self.1].done += n;
         }
         fn finish(&self) {
-            self.0 .0.lock()[self.1].3 = true;
+            self.0 .0.lock()[self.1].finished = true;
         }
     }
 
@@ -110,14 +124,22 @@ mod tests {
         faults::send(&mut wa, files.path(), "vol", 1, &img).unwrap();
         let r = super::verify(&wa, "vol", &crate::ops::SessionSel::Newest).unwrap();
         let log = rec.0.lock().clone();
-        let labels: Vec<&str> = log.iter().map(|t| t.0.as_str()).collect();
+        let labels: Vec<&str> = log.iter().map(|t| t.label.as_str()).collect();
         assert_eq!(labels, ["send", "verify"], "{log:?}");
-        assert_eq!(log[0].1, img.len() as u64, "send counts the volume's bytes");
+        assert_eq!(
+            log[0].total,
+            img.len() as u64,
+            "send counts the volume's bytes"
+        );
         // Verify's total counts the last, partial chunk whole (the bar is cleared at the end).
+        let v = &log[1];
         assert!(
-            r.data_chunks > 0 && 0 < log[1].2 && log[1].2 <= log[1].1,
+            r.data_chunks > 0 && 0 < v.done && v.done <= v.total,
             "{log:?}"
         );
-        assert!(log.iter().all(|t| t.3), "every task finished: {log:?}");
+        assert!(
+            log.iter().all(|t| t.finished),
+            "every task finished: {log:?}"
+        );
     }
 }
