@@ -55,11 +55,11 @@ impl Auth {
                 .stdin(std::process::Stdio::null())
                 .stderr(std::process::Stdio::inherit())
                 .output()
-                .map_err(|e| Error::Usage(format!("--passcmd could not run: {e}")))?;
+                .map_err(|e| Error::Passcmd(format!("could not run: {e}")))?;
             let mut p = Zeroizing::new(out.stdout);
             if !out.status.success() {
-                return Err(Error::Usage(format!(
-                    "--passcmd failed ({}); check the command",
+                return Err(Error::Passcmd(format!(
+                    "failed ({}); check the command",
                     out.status
                 )));
             }
@@ -96,9 +96,7 @@ impl Auth {
             Zeroizing::new(trimmed.as_bytes().to_vec())
         };
         if p.is_empty() || p.iter().all(|&b| b == 0) {
-            return Err(Error::Auth(
-                "no passphrase given: type it at the prompt, pipe it on standard input, or use --passcmd".into(),
-            ));
+            return Err(Error::NoPassphrase);
         }
         Ok(p)
     }

@@ -13,16 +13,41 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A setting whose value the library checks ([`Error::BadValue`]); the binary knows which
+/// option gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// Autoprune's day windows (A:B:C:D).
+    AutopruneDays,
+    /// Chunk size of a new archive, as a power of two times 32 KiB.
+    ChunkFactor,
+    /// S3 addressing style.
+    S3Addressing,
+    /// Where local volumes live (a directory, vg/pool or zfs:pool/dataset).
+    LocalStorage,
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Setting::AutopruneDays => "autoprune days",
+            Setting::ChunkFactor => "chunk factor",
+            Setting::S3Addressing => "S3 addressing",
+            Setting::LocalStorage => "local storage",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad command-line input or option value.
     #[error("{0}")]
     Usage(String),
 
-    #[error("no Wyng archive at '{url}': check --dest, or create one with `wyng arch-init --dest={url}`")]
+    #[error("no Wyng archive at '{url}': check the location, or create an archive there")]
     ArchiveNotFound { url: String },
 
-    #[error("an archive already exists at '{url}': choose another --dest, or remove the old archive first")]
+    #[error("an archive already exists at '{url}': choose another location, or remove the old archive first")]
     ArchiveExists { url: String },
 
     #[error("destination '{url}' is not usable: {detail}")]
@@ -43,7 +68,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("another wyng process is using the archive '{url}'; wait for it to finish, or let this command wait with --lock-wait=SECONDS")]
+    #[error("another wyng process is using the archive '{url}'; wait for it to finish, or let this command wait for it")]
     Busy { url: String },
 
     /// A reader holding no lock found files moved by a writer (a prune or delete).
@@ -52,6 +77,50 @@ pub enum Error {
 
     #[error("volume '{0}' is not in the archive: `wyng list` shows the volume names")]
     VolumeNotFound(String),
+
+    /// A destination URL that cannot be used as written; `why` says how to write it.
+    #[error("destination '{url}': {why}")]
+    BadDest { url: String, why: String },
+
+    /// A session selection (WHEN, or FROM,TO) that cannot be read; `why` says what is wrong.
+    #[error("session selection '{spec}': {why}")]
+    BadSessionSpec { spec: String, why: String },
+
+    /// A session selection that matches no session of `of` ("volume 'x'", "volumes x, y").
+    #[error("session selection '{spec}' matches no session of {of}")]
+    NoSessionMatches { spec: String, of: String },
+
+    /// The same volume named twice in one command (nothing was changed).
+    #[error("volume '{0}' is named twice; nothing was changed")]
+    VolumeNamedTwice(String),
+
+    /// A volume of this name is already in the archive.
+    #[error("volume '{0}' already exists")]
+    VolumeExists(String),
+
+    /// A delete given neither a volume name nor a volume id.
+    #[error("name the volume to delete, or give its id")]
+    NothingToDelete,
+
+    /// Skipping damaged chunks was asked of a receive that updates its target in place.
+    #[error("skipping damaged chunks works with a full receive, not with an update in place")]
+    SkipNeedsFullReceive,
+
+    /// A prune given no sessions, no retention policy and no autoprune.
+    #[error("prune needs sessions to remove, a retention policy, or autoprune")]
+    NothingToPrune,
+
+    /// The command that prints the passphrase could not run, or failed.
+    #[error("the passphrase command {0}")]
+    Passcmd(String),
+
+    /// A setting's value the library does not take; `expected` says what it takes.
+    #[error("{setting} '{value}': {expected}")]
+    BadValue {
+        setting: Setting,
+        value: String,
+        expected: String,
+    },
 
     #[error("{0}")]
     Selection(String),
@@ -79,6 +148,10 @@ pub enum Error {
     #[error("could not authenticate archive: {0}")]
     Auth(String),
 
+    /// An encrypted archive and no passphrase (an empty line, or nothing on standard input).
+    #[error("could not authenticate archive: no passphrase given: type it at the prompt, pipe it on standard input, or give a command that prints it")]
+    NoPassphrase,
+
     /// A problem with the local source or restore target.
     #[error("{path}: {what}")]
     Local { path: PathBuf, what: String },
@@ -94,6 +167,8 @@ pub enum Error {
     },
 
     /// wyng's own state under `--meta-dir` (rollback copy, counters, indexes, maps).
+    // Names the option itself: the library logs this error as a warning when the local state
+    // is only an optimisation (an unencrypted send goes on), where the binary cannot word it.
     #[error("local state in {path}: {source} (check --meta-dir; free space there if it is full)")]
     LocalState {
         path: PathBuf,
@@ -109,7 +184,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("archive is older than the last one seen here: '{url}' may have been replaced by an old copy of itself; check it, then use --force-allow-rollback to accept it")]
+    #[error("archive is older than the last one seen here: '{url}' may have been replaced by an old copy of itself; check it, then accept the rollback explicitly")]
     Rollback { url: String },
 
     #[error(
@@ -117,12 +192,12 @@ pub enum Error {
     )]
     FutureTimestamp,
 
-    #[error("an interrupted {command} of {vid} was already retried and did not complete: see why in the earlier error (or run `wyng arch-check`), then run again with --force-retry to retry it once more")]
+    #[error("an interrupted {command} of {vid} was already retried and did not complete: see why in the earlier error (or check the archive), then force one more retry")]
     RetryPending { command: String, vid: String },
 
     /// An encryption was attempted with counters that were never reserved in local state: a
     /// programming error caught before it could reuse a nonce counter.
-    #[error("encryption counters were not reserved in local state; nothing was written (an encrypted archive can only be written with a usable --meta-dir)")]
+    #[error("encryption counters were not reserved in local state; nothing was written (an encrypted archive can only be written with a usable local state directory)")]
     CountersNotReserved,
 
     /// An external program (lvm, thin_delta, …) answered something we cannot parse.
@@ -186,8 +261,17 @@ impl Error {
     /// Exit code, following the original Wyng (behaviour notes §3).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 9,
-            Error::Selection(_) | Error::VolumeNotFound(_) => 2,
+            Error::Usage(_)
+            | Error::BadDest { .. }
+            | Error::BadSessionSpec { .. }
+            | Error::VolumeNamedTwice(_)
+            | Error::VolumeExists(_)
+            | Error::Passcmd(_)
+            | Error::NothingToPrune
+            | Error::NothingToDelete
+            | Error::SkipNeedsFullReceive
+            | Error::BadValue { .. } => 9,
+            Error::Selection(_) | Error::VolumeNotFound(_) | Error::NoSessionMatches { .. } => 2,
             Error::VolumesFailed { damage, .. } => {
                 if *damage {
                     1
@@ -195,7 +279,7 @@ impl Error {
                     2
                 }
             }
-            Error::Auth(_) => 3,
+            Error::Auth(_) | Error::NoPassphrase => 3,
             Error::ArchiveExists { .. }
             | Error::DestUnavailable { .. }
             | Error::DestFull { .. }
@@ -223,7 +307,18 @@ impl Error {
     /// A stable name for the kind of error (`--json` error reports carry it).
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Usage(_) => "usage",
+            // The typed usage and selection cases keep the kind they had as text.
+            Error::Usage(_)
+            | Error::BadDest { .. }
+            | Error::BadSessionSpec { .. }
+            | Error::VolumeNamedTwice(_)
+            | Error::VolumeExists(_)
+            | Error::Passcmd(_)
+            | Error::NothingToPrune
+            | Error::NothingToDelete
+            | Error::SkipNeedsFullReceive
+            | Error::BadValue { .. } => "usage",
+            Error::NoSessionMatches { .. } => "selection",
             Error::ArchiveNotFound { .. } => "archive_not_found",
             Error::DestMissing { .. } => "destination_not_found",
             Error::ArchiveExists { .. } => "archive_exists",
@@ -238,7 +333,7 @@ impl Error {
             Error::Corrupt { .. } => "damaged",
             Error::Pruned { .. } => "pruned",
             Error::Unsupported(_) => "unsupported",
-            Error::Auth(_) => "auth",
+            Error::Auth(_) | Error::NoPassphrase => "auth",
             Error::Local { .. } | Error::LocalIo { .. } => "local",
             Error::LocalState { .. } => "local_state",
             Error::Io { .. } => "io",

@@ -18,7 +18,9 @@
 //!
 //! Beside the layers: [`auth`] (passphrases, the kernel keyring's key cache), [`parallel`]
 //! (the order-preserving parallel map every pipeline runs on), [`spool`] (temporary files),
-//! [`size`] (sizes as users write them), [`progress`] (progress lines the binary shows).
+//! [`size`] (sizes as users write them), [`progress`] (progress counts, shown by the caller's
+//! reporter), [`tuning`] (workers and budgets the caller gives). The library never reads the
+//! environment and never prints: the binary passes options in by value.
 
 pub mod archive;
 pub(crate) mod atomic_file;
@@ -39,6 +41,7 @@ pub mod progress;
 pub mod size;
 pub mod source;
 pub mod spool;
+pub mod tuning;
 pub mod view;
 
 pub use error::{Error, Result};

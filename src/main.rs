@@ -49,9 +49,8 @@ fn main() {
     if !cli.global.quiet {
         notes.iter().for_each(|n| eprintln!("{n}"));
     }
-    wyng::progress::set_enabled(!cli.global.quiet);
     if let Err(e) = cmd::run(cli) {
-        fail(json, &e.to_string(), e.exit_code(), e.kind());
+        fail(json, &cmd::errors::message(&e), e.exit_code(), e.kind());
     }
 }
 

@@ -1,25 +1,8 @@
-//! How work is spread over the machine's cores.
+//! How work is spread over the machine's cores (how many workers: [`crate::tuning::Tuning`]).
 
-/// Number of worker threads for the data pipelines: one per core, or `WYNG_WORKERS`.
-pub fn workers() -> usize {
-    std::env::var("WYNG_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| (1..=256).contains(&n))
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
-}
-
-/// Runs `f(0..n)` on one worker per core, each taking the next index; stops at the first error
-/// and returns it.
-pub fn run<E: Send>(n: usize, f: impl Fn(usize) -> Result<(), E> + Sync) -> Result<(), E> {
-    run_on(workers(), n, f)
-}
-
-/// [`run`] on `threads` workers (for work that waits on the network rather than the CPU).
+/// Runs `f(0..n)` on `threads` workers, each taking the next index; stops at the first error
+/// and returns it. (How many: [`crate::tuning::Tuning::workers`] for CPU work, more for work
+/// that waits on the network.)
 pub fn run_on<E: Send>(
     threads: usize,
     n: usize,

@@ -124,7 +124,7 @@ impl ChunkReader<'_> {
         S: Fn(&ChunkLoc, Vec<u8>) -> Result<()> + Sync,
         E: Fn(&ChunkLoc, Error) -> Result<()> + Sync,
     {
-        let workers = crate::parallel::workers();
+        let workers = self.a.tuning().workers();
         let batched = self.batched();
         let per_batch = self.per_batch();
         let (tx, rx) = bounded::<Fetched>((2 * per_batch).max(workers * 4));
@@ -230,7 +230,7 @@ impl ChunkReader<'_> {
         mut sink: impl FnMut(T, Option<(ChunkLoc, Result<Vec<u8>>)>) -> Result<()>,
     ) -> Result<RunStats> {
         let per_batch = self.per_batch();
-        let workers = crate::parallel::workers();
+        let workers = self.a.tuning().workers();
         let mut stats = RunStats::default();
         let fetched = Batches {
             reader: self,

@@ -171,19 +171,22 @@ fn merge(runs: Vec<File>, dir: &Path) -> Result<Base> {
     })
 }
 
-/// `WYNG_DEDUP_MEMORY` (e.g. `64M`), else 256 MiB: how many records the index keeps in memory.
-fn memory_records() -> Result<usize> {
-    let bytes = match std::env::var("WYNG_DEDUP_MEMORY") {
-        Ok(v) => crate::size::parse(&v)?,
-        Err(_) => DEFAULT_MEMORY,
-    };
-    Ok(((bytes / REC as u64) as usize).max(1))
+/// [`Tuning::dedup_memory`], else 256 MiB: how many records the index keeps in memory.
+///
+/// [`Tuning::dedup_memory`]: crate::tuning::Tuning::dedup_memory
+fn memory_records(t: &crate::tuning::Tuning) -> usize {
+    let bytes = t.dedup_memory.unwrap_or(DEFAULT_MEMORY);
+    ((bytes / REC as u64) as usize).max(1)
 }
 
 impl DedupIndex {
     /// Indexes every data chunk file of the archive, within the memory budget.
     pub fn build(archive: &Archive) -> Result<DedupIndex> {
-        Self::build_bounded(archive, memory_records()?, &archive.spool_dir())
+        Self::build_bounded(
+            archive,
+            memory_records(archive.tuning()),
+            &archive.spool_dir(),
+        )
     }
 
     /// [`build`](Self::build) keeping at most `max_records` in memory, spilling to `dir`.

@@ -725,13 +725,12 @@ impl Archive {
         Ok(ix)
     }
 
-    /// Keeps this archive's index files within `WYNG_INDEX_BUDGET` (default 1G) of local
+    /// Keeps this archive's index files within [`Tuning::index_budget`] (default 1G) of local
     /// disk: the least recently used go first (each is only a cache), never `keep`.
+    ///
+    /// [`Tuning::index_budget`]: crate::tuning::Tuning::index_budget
     fn trim_indexes(&self, keep: &Path) {
-        let budget = std::env::var("WYNG_INDEX_BUDGET")
-            .ok()
-            .and_then(|v| crate::size::parse(&v).ok())
-            .unwrap_or(1 << 30);
+        let budget = self.tuning().index_budget.unwrap_or(1 << 30);
         let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = self
             .volumes
             .iter()

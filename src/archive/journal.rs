@@ -27,7 +27,7 @@ use std::io::{BufReader, Write};
 
 use super::layout::{self, Dir};
 use super::session::NewManifest;
-use super::write::{failpoint, WriteArchive};
+use super::write::WriteArchive;
 use crate::codec::Encoded;
 use crate::dest::Move;
 use crate::error::{Error, Result};
@@ -157,7 +157,7 @@ impl WriteArchive {
         }
         .to_items();
         self.write_journal(&journaled)?;
-        failpoint("merge-journaled");
+        self.failpoint("merge-journaled");
         // The target's new info and manifest go inside its directory only now: if we die
         // before the move phase, recovery rolls back and removes them.
         self.a.dest.remove_all(&layout::manifest_tmp(&vid, tdir))?;
@@ -170,7 +170,7 @@ impl WriteArchive {
         self.a
             .dest
             .write(&layout::info_tmp(&vid, tdir), &ienc.file)?;
-        failpoint("merge-staged");
+        self.failpoint("merge-staged");
 
         // The views of the target and later sessions do not change, only where their chunk
         // files are: their indexes are carried over with the origins moved, not rebuilt.
@@ -246,11 +246,11 @@ impl WriteArchive {
                 }
             }
             dest.sync()?;
-            failpoint("merge-init");
+            self.failpoint("merge-init");
             dest.rename(&init, &merge)?;
             dest.sync()?;
         }
-        failpoint("merge-moving");
+        self.failpoint("merge-moving");
         let src0_in_merge = layout::in_merge(vid, src0.as_str());
         if !dest.exists(&layout::merge_moved(vid))? && dest.exists(&src0_in_merge)? {
             // Every chunk subdirectory a rename needs, first (bounded: one per 256 MiB of
@@ -292,7 +292,7 @@ impl WriteArchive {
             dest.sync()?;
             dest.write(&layout::merge_moved(vid), b"")?;
         }
-        failpoint("merge-moved");
+        self.failpoint("merge-moved");
         // Finalize.
         if dest.exists(&src0_in_merge)? {
             let t = layout::in_merge(vid, target.as_str());
@@ -324,7 +324,7 @@ impl WriteArchive {
             dest.rename(&src0_in_merge, &layout::dir(vid, Dir::Session(&target)))?;
             dest.sync()?;
         }
-        failpoint("merge-finalizing");
+        self.failpoint("merge-finalizing");
         for (tmp, f) in [
             (layout::volinfo_tmp(vid), layout::volinfo(vid)),
             (layout::sessions_tmp(vid), layout::sessions(vid)),
@@ -411,7 +411,7 @@ impl WriteArchive {
         let mut journaled = self.a.ini.clone();
         journaled.in_process = Journal::Delete { vid: vid.clone() }.to_items();
         self.write_journal(&journaled)?;
-        failpoint("delete-journaled");
+        self.failpoint("delete-journaled");
         self.complete_delete(vid)
     }
 
@@ -419,7 +419,7 @@ impl WriteArchive {
         self.a.ini.volumes.retain(|(v, _)| v != vid);
         self.a.ini.in_process.clear();
         self.save_root()?;
-        failpoint("delete-committed");
+        self.failpoint("delete-committed");
         self.a.dest.remove_all(&layout::volume(vid))?;
         if let Some(d) = self
             .a

@@ -60,14 +60,13 @@ pub use crate::codec::{Compression, Compressor};
 pub use crate::crypto::CipherMode;
 /// A move of a staged file (taking chunks from an interrupted send, merges).
 pub use crate::dest::Move;
-pub use crate::dest::{Capabilities, DestOptions, MemDest, S3Options, S3Usage, S3UsageLog};
+pub use crate::dest::{AwsEnv, Capabilities, DestOptions, MemDest, S3Options, S3Usage, S3UsageLog};
 pub use chunks::{ChunkLoc, ChunkReader};
 pub use index::MergedIndex;
 pub use local::LocalState;
 pub use recovery::Leftover;
 pub use session::{NewManifest, SessionWriter};
 pub use transfer::{copy_digest, Copied, Transfer};
-pub(crate) use write::failpoint;
 pub use write::{InitParams, WriteArchive};
 
 /// Where an archive lives, opened from a `--dest` URL.
@@ -147,6 +146,10 @@ pub struct OpenOptions<'a> {
     pub force_retry: bool,
     /// How to share the archive with other processes.
     pub lock: LockPolicy,
+    /// Workers, memory and disk budgets, checkpoints of the work done on this archive.
+    pub tuning: crate::tuning::Tuning,
+    /// Where the progress of long work on this archive goes.
+    pub progress: crate::progress::Reporting,
 }
 
 /// How a command shares the archive with other wyng processes.
@@ -184,6 +187,8 @@ pub struct Archive {
     /// Read without holding a lock (a writer was at work, or readers of this destination take
     /// none): files may move under this reader.
     unlocked: bool,
+    tuning: crate::tuning::Tuning,
+    progress: crate::progress::Reporting,
 }
 
 const ROOT_MAX: u64 = (ini::HEADER_LEN + ini::MAX_BODY + 4096) as u64;
@@ -290,6 +295,8 @@ impl Archive {
             force_retry: o.force_retry,
             indexes: Mutex::new(index::Memo::default()),
             unlocked,
+            tuning: o.tuning.clone(),
+            progress: o.progress.clone(),
         };
         a.attach_local(o.meta_dir);
         a.check_rollback(&file, o.allow_rollback)?;
@@ -580,14 +587,30 @@ impl Archive {
         self.dest.capabilities()
     }
 
-    /// Bytes a send stores between checkpoints for a resume: `WYNG_CHECKPOINT` (a size) if
-    /// set, else what suits the destination (64 MiB; 256 MiB over ssh).
+    /// Bytes a send stores between checkpoints for a resume: [`Tuning::checkpoint`] if set,
+    /// else what suits the destination (64 MiB; 256 MiB over ssh).
+    ///
+    /// [`Tuning::checkpoint`]: crate::tuning::Tuning::checkpoint
     pub fn checkpoint_bytes(&self) -> u64 {
-        std::env::var("WYNG_CHECKPOINT")
-            .ok()
-            .and_then(|v| crate::size::parse(&v).ok())
+        self.tuning
+            .checkpoint
             .filter(|&b| b > 0)
             .unwrap_or_else(|| self.dest.checkpoint_bytes())
+    }
+
+    /// How work on this archive uses the machine (as opened).
+    pub fn tuning(&self) -> &crate::tuning::Tuning {
+        &self.tuning
+    }
+
+    /// Where progress of work on this archive goes.
+    pub(crate) fn reporting(&self) -> &crate::progress::Reporting {
+        &self.progress
+    }
+
+    /// A long task on this archive begins: `total` bytes, `label` naming it.
+    pub fn progress(&self, total: u64, label: &str) -> crate::progress::Progress {
+        self.progress.bytes(total, label)
     }
 
     /// Bytes the destination can still take, if it can tell.
@@ -765,6 +788,8 @@ impl Archive {
             force_retry: false,
             indexes: Mutex::new(self.indexes.lock().clone()),
             unlocked: true,
+            tuning: self.tuning.clone(),
+            progress: self.progress.clone(),
         };
         a.reload()?;
         Ok(a)

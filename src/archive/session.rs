@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::index::{Builder, MergedIndex};
 use super::resume::{self, RecordWriter, ReuseCursor};
-use super::write::{failpoint, WriteArchive};
+use super::write::WriteArchive;
 use super::{layout, Archive, ChunkLoc};
 use crate::codec::Encoded;
 use crate::dest::Move;
@@ -408,7 +408,7 @@ impl SessionWriter<'_> {
             ))?;
         }
         w.a.dest.sync()?;
-        failpoint("before-session-rename");
+        w.a.failpoint("before-session-rename");
         if !in_place {
             w.a.dest.rename(
                 &layout::dir(&vid, staging),
@@ -416,7 +416,7 @@ impl SessionWriter<'_> {
             )?;
         }
         self.done = true;
-        failpoint("after-session-rename");
+        w.a.failpoint("after-session-rename");
         let mut volinfo = w.a.volumes[vi].volinfo.clone();
         volinfo.sessions.push((self.name.clone(), enc.hash));
         let mut sessions = w.a.volumes[vi].sessions.clone();

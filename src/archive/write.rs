@@ -37,23 +37,25 @@ impl Deref for WriteArchive {
     }
 }
 
-/// Crash injection for tests: `WYNG_FAILPOINT=<name>` aborts the process at that step of a
-/// commit, exactly as a power cut or `kill -9` would (no destructors, no cleanup). Only in
-/// builds with the `failpoints` feature, which `cargo test` turns on (Cargo.toml); a release
-/// build compiles every failpoint to nothing and never looks at the variable.
-#[cfg(feature = "failpoints")]
-pub(crate) fn failpoint(name: &str) {
-    if std::env::var("WYNG_FAILPOINT").is_ok_and(|v| v == name) {
-        std::process::abort();
-    }
-}
-
-/// Without the `failpoints` feature a failpoint is nothing (see above).
-#[cfg(not(feature = "failpoints"))]
-#[inline(always)]
-pub(crate) fn failpoint(_name: &str) {}
-
 impl Archive {
+    /// Crash injection for tests: [`Tuning::failpoint`] (the binary's `WYNG_FAILPOINT`) naming
+    /// this step of a commit aborts the process, exactly as a power cut or `kill -9` would (no
+    /// destructors, no cleanup). Only in builds with the `failpoints` feature, which
+    /// `cargo test` turns on (Cargo.toml); a release build compiles every failpoint to nothing.
+    ///
+    /// [`Tuning::failpoint`]: crate::tuning::Tuning
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn failpoint(&self, name: &str) {
+        if self.tuning.failpoint.as_deref() == Some(name) {
+            std::process::abort();
+        }
+    }
+
+    /// Without the `failpoints` feature a failpoint is nothing (see above).
+    #[cfg(not(feature = "failpoints"))]
+    #[inline(always)]
+    pub(crate) fn failpoint(&self, _name: &str) {}
+
     /// Opens an archive for writing: exclusive lock, counters reserved, interrupted commands
     /// finished or rolled back.
     pub fn open_write(loc: Location, o: &OpenOptions) -> Result<WriteArchive> {
@@ -170,6 +172,8 @@ impl Archive {
                 force_retry: false,
                 indexes: Default::default(),
                 unlocked: false,
+                tuning: Default::default(),
+                progress: Default::default(),
             },
             salt_store: None,
         };
@@ -202,6 +206,16 @@ impl Archive {
             auth.remember(w.a.dest.url(), m, pass);
         }
         Ok(w)
+    }
+}
+
+impl WriteArchive {
+    /// This new archive with `like`'s tuning and progress reporting (a copy's target, created
+    /// by the run that reads the source).
+    pub(crate) fn tuned_as(mut self, like: &Archive) -> WriteArchive {
+        self.a.tuning = like.tuning.clone();
+        self.a.progress = like.progress.clone();
+        self
     }
 }
 
@@ -313,17 +327,17 @@ impl WriteArchive {
             self.replace_file(&layout::volinfo_bak(&vid), &current)?;
         }
         self.a.dest.sync()?;
-        failpoint("before-volinfo-rename");
+        self.a.failpoint("before-volinfo-rename");
         self.a
             .dest
             .rename(&layout::volinfo_tmp(&vid), &volinfo_path)?;
-        failpoint("after-volinfo-rename");
+        self.a.failpoint("after-volinfo-rename");
         self.a
             .dest
             .rename(&layout::sessions_tmp(&vid), &layout::sessions(&vid))?;
         self.a.dest.rename(layout::ROOT_TMP, layout::ROOT)?;
         self.a.dest.sync()?;
-        failpoint("after-root-rename");
+        self.a.failpoint("after-root-rename");
         self.a.ini = ini;
         self.remember_root(&root);
         let v = &mut self.a.volumes[vol_idx];
@@ -465,10 +479,7 @@ impl WriteArchive {
     /// leaving two volumes of one name).
     pub fn name_is_free(&self, name: &str) -> Result<()> {
         match self.find_index(name) {
-            Ok(_) => Err(Error::Usage(format!(
-                "volume '{}' already exists",
-                super::sanitized(name)
-            ))),
+            Ok(_) => Err(Error::VolumeExists(super::sanitized(name))),
             Err(Error::VolumeNotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -507,7 +518,7 @@ impl WriteArchive {
             .enumerate()
             .any(|(i, v)| i != vi && v.name() == name)
         {
-            return Err(Error::Usage(format!("volume '{name}' already exists")));
+            return Err(Error::VolumeExists(super::sanitized(name)));
         }
         let mut volinfo = self.a.volumes[vi].volinfo.clone();
         volinfo.name = name.to_string();

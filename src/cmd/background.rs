@@ -62,7 +62,7 @@ pub fn daemon(
                 if let Some(mut w) = w.take() {
                     let msg = match res {
                         Ok(detail) => format!("ok {detail}"),
-                        Err(e) => format!("{} {e}", e.exit_code()),
+                        Err(e) => format!("{} {}", e.exit_code(), super::errors::message(e)),
                     };
                     let _ = w.write_all(msg.as_bytes());
                 }

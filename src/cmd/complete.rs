@@ -66,6 +66,8 @@ fn archive() -> Option<Archive> {
                 wait: std::time::Duration::ZERO,
                 beside_writers: true,
             },
+            tuning: Default::default(),
+            progress: Default::default(),
         },
     )
     .ok()

@@ -77,7 +77,7 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
             .to_str()
             .is_some_and(|s| s.starts_with("zfs:") || wyng::source::lvm::ThinPool::is_spec(s));
         let store = block
-            .then(|| wyng::source::LocalStorage::open(local))
+            .then(|| wyng::source::LocalStorage::open(local, &g.local))
             .transpose()?;
         let found = match &store {
             Some(st) => ops::clean::select_block(&wa, st, purge)?,

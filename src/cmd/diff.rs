@@ -67,7 +67,7 @@ pub fn run(g: &Global, a: DiffArgs) -> Result<()> {
     // A reflink directory (or vg/pool) compares with the paired snapshot; any other
     // directory holds the volumes as plain files, DIR/<volume>.
     let (store, plain) = match (&a.local, &a.file) {
-        (Some(dir), None) => match wyng::source::LocalStorage::open(dir) {
+        (Some(dir), None) => match wyng::source::LocalStorage::open(dir, &g.local) {
             Ok(s) => (Some(s), None),
             Err(_) if dir.is_dir() => (None, Some(dir.clone())),
             Err(e) => return Err(e),
@@ -128,7 +128,10 @@ pub fn run(g: &Global, a: DiffArgs) -> Result<()> {
         };
     }
     for (_, e) in &failed {
-        eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+        eprintln!(
+            "wyng: error: {}",
+            wyng::archive::printable(&super::errors::message(e))
+        );
     }
     super::volumes_failed("diff", &failed)
 }

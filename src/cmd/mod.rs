@@ -12,10 +12,13 @@ pub mod config;
 pub mod delete;
 pub mod diff;
 pub mod docs;
+pub mod environment;
+pub mod errors;
 pub mod files;
 pub mod list;
 pub mod monitor;
 pub mod mount;
+pub mod progress;
 pub mod prompt;
 pub mod prune;
 pub mod receive;
@@ -181,6 +184,15 @@ pub struct Global {
     /// What the run's s3:// destinations did, reported at the end ([`report_s3_usage`]).
     #[arg(skip)]
     pub s3_usage: wyng::archive::S3UsageLog,
+    /// `--remap` and `--vouch` as the library takes them (set when the command starts).
+    #[arg(skip)]
+    pub local: wyng::source::LocalOptions,
+    /// The environment's `WYNG_*` tuning (set when the command starts).
+    #[arg(skip)]
+    pub tuning: wyng::tuning::Tuning,
+    /// The progress bars (set when the command starts: none with `--quiet`).
+    #[arg(skip)]
+    pub progress: wyng::progress::Reporting,
 }
 
 fn vouch(s: &str) -> std::result::Result<String, String> {
@@ -336,15 +348,22 @@ pub fn run(mut cli: Cli) -> Result<()> {
     } else {
         reflink_fs
     };
-    wyng::source::configure(wyng::source::LocalOptions {
-        remap: g.remap,
-        reflink_fs,
-    });
     // Commands that never open an archive leave its cache alone (no walk of the meta dir).
     let uses_archive = !matches!(
         cli.cmd,
         Cmd::Version | Cmd::Completions(_) | Cmd::Man(_) | Cmd::Umount(_)
     );
+    cli.global.local = wyng::source::LocalOptions {
+        remap: cli.global.remap,
+        reflink_fs,
+    };
+    if uses_archive {
+        cli.global.tuning = environment::tuning()?;
+    }
+    cli.global.progress = wyng::progress::Reporting::to(std::sync::Arc::new(progress::Bars {
+        quiet: cli.global.quiet,
+    }));
+    let g = &cli.global;
     // The mount handles its signals itself (it unmounts first).
     if !matches!(cli.cmd, Cmd::Mount(_)) {
         exit_on_signals();
@@ -581,6 +600,7 @@ impl Global {
                         .map(|s| std::time::Duration::from_secs(s.into())),
                     access_key: None,
                     usage: self.s3_usage.clone(),
+                    env: environment::aws(),
                 },
             },
         )
@@ -600,6 +620,8 @@ impl Global {
                 wait: std::time::Duration::from_secs(self.lock_wait.into()),
                 beside_writers,
             },
+            tuning: self.tuning.clone(),
+            progress: self.progress.clone(),
         }
     }
 

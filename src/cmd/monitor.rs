@@ -57,7 +57,7 @@ fn monitor_one(
     let dir = a.local.as_deref().ok_or_else(|| {
         Error::Usage("monitor needs --local=DIR (the reflink directory holding the volumes)".into())
     })?;
-    let store = wyng::source::LocalStorage::open(dir)?;
+    let store = wyng::source::LocalStorage::open(dir, &g.local)?;
     if !a.all && a.volumes.is_empty() {
         return Err(Error::Usage(
             "name the volumes to monitor, or use --all".into(),
@@ -78,7 +78,7 @@ pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
     let vf = a
         .vols_from
         .as_deref()
-        .map(ops::vols_from::VolsFrom::load)
+        .map(|f| ops::vols_from::VolsFrom::load(f, &g.local))
         .transpose()?;
     let mut failures = ops::vols_from::Failures::default();
     if let [url] = urls.as_slice() {
@@ -96,7 +96,7 @@ pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
             .iter()
             .map(|(url, r)| match r {
                 Ok(r) => serde_json::json!({ "dest": url, "volumes": r }),
-                Err(e) => serde_json::json!({ "dest": url, "volumes": [], "error": e.to_string() }),
+                Err(e) => serde_json::json!({ "dest": url, "volumes": [], "error": super::errors::message(e) }),
             })
             .collect();
         g.json(&serde_json::json!({ "destinations": out }))?;
@@ -108,7 +108,7 @@ pub fn run(g: &Global, a: MonitorArgs) -> Result<()> {
                     .iter()
                     .flat_map(lines)
                     .for_each(|l| g.say(format!("  {l}"))),
-                Err(e) => g.say(format!("  failed: {e}")),
+                Err(e) => g.say(format!("  failed: {}", super::errors::message(e))),
             }
         }
     }

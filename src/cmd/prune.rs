@@ -17,7 +17,7 @@ pub enum Autoprune {
 }
 
 fn apdays(s: &str) -> Result<ApDays, String> {
-    ApDays::parse(s).map_err(|e| e.to_string())
+    ApDays::parse(s).map_err(|e| super::errors::message(&e))
 }
 
 #[derive(Args, Debug)]

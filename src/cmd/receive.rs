@@ -202,7 +202,7 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
     };
     // A reflink directory (or vg/pool) pairs restored volumes again; any other directory
     // just receives the files, as DIR/<volume>.
-    let storage = match wyng::source::LocalStorage::open(dir) {
+    let storage = match wyng::source::LocalStorage::open(dir, &g.local) {
         Ok(l) => Some(l),
         Err(_) if dir.is_dir() && snapshot_use == SnapshotUse::No => None,
         Err(e) => return Err(e),
@@ -219,7 +219,10 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
                     }
                     Err(e) if names.len() == 1 => return Err(e),
                     Err(e) => {
-                        eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+                        eprintln!(
+                            "wyng: error: {}",
+                            wyng::archive::printable(&super::errors::message(&e))
+                        );
                         failed.push((n.clone(), e));
                     }
                 }

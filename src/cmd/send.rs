@@ -274,12 +274,12 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
     let vf = a
         .vols_from
         .as_deref()
-        .map(wyng::ops::vols_from::VolsFrom::load)
+        .map(|f| wyng::ops::vols_from::VolsFrom::load(f, &g.local))
         .transpose()?;
     let store = a
         .local
         .as_deref()
-        .map(wyng::source::LocalStorage::open)
+        .map(|l| wyng::source::LocalStorage::open(l, &g.local))
         .transpose()?;
     if vf.is_none() {
         if a.all && store.is_none() {
@@ -390,7 +390,7 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
                 url: &d.dest,
                 sent: d.volumes.iter().map(|r| r.volume.clone()).collect(),
                 missed: d.outstanding.clone(),
-                error: d.error.as_ref().map(|e| e.to_string()),
+                error: d.error.as_ref().map(super::errors::message),
             })
             .collect();
         if let Err(e) = ops::outstanding::update(g.meta_dir(), &when, &updates) {
@@ -431,7 +431,8 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
             }
             if let Some(e) = &d.error {
                 g.say(format!(
-                    "  failed: {e}; outstanding: {}",
+                    "  failed: {}; outstanding: {}",
+                    super::errors::message(e),
                     d.outstanding.join(", ")
                 ));
             }
@@ -498,7 +499,7 @@ fn error_json<S: serde::Serializer>(
     e.as_ref()
         .map(|e| {
             serde_json::json!({
-                "message": e.to_string(),
+                "message": super::errors::message(e),
                 "kind": e.kind(),
                 "exit_code": e.exit_code(),
             })

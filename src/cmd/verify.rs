@@ -63,7 +63,10 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<()> {
             }
             Err(e) if names.len() == 1 => return Err(e),
             Err(e) => {
-                eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+                eprintln!(
+                    "wyng: error: {}",
+                    wyng::archive::printable(&super::errors::message(&e))
+                );
                 failed.push((n.clone(), e));
             }
         }
@@ -84,7 +87,10 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<()> {
                     d.error
                 ),
             );
-            eprintln!("wyng: error: {}", wyng::archive::printable(&e.to_string()));
+            eprintln!(
+                "wyng: error: {}",
+                wyng::archive::printable(&super::errors::message(&e))
+            );
             failed.push((name, e));
         }
     }

@@ -14,7 +14,7 @@ pub fn run<A, R: serde::Serialize>(
     op: impl FnOnce(&mut A, &VolsFrom, &mut Failures) -> Result<Vec<R>>,
     lines: impl Fn(&R) -> Vec<String>,
 ) -> Result<()> {
-    let vf = VolsFrom::load(file)?;
+    let vf = VolsFrom::load(file, &g.local)?;
     let mut archive = open()?;
     let mut failures = Failures::default();
     let reports = op(&mut archive, &vf, &mut failures);

@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 pub use file::FileDest;
 pub use memory::MemDest;
 pub use remote::RemoteDest;
-pub use s3::{S3Dest, S3Options, S3Usage, S3UsageLog};
+pub use s3::{AwsEnv, S3Dest, S3Options, S3Usage, S3UsageLog};
 
 use crate::error::{Error, Result};
 
@@ -167,26 +167,28 @@ pub struct DestOptions {
 /// Opens a destination URL (behaviour notes §4.1).
 pub fn open(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
     if url.chars().any(char::is_control) {
-        return Err(Error::Usage(format!(
-            "--dest '{}' contains control characters",
-            url.escape_debug()
-        )));
+        return Err(Error::BadDest {
+            url: url.escape_debug().to_string(),
+            why: "contains control characters".into(),
+        });
     }
     if let Some(rest) = url.strip_prefix("file:") {
         let path = if let Some(p) = rest.strip_prefix("//") {
             if !p.starts_with('/') {
-                return Err(Error::Usage(format!(
-                    "--dest '{url}': a file: URL has no host part; write file:/path/to/archive"
-                )));
+                return Err(Error::BadDest {
+                    url: url.into(),
+                    why: "a file: URL has no host part; write file:/path/to/archive".into(),
+                });
             }
             p
         } else {
             rest
         };
         if path.is_empty() {
-            return Err(Error::Usage(format!(
-                "--dest '{url}' names no path; write file:/path/to/archive"
-            )));
+            return Err(Error::BadDest {
+                url: url.into(),
+                why: "names no path; write file:/path/to/archive".into(),
+            });
         }
         return Ok(Box::new(FileDest::new(url, path)?));
     }
@@ -199,9 +201,10 @@ pub fn open(url: &str, o: &DestOptions) -> Result<Box<dyn Dest>> {
     if url.starts_with("s3://") {
         return Ok(Box::new(S3Dest::new(url, &o.s3)?));
     }
-    Err(Error::Usage(format!(
-        "--dest '{url}' is not a destination URL; use file:/path/to/archive (or ssh://user@host/path, qubes://vm/path, s3://bucket/prefix)"
-    )))
+    Err(Error::BadDest {
+        url: url.into(),
+        why: "not a destination URL; use file:/path/to/archive (or ssh://user@host/path, qubes://vm/path, s3://bucket/prefix)".into(),
+    })
 }
 
 /// The error for a destination write that found no space.

@@ -43,10 +43,11 @@ pub fn run(
     meta_dir: Option<&Path>,
 ) -> Result<WriteArchive> {
     if !(1..=6).contains(&o.chunk_factor) {
-        return Err(Error::Usage(format!(
-            "--chunk-factor {} is out of range: 1 (64 KiB chunks) to 6 (2 MiB)",
-            o.chunk_factor
-        )));
+        return Err(Error::BadValue {
+            setting: crate::error::Setting::ChunkFactor,
+            value: o.chunk_factor.to_string(),
+            expected: "out of range: 1 (64 KiB chunks) to 6 (2 MiB)".into(),
+        });
     }
     let params = InitParams {
         compression: o.compression,

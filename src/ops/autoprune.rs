@@ -54,9 +54,11 @@ impl Default for ApDays {
 impl ApDays {
     pub fn parse(s: &str) -> Result<ApDays> {
         let bad = || {
-            Error::Usage(format!(
-                "--apdays '{s}': use A:B:C:D (whole days: remove after A, thin after B, keep D per C days; C, D >= 1)"
-            ))
+            Error::BadValue {
+                setting: crate::error::Setting::AutopruneDays,
+                value: s.into(),
+                expected: "use A:B:C:D (whole days: remove after A, thin after B, keep D per C days; C, D >= 1)".into(),
+            }
         };
         let v: Vec<u64> = s
             .split(':')

@@ -12,7 +12,6 @@ use crate::archive::{sanitized, Archive, ChunkLoc, WriteArchive};
 use crate::error::Result;
 use crate::format::manifest::chunk_len;
 use crate::format::ChunkRef;
-use crate::progress::Progress;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CheckReport {
@@ -164,7 +163,7 @@ pub fn run(archive: &Archive, names: &[String], o: &CheckOptions) -> Result<Vec<
             })
         });
         let last_size = vol.last().map_or(0, |s| s.info.volsize);
-        let progress = Progress::bytes(last_size, "check");
+        let progress = archive.progress(last_size, "check");
         let stats = archive.chunks().run(
             jobs,
             |loc, _| {

@@ -25,20 +25,6 @@ pub enum Purge {
     All,
 }
 
-impl Purge {
-    pub fn parse(all: bool, purge: Option<&str>) -> Result<Purge> {
-        match (all, purge) {
-            (true, _) => Ok(Purge::All),
-            (false, None) => Ok(Purge::Orphans),
-            (false, Some("other")) => Ok(Purge::Other),
-            (false, Some("full")) => Ok(Purge::Full),
-            (false, Some(p)) => Err(Error::Usage(format!(
-                "--purge takes other or full, not '{p}'"
-            ))),
-        }
-    }
-}
-
 /// The snapshots a clean would remove.
 pub fn select(archive: &Archive, local: &Path, purge: Purge) -> Vec<FoundSnapshot> {
     let ours = archive.uuid();

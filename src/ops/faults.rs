@@ -34,6 +34,8 @@ pub(crate) fn open(d: &MemDest, meta: &Path) -> Result<WriteArchive> {
             allow_rollback: false,
             force_retry: true,
             lock: Default::default(),
+            tuning: Default::default(),
+            progress: Default::default(),
         },
     )
 }

@@ -42,6 +42,8 @@ pub struct OpenSession {
     pub volume: String,
     pub session: SessionName,
     pub image: Image,
+    /// Where a restore's progress goes (the archive's).
+    progress: crate::progress::Reporting,
 }
 
 impl Files {
@@ -99,6 +101,7 @@ impl Files {
             volume: vol.to_string(),
             session: names[si].clone(),
             image: open_image(image)?,
+            progress: self.live.current().reporting().clone(),
         })
     }
 }

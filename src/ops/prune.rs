@@ -51,18 +51,7 @@ pub enum AutoMode {
     Full,
 }
 
-impl AutoMode {
-    pub fn parse(s: &str) -> Result<AutoMode> {
-        match s {
-            "off" => Ok(AutoMode::Off),
-            "on" => Ok(AutoMode::On),
-            "full" => Ok(AutoMode::Full),
-            _ => Err(Error::Usage(format!(
-                "--autoprune takes off, on or full, not '{s}'"
-            ))),
-        }
-    }
-}
+impl AutoMode {}
 
 /// Bucket retention policy: how many of each to keep (0: that rule is off).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -168,10 +157,7 @@ fn select_with(
         Some(spec) => select_spec(vol, spec, o)?,
         None if !o.policy.is_empty() => (0..n).collect(),
         None if o.autoprune != AutoMode::Off => Vec::new(),
-        None => return Err(Error::Usage(
-            "prune needs --session=DATE|^TAG|FROM,TO, a retention policy such as --keep-daily=7, or --autoprune=on|full"
-                .into(),
-        )),
+        None => return Err(Error::NothingToPrune),
     };
     if o.autoprune != AutoMode::Off {
         let limit = match o.autoprune {
@@ -277,18 +263,19 @@ pub(crate) fn select_spec(vol: &Volume, spec: &str, o: &PruneOptions) -> Result<
             match (from, to) {
                 (Some(f), Some(t)) if t >= f => (f..=t).collect(),
                 (Some(_), Some(_)) => {
-                    return Err(Error::Usage(format!(
-                        "--session={spec}: the range ends before it starts"
-                    )))
+                    return Err(Error::BadSessionSpec {
+                        spec: spec.into(),
+                        why: "the range ends before it starts".into(),
+                    })
                 }
                 _ => Vec::new(),
             }
         }
         _ => {
-            return Err(Error::Usage(format!(
-                "--session={spec}: give one WHEN or a range FROM,TO ({})",
-                crate::ops::when::RULE
-            )))
+            return Err(Error::BadSessionSpec {
+                spec: spec.into(),
+                why: format!("give one WHEN or a range FROM,TO ({})", crate::ops::when::RULE),
+            })
         }
     };
     Ok(chosen)
@@ -382,14 +369,14 @@ pub fn plan(archive: &Archive, names: &[String], o: &PruneOptions) -> Result<Vec
         }
         // As `receive` of a session that is not there: a selection error (exit 2).
         if !matched && !names.is_empty() {
-            return Err(Error::Selection(format!(
-                "--session={spec} matches no session of {}",
-                if names.len() == 1 {
+            return Err(Error::NoSessionMatches {
+                spec: spec.clone(),
+                of: if names.len() == 1 {
                     format!("volume '{}'", names[0])
                 } else {
                     "the selected volumes".into()
-                }
-            )));
+                },
+            });
         }
     }
     let auto = autoprune_marks(archive, o)?;

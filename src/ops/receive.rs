@@ -25,8 +25,6 @@ use crate::format::manifest::chunk_len;
 use crate::format::Session;
 use crate::ops::segments::{self, Seg};
 use crate::ops::{is_all_zero, SessionSel};
-use crate::parallel::workers;
-use crate::progress::Progress;
 
 #[derive(Debug, serde::Serialize)]
 pub struct ReadReport {
@@ -169,7 +167,7 @@ pub fn receive_to_writer(
     let session = &vol.sessions[si];
     let ix = archive.merged(vi, si)?;
     let (cs, volsize) = (ix.chunksize(), ix.volsize());
-    let progress = Progress::bytes(volsize, "receive");
+    let progress = archive.progress(volsize, "receive");
     let mut skipped = 0u64;
     let zeros = vec![0u8; (1 << 20).max(cs as usize)];
     let stdout_err = |e: std::io::Error| Error::io("standard output", e);
@@ -252,10 +250,7 @@ pub fn receive(
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());
     if o.skip_corrupt && existing.is_some() && o.mode != Mode::Full {
-        return Err(Error::Usage(
-            "--skip-corrupt-chunks works with a full receive, not with --sparse or --sparse-write"
-                .into(),
-        ));
+        return Err(Error::SkipNeedsFullReceive);
     }
     if existing.is_some() && o.mode != Mode::Full {
         let (data, written) = if block {
@@ -321,9 +316,9 @@ fn receive_to_file(
             .map_err(|e| Error::local_io(&tmp, "cannot create", e))?;
         f.set_len(ix.volsize())
             .map_err(|e| Error::local_io(&tmp, "", e))?;
-        let progress = Progress::bytes(ix.data_bytes(), "receive");
+        let progress = archive.progress(ix.data_bytes(), "receive");
         // One writer thread: concurrent writers to one file only contend for its inode lock.
-        let (tx, rx) = bounded::<(u64, Vec<u8>)>(workers() * 2);
+        let (tx, rx) = bounded::<(u64, Vec<u8>)>(archive.tuning().workers() * 2);
         let cs = ix.chunksize();
         let data = std::thread::scope(|s| {
             let writer = s.spawn(|| -> Result<()> {
@@ -471,7 +466,7 @@ fn receive_to_device(
             zero_device(&f, target, a * cs, end - a * cs)?;
         }
     }
-    let progress = Progress::bytes(ix.data_bytes(), "receive");
+    let progress = archive.progress(ix.data_bytes(), "receive");
     let stats = archive.chunks().run(
         ix.locs(),
         |loc, d| {
@@ -669,7 +664,7 @@ fn update_in_place(
         None => Box::new(segments::walk(ix)),
     };
     // Each segment is compared on a worker; chunks to fetch go on to the reader.
-    let progress = Progress::bytes(ix.data_bytes(), "receive");
+    let progress = archive.progress(ix.data_bytes(), "receive");
     let stats = segments::compare(
         archive,
         segs,

@@ -121,7 +121,7 @@ where
 {
     use crate::error::Error;
     use crossbeam_channel::bounded;
-    let workers = crate::parallel::workers();
+    let workers = archive.tuning().workers();
     let (seg_tx, seg_rx) = bounded::<Seg>(workers * 4);
     let (fetch_tx, fetch_rx) = bounded::<Result<crate::archive::ChunkLoc>>(workers * 8);
     std::thread::scope(|s| {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::ops::{self, SessionSel, VolumeRef};
-use crate::source::LocalStorage;
+use crate::source::{LocalOptions, LocalStorage};
 
 /// One entry of the file: the archive's volume and, if different, its local name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,11 +93,13 @@ impl Failures {
 pub struct VolsFrom {
     pub path: PathBuf,
     pub sets: Vec<StorageSet>,
+    /// How the sets' storages are opened (`--remap`, `--vouch`).
+    pub storage: LocalOptions,
 }
 
 impl VolsFrom {
     /// Reads and checks the file, and removes the `.error` file of an earlier run.
-    pub fn load(path: &Path) -> Result<VolsFrom> {
+    pub fn load(path: &Path, storage: &LocalOptions) -> Result<VolsFrom> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Usage(format!("cannot read --vols-from {}: {e}", path.display()))
         })?;
@@ -110,6 +112,7 @@ impl VolsFrom {
         let vf = VolsFrom {
             path: path.to_path_buf(),
             sets,
+            storage: storage.clone(),
         };
         match std::fs::remove_file(vf.error_path()) {
             Ok(()) => {}
@@ -240,7 +243,12 @@ pub fn parse(text: &str) -> std::result::Result<Vec<StorageSet>, String> {
 }
 
 /// Opens a set's storage, or fails all its volumes.
-fn open_store(set: &StorageSet, command: &str, failures: &mut Failures) -> Option<LocalStorage> {
+fn open_store(
+    set: &StorageSet,
+    storage: &LocalOptions,
+    command: &str,
+    failures: &mut Failures,
+) -> Option<LocalStorage> {
     let Some(local) = &set.local else {
         for e in &set.volumes {
             failures.add(
@@ -250,7 +258,7 @@ fn open_store(set: &StorageSet, command: &str, failures: &mut Failures) -> Optio
         }
         return None;
     };
-    match LocalStorage::open(local) {
+    match LocalStorage::open(local, storage) {
         Ok(s) => Some(s),
         Err(err) => {
             for e in &set.volumes {
@@ -273,7 +281,7 @@ pub fn send(
 ) -> Result<Vec<ops::send::TargetResult>> {
     let mut runs = Vec::new();
     for set in &vf.sets {
-        let Some(store) = open_store(set, "send", failures) else {
+        let Some(store) = open_store(set, &vf.storage, "send", failures) else {
             continue;
         };
         let mut reqs = Vec::new();
@@ -377,7 +385,7 @@ pub fn monitor(
 ) -> Vec<ops::monitor::MonitorReport> {
     let mut reports = Vec::new();
     for set in &vf.sets {
-        let Some(store) = open_store(set, "monitor", failures) else {
+        let Some(store) = open_store(set, &vf.storage, "monitor", failures) else {
             continue;
         };
         let refs = resolve_all(archive, set, failures);
@@ -407,7 +415,7 @@ pub fn receive(
 ) -> Vec<ops::receive::ReadReport> {
     let mut reports = Vec::new();
     for set in &vf.sets {
-        let Some(store) = open_store(set, "receive", failures) else {
+        let Some(store) = open_store(set, &vf.storage, "receive", failures) else {
             continue;
         };
         let reflink = match store.reflink("receive --vols-from") {
@@ -456,7 +464,7 @@ pub fn diff(
 ) -> Vec<ops::diff::DiffReport> {
     let mut reports = Vec::new();
     for set in &vf.sets {
-        let Some(store) = open_store(set, "diff", failures) else {
+        let Some(store) = open_store(set, &vf.storage, "diff", failures) else {
             continue;
         };
         for v in resolve_all(archive, set, failures) {
@@ -545,7 +553,7 @@ mod tests {
         let file = dir.path().join("vols.json");
         std::fs::write(&file, r#"{"/x": ["b", "a", "c"]}"#).unwrap();
         std::fs::write(dir.path().join("vols.json.error"), "stale").unwrap();
-        let vf = VolsFrom::load(&file).unwrap();
+        let vf = VolsFrom::load(&file, &LocalOptions::default()).unwrap();
         assert!(!vf.error_path().exists(), "a stale error file is removed");
         assert!(vf.finish(&Failures::default()).is_ok());
         assert!(!vf.error_path().exists());

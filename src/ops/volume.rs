@@ -10,10 +10,7 @@ pub fn add(wa: &mut WriteArchive, names: &[String], desc: &str) -> Result<()> {
     for (i, name) in names.iter().enumerate() {
         crate::format::ids::check_volume_name(name)?;
         if names[..i].contains(name) {
-            return Err(Error::Usage(format!(
-                "volume '{}' is named twice; nothing was added",
-                crate::archive::sanitized(name)
-            )));
+            return Err(Error::VolumeNamedTwice(crate::archive::sanitized(name)));
         }
         wa.name_is_free(name)?;
     }
@@ -64,9 +61,7 @@ pub fn resolve(wa: &WriteArchive, name: Option<&str>, vid: Option<&str>) -> Resu
                     crate::archive::sanitized(v)
                 ))
             }),
-        _ => Err(Error::Usage(
-            "name the volume to delete, or give --vid (or use --clean)".into(),
-        )),
+        _ => Err(Error::NothingToDelete),
     }
 }
 

@@ -37,11 +37,9 @@ pub const RULE: &str = "WHEN is latest (or newest), ^TAG, a date-time 20261205-1
 
 impl When {
     pub fn parse(s: &str, now: NaiveDateTime) -> Result<When> {
-        let bad = |why: &str| {
-            Error::Usage(format!(
-                "--session '{}': {why}; {RULE}",
-                crate::archive::sanitized(s)
-            ))
+        let bad = |why: &str| Error::BadSessionSpec {
+            spec: crate::archive::sanitized(s),
+            why: format!("{why}; {RULE}"),
         };
         let t = s.trim();
         match t.to_ascii_lowercase().as_str() {
@@ -194,7 +192,9 @@ mod tests {
             "12x",
         ] {
             match When::parse(s, now()) {
-                Err(e @ Error::Usage(_)) => assert!(e.to_string().contains("latest"), "{e}"),
+                Err(e @ Error::BadSessionSpec { .. }) => {
+                    assert!(e.to_string().contains("latest"), "{e}")
+                }
                 other => panic!("{s}: {other:?}"),
             }
         }

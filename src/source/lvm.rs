@@ -190,17 +190,27 @@ impl ThinPool {
         !local.starts_with('/') && local.split('/').count() == 2 && !local.contains("..")
     }
 
+    /// `--remap`: a `.tick` snapshot of another archive is removed instead of stopping.
+    pub(crate) fn with_remap(mut self, remap: bool) -> ThinPool {
+        self.remap = remap;
+        self
+    }
+
     /// Opens `vg/pool`, checking with `lvs` that it is a thin pool (§5.1).
     pub fn open(spec: &str, runner: Box<dyn Runner>) -> Result<ThinPool> {
         let (vg, pool) = spec
             .split_once('/')
             .filter(|(v, p)| !v.is_empty() && !p.is_empty())
-            .ok_or_else(|| Error::Usage(format!("--local '{spec}': use vg/pool or /dir")))?;
+            .ok_or_else(|| Error::BadValue {
+                setting: crate::error::Setting::LocalStorage,
+                value: spec.into(),
+                expected: "use vg/pool or /dir".into(),
+            })?;
         let tp = ThinPool {
             vg: vg.into(),
             pool: pool.into(),
             runner,
-            remap: super::options().remap,
+            remap: false,
         };
         let lvs = tp.lvs().map_err(|e| {
             Error::local(

@@ -115,8 +115,8 @@ pub struct Prepared {
     pub found: u64,
 }
 
-/// How this run treats local storage: `--remap` and `--vouch`. Set once by the binary, before
-/// any storage is opened (the default: neither).
+/// How this run treats local storage: `--remap` and `--vouch`, given when the storage is
+/// opened ([`LocalStorage::open`]; the default: neither).
 #[derive(Clone, Debug, Default)]
 pub struct LocalOptions {
     /// LVM: a `.tick` snapshot of another archive is removed (the volume is then scanned in
@@ -125,17 +125,6 @@ pub struct LocalOptions {
     /// `--vouch=reflink_fs_<type>`: filesystem types (as `/proc/self/mounts` names them)
     /// trusted to do reflinks besides Btrfs and XFS.
     pub reflink_fs: Vec<String>,
-}
-
-static LOCAL_OPTIONS: std::sync::OnceLock<LocalOptions> = std::sync::OnceLock::new();
-
-/// Sets this run's [`LocalOptions`] (once; later calls are ignored).
-pub fn configure(o: LocalOptions) {
-    let _ = LOCAL_OPTIONS.set(o);
-}
-
-pub fn options() -> &'static LocalOptions {
-    LOCAL_OPTIONS.get_or_init(LocalOptions::default)
 }
 
 /// Where `--local` volumes live: a reflink directory, an LVM thin pool (behaviour §5.1) or the
@@ -149,7 +138,7 @@ pub enum LocalStorage {
 impl LocalStorage {
     /// `zfs:pool/dataset` is ZFS, `vg/pool` a thin pool; anything else must be a directory on a
     /// reflink filesystem.
-    pub fn open(local: &Path) -> Result<LocalStorage> {
+    pub fn open(local: &Path, o: &LocalOptions) -> Result<LocalStorage> {
         match local.to_str() {
             Some(s) if zfs::ZfsStore::spec(s).is_some() => {
                 Ok(LocalStorage::Zfs(std::sync::Arc::new(zfs::ZfsStore::open(
@@ -158,9 +147,9 @@ impl LocalStorage {
                 )?)))
             }
             Some(s) if lvm::ThinPool::is_spec(s) => Ok(LocalStorage::Thin(std::sync::Arc::new(
-                lvm::ThinPool::open(s, Box::new(lvm::System))?,
+                lvm::ThinPool::open(s, Box::new(lvm::System))?.with_remap(o.remap),
             ))),
-            _ => reflink::ReflinkStore::open(local).map(LocalStorage::Reflink),
+            _ => reflink::ReflinkStore::open(local, &o.reflink_fs).map(LocalStorage::Reflink),
         }
     }
 

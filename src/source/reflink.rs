@@ -41,18 +41,16 @@ pub struct ReflinkStore {
 }
 
 impl ReflinkStore {
-    pub fn open(dir: &Path) -> Result<ReflinkStore> {
+    /// `reflink_fs`: filesystem types vouched for besides Btrfs and XFS (`--vouch`).
+    pub fn open(dir: &Path, reflink_fs: &[String]) -> Result<ReflinkStore> {
         let md = std::fs::metadata(dir).map_err(|e| Error::local_io(dir, "--local", e))?;
         if !md.is_dir() {
             return Err(Error::local(dir, "--local must be a directory"));
         }
         let st = nix::sys::statfs::statfs(dir).map_err(|e| Error::local_io(dir, "", e.into()))?;
         let magic = st.filesystem_type().0 as i64;
-        let vouched = || {
-            let opts = super::options();
-            !opts.reflink_fs.is_empty()
-                && fs_type(dir).is_some_and(|t| opts.reflink_fs.contains(&t))
-        };
+        let vouched =
+            || !reflink_fs.is_empty() && fs_type(dir).is_some_and(|t| reflink_fs.contains(&t));
         if magic != BTRFS_SUPER_MAGIC && magic != XFS_SUPER_MAGIC && !vouched() {
             return Err(Error::local(
                 dir,

@@ -250,9 +250,11 @@ impl ZfsStore {
                 .split('/')
                 .any(|c| c.is_empty() || c == "." || c == "..")
         {
-            return Err(Error::Usage(format!(
-                "--local=zfs:{dataset}: name a pool or dataset, e.g. --local=zfs:tank/vms"
-            )));
+            return Err(Error::BadValue {
+                setting: crate::error::Setting::LocalStorage,
+                value: format!("zfs:{dataset}"),
+                expected: "name a pool or dataset, e.g. zfs:tank/vms".into(),
+            });
         }
         let store = ZfsStore {
             dataset: dataset.into(),

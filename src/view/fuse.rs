@@ -131,7 +131,7 @@ pub fn mount(
 ) -> io::Result<Mount> {
     let cfg = wyng_fuse::MountConfig {
         allow_other,
-        read_threads: (crate::parallel::workers() * 2).max(4),
+        read_threads: (view.live.current().tuning().workers() * 2).max(4),
         // The serving process, for `wyng umount` to wait for (and for `mount` to tell a
         // dead mount from a live one).
         fs_name: format!("{FS_NAME_PREFIX}{}", std::process::id()),

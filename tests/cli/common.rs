@@ -525,6 +525,8 @@ pub fn open_library(ar: &Path, pass: Option<&str>) -> wyng::archive::Archive {
             allow_rollback: true,
             force_retry: false,
             lock: Default::default(),
+            tuning: Default::default(),
+            progress: Default::default(),
         },
     )
     .unwrap()

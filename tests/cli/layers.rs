@@ -15,6 +15,8 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
         "error" => &["format"],
         "spool" | "size" | "parallel" | "progress" => &["error"],
         "atomic_file" => &[],
+        // How a run uses the machine: plain values the binary fills in.
+        "tuning" => &[],
         "crypto" => &["error", "format", "spool"],
         "codec" => &["error", "format", "crypto", "spool"],
         // The foundations, and format's pure ini parser (for ~/.aws/credentials).
@@ -39,6 +41,7 @@ fn allowed(layer: &str) -> Option<&'static [&'static str]> {
             "auth",
             "progress",
             "atomic_file",
+            "tuning",
         ],
         "source" => &[
             "error",
@@ -187,6 +190,13 @@ fn layers_only_reach_down() {
         }
         if rel != "view/fuse.rs" && code.contains("wyng_fuse") {
             problems.push(format!("{rel} uses wyng_fuse (only view/fuse.rs may)"));
+        }
+        // Options come in by value: only the binary (main.rs, cmd/) reads the environment.
+        let binary = rel == "main.rs" || rel.starts_with("cmd/");
+        if !binary && (code.contains("env::var") || code.contains("env::vars")) {
+            problems.push(format!(
+                "{rel} reads the environment (only the binary may: pass the value in)"
+            ));
         }
     }
     assert!(

@@ -68,7 +68,10 @@ impl Transport {
             .qubes_opts
             .clone()
             .unwrap_or_else(|| QUBES_DEFAULT_OPTS.iter().map(|s| s.to_string()).collect());
-        let bad = |why: &str| Error::Usage(format!("--dest '{url}': {why}"));
+        let bad = |why: &str| Error::BadDest {
+            url: url.into(),
+            why: why.into(),
+        };
         let ssh = |netloc: &str| -> Result<Transport> {
             let (userhost, port) = match netloc.rsplit_once(':') {
                 Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {

@@ -2,7 +2,9 @@
 //! tools do: `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
 //! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, else `AWS_PROFILE` (or
 //! `default`) from `~/.aws/credentials` and `~/.aws/config` (`AWS_SHARED_CREDENTIALS_FILE`,
-//! `AWS_CONFIG_FILE`), then wyng's own `--s3-*` options (also config-file keys).
+//! `AWS_CONFIG_FILE`), then wyng's own `--s3-*` options (also config-file keys). The caller
+//! reads those variables ([`AwsEnv::NAMES`]) and hands them in: the library never reads the
+//! environment.
 //!
 //! Secrets stay in [`S3Config::credentials`]: nothing here formats them, and the credential's
 //! *source* (never its value) is what messages name.
@@ -31,6 +33,34 @@ pub struct S3Options {
     /// Where the requests and bytes of every destination opened are counted, for the caller
     /// to report.
     pub usage: super::S3UsageLog,
+    /// The AWS tools' environment variables, as the caller read them.
+    pub env: AwsEnv,
+}
+
+/// The environment variables the AWS tools are configured by ([`AwsEnv::NAMES`]), as read by
+/// the caller (empty values count as unset).
+#[derive(Clone, Debug, Default)]
+pub struct AwsEnv(pub std::collections::BTreeMap<String, String>);
+
+impl AwsEnv {
+    /// The variables that count (`HOME` finds `~/.aws`).
+    pub const NAMES: &[&str] = &[
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL",
+        "HOME",
+    ];
+
+    fn get(&self, k: &str) -> Option<String> {
+        self.0.get(k).filter(|v| !v.is_empty()).cloned()
+    }
 }
 
 pub struct S3Config {
@@ -50,9 +80,10 @@ pub struct S3Config {
 
 /// Splits `s3://BUCKET[/PREFIX]`.
 pub fn parse_url(url: &str) -> Result<(String, String)> {
-    let rest = url
-        .strip_prefix("s3://")
-        .ok_or_else(|| Error::Usage(format!("--dest '{url}': write s3://BUCKET/PREFIX")))?;
+    let rest = url.strip_prefix("s3://").ok_or_else(|| Error::BadDest {
+        url: url.into(),
+        why: "write s3://BUCKET/PREFIX".into(),
+    })?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let valid_bucket = (3..=63).contains(&bucket.len())
         && bucket
@@ -61,9 +92,12 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
         && !bucket.starts_with(['-', '.'])
         && !bucket.ends_with(['-', '.']);
     if !valid_bucket {
-        return Err(Error::Usage(format!(
-            "--dest '{url}': '{bucket}' is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '-', '.')"
-        )));
+        return Err(Error::BadDest {
+            url: url.into(),
+            why: format!(
+                "'{bucket}' is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '-', '.')"
+            ),
+        });
     }
     let prefix = prefix.trim_matches('/');
     if prefix
@@ -71,21 +105,19 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
         .any(|c| c == ".." || c == "." || c.is_empty())
         && !prefix.is_empty()
     {
-        return Err(Error::Usage(format!(
-            "--dest '{url}': the prefix must not contain empty, '.' or '..' parts"
-        )));
+        return Err(Error::BadDest {
+            url: url.into(),
+            why: "the prefix must not contain empty, '.' or '..' parts".into(),
+        });
     }
     Ok((bucket.to_string(), prefix.to_string()))
 }
 
-fn env(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
-}
-
-fn home_file(var: &str, name: &str) -> Option<PathBuf> {
-    env(var)
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".aws").join(name)))
+fn home_file(env: &AwsEnv, var: &str, name: &str) -> Option<PathBuf> {
+    env.get(var).map(PathBuf::from).or_else(|| {
+        env.get("HOME")
+            .map(|h| PathBuf::from(h).join(".aws").join(name))
+    })
 }
 
 /// The `[section]` of an AWS ini file, as key/value pairs (missing file or section: empty).
@@ -117,17 +149,18 @@ fn get(kv: &[(String, String)], key: &str) -> Option<String> {
 impl S3Config {
     pub fn resolve(url: &str, o: &S3Options) -> Result<S3Config> {
         let (bucket, prefix) = parse_url(url)?;
+        let env = |k: &str| o.env.get(k);
         let profile = o
             .profile
             .clone()
             .or_else(|| env("AWS_PROFILE"))
             .unwrap_or_else(|| "default".into());
         let creds_file = section(
-            home_file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+            home_file(&o.env, "AWS_SHARED_CREDENTIALS_FILE", "credentials"),
             std::slice::from_ref(&profile),
         )?;
         let config_file = section(
-            home_file("AWS_CONFIG_FILE", "config"),
+            home_file(&o.env, "AWS_CONFIG_FILE", "config"),
             &[format!("profile {profile}"), profile.clone()],
         )?;
         let given = o.access_key.clone().map(|(k, s)| (Some(k), Some(s)));
@@ -196,9 +229,11 @@ impl S3Config {
             "virtual" => false,
             "auto" => custom.is_some() || bucket.contains('.'),
             other => {
-                return Err(Error::Usage(format!(
-                    "--s3-addressing '{other}': use path, virtual or auto"
-                )))
+                return Err(Error::BadValue {
+                    setting: crate::error::Setting::S3Addressing,
+                    value: other.into(),
+                    expected: "use path, virtual or auto".into(),
+                })
             }
         };
         Ok(S3Config {

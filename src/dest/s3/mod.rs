@@ -37,7 +37,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use rusty_s3::S3Action;
 
-pub use config::{S3Config, S3Options};
+pub use config::{AwsEnv, S3Config, S3Options};
 
 use super::{Capabilities, Dest, FileStat};
 use crate::error::{Error, Result};
@@ -676,7 +676,10 @@ impl S3Dest {
             cfg.bucket.clone(),
             cfg.region.clone(),
         )
-        .map_err(|e| Error::Usage(format!("--dest '{url}': {e}")))?;
+        .map_err(|e| Error::BadDest {
+            url: url.into(),
+            why: e.to_string(),
+        })?;
         let (parallel, cfg_stall) = (cfg.parallel, cfg.stall);
         let stats = Arc::new(Stats::default());
         o.usage.register(stats.clone());

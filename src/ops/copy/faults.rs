@@ -23,6 +23,8 @@ fn source(d: &MemDest) -> Archive {
             allow_rollback: false,
             force_retry: false,
             lock: Default::default(),
+            tuning: Default::default(),
+            progress: Default::default(),
         },
     )
     .unwrap()

@@ -164,7 +164,7 @@ pub fn new_copy(
         chunksize: src.chunksize(),
         cipher,
     };
-    Archive::init(loc, &p, auth, meta_dir)
+    Ok(Archive::init(loc, &p, auth, meta_dir)?.tuned_as(src))
 }
 
 /// Refuses a pair that cannot be copied: chunk sizes differ, or the target is the source (or a
@@ -303,10 +303,10 @@ pub fn run(src: &Archive, wa: &mut WriteArchive, o: &CopyOptions) -> Result<Copy
 }
 
 fn unmatched(o: &CopyOptions) -> Error {
-    Error::Selection(format!(
-        "--session={} matches no session of the selected volumes",
-        o.session.as_deref().unwrap_or("")
-    ))
+    Error::NoSessionMatches {
+        spec: o.session.clone().unwrap_or_default(),
+        of: "the selected volumes".into(),
+    }
 }
 
 /// One volume: find or create it in the copy, copy its new sessions, then (with `delete`)

@@ -33,7 +33,6 @@ use crate::archive::{Transfer, WriteArchive};
 use crate::error::{Error, Result};
 use crate::format::manifest::{ChunkRef, ManifestLog};
 use crate::format::{Session, SessionInfo};
-use crate::progress::Progress;
 use crate::spool::Spool;
 
 /// Plain steps sent on as one item.
@@ -273,7 +272,7 @@ fn run_pipeline(
     } else {
         1
     };
-    let workers = crate::parallel::workers();
+    let workers = src.archive.tuning().workers();
     let inflight = (workers * 4).max(2 * per_batch + 8);
     let (tok_tx, tok_rx) = bounded::<()>(inflight);
     for _ in 0..inflight {
@@ -282,7 +281,7 @@ fn run_pipeline(
     let (job_tx, job_rx) = bounded::<(u64, Item)>(inflight);
     let (res_tx, res_rx) = bounded::<(u64, Result<Done>)>(inflight);
     let abort = AtomicBool::new(false);
-    let progress = Progress::bytes(plan.source.volsize(), "copy");
+    let progress = src.archive.progress(plan.source.volsize(), "copy");
     let mut first_err: Option<Error> = None;
     std::thread::scope(|s| {
         let (feed_res, abort_f) = (res_tx.clone(), &abort);

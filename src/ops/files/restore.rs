@@ -94,7 +94,7 @@ pub fn get(s: &OpenSession, paths: &[Vec<u8>], o: &GetOptions) -> Result<GetRepo
     // SAFETY: `openat` just returned this descriptor; nothing else owns it.
     let top = unsafe { OwnedFd::from_raw_fd(top) };
     let mut report = GetReport::default();
-    let progress = Progress::bytes(0, "restoring");
+    let progress = s.progress.bytes(0, "restoring");
     for p in paths {
         match s.image.resolve(p)? {
             Target::Partitions => {

@@ -208,10 +208,7 @@ fn check_request(
     let mut seen = std::collections::HashSet::new();
     for r in reqs {
         if !seen.insert(&r.volume) {
-            return Err(Error::Usage(format!(
-                "volume '{}' is named twice",
-                r.volume
-            )));
+            return Err(Error::VolumeNamedTwice(r.volume.clone()));
         }
     }
     let sources = reqs

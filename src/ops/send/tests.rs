@@ -89,7 +89,7 @@ fn requests_are_checked_before_anything_is_written() {
     ];
     assert!(matches!(
         run(&mut wa, &twice, &opts(1)),
-        Err(Error::Usage(_))
+        Err(Error::VolumeNamedTwice(_))
     ));
     let mut missing = req(files.path(), "b", &image(1, 2));
     missing.source = files.path().join("no such file");

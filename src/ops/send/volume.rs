@@ -7,8 +7,7 @@
 use crate::error::Result;
 use crate::format::manifest::chunk_count;
 use crate::format::SessionName;
-use crate::parallel::{ordered_map, workers};
-use crate::progress::Progress;
+use crate::parallel::ordered_map;
 use crate::source::Source;
 
 use super::collect::{collect, Output};
@@ -70,9 +69,9 @@ fn run_lanes(
             Output::new(l, start, cs, every, now)
         })
         .collect();
-    let progress = Progress::bytes(src.size, "send");
+    let progress = lanes[0].writer.archive().progress(src.size, "send");
     let mut read = Read::default();
-    let threads = workers();
+    let threads = lanes[0].writer.archive().tuning().workers();
     let walked = ordered_map(
         Walk::new(lanes, src, cs, n),
         threads,
@@ -96,7 +95,7 @@ fn run_lanes(
         }
     }
     progress.finish();
-    crate::archive::failpoint("chunks-written");
+    lanes[0].writer.archive().failpoint("chunks-written");
     let built = outs.into_iter().map(Output::finish);
     match walked {
         Ok(()) => Ok((built.collect(), read)),

@@ -122,6 +122,8 @@ impl Fixture {
                 allow_rollback: true,
                 force_retry: false,
                 lock: Default::default(),
+                tuning: Default::default(),
+                progress: Default::default(),
             },
         )
         .unwrap()
@@ -981,6 +983,8 @@ fn a_prune_while_serving() {
                 allow_rollback: true,
                 force_retry: false,
                 lock: Default::default(),
+                tuning: Default::default(),
+                progress: Default::default(),
             },
         )
         .unwrap();
