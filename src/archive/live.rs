@@ -336,7 +336,10 @@ impl SessionImage {
     fn read_moved(&self, mut r: Resolved, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let deadline = Instant::now() + TRANSACTION_WAIT;
         loop {
-            if !self.0.live.refresh(true) {
+            // A newer state than the one this read used (loaded by another reader since, so
+            // this refresh may find nothing new), or a newer one now: read from it first.
+            let newer = self.0.live.generation() != r.generation || self.0.live.refresh(true);
+            if !newer {
                 if !self.0.live.current().transaction_pending() {
                     return Err(Error::corrupt(
                         format!("{}/{}", self.0.vid, self.0.session),

@@ -1034,3 +1034,53 @@ fn discarding_a_whole_overlay_is_one_run() {
     assert!(read_all(&o, n) == want);
     assert_eq!(o.footprint(), (1, 1));
 }
+
+/// A reader whose state is older than the live archive's (another reader refreshed after a
+/// prune moved its chunk files) reads from the newer state: the refresh it forces finds nothing
+/// new, and that is not damage. (`mount::a_prune_under_open_files` flaked on exactly this.)
+#[test]
+fn a_reader_behind_another_readers_refresh_follows_a_prune() {
+    let f = fixture(3);
+    // No cache: every read goes to the chunk files; no timed refresh.
+    let live = LiveArchive::new(f.archive(), 0, Duration::from_secs(3600));
+    let image = live.image(0, 1).unwrap();
+    assert_eq!(image.session().to_string(), "S_20260101-000002");
+    let mut b = vec![0u8; CS as usize];
+    image.read_at(0, &mut b).unwrap();
+    {
+        let mut wa = Archive::open_write(
+            Location::memory(f.dest.clone()),
+            &OpenOptions {
+                auth: &auth(),
+                meta_dir: Some(f.meta.path()),
+                allow_rollback: true,
+                force_retry: false,
+                lock: Default::default(),
+                tuning: Default::default(),
+                progress: Default::default(),
+            },
+        )
+        .unwrap();
+        // Session 1 merged into session 2: session 2's chunk files move.
+        crate::ops::prune::run(
+            &mut wa,
+            &["vol".to_string()],
+            &crate::ops::prune::PruneOptions {
+                session: Some("20260101-000001".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    // Another reader's refresh loads the new state first.
+    assert!(live.refresh(true));
+    let want = &f.images[1];
+    let mut got = vec![0u8; want.len()];
+    let mut at = 0;
+    while at < got.len() {
+        let n = image.read_at(at as u64, &mut got[at..]).unwrap();
+        assert!(n > 0);
+        at += n;
+    }
+    assert!(got == *want, "session 2 reads back wrong after the prune");
+}
