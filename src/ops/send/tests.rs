@@ -12,7 +12,7 @@ use crate::ops::faults::{auth, image, name, sessions, CS};
 use super::*;
 
 /// A new unencrypted archive on `d` (zstd-3, `CS` chunks).
-fn init(d: &MemDest, meta: &Path) -> WriteArchive {
+pub(super) fn init(d: &MemDest, meta: &Path) -> WriteArchive {
     Archive::init(
         Location::memory(d.clone()),
         &InitParams {
@@ -27,7 +27,7 @@ fn init(d: &MemDest, meta: &Path) -> WriteArchive {
 }
 
 /// A request for `vol` reading `data` from a file in `files`.
-fn req(files: &Path, vol: &str, data: &[u8]) -> SendRequest {
+pub(super) fn req(files: &Path, vol: &str, data: &[u8]) -> SendRequest {
     let source = files.join(format!("{vol}.src"));
     std::fs::write(&source, data).unwrap();
     SendRequest {
