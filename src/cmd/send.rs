@@ -339,12 +339,7 @@ fn one(
 }
 
 /// A send to several destinations, per destination: what it got, what it misses.
-fn print(
-    g: &Global,
-    a: &SendArgs,
-    report: &SendReport,
-    started: std::time::Instant,
-) -> Result<()> {
+fn print(g: &Global, a: &SendArgs, report: &SendReport, started: std::time::Instant) -> Result<()> {
     if g.json {
         return g.json(report);
     }

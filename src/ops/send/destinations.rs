@@ -225,8 +225,7 @@ impl Destinations {
         if !o.dry_run {
             if let Some(policy) = &o.retention {
                 for d in open.iter_mut().filter(|d| d.result.failed.is_none()) {
-                    if let Err(e) = retain(&mut d.archive, policy, o.now, &mut d.result.reports)
-                    {
+                    if let Err(e) = retain(&mut d.archive, policy, o.now, &mut d.result.reports) {
                         d.result.failed = Some((e, Vec::new()));
                     }
                 }

@@ -99,7 +99,11 @@ fn destinations_that_fail_at_open_or_while_writing_miss_what_they_did_not_get() 
     let reqs = [req(f.files.path(), "a", &a), req(f.files.path(), "b", &b)];
     dests.send(&reqs, &opts(1)).unwrap();
     let report = dests.finish(&f.finish(&reqs, 0));
-    let order: Vec<&str> = report.destinations.iter().map(|d| d.dest.as_str()).collect();
+    let order: Vec<&str> = report
+        .destinations
+        .iter()
+        .map(|d| d.dest.as_str())
+        .collect();
     assert_eq!(order, ["mem:dies", "mem:lives", "mem:down"]);
     let [dies, lives, down] = &report.destinations[..] else {
         unreachable!()
@@ -156,7 +160,13 @@ fn retention_applies_per_archive_and_only_where_the_send_committed() {
         assert_eq!(r.session.as_deref(), Some(name(4).to_string().as_str()));
         assert_eq!(r.retention_removed.len(), 2, "{}", d.dest);
         let wa = f.archive(&d.dest);
-        let kept: Vec<_> = wa.volume("v").unwrap().sessions.iter().map(|s| s.name.clone()).collect();
+        let kept: Vec<_> = wa
+            .volume("v")
+            .unwrap()
+            .sessions
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         assert_eq!(kept, [name(3), name(4)], "{}", d.dest);
     }
     assert!(report.destinations[2].error.is_some());
@@ -190,7 +200,10 @@ fn one_destination_fails_the_run_several_only_when_none_opens() {
         dry_run: true,
         ..f.finish(&reqs, 1)
     });
-    assert_eq!(report.outstanding(), [("mem:down".into(), vec!["a".into()])]);
+    assert_eq!(
+        report.outstanding(),
+        [("mem:down".into(), vec!["a".into()])]
+    );
     assert!(report.destinations[0].volumes[0].session.is_none());
     assert!(outstanding::load(f.meta.path()).unwrap().is_empty());
     assert!(!Path::new(&f.meta.path().join("outstanding.json")).exists());
