@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::archive::MemDest;
 use crate::dest::Dest;
 use crate::error::Error;
+use crate::ops::faults::init;
 use crate::ops::faults::{self, image, name, sessions};
-use crate::ops::send::tests::{init, req};
+use crate::ops::send::tests::req;
 
 use super::*;
 
