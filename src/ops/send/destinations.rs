@@ -162,8 +162,7 @@ impl Destinations {
     /// (or, with `o.dry_run`, would), archive after archive.
     pub fn autoprune_full(&mut self, o: &prune::PruneOptions) -> Result<Vec<prune::PruneReport>> {
         let mut removed = Vec::new();
-        for d in std::mem::take(&mut self.open) {
-            let mut d = d;
+        for mut d in std::mem::take(&mut self.open) {
             if d.archive.volumes().is_empty() {
                 self.open.push(d);
                 continue;

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::archive::MemDest;
-use crate::dest::Dest;
 use crate::error::Error;
 use crate::ops::faults::init;
 use crate::ops::faults::{self, image, name, sessions};
@@ -16,7 +15,7 @@ use super::*;
 /// In-memory destinations by URL, each with its own local state; an URL not listed has no
 /// archive (opening it fails).
 struct Fleet {
-    dests: Vec<(MemDest, PathBuf)>,
+    dests: Vec<(String, MemDest, PathBuf)>,
     meta: tempfile::TempDir,
     files: tempfile::TempDir,
 }
@@ -36,14 +35,17 @@ impl Fleet {
                 for s in 1..=k {
                     faults::send(&mut wa, files.path(), "v", s, &image(s as u8, 4)).unwrap();
                 }
-                (d, m)
+                (url.to_string(), d, m)
             })
             .collect();
         Fleet { dests, meta, files }
     }
 
-    fn dest(&self, url: &str) -> Option<&(MemDest, PathBuf)> {
-        self.dests.iter().find(|(d, _)| d.url() == url)
+    fn dest(&self, url: &str) -> Option<(&MemDest, &PathBuf)> {
+        self.dests
+            .iter()
+            .find(|(u, _, _)| u == url)
+            .map(|(_, d, m)| (d, m))
     }
 
     fn open(&self, urls: &[&str]) -> Result<Destinations> {
