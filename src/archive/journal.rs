@@ -43,7 +43,6 @@ const MAX_LIST: u64 = 1 << 40;
 
 impl WriteArchive {
     /// Merges sessions `first..=last` of volume `vi` into the session after them.
-    #[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
     pub fn merge_sessions(&mut self, vi: usize, first: usize, last: usize) -> Result<()> {
         let vol = self.a.volumes[vi].clone();
         let vid = vol.vid.clone();
@@ -52,58 +51,11 @@ impl WriteArchive {
             ti < vol.sessions.len(),
             "the newest session is never merged away"
         );
-        let cs = self.a.chunksize();
         let src: Vec<Session> = vol.sessions[first..=last].to_vec();
         let target = vol.sessions[ti].clone();
-        let src0 = src[0].name.clone();
-        let n = chunk_count(target.info.volsize, cs);
-
-        // One streamed merge, oldest first: src[0], src[1..], target. Whatever a session
-        // other than src[0] holds is "manifest.one" of the original (its file moves into
-        // src[0]'s directory, or a zero removes src[0]'s); src[0]'s own lines only complete
-        // "manifest.two", the target's new manifest.
-        let mut layers = Vec::with_capacity(src.len() + 1);
-        let mut names: Vec<&SessionName> = Vec::new();
-        for s in src.iter().chain(std::iter::once(&target)) {
-            layers.push(self.a.lines_of(&vid, s)?);
-            names.push(&s.name);
-        }
-        let head = MergeListHead {
-            src0: src0.clone(),
-            target: target.name.clone(),
-            others: std::iter::once(target.name.clone())
-                .chain(src[1..].iter().rev().map(|s| s.name.clone()))
-                .collect(),
-        };
-        let mut manifest = ManifestLog::new(self.a.spool());
+        let (manifest, list) = self.merge_plan(&vid, &src, &target)?;
         let spool_err = |e: std::io::Error| Error::io("merge spool", e);
-        let mut list = flate2::write::GzEncoder::new(self.a.spool(), flate2::Compression::new(4));
-        list.write_all(head.to_text().as_bytes())
-            .map_err(spool_err)?;
-        for e in Merge::new(layers)? {
-            let (idx, r, layer) = e?;
-            // Paths are only made for the entries that move (few, after the base session).
-            let p = || ListPath::chunk(&src0, idx * cs);
-            let op = if idx >= n {
-                Some(MergeOp::Remove(p()))
-            } else {
-                manifest.entry(idx, &r).map_err(spool_err)?;
-                match (layer, r) {
-                    (0, _) => None,
-                    (_, ChunkRef::Data(_)) => Some(MergeOp::Rename {
-                        from: ListPath::chunk(names[layer], idx * cs),
-                        to: p(),
-                    }),
-                    (_, ChunkRef::Zero) => Some(MergeOp::Remove(p())),
-                }
-            };
-            if let Some(op) = op {
-                list.write_all(op.to_line().as_bytes()).map_err(spool_err)?;
-            }
-        }
-        let manifest = NewManifest::new(manifest)?;
         let empty = manifest.is_empty();
-        let list = list.finish().map_err(spool_err)?;
 
         // 1. Stage what the journal's recovery may need (all of it is swept by recovery as
         // leftovers if we die before the journal is written).
@@ -179,7 +131,81 @@ impl WriteArchive {
         // 3 and 4.
         self.run_merge(&vid)?;
         self.reload_all()?;
-        if let Some(vi) = self.a.volumes.iter().position(|v| v.vid == vid) {
+        self.carry_indexes(&vid, carried, first, last);
+        Ok(())
+    }
+
+    /// The streamed merge of sessions `src` into `target` (oldest first): the target's new
+    /// manifest, and the merge list (gzip) of the moves that make it so.
+    fn merge_plan(
+        &self,
+        vid: &VolumeId,
+        src: &[Session],
+        target: &Session,
+    ) -> Result<(NewManifest, crate::spool::Spool)> {
+        let cs = self.a.chunksize();
+        let src0 = src[0].name.clone();
+        let n = chunk_count(target.info.volsize, cs);
+        // One streamed merge, oldest first: src[0], src[1..], target. Whatever a session
+        // other than src[0] holds is "manifest.one" of the original (its file moves into
+        // src[0]'s directory, or a zero removes src[0]'s); src[0]'s own lines only complete
+        // "manifest.two", the target's new manifest.
+        let mut layers = Vec::with_capacity(src.len() + 1);
+        let mut names: Vec<&SessionName> = Vec::new();
+        for s in src.iter().chain(std::iter::once(target)) {
+            layers.push(self.a.lines_of(vid, s)?);
+            names.push(&s.name);
+        }
+        let head = MergeListHead {
+            src0: src0.clone(),
+            target: target.name.clone(),
+            others: std::iter::once(target.name.clone())
+                .chain(src[1..].iter().rev().map(|s| s.name.clone()))
+                .collect(),
+        };
+        let mut manifest = ManifestLog::new(self.a.spool());
+        let spool_err = |e: std::io::Error| Error::io("merge spool", e);
+        let mut list = flate2::write::GzEncoder::new(self.a.spool(), flate2::Compression::new(4));
+        list.write_all(head.to_text().as_bytes())
+            .map_err(spool_err)?;
+        for e in Merge::new(layers)? {
+            let (idx, r, layer) = e?;
+            // Paths are only made for the entries that move (few, after the base session).
+            let p = || ListPath::chunk(&src0, idx * cs);
+            let op = if idx >= n {
+                Some(MergeOp::Remove(p()))
+            } else {
+                manifest.entry(idx, &r).map_err(spool_err)?;
+                match (layer, r) {
+                    (0, _) => None,
+                    (_, ChunkRef::Data(_)) => Some(MergeOp::Rename {
+                        from: ListPath::chunk(names[layer], idx * cs),
+                        to: p(),
+                    }),
+                    (_, ChunkRef::Zero) => Some(MergeOp::Remove(p())),
+                }
+            };
+            if let Some(op) = op {
+                list.write_all(op.to_line().as_bytes()).map_err(spool_err)?;
+            }
+        }
+        let manifest = NewManifest::new(manifest)?;
+        let list = list.finish().map_err(spool_err)?;
+        Ok((manifest, list))
+    }
+
+    /// After a merge of sessions `first..=last` of `vid`: the indexes of the target and later
+    /// sessions, carried over with their chunks' origins moved (`carried`, by old session
+    /// index), instead of being rebuilt.
+    fn carry_indexes(
+        &mut self,
+        vid: &VolumeId,
+        carried: Vec<(usize, std::sync::Arc<super::index::MergedIndex>)>,
+        first: usize,
+        last: usize,
+    ) {
+        let ti = last + 1;
+        if let Some(vi) = self.a.volumes.iter().position(|v| v.vid == *vid) {
             let gone = (last - first + 1) as u16;
             let (first, ti) = (first as u16, ti as u16);
             let map = |o: u16| match o {
@@ -195,7 +221,6 @@ impl WriteArchive {
             }
             self.a.prune_indexes(vi);
         }
-        Ok(())
     }
 
     /// Writes a root carrying a journal (its `updated_at` unchanged, as the original does)

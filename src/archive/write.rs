@@ -70,7 +70,6 @@ impl Archive {
     }
 
     /// Creates a new, empty archive.
-    #[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
     pub fn init(
         loc: Location,
         p: &InitParams,
@@ -78,32 +77,10 @@ impl Archive {
         meta_dir: Option<&Path>,
     ) -> Result<WriteArchive> {
         let dest: Arc<dyn crate::dest::Dest> = loc.0.into();
-        if dest.root_exists()? {
-            if dest.exists(layout::ROOT)? {
-                return Err(Error::ArchiveExists {
-                    url: dest.url().into(),
-                });
-            }
-            if !dest.list("")?.is_empty() {
-                return Err(Error::DestUnavailable {
-                    url: dest.url().into(),
-                    detail: "the directory is not empty; give arch-init an empty or new directory"
-                        .into(),
-                });
-            }
-        }
+        check_unused(&*dest)?;
         // Ask for the passphrase before creating anything.
         let keys = match p.cipher {
-            Some(_) => {
-                let pass = auth.passphrase(true)?;
-                if pass.len() < crate::auth::MIN_PASSPHRASE {
-                    return Err(Error::Usage(format!(
-                        "the passphrase must be at least {} bytes long",
-                        crate::auth::MIN_PASSPHRASE
-                    )));
-                }
-                Some(pass)
-            }
+            Some(_) => Some(new_passphrase(auth)?),
             None => None,
         };
         if !dest.root_exists()? {
@@ -111,43 +88,8 @@ impl Archive {
         }
         dest.lock(true)?;
         let ci = p.cipher.map_or("00", |m| m.ci()).to_string();
-        let mut var = vec![
-            ("updated_at".to_string(), ini::next_updated_at(None)),
-            ("uuid".into(), uuid::Uuid::new_v4().to_string()),
-            ("format_ver".into(), "3".into()),
-            ("chunksize".into(), p.chunksize.to_string()),
-            ("compression".into(), p.compression.kind.name().into()),
-            ("compr_level".into(), p.compression.level.to_string()),
-            (
-                "hashtype".into(),
-                if p.cipher.is_some() {
-                    "hmac-sha256"
-                } else {
-                    "blake2b"
-                }
-                .into(),
-            ),
-            ("ci_mode".into(), ci.clone()),
-        ];
-        if p.cipher.is_some() {
-            var.push(("dataci_count".into(), "0".into()));
-            var.push(("mci_count".into(), "0".into()));
-        }
-        let ini = ArchiveIni {
-            var,
-            volumes: Vec::new(),
-            in_process: Vec::new(),
-        };
-        // The original's destination probe: a write test and a hard-link test.
-        dest.write(layout::PROBE, b"")?;
-        let _ = dest.remove_all(layout::LINK_PROBE);
-        if !dest.capabilities().hard_links
-            || dest.hard_link(layout::PROBE, layout::LINK_PROBE).is_err()
-        {
-            tracing::warn!(
-                "destination does not support hard links; deduplication will not be available"
-            );
-        }
+        let ini = new_root(p, &ci);
+        probe(&*dest)?;
         let (codec, salt, master) = match (p.cipher, &keys) {
             (Some(mode), Some(pass)) => {
                 let salt = SaltFile::random();
@@ -542,6 +484,81 @@ fn check_desc(desc: &str) -> Result<()> {
         return Err(Error::Usage(
             "a volume description is at most 100 printable bytes".into(),
         ));
+    }
+    Ok(())
+}
+
+/// An archive is made only where there is none, in an empty (or new) directory.
+fn check_unused(dest: &dyn crate::dest::Dest) -> Result<()> {
+    if !dest.root_exists()? {
+        return Ok(());
+    }
+    if dest.exists(layout::ROOT)? {
+        return Err(Error::ArchiveExists {
+            url: dest.url().into(),
+        });
+    }
+    if !dest.list("")?.is_empty() {
+        return Err(Error::DestUnavailable {
+            url: dest.url().into(),
+            detail: "the directory is not empty; give arch-init an empty or new directory".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The new archive's passphrase (asked twice), long enough.
+fn new_passphrase(auth: &Auth) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let pass = auth.passphrase(true)?;
+    if pass.len() < crate::auth::MIN_PASSPHRASE {
+        return Err(Error::Usage(format!(
+            "the passphrase must be at least {} bytes long",
+            crate::auth::MIN_PASSPHRASE
+        )));
+    }
+    Ok(pass)
+}
+
+/// The new archive's root: its parameters, no volumes.
+fn new_root(p: &InitParams, ci: &str) -> ArchiveIni {
+    let mut var = vec![
+        ("updated_at".to_string(), ini::next_updated_at(None)),
+        ("uuid".into(), uuid::Uuid::new_v4().to_string()),
+        ("format_ver".into(), "3".into()),
+        ("chunksize".into(), p.chunksize.to_string()),
+        ("compression".into(), p.compression.kind.name().into()),
+        ("compr_level".into(), p.compression.level.to_string()),
+        (
+            "hashtype".into(),
+            if p.cipher.is_some() {
+                "hmac-sha256"
+            } else {
+                "blake2b"
+            }
+            .into(),
+        ),
+        ("ci_mode".into(), ci.to_string()),
+    ];
+    if p.cipher.is_some() {
+        var.push(("dataci_count".into(), "0".into()));
+        var.push(("mci_count".into(), "0".into()));
+    }
+    ArchiveIni {
+        var,
+        volumes: Vec::new(),
+        in_process: Vec::new(),
+    }
+}
+
+/// The original's destination probe: a write test and a hard-link test.
+fn probe(dest: &dyn crate::dest::Dest) -> Result<()> {
+    dest.write(layout::PROBE, b"")?;
+    let _ = dest.remove_all(layout::LINK_PROBE);
+    if !dest.capabilities().hard_links || dest.hard_link(layout::PROBE, layout::LINK_PROBE).is_err()
+    {
+        tracing::warn!(
+            "destination does not support hard links; deduplication will not be available"
+        );
     }
     Ok(())
 }

@@ -127,7 +127,6 @@ fn to_stdout(
     Ok(())
 }
 
-#[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
 pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
     let mode = match (a.sparse, a.sparse_write) {
         (true, _) => Mode::Sparse,
@@ -200,6 +199,19 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
                 .into(),
         ));
     };
+    into_local(g, &a, dir, &sel, snapshot_use, &opts)
+}
+
+/// `receive --local=DIR`: each volume into DIR, a thin pool or ZFS; with several, one that
+/// fails does not stop the others (exit 2 at the end).
+fn into_local<'c>(
+    g: &Global,
+    a: &ReceiveArgs,
+    dir: &Path,
+    sel: &ops::SessionSel,
+    snapshot_use: SnapshotUse,
+    opts: &dyn Fn(PathBuf) -> ops::receive::ReceiveOptions<'c>,
+) -> Result<()> {
     // A reflink directory (or vg/pool) pairs restored volumes again; any other directory
     // just receives the files, as DIR/<volume>.
     let storage = match wyng::source::LocalStorage::open(dir, &g.local) {
@@ -237,7 +249,7 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
             let names = g.selection(&archive, &a.volumes, a.all)?;
             each(&names, &mut |n| {
                 let o = opts(PathBuf::new());
-                receive_block(&archive, local, n, &sel, snapshot_use, o)
+                receive_block(&archive, local, n, sel, snapshot_use, o)
             })?;
         }
         Some(local) => {
@@ -249,7 +261,7 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
                 ops::receive::receive_local(
                     &wa,
                     &ops::VolumeRef::same(n),
-                    &sel,
+                    sel,
                     store,
                     &opts(PathBuf::new()),
                     snapshot_use,
@@ -264,7 +276,7 @@ pub fn run(g: &Global, a: ReceiveArgs) -> Result<()> {
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| Error::local_io(parent, "", e))?;
                 }
-                ops::receive::receive(&archive, n, &sel, &opts(target))
+                ops::receive::receive(&archive, n, sel, &opts(target))
             })?;
         }
     }

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use wyng::archive::WriteArchive;
 use wyng::format::Tag;
-use wyng::ops::{self, autoprune::ApDays, prune::AutoMode};
+use wyng::ops::send::{Destinations, SendReport};
+use wyng::ops::vols_from::{Failures, VolsFrom};
+use wyng::ops::{self, prune::AutoMode};
+use wyng::source::LocalStorage;
 use wyng::{Error, Result};
 
 use super::prune::{AutopruneArgs, RetentionArgs};
@@ -121,8 +123,8 @@ pub struct SendArgs {
 
 /// `send --autoprune=full`, before sending: thins every volume, as the original does. (`on` is
 /// driven by the destination's free space, inside the send.)
-fn autoprune_full(g: &Global, wa: &mut WriteArchive, a: &SendArgs) -> Result<()> {
-    if a.auto.autoprune() != AutoMode::Full || wa.volumes().is_empty() {
+fn autoprune_full(g: &Global, dests: &mut Destinations, a: &SendArgs) -> Result<()> {
+    if a.auto.autoprune() != AutoMode::Full {
         return Ok(());
     }
     let o = ops::prune::PruneOptions {
@@ -133,46 +135,13 @@ fn autoprune_full(g: &Global, wa: &mut WriteArchive, a: &SendArgs) -> Result<()>
         ..Default::default()
     };
     let verb = if a.dry_run { "would remove" } else { "removed" };
-    for r in ops::prune::run(wa, &[], &o)? {
+    for r in dests.autoprune_full(&o)? {
         if !r.removed.is_empty() {
             g.say(format!(
                 "{}: autoprune {verb} {}.",
                 r.volume,
                 count(r.removed.len() as u64, "session", "sessions")
             ));
-        }
-    }
-    Ok(())
-}
-
-/// `send --keep-*`: prunes the volumes that just got a session by the retention policy, once
-/// the send has committed (a failed send prunes nothing). Returns the sessions removed, by
-/// volume.
-fn retain(
-    wa: &mut WriteArchive,
-    a: &SendArgs,
-    reports: &mut [ops::send::VolumeReport],
-) -> Result<()> {
-    if !a.retention.is_set() || a.dry_run {
-        return Ok(());
-    }
-    let names: Vec<String> = reports
-        .iter()
-        .filter(|r| r.session.is_some())
-        .map(|r| r.volume.clone())
-        .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    let o = ops::prune::PruneOptions {
-        policy: a.retention.policy(),
-        spare_metadata: true,
-        now: super::now(),
-        ..Default::default()
-    };
-    for p in ops::prune::run(wa, &names, &o)? {
-        if let Some(r) = reports.iter_mut().find(|r| r.volume == p.volume) {
-            r.retention_removed = p.removed;
         }
     }
     Ok(())
@@ -251,12 +220,26 @@ fn totals<'r>(
     )
 }
 
-#[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
+/// What the send is asked for, checked against the arguments (nothing opened yet).
+fn check(a: &SendArgs, vf: Option<&VolsFrom>, store: Option<&LocalStorage>) -> Result<()> {
+    if vf.is_some() {
+        return Ok(());
+    }
+    if a.all && store.is_none() {
+        return Err(Error::Usage("send --all needs --local=DIR".into()));
+    }
+    if !a.all && a.volumes.is_empty() && a.import_other_from.is_empty() {
+        return Err(Error::Usage(
+            "nothing to send: name a volume and its --import-other-from source".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn run(g: &Global, a: SendArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let tags = tags(g, &a.tag)?;
     let urls = g.dests()?;
-    let apdays: ApDays = a.auto.apdays;
     let mut opts = ops::send::SendOptions {
         send_unchanged: a.send_unchanged,
         tags,
@@ -266,7 +249,7 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
         local: None,
         session: test_session_name(),
         autoprune_on: (a.auto.autoprune() == AutoMode::On).then_some(ops::autoprune::Calendar {
-            apdays,
+            apdays: a.auto.apdays,
             now: super::now(),
         }),
         checkpoint_bytes: None,
@@ -274,184 +257,60 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
     let vf = a
         .vols_from
         .as_deref()
-        .map(|f| wyng::ops::vols_from::VolsFrom::load(f, &g.local))
+        .map(|f| VolsFrom::load(f, &g.local))
         .transpose()?;
     let store = a
         .local
         .as_deref()
-        .map(|l| wyng::source::LocalStorage::open(l, &g.local))
+        .map(|l| LocalStorage::open(l, &g.local))
         .transpose()?;
-    if vf.is_none() {
-        if a.all && store.is_none() {
-            return Err(Error::Usage("send --all needs --local=DIR".into()));
-        }
-        if !a.all && a.volumes.is_empty() && a.import_other_from.is_empty() {
-            return Err(Error::Usage(
-                "nothing to send: name a volume and its --import-other-from source".into(),
-            ));
-        }
-    }
+    check(&a, vf.as_ref(), store.as_ref())?;
     // Every archive is opened first; with several, one that cannot be opened (unreachable,
     // locked, missing) is outstanding and the others go on.
-    let mut archives: Vec<(String, WriteArchive)> = Vec::new();
-    let mut unreachable: Vec<(String, Error)> = Vec::new();
-    for url in &urls {
-        match g.write_to(url) {
-            Ok(wa) => archives.push((url.clone(), wa)),
-            Err(e) if urls.len() == 1 => return Err(e),
-            Err(e) => {
-                tracing::error!("{url}: {e}");
-                unreachable.push((url.clone(), e));
-            }
-        }
-    }
-    if archives.is_empty() {
-        // No destination could be opened: the first one's error, with its exit code.
-        return Err(unreachable.remove(0).1);
-    }
-    // What each archive gets (`None`: every request; with `--vols-from`, the file decides).
-    let (reqs, mut volumes) = match &vf {
-        Some(_) => (Vec::new(), vec![None; archives.len()]),
-        None => requests(g, &a, &archives, store.as_ref())?,
+    let mut dests = Destinations::open(&urls, |url| g.write_to(url))?;
+    // What each archive gets (with `--vols-from`, the file decides).
+    let reqs = match &vf {
+        Some(_) => Vec::new(),
+        None => requests(g, &a, &mut dests, store.as_ref())?,
     };
-    // `--autoprune=full` thins each archive before anything is sent to it (after the
-    // requests are checked: a mistyped command prunes nothing).
-    let mut i = 0;
-    while i < archives.len() {
-        match autoprune_full(g, &mut archives[i].1, &a) {
-            Ok(()) => i += 1,
-            Err(e) if urls.len() == 1 => return Err(e),
-            Err(e) => {
-                let (url, _) = archives.remove(i);
-                volumes.remove(i);
-                tracing::error!("{url}: {e}");
-                unreachable.push((url, e));
-            }
-        }
-    }
-    let mut targets: Vec<ops::send::Target> = archives
-        .iter_mut()
-        .zip(volumes)
-        .map(|((_, wa), volumes)| ops::send::Target {
-            archive: wa,
-            volumes,
-        })
-        .collect();
-    let mut failures = wyng::ops::vols_from::Failures::default();
-    let (names, mut results) = match &vf {
-        Some(vf) => match ops::vols_from::send(&mut targets, vf, &mut opts, &mut failures) {
-            Ok(r) => (vf.entries().map(|e| e.name.clone()).collect::<Vec<_>>(), r),
-            Err(e) => {
+    autoprune_full(g, &mut dests, &a)?;
+    let mut failures = Failures::default();
+    let volumes = match &vf {
+        Some(vf) => {
+            if let Err(e) = ops::vols_from::send(&mut dests, vf, &mut opts, &mut failures) {
                 // FILE.error still lists what failed before the run stopped.
                 let _ = vf.finish(&failures);
                 return Err(e);
             }
-        },
+            vf.entries().map(|e| e.name.clone()).collect()
+        }
         None => {
             opts.local = store;
-            let r = ops::send::run_multi(&mut targets, &reqs, &opts)?;
-            (reqs.into_iter().map(|r| r.volume).collect(), r)
+            dests.send(&reqs, &opts)?;
+            reqs.into_iter().map(|r| r.volume).collect()
         }
     };
-    for ((_, wa), r) in archives.iter_mut().zip(results.iter_mut()) {
-        if r.failed.is_none() {
-            if let Err(e) = retain(wa, &a, &mut r.reports) {
-                r.failed = Some((e, Vec::new()));
-            }
-        }
-    }
-    let when = opts
-        .session
-        .as_ref()
-        .map(|s| s.to_string())
-        .or_else(|| {
-            results
-                .iter()
-                .flat_map(|r| &r.reports)
-                .find_map(|r| r.session.clone())
-        })
-        .unwrap_or_else(|| wyng::format::SessionName::from_time(chrono::Local::now()).to_string());
-    // Per destination: what it got, what it misses.
-    let mut dests: Vec<DestReport> = archives
-        .iter()
-        .zip(results)
-        .map(|((url, _), r)| DestReport::new(url, r))
-        .collect();
-    dests.extend(unreachable.into_iter().map(|(url, e)| DestReport {
-        dest: url,
-        outstanding: names.clone(),
-        error: Some(e),
-        volumes: Vec::new(),
-    }));
-    if !a.dry_run {
-        let updates: Vec<ops::outstanding::Update> = dests
-            .iter()
-            .map(|d| ops::outstanding::Update {
-                url: &d.dest,
-                sent: d.volumes.iter().map(|r| r.volume.clone()).collect(),
-                missed: d.outstanding.clone(),
-                error: d.error.as_ref().map(super::errors::message),
-            })
-            .collect();
-        if let Err(e) = ops::outstanding::update(g.meta_dir(), &when, &updates) {
-            tracing::warn!("cannot record what each destination misses: {e}");
-        }
-    }
-    let outstanding: Vec<(String, Vec<String>)> = dests
-        .iter()
-        .filter(|d| d.error.is_some())
-        .map(|d| (d.dest.clone(), d.outstanding.clone()))
-        .collect();
-    if urls.len() == 1 {
-        let mut d = dests.pop().expect("one destination");
-        if let Some(e) = d.error.take() {
-            if let Some(vf) = &vf {
-                let _ = vf.finish_with(&failures, &outstanding);
-            }
-            return Err(e);
-        }
-        g.reports(&d.volumes, |r| lines(r, a.dry_run))?;
-        if !a.dry_run && !d.volumes.is_empty() {
-            g.say(totals(d.volumes.iter(), started.elapsed()));
-        }
-        return match &vf {
-            Some(vf) => vf.finish(&failures),
-            None => Ok(()),
-        };
-    }
-    if g.json {
-        g.json(&serde_json::json!({ "destinations": dests }))?;
-    } else {
-        for d in &dests {
-            g.say(format!("{}:", d.dest));
-            for r in &d.volumes {
-                lines(r, a.dry_run)
-                    .iter()
-                    .for_each(|l| g.say(format!("  {l}")));
-            }
-            if let Some(e) = &d.error {
-                g.say(format!(
-                    "  failed: {}; outstanding: {}",
-                    super::errors::message(e),
-                    d.outstanding.join(", ")
-                ));
-            }
-        }
-        if !a.dry_run {
-            // Read once for every archive: the first archive's reports say what was read.
-            let read = dests.iter().find(|d| !d.volumes.is_empty());
-            if let Some(d) = read {
-                g.say(totals(d.volumes.iter(), started.elapsed()));
-            }
-        }
-    }
-    let finished = match &vf {
-        Some(vf) => vf.finish_with(&failures, &outstanding),
+    let report = dests.finish(&ops::send::FinishOptions {
+        volumes,
+        retention: a.retention.is_set().then(|| a.retention.policy()),
+        now: super::now(),
+        dry_run: a.dry_run,
+        meta_dir: g.meta_dir(),
+    });
+    let finish_vols_from = |outstanding: &[(String, Vec<String>)]| match &vf {
+        Some(vf) => vf.finish_with(&failures, outstanding),
         None => Ok(()),
     };
+    if urls.len() == 1 {
+        return one(g, &a, report, started, finish_vols_from);
+    }
+    print(g, &a, &report, started)?;
+    let outstanding = report.outstanding();
+    let finished = finish_vols_from(&outstanding);
     if outstanding.is_empty() {
         return finished;
     }
+    let mut dests = report.destinations;
     if dests.iter().all(|d| d.error.is_some()) {
         // No destination got anything: the first one's error, with its exit code.
         return Err(dests.remove(0).error.expect("failed"));
@@ -466,56 +325,78 @@ pub fn run(g: &Global, a: SendArgs) -> Result<()> {
     )))
 }
 
-/// What a send did at one destination, as `--json` shows it.
-#[derive(serde::Serialize)]
-struct DestReport {
-    dest: String,
-    volumes: Vec<ops::send::VolumeReport>,
-    #[serde(serialize_with = "error_json")]
-    error: Option<Error>,
-    outstanding: Vec<String>,
+/// The end of a send to one destination: its error is the command's.
+fn one(
+    g: &Global,
+    a: &SendArgs,
+    mut report: SendReport,
+    started: std::time::Instant,
+    finish_vols_from: impl Fn(&[(String, Vec<String>)]) -> Result<()>,
+) -> Result<()> {
+    let outstanding = report.outstanding();
+    let mut d = report.destinations.pop().expect("one destination");
+    if let Some(e) = d.error.take() {
+        let _ = finish_vols_from(&outstanding);
+        return Err(e);
+    }
+    g.reports(&d.volumes, |r| lines(r, a.dry_run))?;
+    if !a.dry_run && !d.volumes.is_empty() {
+        g.say(totals(d.volumes.iter(), started.elapsed()));
+    }
+    finish_vols_from(&[])
 }
 
-impl DestReport {
-    fn new(url: &str, r: ops::send::TargetResult) -> DestReport {
-        let (error, outstanding) = match r.failed {
-            Some((e, missing)) => (Some(e), missing),
-            None => (None, Vec::new()),
-        };
-        DestReport {
-            dest: url.to_string(),
-            volumes: r.reports,
-            error,
-            outstanding,
+/// A send to several destinations, per destination: what it got, what it misses.
+fn print(g: &Global, a: &SendArgs, report: &SendReport, started: std::time::Instant) -> Result<()> {
+    if g.json {
+        // The library's report, with each error's message as the binary words it (naming the
+        // option to change, as every other error message does).
+        let mut v = serde_json::to_value(report)
+            .map_err(|e| Error::io("stdout", std::io::Error::other(e)))?;
+        for (d, j) in report
+            .destinations
+            .iter()
+            .zip(v["destinations"].as_array_mut().into_iter().flatten())
+        {
+            if let Some(e) = &d.error {
+                j["error"]["message"] = super::errors::message(e).into();
+            }
+        }
+        return g.json(&v);
+    }
+    for d in &report.destinations {
+        g.say(format!("{}:", d.dest));
+        for r in &d.volumes {
+            lines(r, a.dry_run)
+                .iter()
+                .for_each(|l| g.say(format!("  {l}")));
+        }
+        if let Some(e) = &d.error {
+            g.say(format!(
+                "  failed: {}; outstanding: {}",
+                super::errors::message(e),
+                d.outstanding.join(", ")
+            ));
         }
     }
-}
-
-fn error_json<S: serde::Serializer>(
-    e: &Option<Error>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    use serde::Serialize;
-    e.as_ref()
-        .map(|e| {
-            serde_json::json!({
-                "message": super::errors::message(e),
-                "kind": e.kind(),
-                "exit_code": e.exit_code(),
-            })
-        })
-        .serialize(s)
+    if !a.dry_run {
+        // Read once for every archive: the first archive's reports say what was read.
+        let read = report.destinations.iter().find(|d| !d.volumes.is_empty());
+        if let Some(d) = read {
+            g.say(totals(d.volumes.iter(), started.elapsed()));
+        }
+    }
+    Ok(())
 }
 
 /// The requests of a send without `--vols-from`, and per archive the volumes it gets (`None`:
 /// every request; with `--all`, each archive its own volumes besides those named).
-#[allow(clippy::type_complexity)]
 fn requests(
     g: &Global,
     a: &SendArgs,
-    archives: &[(String, WriteArchive)],
-    store: Option<&wyng::source::LocalStorage>,
-) -> Result<(Vec<ops::send::SendRequest>, Vec<Option<Vec<String>>>)> {
+    dests: &mut Destinations,
+    store: Option<&LocalStorage>,
+) -> Result<Vec<ops::send::SendRequest>> {
     let mut reqs: Vec<ops::send::SendRequest> = a
         .import_other_from
         .iter()
@@ -525,8 +406,7 @@ fn requests(
             reflink: false,
         })
         .collect();
-    let mut per = Vec::new();
-    for (_, wa) in archives {
+    dests.plan(|wa| {
         let mut mine: Vec<String> = reqs.iter().map(|r| r.volume.clone()).collect();
         for v in &named_or_all(wa, &a.volumes, a.all, &g.volex) {
             if mine.contains(v) {
@@ -555,14 +435,14 @@ fn requests(
                 }
             }
         }
-        per.push(a.all.then_some(mine));
-    }
+        Ok(a.all.then_some(mine))
+    })?;
     if reqs.is_empty() {
         return Err(Error::Usage(
             "nothing to send: the archive has no volumes yet".into(),
         ));
     }
-    Ok((reqs, per))
+    Ok(reqs)
 }
 
 /// Tests only: `WYNG_TEST_SESSION=YYYYMMDD-HHMMSS` names the session instead of the clock, so a

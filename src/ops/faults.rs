@@ -151,53 +151,68 @@ pub(crate) fn restarts(d: &MemDest) -> Vec<MemDest> {
     keeps.into_iter().map(|k| d.after_crash(k)).collect()
 }
 
-/// Runs `op` on a copy of `template` crashing at every step; `check` judges each recovered
-/// archive. Returns how many steps the operation took.
-fn every_step(
+/// The fault-injection harness: runs `op` on fresh copies of `template`, once undisturbed to
+/// count its steps, then killed at each step `n`; every destination a restarted machine may
+/// find ([`restarts`]) is opened for writing (which must recover it) with a copy of the local
+/// state the killed run left, and handed to `check` with `n` and the number of steps. Returns
+/// that number.
+pub(crate) fn crash_at_every_step<T>(
     template: &MemDest,
-    op: &dyn Fn(&mut WriteArchive, &Path) -> Result<()>,
-    check: &dyn Fn(&mut WriteArchive, &Path, bool),
+    op: &dyn Fn(&mut WriteArchive) -> Result<T>,
+    check: &mut dyn FnMut(&mut WriteArchive, u64, u64),
 ) -> u64 {
-    let files = tempfile::tempdir().unwrap();
-    // How many steps the operation takes, undisturbed.
     let steps = {
         let meta = tempfile::tempdir().unwrap();
         let d = template.after_crash(usize::MAX);
         let mut wa = open(&d, meta.path()).unwrap();
         let before = d.steps();
-        op(&mut wa, files.path()).unwrap();
+        op(&mut wa).unwrap();
         d.steps() - before
     };
-    assert!(steps > 5, "the operation did {steps} steps");
     for n in 1..=steps {
         let meta = tempfile::tempdir().unwrap();
         let d = template.after_crash(usize::MAX);
         {
             let mut wa = open(&d, meta.path()).unwrap();
             d.crash_at(n);
-            assert!(op(&mut wa, files.path()).is_err(), "step {n} of {steps}");
+            assert!(op(&mut wa).is_err(), "step {n} of {steps}");
         }
         for found in restarts(&d) {
             let local = tempfile::tempdir().unwrap();
             copy_dir(meta.path(), local.path());
             let mut wa = open(&found, local.path())
                 .unwrap_or_else(|e| panic!("recovery after step {n} of {steps}: {e}"));
-            // Recovery leaves nothing for arch-check to report: no leftovers (session
-            // directories included), no volume damaged or still on its volinfo.bak.
-            let left = wa.leftovers(true).unwrap();
-            assert!(left.is_empty(), "after step {n} of {steps}: {left:?}");
-            assert!(
-                wa.damaged().is_empty(),
-                "after step {n}: {:?}",
-                wa.damaged()
-            );
-            assert!(wa.interrupted_commits().is_empty());
-            check(&mut wa, files.path(), false);
-            // The archive takes the next send, and still reads back.
-            send(&mut wa, files.path(), "vol", 40, &image(40, 5)).unwrap();
-            check(&mut wa, files.path(), true);
+            check(&mut wa, n, steps);
         }
     }
+    steps
+}
+
+/// [`crash_at_every_step`] for an operation that must leave the archive as it was or done:
+/// `check` judges each recovered archive, then again after a later send.
+fn every_step(
+    template: &MemDest,
+    op: &dyn Fn(&mut WriteArchive, &Path) -> Result<()>,
+    check: &dyn Fn(&mut WriteArchive, &Path, bool),
+) -> u64 {
+    let files = tempfile::tempdir().unwrap();
+    let steps = crash_at_every_step(template, &|wa| op(wa, files.path()), &mut |wa, n, steps| {
+        // Recovery leaves nothing for arch-check to report: no leftovers (session
+        // directories included), no volume damaged or still on its volinfo.bak.
+        let left = wa.leftovers(true).unwrap();
+        assert!(left.is_empty(), "after step {n} of {steps}: {left:?}");
+        assert!(
+            wa.damaged().is_empty(),
+            "after step {n}: {:?}",
+            wa.damaged()
+        );
+        assert!(wa.interrupted_commits().is_empty());
+        check(wa, files.path(), false);
+        // The archive takes the next send, and still reads back.
+        send(wa, files.path(), "vol", 40, &image(40, 5)).unwrap();
+        check(wa, files.path(), true);
+    });
+    assert!(steps > 5, "the operation did {steps} steps");
     steps
 }
 
@@ -206,11 +221,9 @@ fn template(k: u32) -> (MemDest, Vec<Vec<u8>>) {
     template_on(MemDest::new("mem:faults"), k)
 }
 
-pub(crate) fn template_on(d: MemDest, k: u32) -> (MemDest, Vec<Vec<u8>>) {
-    let meta = tempfile::tempdir().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let auth = auth();
-    let mut wa = Archive::init(
+/// A new unencrypted archive on `d` (zstd-3, `CS` chunks), its local state in `meta`.
+pub(crate) fn init(d: &MemDest, meta: &Path) -> WriteArchive {
+    Archive::init(
         Location::memory(d.clone()),
         &InitParams {
             compression: crate::archive::Compressor::new(crate::archive::Compression::Zstd, 3)
@@ -218,10 +231,16 @@ pub(crate) fn template_on(d: MemDest, k: u32) -> (MemDest, Vec<Vec<u8>>) {
             chunksize: CS,
             cipher: None,
         },
-        &auth,
-        Some(meta.path()),
+        &auth(),
+        Some(meta),
     )
-    .unwrap();
+    .unwrap()
+}
+
+pub(crate) fn template_on(d: MemDest, k: u32) -> (MemDest, Vec<Vec<u8>>) {
+    let meta = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut wa = init(&d, meta.path());
     let mut images = Vec::new();
     for s in 1..=k {
         let img = image(s as u8, 6);
@@ -403,39 +422,18 @@ fn resumed_after_a_crash_at_any_step(d: MemDest) {
     let next = image(7, 8);
     let files = tempfile::tempdir().unwrap();
     let op = |wa: &mut WriteArchive, s| send_with(wa, files.path(), "vol", s, &next, Some(1));
-    let steps = {
-        let meta = tempfile::tempdir().unwrap();
-        let d = template.after_crash(usize::MAX);
-        let mut wa = open(&d, meta.path()).unwrap();
-        let before = d.steps();
-        op(&mut wa, 2).unwrap();
-        d.steps() - before
-    };
     let mut taken = 0;
-    for n in 1..=steps {
-        let meta = tempfile::tempdir().unwrap();
-        let d = template.after_crash(usize::MAX);
-        {
-            let mut wa = open(&d, meta.path()).unwrap();
-            d.crash_at(n);
-            assert!(op(&mut wa, 2).is_err(), "step {n} of {steps}");
-        }
-        for found in restarts(&d) {
-            let local = tempfile::tempdir().unwrap();
-            copy_dir(meta.path(), local.path());
-            let mut wa = open(&found, local.path())
-                .unwrap_or_else(|e| panic!("recovery after step {n} of {steps}: {e}"));
-            let r = op(&mut wa, 3).unwrap_or_else(|e| panic!("resume after step {n}: {e}"));
-            taken += r.chunks_reused;
-            let got = sessions(&wa, files.path(), "vol");
-            assert!(
-                got.iter().any(|(s, _)| *s == name(3)),
-                "step {n}: no resumed session"
-            );
-            assert_sessions(&got, &[(1, &images[0]), (2, &next), (3, &next)], "resume");
-            let left = wa.leftovers(true).unwrap();
-            assert!(left.is_empty(), "after step {n}: {left:?}");
-        }
-    }
+    crash_at_every_step(&template, &|wa| op(wa, 2), &mut |wa, n, _| {
+        let r = op(wa, 3).unwrap_or_else(|e| panic!("resume after step {n}: {e}"));
+        taken += r.chunks_reused;
+        let got = sessions(wa, files.path(), "vol");
+        assert!(
+            got.iter().any(|(s, _)| *s == name(3)),
+            "step {n}: no resumed session"
+        );
+        assert_sessions(&got, &[(1, &images[0]), (2, &next), (3, &next)], "resume");
+        let left = wa.leftovers(true).unwrap();
+        assert!(left.is_empty(), "after step {n}: {left:?}");
+    });
     assert!(taken > 0, "no resumed send took anything");
 }

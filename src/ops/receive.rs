@@ -772,9 +772,8 @@ pub fn receive_local(
     o: &ReceiveOptions,
     use_snapshot: SnapshotUse,
 ) -> Result<ReadReport> {
-    use crate::source::deltamap::{DeltaMap, Pairing};
+    use crate::source::deltamap::Pairing;
     use crate::source::reflink::{self, VolumeSnaps};
-    use crate::source::Snapshots;
     let name = v.archive.as_str();
     let vi = archive.find_index(name)?;
     let vol = &archive.volumes()[vi];
@@ -818,17 +817,7 @@ pub fn receive_local(
         )));
     }
     let r = if baseline && newest {
-        let tmp = partial_name(&target);
-        let _ = fs::remove_file(&tmp);
-        reflink::snapshot(&snaps.snap1, &tmp)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&tmp)
-            .map_err(|e| Error::local_io(&tmp, "", e))?;
-        apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
-        // The snapshot's copy is as durable as the snapshot itself.
-        atomic_file::commit(&f, &tmp, &target, Durability::None)
-            .map_err(|e| Error::local_io(&target, "", e))?;
+        copy_baseline(&snaps.snap1, &target, session)?;
         tracing::info!("{name}: snapshot retrieved");
         plain(0, Some(0))
     } else if baseline {
@@ -868,24 +857,50 @@ pub fn receive_local(
         )?
     };
     if newest && !reflink::is_nocow(&target) {
-        // Pair again: the restored file is the baseline of the newest session. Best effort:
-        // the volume is restored either way; without pairing the next send is a full scan.
-        snaps.unpair();
-        let paired = reflink::snapshot(&target, &snaps.snap1).and_then(|()| {
-            match (
-                snaps.map_path(session),
-                crate::source::deltamap::mtime_ns(&snaps.snap1),
-            ) {
-                (Some(map), Some(t)) => DeltaMap::blank(session.info.volsize, cs).save(&map, t),
-                _ => Ok(()),
-            }
-        });
-        if let Err(e) = paired {
-            tracing::warn!("{name}: restored, but not paired (the next send is a full scan): {e}");
-            snaps.unpair();
-        }
+        pair_again(&snaps, &target, session, cs, name);
     }
     Ok(r)
+}
+
+/// `receive --use-snapshot` of the newest session: the paired baseline `snap1` (which holds
+/// exactly it) copied (a reflink) into `target`, with the session's metadata.
+fn copy_baseline(snap1: &Path, target: &Path, session: &crate::format::Session) -> Result<()> {
+    let tmp = partial_name(target);
+    let _ = fs::remove_file(&tmp);
+    crate::source::reflink::snapshot(snap1, &tmp)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .map_err(|e| Error::local_io(&tmp, "", e))?;
+    apply_metadata(&f, &tmp, &session.info.permissions, session.info.localtime);
+    // The snapshot's copy is as durable as the snapshot itself.
+    atomic_file::commit(&f, &tmp, target, Durability::None)
+        .map_err(|e| Error::local_io(target, "", e))
+}
+
+/// Pairs `target`, just restored to the newest session, again: it becomes the baseline.
+/// Best effort: the volume is restored either way; without pairing the next send is a full
+/// scan.
+fn pair_again(
+    snaps: &crate::source::reflink::VolumeSnaps,
+    target: &Path,
+    session: &crate::format::Session,
+    cs: u64,
+    name: &str,
+) {
+    use crate::source::deltamap::{self, DeltaMap};
+    use crate::source::Snapshots;
+    snaps.unpair();
+    let paired = crate::source::reflink::snapshot(target, &snaps.snap1).and_then(|()| {
+        match (snaps.map_path(session), deltamap::mtime_ns(&snaps.snap1)) {
+            (Some(map), Some(t)) => DeltaMap::blank(session.info.volsize, cs).save(&map, t),
+            _ => Ok(()),
+        }
+    });
+    if let Err(e) = paired {
+        tracing::warn!("{name}: restored, but not paired (the next send is a full scan): {e}");
+        snaps.unpair();
+    }
 }
 
 /// Chunks that may differ between session `si` and the newest one, ascending: every address a

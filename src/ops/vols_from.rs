@@ -270,96 +270,91 @@ fn open_store(
 }
 
 /// `send --vols-from`: one session name for every storage; see the module docs for aliases.
-/// `opts.local` and `opts.session` are set here for each storage in turn. Per target archive:
-/// what it got, and (once it failed) why and the volumes it did not get, as
-/// [`ops::send::run_multi`] reports it.
+/// `opts.local` and `opts.session` are set here for each storage in turn, and each storage's
+/// volumes are sent to `dests` in one run ([`ops::send::Destinations::send`]).
 pub fn send(
-    targets: &mut [ops::send::Target],
+    dests: &mut ops::send::Destinations,
     vf: &VolsFrom,
     opts: &mut ops::send::SendOptions,
     failures: &mut Failures,
-) -> Result<Vec<ops::send::TargetResult>> {
+) -> Result<()> {
     let mut runs = Vec::new();
     for set in &vf.sets {
         let Some(store) = open_store(set, &vf.storage, "send", failures) else {
             continue;
         };
-        let mut reqs = Vec::new();
-        'entries: for e in &set.volumes {
-            let source = match store.volume_path(e.local_name()) {
-                Ok(p) if p.exists() => p,
-                Ok(p) => {
-                    failures.add(&e.name, format!("not found at {}", p.display()));
-                    continue;
-                }
-                Err(err) => {
-                    failures.add(&e.name, err);
-                    continue;
-                }
-            };
-            let mut volume = e.name.clone();
-            if let Some(alias) = &e.alias {
-                let mut use_alias = true;
-                for t in targets.iter_mut() {
-                    let archive = &mut *t.archive;
-                    let renamable =
-                        archive.volume(&e.name).is_some() && archive.volume(alias).is_none();
-                    if renamable && !opts.dry_run {
-                        let desc = archive.volume(&e.name).map(|v| v.volinfo.desc.clone());
-                        if let Err(err) =
-                            ops::volume::rename(archive, &e.name, alias, &desc.unwrap_or_default())
-                        {
-                            failures.add(&e.name, format!("cannot rename it to '{alias}': {err}"));
-                            continue 'entries;
-                        }
-                        tracing::warn!("{}: renamed to '{alias}' in {}", e.name, archive.url());
-                    }
-                    use_alias &= !(renamable && opts.dry_run);
-                }
-                if use_alias {
-                    volume = alias.clone();
-                }
-            }
-            reqs.push(ops::send::SendRequest {
-                volume,
-                source,
-                reflink: true,
-            });
-        }
+        let reqs: Vec<ops::send::SendRequest> = set
+            .volumes
+            .iter()
+            .filter_map(|e| request(dests, &store, e, opts.dry_run, failures))
+            .collect();
         if !reqs.is_empty() {
             runs.push((store, reqs));
         }
     }
-    let mut results: Vec<ops::send::TargetResult> =
-        targets.iter().map(|_| Default::default()).collect();
     if runs.is_empty() {
-        return Ok(results);
+        return Ok(());
     }
     let all = runs
         .iter()
         .flat_map(|(_, r)| r.iter().map(|r| r.volume.as_str()));
-    let archives: Vec<&crate::archive::Archive> = targets.iter().map(|t| &**t.archive).collect();
+    let archives: Vec<&Archive> = dests.archives().map(|wa| &**wa).collect();
     opts.session = Some(ops::send::session_name(&archives, all)?);
     for (store, reqs) in runs {
         opts.local = Some(store);
-        let r = ops::send::run_multi(targets, &reqs, opts);
+        let r = dests.send(&reqs, opts);
         opts.local = None;
-        for (t, r) in r?.into_iter().enumerate() {
-            let acc = &mut results[t];
-            acc.reports.extend(r.reports);
-            match (&mut acc.failed, r.failed) {
-                // Failed in an earlier storage's run: these volumes were not sent either.
-                (Some((_, missing)), _) => missing.extend(reqs.iter().map(|q| q.volume.clone())),
-                (None, Some(f)) => {
-                    acc.failed = Some(f);
-                    // Later storages skip this archive.
-                    targets[t].volumes = Some(Vec::new());
+        r?;
+    }
+    Ok(())
+}
+
+/// The request for entry `e` of a storage (`None`: it failed), renaming the archive's volume
+/// to the alias first where that is free (not on a dry run).
+fn request(
+    dests: &mut ops::send::Destinations,
+    store: &LocalStorage,
+    e: &Entry,
+    dry_run: bool,
+    failures: &mut Failures,
+) -> Option<ops::send::SendRequest> {
+    let source = match store.volume_path(e.local_name()) {
+        Ok(p) if p.exists() => p,
+        Ok(p) => {
+            failures.add(&e.name, format!("not found at {}", p.display()));
+            return None;
+        }
+        Err(err) => {
+            failures.add(&e.name, err);
+            return None;
+        }
+    };
+    let mut volume = e.name.clone();
+    if let Some(alias) = &e.alias {
+        let mut use_alias = true;
+        for archive in dests.archives_mut() {
+            let renamable = archive.volume(&e.name).is_some() && archive.volume(alias).is_none();
+            if renamable && !dry_run {
+                let desc = archive.volume(&e.name).map(|v| v.volinfo.desc.clone());
+                if let Err(err) =
+                    ops::volume::rename(archive, &e.name, alias, &desc.unwrap_or_default())
+                {
+                    failures.add(&e.name, format!("cannot rename it to '{alias}': {err}"));
+                    return None;
                 }
-                (None, None) => {}
+                tracing::warn!("{}: renamed to '{alias}' in {}", e.name, archive.url());
             }
+            use_alias &= !(renamable && dry_run);
+        }
+        if use_alias {
+            volume = alias.clone();
         }
     }
-    Ok(results)
+    Some(ops::send::SendRequest {
+        volume,
+        source,
+        reflink: true,
+    })
 }
 
 /// Resolves a set's entries against the archive, failing those it does not hold.

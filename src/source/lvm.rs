@@ -271,7 +271,6 @@ impl ThinPool {
     /// Snapshots every volume (`<lv>.tock`), decides how each is scanned and reads what
     /// changed for the paired ones from one metadata snapshot (§5.3, §5.4). `monitor` leaves
     /// unpaired volumes alone. On error no `.tock` is left behind.
-    #[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
     pub fn prepare(
         self: &std::sync::Arc<Self>,
         vols: &[super::reflink::PrepareVolume],
@@ -282,127 +281,22 @@ impl ThinPool {
     ) -> Result<Vec<Prepared>> {
         let arch_tag = format!("arch-{uuid}");
         let lvs = self.lvs()?;
-        let find = |n: &str| lvs.iter().find(|l| l.name == n);
         let mut out: Vec<Prepared> = Vec::new();
         let mut jobs = Vec::new();
         let cleanup = |out: &[Prepared]| out.iter().for_each(|p| p.snaps.drop_snap2());
         for v in vols {
-            let Some(lv) = find(v.name).filter(|l| l.pool == self.pool) else {
-                cleanup(&out);
-                return Err(Error::local(
-                    Path::new(v.name),
-                    format!("not a thin volume in {}/{}", self.vg, self.pool),
-                ));
-            };
-            let snaps = LvSnaps {
-                pool: self.clone(),
-                lv: v.name.to_string(),
-                cache: cache_dir.map(|d| d.join(&v.vid)),
-                snap2: self.device(&format!("{}.tock", v.name)),
-            };
-            // A .tock left by an interrupted run is never trusted.
-            if find(&format!("{}.tock", v.name)).is_some() {
-                if let Err(e) = self.remove(&format!("{}.tock", v.name)) {
+            match self.prepare_volume(&lvs, v, &arch_tag, cache_dir, monitor) {
+                Ok((prepared, job)) => {
+                    if let Some((tick, size)) = job {
+                        jobs.push((out.len(), tick, size));
+                    }
+                    out.push(prepared);
+                }
+                Err(e) => {
                     cleanup(&out);
                     return Err(e);
                 }
             }
-            let tick = find(&format!("{}.tick", v.name));
-            // A .tick of another archive (or of none) is not ours to use, nor to drop unasked.
-            let foreign = tick.filter(|t| !t.tags.contains(&arch_tag));
-            let tick = if let Some(t) = foreign {
-                if !self.remap {
-                    cleanup(&out);
-                    return Err(Error::local(
-                        Path::new(&t.name),
-                        "this snapshot belongs to another archive (or to none): send with --remap to replace it (the volume is then scanned in full)",
-                    ));
-                }
-                tracing::warn!(
-                    "{}: removing {}, a snapshot of another archive (--remap)",
-                    v.name,
-                    t.name
-                );
-                if let Err(e) = self.remove(&t.name) {
-                    cleanup(&out);
-                    return Err(e);
-                }
-                None
-            } else {
-                tick
-            };
-            let paired = match (tick, v.last.and_then(|l| snaps.map_path(l))) {
-                (Some(t), Some(map))
-                    if t.tags.iter().any(|x| x == "wyng")
-                        && t.tags.contains(&arch_tag)
-                        && deltamap::mtime_ns(&map) == Some(t.time as i128 * 1_000_000_000) =>
-                {
-                    match deltamap::pairing_without_snapshot(&map) {
-                        Pairing::PairedWithChanges => DeltaMap::load(&map).ok(),
-                        _ => Some(DeltaMap::default()),
-                    }
-                }
-                _ => None,
-            };
-            let plan = match paired {
-                Some(map) => Plan::Incremental(map),
-                None => {
-                    if v.last.is_some() {
-                        tracing::warn!(
-                            "{}: no paired snapshot: {}",
-                            v.name,
-                            if monitor {
-                                "skipped"
-                            } else {
-                                "queuing full scan"
-                            }
-                        );
-                    }
-                    if tick.is_some_and(|t| t.tags.contains(&arch_tag)) {
-                        let _ = self.remove(&format!("{}.tick", v.name));
-                    }
-                    if let Some(c) = &snaps.cache {
-                        deltamap::remove_others(c, None);
-                    }
-                    if monitor {
-                        Plan::Skip
-                    } else {
-                        Plan::Full
-                    }
-                }
-            };
-            if !matches!(plan, Plan::Skip) {
-                let mut cmd = vec![
-                    "lvm".to_string(),
-                    "lvcreate".into(),
-                    "-kn".into(),
-                    "-ay".into(),
-                    "-pr".into(),
-                    "--addtag=wyng".into(),
-                    format!("--addtag={arch_tag}"),
-                ];
-                if monitor {
-                    cmd.push("--addtag=delta".into());
-                }
-                cmd.extend([
-                    "-s".into(),
-                    format!("{}/{}", self.vg, v.name),
-                    "-n".into(),
-                    format!("{}.tock", v.name),
-                ]);
-                if let Err(e) = self.runner.run(&cmd) {
-                    cleanup(&out);
-                    return Err(e);
-                }
-                if let (Plan::Incremental(_), Some(t)) = (&plan, tick) {
-                    jobs.push((out.len(), t.clone(), lv.size));
-                }
-            }
-            out.push(Prepared {
-                snaps: Box::new(snaps),
-                plan,
-                found: 0,
-            });
         }
         if jobs.is_empty() {
             return Ok(out);
@@ -424,6 +318,152 @@ impl ThinPool {
             }
         }
         Ok(out)
+    }
+
+    /// One volume of [`Self::prepare`]: its plan and its new `.tock` (none for
+    /// [`Plan::Skip`]), and for an incremental plan the `.tick` to diff against and the
+    /// volume's size. On error no `.tock` of it is left behind.
+    fn prepare_volume(
+        self: &std::sync::Arc<Self>,
+        lvs: &[Lv],
+        v: &super::reflink::PrepareVolume,
+        arch_tag: &str,
+        cache_dir: Option<&Path>,
+        monitor: bool,
+    ) -> Result<(Prepared, Option<(Lv, u64)>)> {
+        let find = |n: &str| lvs.iter().find(|l| l.name == n);
+        let Some(lv) = find(v.name).filter(|l| l.pool == self.pool) else {
+            return Err(Error::local(
+                Path::new(v.name),
+                format!("not a thin volume in {}/{}", self.vg, self.pool),
+            ));
+        };
+        let snaps = LvSnaps {
+            pool: self.clone(),
+            lv: v.name.to_string(),
+            cache: cache_dir.map(|d| d.join(&v.vid)),
+            snap2: self.device(&format!("{}.tock", v.name)),
+        };
+        // A .tock left by an interrupted run is never trusted.
+        if find(&format!("{}.tock", v.name)).is_some() {
+            self.remove(&format!("{}.tock", v.name))?;
+        }
+        let tick = self.own_tick(find(&format!("{}.tick", v.name)), arch_tag, v.name)?;
+        let plan = self.plan(v, tick, &snaps, arch_tag, monitor);
+        let mut job = None;
+        if !matches!(plan, Plan::Skip) {
+            self.snapshot(v.name, arch_tag, monitor)?;
+            if let (Plan::Incremental(_), Some(t)) = (&plan, tick) {
+                job = Some((t.clone(), lv.size));
+            }
+        }
+        let prepared = Prepared {
+            snaps: Box::new(snaps),
+            plan,
+            found: 0,
+        };
+        Ok((prepared, job))
+    }
+
+    /// The volume's `.tick`, if this archive's: a `.tick` of another archive (or of none) is not
+    /// ours to use, nor to drop unasked (`remap` replaces it).
+    fn own_tick<'l>(
+        &self,
+        tick: Option<&'l Lv>,
+        arch_tag: &str,
+        vol: &str,
+    ) -> Result<Option<&'l Lv>> {
+        let Some(t) = tick.filter(|t| !t.tags.iter().any(|x| x == arch_tag)) else {
+            return Ok(tick);
+        };
+        if !self.remap {
+            return Err(Error::local(
+                Path::new(&t.name),
+                "this snapshot belongs to another archive (or to none): send with --remap to replace it (the volume is then scanned in full)",
+            ));
+        }
+        tracing::warn!(
+            "{vol}: removing {}, a snapshot of another archive (--remap)",
+            t.name
+        );
+        self.remove(&t.name)?;
+        Ok(None)
+    }
+
+    /// How volume `v` is scanned: incrementally when its `.tick` is this archive's and its
+    /// delta map is the one recorded with it; otherwise in full (or, for `monitor`, not at
+    /// all), the stale `.tick` and maps removed.
+    fn plan(
+        &self,
+        v: &super::reflink::PrepareVolume,
+        tick: Option<&Lv>,
+        snaps: &LvSnaps,
+        arch_tag: &str,
+        monitor: bool,
+    ) -> Plan {
+        let ours = |t: &Lv| t.tags.iter().any(|x| x == arch_tag);
+        let paired = match (tick, v.last.and_then(|l| snaps.map_path(l))) {
+            (Some(t), Some(map))
+                if t.tags.iter().any(|x| x == "wyng")
+                    && ours(t)
+                    && deltamap::mtime_ns(&map) == Some(t.time as i128 * 1_000_000_000) =>
+            {
+                match deltamap::pairing_without_snapshot(&map) {
+                    Pairing::PairedWithChanges => DeltaMap::load(&map).ok(),
+                    _ => Some(DeltaMap::default()),
+                }
+            }
+            _ => None,
+        };
+        if let Some(map) = paired {
+            return Plan::Incremental(map);
+        }
+        if v.last.is_some() {
+            tracing::warn!(
+                "{}: no paired snapshot: {}",
+                v.name,
+                if monitor {
+                    "skipped"
+                } else {
+                    "queuing full scan"
+                }
+            );
+        }
+        if tick.is_some_and(ours) {
+            let _ = self.remove(&format!("{}.tick", v.name));
+        }
+        if let Some(c) = &snaps.cache {
+            deltamap::remove_others(c, None);
+        }
+        if monitor {
+            Plan::Skip
+        } else {
+            Plan::Full
+        }
+    }
+
+    /// Creates `<vol>.tock`, read-only, tagged for wyng and this archive (and `delta` for
+    /// `monitor`).
+    fn snapshot(&self, vol: &str, arch_tag: &str, monitor: bool) -> Result<()> {
+        let mut cmd = vec![
+            "lvm".to_string(),
+            "lvcreate".into(),
+            "-kn".into(),
+            "-ay".into(),
+            "-pr".into(),
+            "--addtag=wyng".into(),
+            format!("--addtag={arch_tag}"),
+        ];
+        if monitor {
+            cmd.push("--addtag=delta".into());
+        }
+        cmd.extend([
+            "-s".into(),
+            format!("{}/{vol}", self.vg),
+            "-n".into(),
+            format!("{vol}.tock"),
+        ]);
+        self.runner.run(&cmd).map(drop)
     }
 
     /// `thin_delta` between each job's `.tick` and the new `.tock`, from one reserved metadata

@@ -290,66 +290,11 @@ pub fn prepare(
         if let Some(o) = &v.snapshot_of {
             snaps.origin = o.clone();
         }
-        let plan = if !v.file.is_file() && monitor {
-            tracing::warn!(
-                "{}: no such volume in {}; skipped",
-                v.name,
-                store.dir.display()
-            );
-            Plan::Skip
-        } else if !v.file.is_file() {
-            cleanup(&out);
-            return Err(Error::local(
-                &v.file,
-                format!(
-                    "volume '{}' is not a file in {}",
-                    v.name,
-                    store.dir.display()
-                ),
-            ));
-        } else if is_nocow(&v.file) {
-            tracing::warn!(
-                "{}: NOCOW file (chattr +C): its extents cannot show changes, full scan",
-                v.name
-            );
-            snaps.unpair();
-            if monitor {
-                Plan::Skip
-            } else {
-                Plan::Nocow
-            }
-        } else {
-            match snaps.pairing(v.last) {
-                Pairing::Unpaired => {
-                    if v.last.is_some() {
-                        if monitor {
-                            tracing::warn!("{}: no paired snapshot; skipped", v.name);
-                        } else {
-                            tracing::warn!("{}: no paired snapshot: queuing full scan", v.name);
-                        }
-                    } else if monitor {
-                        tracing::warn!("{}: no data in the archive yet; skipped", v.name);
-                    }
-                    snaps.unpair();
-                    if monitor {
-                        Plan::Skip
-                    } else {
-                        Plan::Full
-                    }
-                }
-                paired => {
-                    let map = match (paired, v.last.and_then(|l| snaps.map_path(l))) {
-                        (Pairing::PairedWithChanges, Some(p)) => DeltaMap::load(&p),
-                        _ => Ok(DeltaMap::default()),
-                    };
-                    match map {
-                        Ok(m) => Plan::Incremental(m),
-                        Err(e) => {
-                            cleanup(&out);
-                            return Err(e);
-                        }
-                    }
-                }
+        let plan = match plan(store, v, &mut snaps, monitor) {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup(&out);
+                return Err(e);
             }
         };
         // monitor of a quiet volume: no snapshot to make and delete (the costly part on a
@@ -401,6 +346,71 @@ pub fn prepare(
         }
     }
     Ok(out)
+}
+
+/// How volume `v` is scanned (see [`prepare`]); an unpaired volume's baseline is dropped.
+fn plan(
+    store: &ReflinkStore,
+    v: &PrepareVolume,
+    snaps: &mut VolumeSnaps,
+    monitor: bool,
+) -> Result<Plan> {
+    let plan = if !v.file.is_file() && monitor {
+        tracing::warn!(
+            "{}: no such volume in {}; skipped",
+            v.name,
+            store.dir.display()
+        );
+        Plan::Skip
+    } else if !v.file.is_file() {
+        return Err(Error::local(
+            &v.file,
+            format!(
+                "volume '{}' is not a file in {}",
+                v.name,
+                store.dir.display()
+            ),
+        ));
+    } else if is_nocow(&v.file) {
+        tracing::warn!(
+            "{}: NOCOW file (chattr +C): its extents cannot show changes, full scan",
+            v.name
+        );
+        snaps.unpair();
+        if monitor {
+            Plan::Skip
+        } else {
+            Plan::Nocow
+        }
+    } else {
+        match snaps.pairing(v.last) {
+            Pairing::Unpaired => {
+                if v.last.is_some() {
+                    if monitor {
+                        tracing::warn!("{}: no paired snapshot; skipped", v.name);
+                    } else {
+                        tracing::warn!("{}: no paired snapshot: queuing full scan", v.name);
+                    }
+                } else if monitor {
+                    tracing::warn!("{}: no data in the archive yet; skipped", v.name);
+                }
+                snaps.unpair();
+                if monitor {
+                    Plan::Skip
+                } else {
+                    Plan::Full
+                }
+            }
+            paired => {
+                let map = match (paired, v.last.and_then(|l| snaps.map_path(l))) {
+                    (Pairing::PairedWithChanges, Some(p)) => DeltaMap::load(&p),
+                    _ => Ok(DeltaMap::default()),
+                };
+                Plan::Incremental(map?)
+            }
+        }
+    };
+    Ok(plan)
 }
 
 /// A wyng snapshot found on the local filesystem: `sn<uuid>_<vid>.wyng1|2`.

@@ -428,50 +428,8 @@ impl ZfsStore {
                         .is_some_and(|(z, s)| z == zvol && s.starts_with(&prefix))
                 })
                 .collect();
-            if let Some(stale) = mine.iter().find(|m| m.name == snaps.tock) {
-                self.destroy(&stale.name)?;
-            }
-            let mut bookmarks: Vec<&Mark> =
-                mine.into_iter().filter(|m| m.name.contains('#')).collect();
-            bookmarks.sort_by_key(|m| m.createtxg);
-            let baseline = bookmarks.last().copied();
-            let map = v.last.and_then(|l| snaps.map_path(l));
-            let paired = match (baseline, &map) {
-                (Some(b), Some(map))
-                    if deltamap::mtime_ns(map) == Some(b.creation as i128 * 1_000_000_000) =>
-                {
-                    match deltamap::pairing_without_snapshot(map) {
-                        Pairing::PairedWithChanges => Some(DeltaMap::load(map)?),
-                        _ => Some(DeltaMap::default()),
-                    }
-                }
-                _ => None,
-            };
-            let plan = match paired {
-                Some(m) => Plan::Incremental(m),
-                None => {
-                    if v.last.is_some() {
-                        tracing::warn!(
-                            "{}: no baseline bookmark of this archive paired with the newest session (destroyed, or never made here): {}",
-                            v.name,
-                            if monitor { "skipped" } else { "queuing full scan" }
-                        );
-                    }
-                    for b in &bookmarks {
-                        self.destroy(&b.name)?;
-                    }
-                    if let Some(c) = &snaps.cache {
-                        deltamap::remove_others(c, None);
-                    }
-                    if monitor {
-                        Plan::Skip
-                    } else {
-                        Plan::Full
-                    }
-                }
-            };
+            let (mut plan, baseline) = self.plan(v, &snaps, mine, monitor)?;
             let mut found = 0;
-            let mut plan = plan;
             if !matches!(plan, Plan::Skip) {
                 if !zv.snapdev_visible {
                     // Snapshots are read through their device nodes.
@@ -509,6 +467,60 @@ impl ZfsStore {
             });
         }
         Ok(())
+    }
+
+    /// How volume `v` is scanned: incrementally from this archive's newest bookmark (of
+    /// `mine`, its marks) when the delta map recorded with it is there; otherwise in full (or,
+    /// for `monitor`, not at all), its bookmarks destroyed. A stale `tock` is destroyed first.
+    fn plan<'m>(
+        &self,
+        v: &PrepareVolume,
+        snaps: &ZvolSnaps,
+        mine: Vec<&'m Mark>,
+        monitor: bool,
+    ) -> Result<(Plan, Option<&'m Mark>)> {
+        if let Some(stale) = mine.iter().find(|m| m.name == snaps.tock) {
+            self.destroy(&stale.name)?;
+        }
+        let mut bookmarks: Vec<&Mark> = mine.into_iter().filter(|m| m.name.contains('#')).collect();
+        bookmarks.sort_by_key(|m| m.createtxg);
+        let baseline = bookmarks.last().copied();
+        let map = v.last.and_then(|l| snaps.map_path(l));
+        let paired = match (baseline, &map) {
+            (Some(b), Some(map))
+                if deltamap::mtime_ns(map) == Some(b.creation as i128 * 1_000_000_000) =>
+            {
+                match deltamap::pairing_without_snapshot(map) {
+                    Pairing::PairedWithChanges => Some(DeltaMap::load(map)?),
+                    _ => Some(DeltaMap::default()),
+                }
+            }
+            _ => None,
+        };
+        let plan = match paired {
+            Some(m) => Plan::Incremental(m),
+            None => {
+                if v.last.is_some() {
+                    tracing::warn!(
+                        "{}: no baseline bookmark of this archive paired with the newest session (destroyed, or never made here): {}",
+                        v.name,
+                        if monitor { "skipped" } else { "queuing full scan" }
+                    );
+                }
+                for b in &bookmarks {
+                    self.destroy(&b.name)?;
+                }
+                if let Some(c) = &snaps.cache {
+                    deltamap::remove_others(c, None);
+                }
+                if monitor {
+                    Plan::Skip
+                } else {
+                    Plan::Full
+                }
+            }
+        };
+        Ok((plan, baseline))
     }
 
     /// The chunks `zfs send -i from to` changes.

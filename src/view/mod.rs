@@ -30,6 +30,7 @@
 //! This module is the tree and its refresh policy; reading, caching and following the archive
 //! are [`LiveArchive`]'s.
 
+mod build;
 pub mod files;
 pub mod fuse;
 
@@ -42,9 +43,10 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 use crate::archive::live::{LiveArchive, SessionImage};
-use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::format::SessionName;
+
+use build::build;
 
 pub type NodeId = u64;
 pub const ROOT: NodeId = 1;
@@ -149,186 +151,6 @@ fn errno(code: i32) -> io::Error {
 fn eio(what: impl std::fmt::Display) -> io::Error {
     tracing::error!("{what}");
     errno(libc::EIO)
-}
-
-/// Builds the tree of one archive state. `id` hands out a stable id for a path.
-#[expect(clippy::too_many_lines, reason = "long before the lint; to be split")]
-fn build(
-    archive: &Archive,
-    o: &ViewOptions,
-    id: &mut dyn FnMut(&str) -> NodeId,
-) -> HashMap<NodeId, Node> {
-    let now = SystemTime::now();
-    let mut nodes: HashMap<NodeId, Node> = HashMap::new();
-    nodes.insert(
-        ROOT,
-        Node::Dir {
-            children: Vec::new(),
-            mtime: now,
-        },
-    );
-    let add_child = |nodes: &mut HashMap<NodeId, Node>, dir: NodeId, name: &str, child: NodeId| {
-        if let Some(Node::Dir { children, .. }) = nodes.get_mut(&dir) {
-            children.push((name.into(), child));
-        }
-    };
-    for (vi, vol) in archive.volumes().iter().enumerate() {
-        if o.volume.as_ref().is_some_and(|v| v != vol.name()) || vol.sessions.is_empty() {
-            continue;
-        }
-        if archive.volume_index(vol.name()).is_none() {
-            // Two volumes of one name (a hostile or hand-edited archive): neither is shown
-            // rather than one passing for the other.
-            tracing::warn!(
-                "volume {} is not shown: its name '{}' is used by another volume too (rename or delete one by its id)",
-                vol.vid,
-                crate::archive::sanitized(vol.name())
-            );
-            continue;
-        }
-        let sessions: Vec<usize> = match &o.session {
-            None => (0..vol.sessions.len()).collect(),
-            Some(f) => match f(vol) {
-                Some(i) => vec![i],
-                None => continue,
-            },
-        };
-        let newest = &vol.sessions[*sessions.last().expect("not empty")];
-        let mtime = session_time(&newest.name);
-        // The volume's directory, nested for names with slashes.
-        let mut dir = ROOT;
-        let mut path = String::new();
-        let mut clash = false;
-        for comp in vol.name().split('/').filter(|c| !c.is_empty()) {
-            if !path.is_empty() {
-                path.push('/');
-            }
-            path.push_str(comp);
-            let existing = match nodes.get(&dir) {
-                Some(Node::Dir { children, .. }) => {
-                    children.iter().find(|(n, _)| n == comp).map(|(_, i)| *i)
-                }
-                _ => None,
-            };
-            dir = match existing {
-                Some(i) if matches!(nodes.get(&i), Some(Node::Dir { .. })) => i,
-                Some(_) => {
-                    clash = true;
-                    break;
-                }
-                None => {
-                    let i = id(&format!("d:{path}"));
-                    nodes.insert(
-                        i,
-                        Node::Dir {
-                            children: Vec::new(),
-                            mtime,
-                        },
-                    );
-                    add_child(&mut nodes, dir, comp, i);
-                    i
-                }
-            };
-        }
-        if clash {
-            tracing::warn!(
-                "volume '{}' clashes with another name in the tree; not shown",
-                crate::archive::sanitized(vol.name())
-            );
-            continue;
-        }
-        let mut tags: Vec<(String, Vec<String>)> = Vec::new();
-        for &si in &sessions {
-            let s = &vol.sessions[si];
-            let file = format!("{}.img", s.name);
-            let i = id(&format!("s:{}/{}", vol.vid, s.name));
-            nodes.insert(
-                i,
-                Node::Session(Box::new(SessionNode {
-                    vi,
-                    si,
-                    volume: vol.name().to_string(),
-                    name: s.name.clone(),
-                    volsize: s.info.volsize,
-                    mtime: session_time(&s.name),
-                    image: OnceLock::new(),
-                })),
-            );
-            add_child(&mut nodes, dir, &file, i);
-            if o.files {
-                let f = id(&format!("f:{}/{}", vol.vid, s.name));
-                nodes.insert(
-                    f,
-                    Node::Files(Box::new(files::FilesNode::new(
-                        vi,
-                        si,
-                        session_time(&s.name),
-                    ))),
-                );
-                add_child(&mut nodes, dir, &format!("{}.files", s.name), f);
-            }
-            for t in &s.info.tags {
-                match tags.iter_mut().find(|(id, _)| *id == t.id) {
-                    Some((_, files)) => files.push(file.clone()),
-                    None => tags.push((t.id.clone(), vec![file.clone()])),
-                }
-            }
-        }
-        let latest = id(&format!("l:{path}/latest.img"));
-        nodes.insert(
-            latest,
-            Node::Link {
-                target: format!("{}.img", newest.name).into(),
-                mtime,
-            },
-        );
-        add_child(&mut nodes, dir, "latest.img", latest);
-        if o.files {
-            let latest = id(&format!("l:{path}/latest.files"));
-            nodes.insert(
-                latest,
-                Node::Link {
-                    target: format!("{}.files", newest.name).into(),
-                    mtime,
-                },
-            );
-            add_child(&mut nodes, dir, "latest.files", latest);
-        }
-        if !tags.is_empty() {
-            let by_tag = id(&format!("d:{path}/by-tag"));
-            nodes.insert(
-                by_tag,
-                Node::Dir {
-                    children: Vec::new(),
-                    mtime,
-                },
-            );
-            add_child(&mut nodes, dir, "by-tag", by_tag);
-            for (tag, files) in tags {
-                let tdir = id(&format!("d:{path}/by-tag/{tag}"));
-                nodes.insert(
-                    tdir,
-                    Node::Dir {
-                        children: Vec::new(),
-                        mtime,
-                    },
-                );
-                add_child(&mut nodes, by_tag, &tag, tdir);
-                for f in files {
-                    let l = id(&format!("l:{path}/by-tag/{tag}/{f}"));
-                    nodes.insert(
-                        l,
-                        Node::Link {
-                            target: format!("../../{f}").into(),
-                            mtime,
-                        },
-                    );
-                    add_child(&mut nodes, tdir, &f, l);
-                }
-            }
-        }
-    }
-    nodes
 }
 
 impl View {

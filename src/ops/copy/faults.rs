@@ -6,12 +6,8 @@
 //! (object storage).
 
 use super::{run, CopyOptions};
-use crate::archive::{
-    Archive, Compression, Compressor, InitParams, Location, MemDest, OpenOptions, WriteArchive,
-};
-use crate::ops::faults::{
-    assert_sessions, auth, copy_dir, open, restarts, sessions, template_on, CS,
-};
+use crate::archive::{Archive, Location, MemDest, OpenOptions, WriteArchive};
+use crate::ops::faults::{assert_sessions, auth, crash_at_every_step, init, sessions, template_on};
 
 fn source(d: &MemDest) -> Archive {
     let auth = auth();
@@ -42,17 +38,7 @@ fn options(session: Option<&str>) -> CopyOptions {
 /// A copy holding the source's first session of "vol".
 fn copy_template(src: &Archive, d: MemDest) -> MemDest {
     let meta = tempfile::tempdir().unwrap();
-    let mut wa = Archive::init(
-        Location::memory(d.clone()),
-        &InitParams {
-            compression: Compressor::new(Compression::Zstd, 3).unwrap(),
-            chunksize: CS,
-            cipher: None,
-        },
-        &auth(),
-        Some(meta.path()),
-    )
-    .unwrap();
+    let mut wa = init(&d, meta.path());
     let mut o = options(Some("20260101-000001"));
     o.volumes.truncate(1);
     run(src, &mut wa, &o).unwrap();
@@ -66,45 +52,24 @@ fn killed_at_every_step(target: MemDest) {
     let files = tempfile::tempdir().unwrap();
     let want: Vec<(u32, &Vec<u8>)> = (1..=3).map(|s| (s, &images[s as usize - 1])).collect();
     let op = |wa: &mut WriteArchive| run(&src, wa, &options(None));
-    let steps = {
-        let meta = tempfile::tempdir().unwrap();
-        let d = template.after_crash(usize::MAX);
-        let mut wa = open(&d, meta.path()).unwrap();
-        let before = d.steps();
-        op(&mut wa).unwrap();
-        d.steps() - before
-    };
-    assert!(steps > 10, "{steps} steps");
     let mut taken = 0;
-    for n in 1..=steps {
-        let meta = tempfile::tempdir().unwrap();
-        let d = template.after_crash(usize::MAX);
-        {
-            let mut wa = open(&d, meta.path()).unwrap();
-            d.crash_at(n);
-            assert!(op(&mut wa).is_err(), "step {n} of {steps}");
-        }
-        for found in restarts(&d) {
-            let local = tempfile::tempdir().unwrap();
-            copy_dir(meta.path(), local.path());
-            let mut wa = open(&found, local.path())
-                .unwrap_or_else(|e| panic!("recovery after step {n} of {steps}: {e}"));
-            let got = sessions(&wa, files.path(), "vol");
-            assert!(!got.is_empty(), "step {n}: the first session was lost");
-            assert_sessions(&got, &want, "a killed copy");
-            let r = op(&mut wa).unwrap_or_else(|e| panic!("resume after step {n}: {e}"));
-            taken += r.chunks_reused;
-            let got = sessions(&wa, files.path(), "vol");
-            assert_eq!(got.len(), 3, "step {n}");
-            assert_sessions(&got, &want, "a resumed copy");
-            assert_eq!(
-                sessions(&wa, files.path(), "other"),
-                sessions(&src, files.path(), "other")
-            );
-            let left = wa.leftovers(true).unwrap();
-            assert!(left.is_empty(), "after step {n}: {left:?}");
-        }
-    }
+    let steps = crash_at_every_step(&template, &op, &mut |wa, n, _| {
+        let got = sessions(wa, files.path(), "vol");
+        assert!(!got.is_empty(), "step {n}: the first session was lost");
+        assert_sessions(&got, &want, "a killed copy");
+        let r = op(wa).unwrap_or_else(|e| panic!("resume after step {n}: {e}"));
+        taken += r.chunks_reused;
+        let got = sessions(wa, files.path(), "vol");
+        assert_eq!(got.len(), 3, "step {n}");
+        assert_sessions(&got, &want, "a resumed copy");
+        assert_eq!(
+            sessions(wa, files.path(), "other"),
+            sessions(&src, files.path(), "other")
+        );
+        let left = wa.leftovers(true).unwrap();
+        assert!(left.is_empty(), "after step {n}: {left:?}");
+    });
+    assert!(steps > 10, "{steps} steps");
     assert!(taken > 0, "no resumed copy took anything");
 }
 

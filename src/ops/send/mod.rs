@@ -22,18 +22,20 @@
 //! first session; `mfcs` over the whole merged view), at a few nanoseconds per slot for runs
 //! of zeros. The map's window bounds the chunks in flight, so memory is a few chunks per core.
 //!
-//! Several archives ([`run_multi`], `send --dest=A --dest=B`): each volume's snapshot is taken
-//! once (the other archives' `.wyng2` are reflink copies of the first, the same instant), each
-//! chunk any archive needs is read and digested once, and each archive ("lane") compares,
-//! compresses and stores it with its own pairing, view and keys. A lane that fails (its
-//! destination unreachable or full) drops out; the others finish. Chunk sizes must match to
-//! share a read: archives of other chunk sizes get their own pass.
+//! Several archives ([`run_multi`], `send --dest=A --dest=B`; [`Destinations`] is the whole run
+//! around it: opening, autoprune, retention, what each destination misses): each volume's
+//! snapshot is taken once (the other archives' `.wyng2` are reflink copies of the first, the
+//! same instant), each chunk any archive needs is read and digested once, and each archive
+//! ("lane") compares, compresses and stores it with its own pairing, view and keys. A lane that
+//! fails (its destination unreachable or full) drops out; the others finish. Chunk sizes must
+//! match to share a read: archives of other chunk sizes get their own pass.
 //!
 //! Resume: every few seconds (and every [`Archive::checkpoint_bytes`] stored) a lane makes what it
 //! staged durable and records it ([`crate::archive::resume`]); a later send of the volume
 //! takes recorded chunks whose hash it reads again instead of storing them.
 
 mod collect;
+mod destinations;
 mod examine;
 mod finish;
 mod lanes;
@@ -50,6 +52,7 @@ use crate::error::{Error, Result};
 use crate::format::{Session, SessionName, Tag};
 use crate::source::{LocalStorage, Source};
 
+pub use destinations::{DestinationReport, Destinations, FinishOptions, SendReport};
 use lanes::VolTarget;
 use plan::TargetRun;
 

@@ -5,29 +5,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::archive::{Archive, Compression, Compressor, InitParams, Location, MemDest};
+use crate::archive::{Archive, MemDest};
 use crate::error::Error;
-use crate::ops::faults::{auth, image, name, sessions, CS};
+use crate::ops::faults::{image, init, name, sessions, CS};
 
 use super::*;
 
-/// A new unencrypted archive on `d` (zstd-3, `CS` chunks).
-fn init(d: &MemDest, meta: &Path) -> WriteArchive {
-    Archive::init(
-        Location::memory(d.clone()),
-        &InitParams {
-            compression: Compressor::new(Compression::Zstd, 3).unwrap(),
-            chunksize: CS,
-            cipher: None,
-        },
-        &auth(),
-        Some(meta),
-    )
-    .unwrap()
-}
-
 /// A request for `vol` reading `data` from a file in `files`.
-fn req(files: &Path, vol: &str, data: &[u8]) -> SendRequest {
+pub(super) fn req(files: &Path, vol: &str, data: &[u8]) -> SendRequest {
     let source = files.join(format!("{vol}.src"));
     std::fs::write(&source, data).unwrap();
     SendRequest {
