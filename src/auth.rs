@@ -18,7 +18,7 @@ use crate::crypto::MasterKeys;
 use crate::error::{Error, Result};
 
 /// Minimum passphrase length when creating an archive (the original's rule).
-pub const MIN_PASSPHRASE: usize = 10;
+pub(crate) const MIN_PASSPHRASE: usize = 10;
 
 /// How a command obtains keys.
 #[derive(Clone, Debug)]
@@ -188,7 +188,7 @@ impl Auth {
 
     /// Stores (or, with `authmin = -1`, forgets) keys per `--authmin`, with a verifier of the
     /// passphrase they came from.
-    pub fn remember(&self, url: &str, keys: &MasterKeys, pass: &[u8]) {
+    pub(crate) fn remember(&self, url: &str, keys: &MasterKeys, pass: &[u8]) {
         self.store(&cache_id(url), keys, Some(verifier(keys, pass)));
     }
 

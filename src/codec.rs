@@ -42,7 +42,7 @@ impl Compression {
         }
     }
 
-    pub fn default_level(self) -> i32 {
+    pub(crate) fn default_level(self) -> i32 {
         match self {
             Compression::Zstd => 3,
             Compression::Zlib => 4,
@@ -50,7 +50,7 @@ impl Compression {
         }
     }
 
-    pub fn level_range(self) -> (i32, i32) {
+    pub(crate) fn level_range(self) -> (i32, i32) {
         match self {
             Compression::Zstd => (1, 22),
             Compression::Zlib => (0, 9),
@@ -195,7 +195,7 @@ impl Compressor {
     /// Compresses the `len` bytes `input` writes into `out`, as [`compress`](Self::compress)
     /// would (a zstd frame carries the content size, which the original and the checker
     /// require).
-    pub fn compress_with(
+    pub(crate) fn compress_with(
         &self,
         len: u64,
         out: &mut dyn Write,
@@ -230,7 +230,7 @@ impl Compressor {
 
     /// A reader of the decompressed text of exactly one stream that must use all of `input`:
     /// trailing bytes, a truncated stream or a second stream are read errors at the end.
-    pub fn decompress_reader(
+    pub(crate) fn decompress_reader(
         &self,
         input: Box<dyn BufRead + Send>,
     ) -> std::io::Result<Box<dyn BufRead + Send>> {
@@ -344,7 +344,7 @@ pub fn gunzip(data: &[u8], max: usize) -> std::result::Result<Vec<u8>, String> {
 
 /// The per-archive transformation of chunks and metadata objects.
 #[derive(Clone)]
-pub struct Codec {
+pub(crate) struct Codec {
     pub compressor: Compressor,
     pub data_hash: HashFn,
     pub meta_hash: HashFn,
@@ -371,21 +371,21 @@ impl<W: Write> Write for HashingWriter<'_, W> {
 }
 
 /// An encoded chunk: its manifest hash and the bytes of its file.
-pub struct Encoded {
+pub(crate) struct Encoded {
     pub hash: Hash32,
     pub file: Vec<u8>,
 }
 
 impl Codec {
     /// Largest chunk file accepted (format §1).
-    pub fn max_chunk_file(&self) -> u64 {
+    pub(crate) fn max_chunk_file(&self) -> u64 {
         self.chunksize + self.chunksize / 64
     }
 
     /// Compresses and hashes a raw chunk: enough to compare it with the archive. The result
     /// becomes a chunk file with [`Codec::seal_chunk`] only if it is to be stored, so unchanged
     /// chunks cost no encryption and no counter values.
-    pub fn hash_chunk(&self, raw: &[u8]) -> Encoded {
+    pub(crate) fn hash_chunk(&self, raw: &[u8]) -> Encoded {
         let file = self.compressor.compress(raw);
         Encoded {
             hash: self.data_hash.hash(&file),
@@ -394,7 +394,7 @@ impl Codec {
     }
 
     /// The bytes of the chunk file for a hashed chunk (encrypted in encrypted archives).
-    pub fn seal_chunk(&self, hashed: Encoded) -> Result<Encoded> {
+    pub(crate) fn seal_chunk(&self, hashed: Encoded) -> Result<Encoded> {
         match &self.cipher {
             Some(c) => Ok(Encoded {
                 file: c.encrypt_data(&hashed.file, &hashed.hash)?,
@@ -406,7 +406,7 @@ impl Codec {
 
     /// Checks a chunk file against its manifest hash and returns its verified, still compressed
     /// payload.
-    pub fn verify_chunk<'a>(
+    pub(crate) fn verify_chunk<'a>(
         &self,
         file: &'a [u8],
         expected: &Hash32,
@@ -440,7 +440,7 @@ impl Codec {
     }
 
     /// Verifies, then decompresses a chunk file to exactly `raw_len` bytes.
-    pub fn decode_chunk(
+    pub(crate) fn decode_chunk(
         &self,
         file: &[u8],
         expected: &Hash32,
@@ -465,7 +465,7 @@ impl Codec {
     }
 
     /// Compresses, hashes and (in encrypted archives) seals a metadata object.
-    pub fn encode_meta(&self, text: &[u8]) -> Result<Encoded> {
+    pub(crate) fn encode_meta(&self, text: &[u8]) -> Result<Encoded> {
         let compressed = self.compressor.compress(text);
         let hash = self.meta_hash.hash(&compressed);
         let file = match &self.cipher {
@@ -476,7 +476,7 @@ impl Codec {
     }
 
     /// Extra bytes a stored metadata object carries beyond its compressed text.
-    pub fn meta_overhead(&self) -> u64 {
+    pub(crate) fn meta_overhead(&self) -> u64 {
         if self.cipher.is_some() {
             META_OVERHEAD as u64
         } else {
@@ -487,7 +487,7 @@ impl Codec {
     /// Verifies a metadata object (volinfo, info, manifest.z): authentication (encrypted
     /// archives), then the hash its parent holds, then decompression (at most `max_text` bytes).
     /// `max_file` is the format's limit for the compressed object.
-    pub fn decode_meta(
+    pub(crate) fn decode_meta(
         &self,
         file: &[u8],
         expected: &Hash32,
@@ -523,7 +523,12 @@ impl Codec {
     /// The text of a metadata object whose hash is not at hand (a transaction's staged
     /// `info.tmp`, read during recovery only to see what it records): authenticated in
     /// encrypted archives, merely decompressed otherwise. Never used for anything read back.
-    pub fn open_meta_unhashed(&self, file: &[u8], max_text: usize, path: &str) -> Result<Vec<u8>> {
+    pub(crate) fn open_meta_unhashed(
+        &self,
+        file: &[u8],
+        max_text: usize,
+        path: &str,
+    ) -> Result<Vec<u8>> {
         let payload = match &self.cipher {
             Some(c) => Cow::Owned(c.decrypt_meta(file).ok_or_else(|| {
                 Error::corrupt(path, "fails authentication (tampered or damaged)")
@@ -538,7 +543,7 @@ impl Codec {
     /// [`encode_meta`](Self::encode_meta) for a large object (a manifest) given as a text of
     /// `len` bytes that `text` writes: compressed as it is written (its size pledged, so a zstd
     /// frame carries its content size), hashed, then sealed; the result is spooled in `dir`.
-    pub fn encode_meta_stream(
+    pub(crate) fn encode_meta_stream(
         &self,
         len: u64,
         text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
@@ -568,7 +573,7 @@ impl Codec {
     /// Verifies a metadata object of any size (authentication, then the hash its parent
     /// holds) before a byte of it is used, and returns a reader of its decompressed text. The
     /// caller bounds what it reads (manifest lines are parsed one at a time).
-    pub fn decode_meta_spool(
+    pub(crate) fn decode_meta_spool(
         &self,
         file: Spool,
         expected: &Hash32,
@@ -608,7 +613,7 @@ impl Codec {
     }
 
     /// The archive.ini body for a root text: gzip, sealed in encrypted archives.
-    pub fn seal_root(&self, text: &str) -> Result<Vec<u8>> {
+    pub(crate) fn seal_root(&self, text: &str) -> Result<Vec<u8>> {
         let gz = gzip(text.as_bytes());
         match &self.cipher {
             Some(c) => c.encrypt_meta(&gz),
@@ -617,7 +622,7 @@ impl Codec {
     }
 
     /// The root text from an archive.ini body.
-    pub fn open_root(&self, body: &[u8]) -> Result<String> {
+    pub(crate) fn open_root(&self, body: &[u8]) -> Result<String> {
         let gz = match &self.cipher {
             Some(c) => Cow::Owned(
                 c.decrypt_meta(body)

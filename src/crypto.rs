@@ -38,9 +38,9 @@ use crate::format::Hash32;
 pub const WRONG_PASSPHRASE: &str = "wrong passphrase or damaged archive.ini";
 
 /// A 32-byte key, wiped on drop.
-pub type Key32 = Zeroizing<[u8; 32]>;
+pub(crate) type Key32 = Zeroizing<[u8; 32]>;
 /// A 64-byte subkey, wiped on drop.
-pub type Key64 = Zeroizing<[u8; 64]>;
+pub(crate) type Key64 = Zeroizing<[u8; 64]>;
 
 #[derive(Clone)]
 pub enum HashFn {
@@ -61,7 +61,7 @@ impl std::fmt::Debug for HashFn {
 
 impl HashFn {
     /// The plain hash named by an archive's `hashtype` (unencrypted and legacy archives).
-    pub fn for_hashtype(hashtype: &str) -> Result<HashFn> {
+    pub(crate) fn for_hashtype(hashtype: &str) -> Result<HashFn> {
         match hashtype {
             "blake2b" => Ok(HashFn::Blake2b256),
             "sha256" => Ok(HashFn::Sha256),
@@ -72,7 +72,7 @@ impl HashFn {
     }
 
     /// A hasher for data that arrives in pieces.
-    pub fn hasher(&self) -> Hasher {
+    pub(crate) fn hasher(&self) -> Hasher {
         match self {
             HashFn::Blake2b256 => Hasher::Blake2b(Blake2b::<U32>::new()),
             HashFn::Sha256 => Hasher::Sha256(Sha256::new()),
@@ -92,7 +92,7 @@ impl HashFn {
 }
 
 /// [`HashFn::hash`] in pieces; also a [`Write`] sink.
-pub enum Hasher {
+pub(crate) enum Hasher {
     Blake2b(Blake2b<U32>),
     Sha256(Sha256),
     Hmac(Hmac<Sha256>),
@@ -148,22 +148,12 @@ pub enum CipherMode {
 }
 
 impl CipherMode {
-    pub fn from_ci(ci: &str) -> Option<CipherMode> {
+    pub(crate) fn from_ci(ci: &str) -> Option<CipherMode> {
         match ci {
             "30" => Some(CipherMode::Legacy30),
             "32" => Some(CipherMode::Ct),
             "34" => Some(CipherMode::Msr),
             "35" => Some(CipherMode::Dgr),
-            _ => None,
-        }
-    }
-
-    /// The `--encrypt` name of a mode that arch-init can create.
-    pub fn from_name(name: &str) -> Option<CipherMode> {
-        match name {
-            "xchacha20-ct" => Some(CipherMode::Ct),
-            "xchacha20-msr" => Some(CipherMode::Msr),
-            "xchacha20-dgr" => Some(CipherMode::Dgr),
             _ => None,
         }
     }
@@ -195,13 +185,13 @@ impl CipherMode {
 // ---------------------------------------------------------------------------------------------
 // archive.salt (§6.2)
 
-pub const SALT_FILE_LEN: usize = 424;
+pub(crate) const SALT_FILE_LEN: usize = 424;
 const SLOT: usize = 80;
 const CHECK_AT: usize = 320;
 
 /// The salts and counters file.
 #[derive(Clone)]
-pub struct SaltFile {
+pub(crate) struct SaltFile {
     /// Slot counters: [data, metadata].
     pub counters: [u64; 2],
     pub salts: [[u8; 64]; 4],
@@ -252,7 +242,7 @@ impl SaltFile {
         Ok(f)
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; SALT_FILE_LEN];
         for n in 0..4 {
             let slot = &mut b[n * SLOT..(n + 1) * SLOT];
@@ -266,7 +256,7 @@ impl SaltFile {
     }
 
     /// `salt.bak`: every byte inverted.
-    pub fn inverted(bytes: &[u8]) -> Vec<u8> {
+    pub(crate) fn inverted(bytes: &[u8]) -> Vec<u8> {
         bytes.iter().map(|b| !b).collect()
     }
 
@@ -279,7 +269,7 @@ impl SaltFile {
     }
 
     /// Whether two salt files are of the same archive (counters aside).
-    pub fn same_salts(&self, other: &SaltFile) -> bool {
+    pub(crate) fn same_salts(&self, other: &SaltFile) -> bool {
         self.salts == other.salts
     }
 }
@@ -293,18 +283,18 @@ pub struct MasterKeys {
     pub meta: Key32,
 }
 
-pub const SCRYPT_LOG_N: u8 = 19;
+pub(crate) const SCRYPT_LOG_N: u8 = 19;
 
 /// Derives the data and metadata keys from a passphrase: two scrypt runs, the one expensive
 /// step of opening an encrypted archive (done once per command, or once per `--authmin`).
 /// One after the other: each holds 512 MiB (128·r·N bytes at N = 2^19, r = 8), and Qubes
 /// dom0, where the original's users run it, often has 2-4 GiB in all; the original peaks
 /// about there too. Both at once would halve the wait and double the peak.
-pub fn derive_master(passphrase: &[u8], salt: &SaltFile, mode: CipherMode) -> MasterKeys {
+pub(crate) fn derive_master(passphrase: &[u8], salt: &SaltFile, mode: CipherMode) -> MasterKeys {
     derive_master_with(passphrase, salt, mode, SCRYPT_LOG_N)
 }
 
-pub fn derive_master_with(
+pub(crate) fn derive_master_with(
     passphrase: &[u8],
     salt: &SaltFile,
     mode: CipherMode,
@@ -338,7 +328,7 @@ fn subkey(master: &[u8; 32], salt: &[u8; 64], info: &[u8], part: usize) -> Key64
 
 /// A message counter that never goes down, even across a crash: values are used only after a
 /// limit above them has been persisted (`persist`), a block at a time.
-pub struct Counter {
+pub(crate) struct Counter {
     value: AtomicU64,
     limit: AtomicU64,
     reserved: std::sync::atomic::AtomicBool,
@@ -346,10 +336,10 @@ pub struct Counter {
 }
 
 /// Persists a counter limit (in local state; its error names where).
-pub type PersistFn = Box<dyn FnMut(u64) -> Result<()> + Send>;
+pub(crate) type PersistFn = Box<dyn FnMut(u64) -> Result<()> + Send>;
 
 /// How far ahead counters are reserved in local storage.
-pub const COUNTER_RESERVE: u64 = 4096;
+pub(crate) const COUNTER_RESERVE: u64 = 4096;
 
 impl Counter {
     /// A counter at `value` that hands out nothing until [`reserve_with`](Self::reserve_with)
@@ -365,7 +355,7 @@ impl Counter {
     }
 
     /// From now on, values above the persisted limit are reserved through `persist` first.
-    pub fn reserve_with(&self, mut persist: PersistFn) -> Result<()> {
+    pub(crate) fn reserve_with(&self, mut persist: PersistFn) -> Result<()> {
         let limit = self.value.load(Ordering::SeqCst) + COUNTER_RESERVE;
         persist(limit)?;
         self.limit.store(limit, Ordering::SeqCst);
@@ -379,17 +369,17 @@ impl Counter {
     }
 
     /// Raises the counter to at least `v` (counters never go down).
-    pub fn raise_to(&self, v: u64) {
+    pub(crate) fn raise_to(&self, v: u64) {
         self.value.fetch_max(v, Ordering::SeqCst);
     }
 
     /// The persisted limit (what must be recorded as the counter's floor).
-    pub fn high_water(&self) -> u64 {
+    pub(crate) fn high_water(&self) -> u64 {
         self.limit.load(Ordering::SeqCst).max(self.get())
     }
 
     /// Whether values can be handed out (a limit has been reserved).
-    pub fn is_reserved(&self) -> bool {
+    pub(crate) fn is_reserved(&self) -> bool {
         self.reserved.load(Ordering::SeqCst)
     }
 
@@ -415,10 +405,10 @@ impl Counter {
 // ---------------------------------------------------------------------------------------------
 // The archive cipher (§6.5, §6.7)
 
-pub const META_OVERHEAD: usize = 40;
-pub const DATA_OVERHEAD: usize = 24;
+pub(crate) const META_OVERHEAD: usize = 40;
+pub(crate) const DATA_OVERHEAD: usize = 24;
 
-pub struct ArchiveCipher {
+pub(crate) struct ArchiveCipher {
     pub mode: CipherMode,
     data_key: Key32,
     meta_key: Key32,
@@ -482,7 +472,7 @@ impl ArchiveCipher {
     }
 
     /// Seals a metadata object: nonce ‖ tag ‖ ciphertext.
-    pub fn encrypt_meta(&self, pt: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn encrypt_meta(&self, pt: &[u8]) -> Result<Vec<u8>> {
         let nonce = match &self.meta_noncekey {
             None => Self::counter_nonce(self.meta_counter.advance(1)?),
             Some(k) => {
@@ -508,7 +498,7 @@ impl ArchiveCipher {
     }
 
     /// Opens a sealed metadata object; `None` if it does not authenticate.
-    pub fn decrypt_meta(&self, file: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn decrypt_meta(&self, file: &[u8]) -> Option<Vec<u8>> {
         if file.len() <= META_OVERHEAD {
             return None;
         }
@@ -525,7 +515,7 @@ impl ArchiveCipher {
     }
 
     /// Encrypts a compressed chunk whose keyed hash is `hash`: nonce ‖ ciphertext.
-    pub fn encrypt_data(&self, pt: &[u8], hash: &Hash32) -> Result<Vec<u8>> {
+    pub(crate) fn encrypt_data(&self, pt: &[u8], hash: &Hash32) -> Result<Vec<u8>> {
         let count = self.data_counter.advance(1)?;
         let nonce = match (&self.data_noncekey, self.mode) {
             (Some(k), CipherMode::Dgr) => Self::hmac_nonce(&k[..], &hash.0),
@@ -542,7 +532,7 @@ impl ArchiveCipher {
     }
 
     /// Decrypts a chunk file (not authenticated here: the caller checks the keyed hash).
-    pub fn decrypt_data(&self, file: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn decrypt_data(&self, file: &[u8]) -> Option<Vec<u8>> {
         if file.len() <= DATA_OVERHEAD {
             return None;
         }
@@ -555,7 +545,7 @@ impl ArchiveCipher {
     /// [`encrypt_meta`](Self::encrypt_meta) for an object too large to hold in memory: the
     /// same bytes (nonce ‖ tag ‖ ciphertext), written to `out` in two passes over `pt` (an msr
     /// nonce depends on the whole plaintext; the tag is filled in at the end).
-    pub fn encrypt_meta_spool(&self, pt: &Spool, out: &mut Spool) -> Result<()> {
+    pub(crate) fn encrypt_meta_spool(&self, pt: &Spool, out: &mut Spool) -> Result<()> {
         let io = |e: std::io::Error| Error::io("metadata spool", e);
         let nonce = match &self.meta_noncekey {
             None => Self::counter_nonce(self.meta_counter.advance(1)?),
@@ -587,7 +577,7 @@ impl ArchiveCipher {
 
     /// [`decrypt_meta`](Self::decrypt_meta) for a large object: the plaintext goes to `out`,
     /// and is only to be used if this returns true (the tag is checked at the end).
-    pub fn decrypt_meta_spool(&self, file: &Spool, out: &mut Spool) -> Result<bool> {
+    pub(crate) fn decrypt_meta_spool(&self, file: &Spool, out: &mut Spool) -> Result<bool> {
         let io = |e: std::io::Error| Error::io("metadata spool", e);
         if file.len() <= META_OVERHEAD as u64 {
             return Ok(false);
@@ -601,14 +591,14 @@ impl ArchiveCipher {
     }
 
     /// Seals the salt file's check block.
-    pub fn seal_check(&self, salt: &mut SaltFile) -> Result<()> {
+    pub(crate) fn seal_check(&self, salt: &mut SaltFile) -> Result<()> {
         let sealed = self.encrypt_meta(&salt.salts_digest())?;
         salt.check.copy_from_slice(&sealed);
         Ok(())
     }
 
     /// Verifies the salt file's check block with these keys.
-    pub fn verify_check(&self, salt: &SaltFile) -> bool {
+    pub(crate) fn verify_check(&self, salt: &SaltFile) -> bool {
         self.decrypt_meta(&salt.check)
             .is_some_and(|d| d[..] == salt.salts_digest()[..])
     }

@@ -251,7 +251,7 @@ impl Error {
         }
     }
 
-    pub fn local_state(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn local_state(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::LocalState {
             path: path.into(),
             source,
@@ -349,7 +349,7 @@ impl Error {
     }
 
     /// Whether this is damage to the archive (as opposed to a failure to reach it, bad input…).
-    pub fn is_damage(&self) -> bool {
+    pub(crate) fn is_damage(&self) -> bool {
         matches!(self, Error::Corrupt { .. })
     }
 }

@@ -3,7 +3,7 @@
 /// Runs `f(0..n)` on `threads` workers, each taking the next index; stops at the first error
 /// and returns it. (How many: [`crate::tuning::Tuning::workers`] for CPU work, more for work
 /// that waits on the network.)
-pub fn run_on<E: Send>(
+pub(crate) fn run_on<E: Send>(
     threads: usize,
     n: usize,
     f: impl Fn(usize) -> Result<(), E> + Sync,
@@ -35,7 +35,7 @@ pub fn run_on<E: Send>(
 /// memory bound: a slow item holds the others back instead of letting them pile up). The input
 /// is pulled on a thread of its own, so an iterator that does I/O (a batched fetch) overlaps
 /// the work. Stops at the first error of the input, `f` or `sink`, and returns it.
-pub fn ordered_map<T, U, E>(
+pub(crate) fn ordered_map<T, U, E>(
     items: impl Iterator<Item = Result<T, E>> + Send,
     threads: usize,
     window: usize,

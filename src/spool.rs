@@ -18,14 +18,14 @@ pub struct Spool {
 
 /// A new file that no directory lists (`O_TMPFILE` where the filesystem has it, else created
 /// and unlinked at once: the `tempfile` crate's `tempfile_in`).
-pub fn unlinked_file(dir: &Path) -> io::Result<File> {
+pub(crate) fn unlinked_file(dir: &Path) -> io::Result<File> {
     std::fs::create_dir_all(dir)?;
     tempfile::tempfile_in(dir)
 }
 
 impl Spool {
     /// Bytes kept in memory before moving to a file.
-    pub const MEMORY: usize = 8 << 20;
+    pub(crate) const MEMORY: usize = 8 << 20;
 
     /// An empty spool whose file, if it needs one, goes in `dir`.
     pub fn new(dir: &Path) -> Spool {
@@ -66,7 +66,7 @@ impl Spool {
     }
 
     /// A reader from the start that owns the content.
-    pub fn into_reader(self) -> io::Result<Box<dyn BufRead + Send>> {
+    pub(crate) fn into_reader(self) -> io::Result<Box<dyn BufRead + Send>> {
         match self.file {
             None => Ok(Box::new(io::Cursor::new(self.mem))),
             Some(mut f) => {
@@ -96,7 +96,7 @@ impl Spool {
     }
 
     /// Overwrites bytes at `offset` (within what was written).
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         assert!(
             offset + data.len() as u64 <= self.len,
             "write_at past the end"

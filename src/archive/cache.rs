@@ -78,7 +78,7 @@ impl ChunkCache {
     /// request to the destination (a remote destination's round trip is what a sequential
     /// reader waits for), and decodes them on two threads. A chunk that fails is left out: the
     /// read that wants it reads it again and reports why.
-    pub fn fetch_window(
+    pub(crate) fn fetch_window(
         &self,
         a: &Archive,
         locs: impl Iterator<Item = Result<ChunkLoc>>,

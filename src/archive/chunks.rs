@@ -68,12 +68,12 @@ impl Archive {
 
 impl ChunkReader<'_> {
     /// Largest chunk file accepted (format §1).
-    pub fn max_file(&self) -> u64 {
+    pub(crate) fn max_file(&self) -> u64 {
         self.a.codec.max_chunk_file()
     }
 
     /// Whether fetching many chunks at once is much cheaper than one by one (remote).
-    pub fn batched(&self) -> bool {
+    pub(crate) fn batched(&self) -> bool {
         self.a.dest.batch_reads()
     }
 
@@ -90,7 +90,7 @@ impl ChunkReader<'_> {
     }
 
     /// Verifies and decodes a fetched chunk file (`None`: it was missing).
-    pub fn decode(&self, loc: &ChunkLoc, file: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    pub(crate) fn decode(&self, loc: &ChunkLoc, file: Option<Vec<u8>>) -> Result<Vec<u8>> {
         let f = file.ok_or_else(|| self.missing(loc))?;
         self.a
             .codec
@@ -224,7 +224,7 @@ impl ChunkReader<'_> {
     /// output). A job without a location passes through (a range of zeros, say). A chunk that
     /// fails its checks reaches `sink` as its error (to stop, or to skip it); an error of
     /// `jobs` or of `sink` stops the run. Remote destinations get one round trip per batch.
-    pub fn run_ordered<T: Send>(
+    pub(crate) fn run_ordered<T: Send>(
         &self,
         jobs: impl Iterator<Item = Result<(T, Option<ChunkLoc>)>> + Send,
         mut sink: impl FnMut(T, Option<(ChunkLoc, Result<Vec<u8>>)>) -> Result<()>,

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::format::{ChunkRef, Hash32, SessionName};
 
 /// Session index meaning "the session this send is staging".
-pub const STAGED: u16 = u16::MAX;
+pub(crate) const STAGED: u16 = u16::MAX;
 
 /// One indexed chunk file: its hash and where it is (volume index, session index, chunk).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ enum Base {
 }
 
 /// Where a chunk with a given hash already is (see the module docs).
-pub struct DedupIndex {
+pub(crate) struct DedupIndex {
     base: Base,
     /// Chunks this send stored: hash -> (volume index, chunk).
     staged: Mutex<HashMap<Hash32, (u16, u64)>>,
@@ -190,7 +190,11 @@ impl DedupIndex {
     }
 
     /// [`build`](Self::build) keeping at most `max_records` in memory, spilling to `dir`.
-    pub fn build_bounded(archive: &Archive, max_records: usize, dir: &Path) -> Result<DedupIndex> {
+    pub(crate) fn build_bounded(
+        archive: &Archive,
+        max_records: usize,
+        dir: &Path,
+    ) -> Result<DedupIndex> {
         // Lazily, one session's manifest at a time, each streamed.
         let sessions = archive
             .volumes
@@ -250,8 +254,9 @@ impl DedupIndex {
         merge(runs, dir)
     }
 
+    #[cfg(test)]
     /// Whether the index spilled to disk (it outgrew its memory budget).
-    pub fn on_disk(&self) -> bool {
+    pub(crate) fn on_disk(&self) -> bool {
         matches!(self.base, Base::Disk { .. })
     }
 
@@ -261,10 +266,6 @@ impl DedupIndex {
             Base::Disk { records, .. } => *records as usize,
         };
         base + self.staged.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The archive's first chunk file with this hash: (volume, session, chunk index).
@@ -331,14 +332,14 @@ impl DedupIndex {
     }
 
     /// Records a chunk this send has just stored.
-    pub fn insert_staged(&self, h: Hash32, vol: usize, idx: u64) {
+    pub(crate) fn insert_staged(&self, h: Hash32, vol: usize, idx: u64) {
         self.staged.lock().entry(h).or_insert((vol as u16, idx));
     }
 }
 
 impl Archive {
     /// Refuses clearly when the destination cannot make hard links.
-    pub fn check_hard_links(&self) -> Result<()> {
+    pub(crate) fn check_hard_links(&self) -> Result<()> {
         let refuse = |detail: String| Error::DestUnavailable {
             url: self.dest.url().into(),
             detail,

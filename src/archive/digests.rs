@@ -47,7 +47,7 @@ fn path(vol_dir: &Path) -> PathBuf {
 }
 
 /// Reads a map forward: [`DigestCursor::get`] takes ascending chunk indices.
-pub struct DigestCursor {
+pub(crate) struct DigestCursor {
     r: Option<BufReader<File>>,
     key: [u8; 32],
     head: Option<(u64, Digest)>,
@@ -116,7 +116,7 @@ impl DigestCursor {
 }
 
 /// Writes a new map in ascending chunk order; [`DigestWriter::save`] puts it in place.
-pub struct DigestWriter {
+pub(crate) struct DigestWriter {
     w: BufWriter<File>,
     tmp: PathBuf,
     dir: PathBuf,
@@ -186,7 +186,7 @@ impl DigestWriter {
     }
 
     /// Drops the unfinished map.
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         let _ = std::fs::remove_file(&self.tmp);
     }
 }

@@ -253,7 +253,7 @@ impl MergedIndex {
     }
 
     /// Data entries from chunk `idx` on, in order (blocks read one at a time).
-    pub fn iter_from(&self, idx: u64) -> IndexIter<'_> {
+    pub(crate) fn iter_from(&self, idx: u64) -> IndexIter<'_> {
         let b = self.fences.partition_point(|f| f.last < idx);
         IndexIter {
             ix: self,
@@ -277,22 +277,13 @@ impl MergedIndex {
         )
     }
 
-    /// The session directory an entry's file is in.
-    pub fn origin(&self, r: &Rec) -> &SessionName {
-        &self.origins[r.origin as usize]
-    }
-
-    pub fn origins(&self) -> &[SessionName] {
-        &self.origins
-    }
-
     /// Every data chunk's location, in order.
     pub fn locs(&self) -> impl Iterator<Item = Result<ChunkLoc>> + Send + '_ {
         self.iter_from(0).map(|r| r.map(|r| self.loc(&r)))
     }
 }
 
-pub struct IndexIter<'a> {
+pub(crate) struct IndexIter<'a> {
     ix: &'a MergedIndex,
     block: usize,
     recs: Arc<Vec<Rec>>,
@@ -454,7 +445,7 @@ impl Builder {
 
     /// The `mfcs` of the view pushed so far, taken as complete (every other chunk zero):
     /// nothing more can be pushed after this.
-    pub fn view_mfcs(&mut self) -> u32 {
+    pub(crate) fn view_mfcs(&mut self) -> u32 {
         if let Some(m) = self.mfcs.take() {
             self.sealed = Some(m.finish(chunk_count(self.volsize, self.chunksize)));
         }
@@ -603,7 +594,7 @@ fn open(path: &Path, vid: &VolumeId, key: &[u8; 32]) -> Option<MergedIndex> {
 
 /// Indexes this process built or opened, by key.
 #[derive(Clone, Default)]
-pub struct Memo(HashMap<[u8; 32], Arc<MergedIndex>>);
+pub(crate) struct Memo(HashMap<[u8; 32], Arc<MergedIndex>>);
 
 impl Archive {
     /// The key of session `si`'s merged view (see the module docs).
@@ -667,7 +658,7 @@ impl Archive {
 
     /// The merged view of session `si` built from the archive's manifests only, ignoring what
     /// local state holds (verify and arch-check: they check the archive, not a cache).
-    pub fn merged_fresh(&self, vi: usize, si: usize) -> Result<Arc<MergedIndex>> {
+    pub(crate) fn merged_fresh(&self, vi: usize, si: usize) -> Result<Arc<MergedIndex>> {
         self.build_index(vi, si, false)
     }
 
@@ -848,7 +839,7 @@ impl Archive {
 
     /// A builder for the view of the session a send is about to commit as volume `vi`'s
     /// next one (`name`, of `volsize` bytes): origins are the existing sessions then it.
-    pub fn next_index_builder(
+    pub(crate) fn next_index_builder(
         &self,
         vi: usize,
         name: &SessionName,

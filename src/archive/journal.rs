@@ -43,7 +43,7 @@ const MAX_LIST: u64 = 1 << 40;
 
 impl WriteArchive {
     /// Merges sessions `first..=last` of volume `vi` into the session after them.
-    pub fn merge_sessions(&mut self, vi: usize, first: usize, last: usize) -> Result<()> {
+    pub(crate) fn merge_sessions(&mut self, vi: usize, first: usize, last: usize) -> Result<()> {
         let vol = self.a.volumes[vi].clone();
         let vid = vol.vid.clone();
         let ti = last + 1;
@@ -432,7 +432,7 @@ impl WriteArchive {
     }
 
     /// `delete`: removes a volume and all its sessions, journaled.
-    pub fn delete_volume(&mut self, vid: &VolumeId) -> Result<()> {
+    pub(crate) fn delete_volume(&mut self, vid: &VolumeId) -> Result<()> {
         let mut journaled = self.a.ini.clone();
         journaled.in_process = Journal::Delete { vid: vid.clone() }.to_items();
         self.write_journal(&journaled)?;

@@ -6,21 +6,21 @@ use crate::format::journal::ListPath;
 use crate::format::{SessionName, VolumeId};
 
 pub const ROOT: &str = "archive.ini";
-pub const ROOT_TMP: &str = "archive.ini.tmp";
-pub const ROOT_BAK: &str = "archive.ini.bak";
+pub(crate) const ROOT_TMP: &str = "archive.ini.tmp";
+pub(crate) const ROOT_BAK: &str = "archive.ini.bak";
 /// A root carrying a journal, before it replaces the root.
-pub const ROOT_JOURNAL_TMP: &str = "archive.ini.journal.tmp";
-pub const SALT: &str = "archive.salt";
-pub const SALT_BAK: &str = "salt.bak";
+pub(crate) const ROOT_JOURNAL_TMP: &str = "archive.ini.journal.tmp";
+pub(crate) const SALT: &str = "archive.salt";
+pub(crate) const SALT_BAK: &str = "salt.bak";
 /// The original's write probe, also the target of the hard-link probes.
-pub const PROBE: &str = "archive.dat";
-pub const LINK_PROBE: &str = ".hardlink";
-pub const DEDUP_PROBE: &str = "dedup-probe.tmp";
+pub(crate) const PROBE: &str = "archive.dat";
+pub(crate) const LINK_PROBE: &str = ".hardlink";
+pub(crate) const DEDUP_PROBE: &str = "dedup-probe.tmp";
 
 /// Where a send stages its session before the commit renames it.
-pub const STAGING: &str = "S-tmp";
+pub(crate) const STAGING: &str = "S-tmp";
 /// Where a resumed send sets the interrupted send's staging aside (see `archive::resume`).
-pub const ASIDE: &str = "S-resume";
+pub(crate) const ASIDE: &str = "S-resume";
 
 /// A session's directory: a committed session, or the one being staged.
 #[derive(Clone, Copy, Debug)]
@@ -48,11 +48,11 @@ pub fn volinfo(vid: &VolumeId) -> String {
     format!("{vid}/volinfo")
 }
 
-pub fn volinfo_tmp(vid: &VolumeId) -> String {
+pub(crate) fn volinfo_tmp(vid: &VolumeId) -> String {
     format!("{vid}/volinfo.tmp")
 }
 
-pub fn volinfo_bak(vid: &VolumeId) -> String {
+pub(crate) fn volinfo_bak(vid: &VolumeId) -> String {
     format!("{vid}/volinfo.bak")
 }
 
@@ -60,7 +60,7 @@ pub fn sessions(vid: &VolumeId) -> String {
     format!("{vid}/sessions")
 }
 
-pub fn sessions_tmp(vid: &VolumeId) -> String {
+pub(crate) fn sessions_tmp(vid: &VolumeId) -> String {
     format!("{vid}/sessions.tmp")
 }
 
@@ -72,7 +72,7 @@ pub fn info(vid: &VolumeId, d: Dir) -> String {
     format!("{vid}/{}/info", d.name())
 }
 
-pub fn info_tmp(vid: &VolumeId, d: Dir) -> String {
+pub(crate) fn info_tmp(vid: &VolumeId, d: Dir) -> String {
     format!("{vid}/{}/info.tmp", d.name())
 }
 
@@ -80,7 +80,7 @@ pub fn manifest(vid: &VolumeId, d: Dir) -> String {
     format!("{vid}/{}/manifest.z", d.name())
 }
 
-pub fn manifest_tmp(vid: &VolumeId, d: Dir) -> String {
+pub(crate) fn manifest_tmp(vid: &VolumeId, d: Dir) -> String {
     format!("{vid}/{}/manifest.z.tmp", d.name())
 }
 
@@ -90,30 +90,25 @@ pub fn chunk(vid: &VolumeId, d: Dir, addr: u64) -> String {
 }
 
 /// A chunk's file in session directory `dir` (a path relative to the archive).
-pub fn chunk_under(dir: &str, addr: u64) -> String {
+pub(crate) fn chunk_under(dir: &str, addr: u64) -> String {
     format!("{dir}/{}/{}", chunk_subdir(addr), chunk_file(addr))
 }
 
 /// The name of a chunk's subdirectory in its session directory.
-pub fn chunk_subdir(addr: u64) -> String {
+pub(crate) fn chunk_subdir(addr: u64) -> String {
     format!("{:09x}", addr >> 28)
 }
 
 /// The name of a chunk's file.
-pub fn chunk_file(addr: u64) -> String {
+pub(crate) fn chunk_file(addr: u64) -> String {
     format!("x{addr:016x}")
 }
 
-/// A chunk's subdirectory.
-pub fn chunk_dir(vid: &VolumeId, d: Dir, addr: u64) -> String {
-    format!("{vid}/{}/{:09x}", d.name(), addr >> 28)
-}
-
-pub fn merge_list(vid: &VolumeId) -> String {
+pub(crate) fn merge_list(vid: &VolumeId) -> String {
     format!("{vid}/merge.lst.gz")
 }
 
-pub fn merge_init(vid: &VolumeId) -> String {
+pub(crate) fn merge_init(vid: &VolumeId) -> String {
     format!("{vid}/merge-init")
 }
 
@@ -122,26 +117,26 @@ pub fn merge(vid: &VolumeId) -> String {
 }
 
 /// A session directory moved aside into `merge-init/`.
-pub fn in_merge_init(vid: &VolumeId, s: &SessionName) -> String {
+pub(crate) fn in_merge_init(vid: &VolumeId, s: &SessionName) -> String {
     format!("{vid}/merge-init/{s}")
 }
 
 /// A path of the merge list, inside `merge/`.
-pub fn in_merge(vid: &VolumeId, p: &str) -> String {
+pub(crate) fn in_merge(vid: &VolumeId, p: &str) -> String {
     format!("{vid}/merge/{p}")
 }
 
-pub fn in_merge_list(vid: &VolumeId, p: &ListPath) -> String {
+pub(crate) fn in_merge_list(vid: &VolumeId, p: &ListPath) -> String {
     in_merge(vid, p.as_str())
 }
 
 /// The marker that the move phase of a merge is complete.
-pub fn merge_moved(vid: &VolumeId) -> String {
+pub(crate) fn merge_moved(vid: &VolumeId) -> String {
     format!("{vid}/merge/CHECK-mv-rm")
 }
 
 /// Where `arch-deduplicate` stages a link before renaming it over a duplicate.
-pub fn dedup_tmp(vid: &VolumeId) -> String {
+pub(crate) fn dedup_tmp(vid: &VolumeId) -> String {
     format!("{vid}/dedup.tmp")
 }
 

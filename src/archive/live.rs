@@ -87,7 +87,7 @@ impl LiveArchive {
     }
 
     /// Changes each time a new state of the archive is loaded.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
@@ -437,7 +437,7 @@ impl SessionImage {
     /// Asks the background threads to fetch and decode the chunks holding `len` bytes from
     /// `offset` into the cache, for a reader that knows where it goes next (a file inside the
     /// image read in order). Never owed: dropped when they are busy.
-    pub fn prefetch(&self, offset: u64, len: u64) {
+    pub(crate) fn prefetch(&self, offset: u64, len: u64) {
         let cs = self.chunksize();
         let first = offset / cs;
         let count = (offset.saturating_add(len).div_ceil(cs)).saturating_sub(first);

@@ -93,33 +93,33 @@ impl LocalState {
     }
 
     /// A volume's directory (delta maps, digests, indexes).
-    pub fn volume_dir(&self, vid: &VolumeId) -> PathBuf {
+    pub(crate) fn volume_dir(&self, vid: &VolumeId) -> PathBuf {
         self.dir.join(vid.as_str())
     }
 
     /// Where temporary spool files of this archive go.
-    pub fn spool_dir(&self) -> PathBuf {
+    pub(crate) fn spool_dir(&self) -> PathBuf {
         self.dir.clone()
     }
 
     /// The copy of the last root seen from this machine.
-    pub fn load_root(&self) -> Option<Vec<u8>> {
+    pub(crate) fn load_root(&self) -> Option<Vec<u8>> {
         std::fs::read(self.dir.join("archive.ini")).ok()
     }
 
-    pub fn save_root(&self, root: &[u8]) -> Result<()> {
+    pub(crate) fn save_root(&self, root: &[u8]) -> Result<()> {
         let p = self.dir.join("archive.ini");
         write_atomic(&p, root).map_err(|e| Error::local_state(&p, e))
     }
 
-    pub fn load_salt(&self) -> Option<SaltFile> {
+    pub(crate) fn load_salt(&self) -> Option<SaltFile> {
         let b = std::fs::read(self.dir.join("archive.salt")).ok()?;
         (b.len() == SALT_FILE_LEN)
             .then(|| SaltFile::parse(&b).ok())
             .flatten()
     }
 
-    pub fn save_salt(&self, salt: &SaltFile) -> std::io::Result<()> {
+    pub(crate) fn save_salt(&self, salt: &SaltFile) -> std::io::Result<()> {
         write_atomic(&self.dir.join("archive.salt"), &salt.to_bytes())
     }
 
@@ -128,11 +128,11 @@ impl LocalState {
     }
 
     /// Whether an earlier recovery of an interrupted transaction failed.
-    pub fn retry_failed(&self) -> bool {
+    pub(crate) fn retry_failed(&self) -> bool {
         self.retry_marker().exists()
     }
 
-    pub fn set_retry_failed(&self, failed: bool) {
+    pub(crate) fn set_retry_failed(&self, failed: bool) {
         let m = self.retry_marker();
         let _ = if failed {
             std::fs::write(&m, b"")

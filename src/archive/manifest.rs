@@ -13,7 +13,7 @@ use crate::format::manifest::{Entry, LineReader};
 use crate::format::{self as fmt, Session, VolumeId};
 
 /// The lines a session recorded itself: `(chunk index, value)` in ascending order.
-pub struct SessionLines {
+pub(crate) struct SessionLines {
     inner: Option<LineReader<Box<dyn BufRead + Send>>>,
 }
 
@@ -33,7 +33,7 @@ impl Iterator for SessionLines {
 
 impl Archive {
     /// The manifest lines session `si` of volume `vi` recorded itself.
-    pub fn session_lines(&self, vi: usize, si: usize) -> Result<SessionLines> {
+    pub(crate) fn session_lines(&self, vi: usize, si: usize) -> Result<SessionLines> {
         let vol = &self.volumes[vi];
         self.lines_of(&vol.vid, &vol.sessions[si])
     }

@@ -106,12 +106,12 @@ impl Volume {
         self.sessions.last()
     }
 
-    pub fn session_index(&self, name: &fmt::SessionName) -> Option<usize> {
+    pub(crate) fn session_index(&self, name: &fmt::SessionName) -> Option<usize> {
         self.sessions.iter().position(|s| &s.name == name)
     }
 
     /// The hash of a session's `info`, as the volinfo records it.
-    pub fn info_hash(&self, name: &fmt::SessionName) -> Option<&Hash32> {
+    pub(crate) fn info_hash(&self, name: &fmt::SessionName) -> Option<&Hash32> {
         self.volinfo
             .sessions
             .iter()
@@ -555,7 +555,7 @@ impl Archive {
     }
 
     /// The cipher mode, `None` for an unencrypted archive.
-    pub fn cipher_mode(&self) -> Option<CipherMode> {
+    pub(crate) fn cipher_mode(&self) -> Option<CipherMode> {
         CipherMode::from_ci(&self.ci).filter(|_| self.encrypted())
     }
 
@@ -581,10 +581,6 @@ impl Archive {
 
     pub fn updated_at(&self) -> Option<f64> {
         self.ini.get("updated_at").and_then(|t| t.parse().ok())
-    }
-
-    pub fn capabilities(&self) -> Capabilities {
-        self.dest.capabilities()
     }
 
     /// Bytes a send stores between checkpoints for a resume: [`Tuning::checkpoint`] if set,
@@ -624,12 +620,12 @@ impl Archive {
     }
 
     /// A volume's directory in local state.
-    pub fn local_volume_dir(&self, vid: &VolumeId) -> Option<PathBuf> {
+    pub(crate) fn local_volume_dir(&self, vid: &VolumeId) -> Option<PathBuf> {
         self.local.as_ref().map(|l| l.volume_dir(vid))
     }
 
     /// Where temporary files of this archive go.
-    pub fn spool_dir(&self) -> PathBuf {
+    pub(crate) fn spool_dir(&self) -> PathBuf {
         self.local
             .as_ref()
             .map(|l| l.spool_dir())
@@ -736,7 +732,7 @@ impl Archive {
 
     /// Compresses and hashes raw volume data as a chunk of this archive would be, to compare
     /// it with a manifest hash (or to store it, through a [`SessionWriter`]).
-    pub fn hash_chunk(&self, raw: &[u8]) -> session::Hashed {
+    pub(crate) fn hash_chunk(&self, raw: &[u8]) -> session::Hashed {
         session::Hashed(self.codec.hash_chunk(raw))
     }
 
@@ -747,13 +743,13 @@ impl Archive {
     }
 
     /// Whether the archive on the destination is still the one loaded (its root unchanged).
-    pub fn is_current(&self) -> Result<bool> {
+    pub(crate) fn is_current(&self) -> Result<bool> {
         Ok(self.dest.read(layout::ROOT, ROOT_MAX)?.as_deref() == Some(&self.root[..]))
     }
 
     /// Loads the archive again as it is now on the destination (a long-lived reader such as
     /// a mount, after a send or prune elsewhere). Keeps the keys, so no passphrase is asked.
-    pub fn refreshed(&self) -> Result<Archive> {
+    pub(crate) fn refreshed(&self) -> Result<Archive> {
         let file =
             self.dest
                 .read(layout::ROOT, ROOT_MAX)?
@@ -1038,7 +1034,7 @@ impl<'a> SharedChunk<'a> {
 
     /// [`Archive::hash_chunk`] of the data, reusing a compression another archive with the same
     /// settings already made.
-    pub fn hash_for(&mut self, archive: &Archive) -> session::Hashed {
+    pub(crate) fn hash_for(&mut self, archive: &Archive) -> session::Hashed {
         let c = archive.codec.compressor;
         let file = match self.compressed.iter().find(|(k, _)| *k == c) {
             Some((_, f)) => f.clone(),

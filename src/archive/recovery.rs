@@ -95,13 +95,13 @@ impl Archive {
 
     /// Copies of the salt file that are damaged or missing, and what is wrong (the copy in use
     /// passed its check block).
-    pub fn salt_problems(&self) -> &[(&'static str, String)] {
+    pub(crate) fn salt_problems(&self) -> &[(&'static str, String)] {
         &self.salt_problems
     }
 
     /// Volumes whose volinfo is the new one of an interrupted commit (`volinfo.bak` is in use
     /// until the next write command restores it).
-    pub fn interrupted_commits(&self) -> Vec<&VolumeId> {
+    pub(crate) fn interrupted_commits(&self) -> Vec<&VolumeId> {
         self.volumes
             .iter()
             .filter(|v| v.restored_from_bak)
@@ -189,7 +189,7 @@ impl WriteArchive {
     /// `arch-check --clean`: recovery (already run by opening for write), plus `*.tmp` files
     /// inside session directories, plus the volinfo of each damaged volume whose `volinfo.bak`
     /// holds the committed version. Returns what it removed or repaired.
-    pub fn clean_deep(&mut self) -> Result<Vec<String>> {
+    pub(crate) fn clean_deep(&mut self) -> Result<Vec<String>> {
         let dest = self.a.dest.clone();
         let mut done = Vec::new();
         for l in self.a.leftovers(true)? {

@@ -36,7 +36,7 @@ use super::digests::Digest;
 use crate::format::{Hash32, VolumeId};
 
 /// The marker file in a staging directory that a record may resume.
-pub const MARKER: &str = "wyng-resume";
+pub(crate) const MARKER: &str = "wyng-resume";
 
 const MAGIC: &str = "wyng-resume 2";
 const FIELDS: usize = 8 + 32 + 16 + 4;
@@ -55,18 +55,18 @@ pub struct Staged {
 }
 
 /// The record of the session being staged for a volume.
-pub fn record_path(local_vol: &Path) -> PathBuf {
+pub(crate) fn record_path(local_vol: &Path) -> PathBuf {
     local_vol.join("resume")
 }
 
 /// A resumed send's copy of the interrupted record, read while the new one is written.
-pub fn taken_path(local_vol: &Path) -> PathBuf {
+pub(crate) fn taken_path(local_vol: &Path) -> PathBuf {
     local_vol.join("resume.old")
 }
 
 /// What a record says about its staging directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub id: String,
     /// The staging directory, relative to the archive (`Vol_x/S-tmp`, or `Vol_x/S_<name>` on
     /// object storage).
@@ -101,7 +101,7 @@ impl Header {
 }
 
 /// The header of the record at `path`, if it is one.
-pub fn read_header(path: &Path) -> Option<Header> {
+pub(crate) fn read_header(path: &Path) -> Option<Header> {
     let f = File::open(path).ok()?;
     let mut line = String::new();
     BufReader::new(f.take(4096)).read_line(&mut line).ok()?;
@@ -133,14 +133,14 @@ fn hex8(b: &[u8; 8]) -> String {
 }
 
 /// A fresh random id for a record and its marker.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b = [0u8; 16];
     getrandom::getrandom(&mut b).expect("the system's random source");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The record being appended to while a session is staged.
-pub struct RecordWriter {
+pub(crate) struct RecordWriter {
     path: PathBuf,
     file: Option<File>,
     key: [u8; 32],
@@ -190,7 +190,7 @@ impl RecordWriter {
 }
 
 /// The pairs of an interrupted send's record, looked up in increasing address order.
-pub struct ReuseCursor {
+pub(crate) struct ReuseCursor {
     r: BufReader<File>,
     key: [u8; 32],
     next: Option<Staged>,
@@ -262,7 +262,7 @@ impl ReuseCursor {
 /// Copies the record at `rec` to `out`, keeping only chunks whose file is in staging
 /// directory `dir` (`list` names a chunk subdirectory's files, sorted): what a resume may
 /// take is what is there. Returns how many were kept.
-pub fn keep_present(
+pub(crate) fn keep_present(
     rec: &Path,
     out: &Path,
     chunksize: u64,

@@ -105,7 +105,11 @@ impl WriteArchive {
     /// without atomic rename the session's own directory: see [`SessionWriter::staging`]).
     /// With local state the staging is resumable: what an interrupted send of this volume
     /// staged, that its record names, is set aside for [`SessionWriter::reuse_cursor`].
-    pub fn begin_session(&mut self, vi: usize, name: SessionName) -> Result<SessionWriter<'_>> {
+    pub(crate) fn begin_session(
+        &mut self,
+        vi: usize,
+        name: SessionName,
+    ) -> Result<SessionWriter<'_>> {
         let vid = self.a.volumes[vi].vid.clone();
         let dest = &*self.a.dest;
         let dir = layout::dir(&vid, staging_dir(dest, &name));
@@ -177,7 +181,7 @@ impl WriteArchive {
 impl WriteArchive {
     /// Removes what an interrupted send of volume `vi` staged for its resume (to make room:
     /// sessions are worth more than a head start).
-    pub fn drop_resume(&mut self, vi: usize) -> Result<()> {
+    pub(crate) fn drop_resume(&mut self, vi: usize) -> Result<()> {
         let vid = self.a.volumes[vi].vid.clone();
         let Some(ld) = self.a.local_volume_dir(&vid) else {
             return Ok(());
@@ -302,14 +306,9 @@ impl SessionWriter<'_> {
         self.w.a.dest.link_chunk(existing, &self.staged(idx))
     }
 
-    /// Where chunk `idx` of this session is while it is staged (dedup links to it).
-    pub fn staged_path(&self, idx: u64) -> String {
-        self.staged(idx)
-    }
-
     /// The chunks an interrupted send of this volume staged and recorded, if this session
     /// resumes one: a cursor over their addresses and hashes.
-    pub fn reuse_cursor(&self) -> Option<ReuseCursor> {
+    pub(crate) fn reuse_cursor(&self) -> Option<ReuseCursor> {
         let (_, rec) = self.resume.as_ref()?.from.as_ref()?;
         ReuseCursor::open(rec)
     }

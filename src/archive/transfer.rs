@@ -37,7 +37,7 @@ pub enum Transfer {
 
 impl Archive {
     /// How chunks of this archive are copied into `target`.
-    pub fn transfer_to(&self, target: &Archive) -> Transfer {
+    pub(crate) fn transfer_to(&self, target: &Archive) -> Transfer {
         let same_hash = matches!(
             (&self.codec.data_hash, &target.codec.data_hash),
             (HashFn::Blake2b256, HashFn::Blake2b256) | (HashFn::Sha256, HashFn::Sha256)
@@ -77,7 +77,7 @@ impl SessionWriter<'_> {
     /// into this session at the same address, after verifying it. With `prev`, the hash the
     /// target's previous view holds at this address: if the chunk turns out to be that
     /// content, nothing is written (`stored` 0).
-    pub fn copy_chunk(
+    pub(crate) fn copy_chunk(
         &self,
         from: &Archive,
         how: Transfer,

@@ -364,13 +364,13 @@ impl WriteArchive {
     }
 
     /// Adds a volume to the in-memory archive (persisted with its first commit).
-    pub fn new_volume(&mut self, name: &str, desc: &str) -> Result<usize> {
+    pub(crate) fn new_volume(&mut self, name: &str, desc: &str) -> Result<usize> {
         self.new_volume_as(name, desc, None)
     }
 
     /// [`WriteArchive::new_volume`], with the id `prefer` if this archive has no volume (or
     /// directory) of that id (a copy keeps its source's ids, so renames can be followed).
-    pub fn new_volume_as(
+    pub(crate) fn new_volume_as(
         &mut self,
         name: &str,
         desc: &str,
@@ -419,7 +419,7 @@ impl WriteArchive {
     /// A new volume may take `name` only if no volume has it: not a readable one, and not a
     /// damaged one (whose name a second volume would shadow until the damage is repaired,
     /// leaving two volumes of one name).
-    pub fn name_is_free(&self, name: &str) -> Result<()> {
+    pub(crate) fn name_is_free(&self, name: &str) -> Result<()> {
         match self.find_index(name) {
             Ok(_) => Err(Error::VolumeExists(super::sanitized(name))),
             Err(Error::VolumeNotFound(_)) => Ok(()),
@@ -428,7 +428,7 @@ impl WriteArchive {
     }
 
     /// `add`: a volume with no sessions yet.
-    pub fn add_volume(&mut self, name: &str, desc: &str) -> Result<()> {
+    pub(crate) fn add_volume(&mut self, name: &str, desc: &str) -> Result<()> {
         let vi = self.new_volume(name, desc)?;
         let volinfo = self.a.volumes[vi].volinfo.clone();
         self.save_volume(vi, volinfo, Vec::new())
@@ -436,7 +436,7 @@ impl WriteArchive {
 
     /// `rename`: a new name and description (a rename without one clears it, as the
     /// original does).
-    pub fn rename_volume(&mut self, old: &str, new: &str, desc: &str) -> Result<()> {
+    pub(crate) fn rename_volume(&mut self, old: &str, new: &str, desc: &str) -> Result<()> {
         fmt::ids::check_volume_name(new)?;
         self.name_is_free(new)?;
         check_desc(desc)?;
@@ -450,7 +450,7 @@ impl WriteArchive {
 
     /// Gives volume `vi` the name and description of the volume it copies (`arch-copy`
     /// following a rename in its source).
-    pub fn relabel_volume(&mut self, vi: usize, name: &str, desc: &str) -> Result<()> {
+    pub(crate) fn relabel_volume(&mut self, vi: usize, name: &str, desc: &str) -> Result<()> {
         fmt::ids::check_volume_name(name)?;
         check_desc(desc)?;
         if self

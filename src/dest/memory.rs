@@ -188,15 +188,10 @@ impl MemDest {
         }
     }
 
-    /// The same destination without hard links (like an object store).
-    pub fn without_hard_links(mut self) -> MemDest {
-        self.caps.hard_links = false;
-        self
-    }
-
+    #[cfg(test)]
     /// The same destination without atomic rename either (an object store: sessions are
     /// staged under their final names).
-    pub fn like_object_storage(mut self) -> MemDest {
+    pub(crate) fn like_object_storage(mut self) -> MemDest {
         self.caps.hard_links = false;
         self.caps.atomic_rename = false;
         self
@@ -207,20 +202,23 @@ impl MemDest {
         self.state.lock().steps
     }
 
+    #[cfg(test)]
     /// The `n`-th change or sync from now (1 = the next one) fails, and so does every
     /// operation after it.
-    pub fn crash_at(&self, n: u64) {
+    pub(crate) fn crash_at(&self, n: u64) {
         let mut s = self.state.lock();
         s.crash_at = Some(s.steps + n);
     }
 
-    pub fn crashed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn crashed(&self) -> bool {
         self.state.lock().crashed
     }
 
+    #[cfg(test)]
     /// The destination as found after the crash (or now, if none happened): the durable state
     /// plus the first `keep` changes made since the last sync.
-    pub fn after_crash(&self, keep: usize) -> MemDest {
+    pub(crate) fn after_crash(&self, keep: usize) -> MemDest {
         let s = self.state.lock();
         let mut t = s.durable.clone();
         for op in s.log.iter().take(keep) {
@@ -237,9 +235,10 @@ impl MemDest {
         }
     }
 
+    #[cfg(test)]
     /// Changes made since the last sync (how many prefixes [`after_crash`](Self::after_crash)
     /// can keep).
-    pub fn unsynced(&self) -> usize {
+    pub(crate) fn unsynced(&self) -> usize {
         self.state.lock().log.len()
     }
 

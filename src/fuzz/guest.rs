@@ -35,20 +35,6 @@ impl SparseDisk {
             sectors,
         }
     }
-
-    /// The encoding of a whole image (its non-zero sectors).
-    pub fn encode(image: &[u8]) -> Vec<u8> {
-        let n = image.len().div_ceil(512) as u32;
-        let mut out = n.to_le_bytes().to_vec();
-        for (i, s) in image.chunks(512).enumerate() {
-            if s.iter().any(|&b| b != 0) {
-                out.extend_from_slice(&(i as u32).to_le_bytes());
-                out.extend_from_slice(s);
-                out.resize(out.len() + 512 - s.len(), 0);
-            }
-        }
-        out
-    }
 }
 
 impl crate::guest::Disk for SparseDisk {

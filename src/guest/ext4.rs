@@ -21,7 +21,7 @@ use super::{guest, not_found, Disk, Entry, GuestFs, GuestPath, Kind, Stat, MAX_L
 use crate::error::{Error, Result};
 
 /// Most block groups of a filesystem opened (1 Mi groups: 128 TiB at the default geometry).
-pub const MAX_GROUPS: u64 = 1 << 20;
+pub(crate) const MAX_GROUPS: u64 = 1 << 20;
 const CURSORS: usize = 4;
 
 /// A read of the image that failed: where, and how long.
@@ -45,7 +45,7 @@ impl ext4_view::Ext4Read for Reader {
     }
 }
 
-pub struct Ext4Fs {
+pub(crate) struct Ext4Fs {
     fs: Ext4,
     disk: Arc<dyn Disk>,
     /// The last read of the image that failed (the crate may swallow the error, see

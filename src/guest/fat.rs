@@ -18,9 +18,9 @@ use super::{from_io, guest, not_found, Cursor, Disk, Entry, GuestFs, GuestPath, 
 use crate::error::Result;
 
 /// Most entries read from one directory (slots for long names included).
-pub const MAX_ENTRIES: usize = 1 << 17;
+pub(crate) const MAX_ENTRIES: usize = 1 << 17;
 
-pub struct FatFs {
+pub(crate) struct FatFs {
     fs: FileSystem<Cursor>,
 }
 

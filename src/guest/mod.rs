@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 pub use name::{escape, GuestPath};
 
 /// Deepest directory nesting walked or resolved (a hostile image can nest without end).
-pub const MAX_DEPTH: usize = 1024;
+pub(crate) const MAX_DEPTH: usize = 1024;
 
 /// Where an image's bytes come from.
 pub trait Disk: Send + Sync {
@@ -71,7 +71,7 @@ fn past_end(offset: u64, len: usize, size: u64) -> Error {
 }
 
 /// A part of a disk (a partition).
-pub struct Slice {
+pub(crate) struct Slice {
     disk: Arc<dyn Disk>,
     start: u64,
     len: u64,
@@ -210,7 +210,7 @@ impl Kind {
     }
 
     /// Device nodes, FIFOs and sockets: listed, never restored or served.
-    pub fn is_special(self) -> bool {
+    pub(crate) fn is_special(self) -> bool {
         !matches!(self, Kind::File | Kind::Dir | Kind::Symlink)
     }
 }
@@ -249,10 +249,10 @@ pub trait GuestFs {
 }
 
 /// Longest symlink target read (PATH_MAX).
-pub const MAX_LINK: u64 = 4096;
+pub(crate) const MAX_LINK: u64 = 4096;
 
 /// Opens the filesystem `fs` found on `disk`.
-pub fn open_fs(disk: Arc<dyn Disk>, fs: probe::Fs) -> Result<Box<dyn GuestFs>> {
+pub(crate) fn open_fs(disk: Arc<dyn Disk>, fs: probe::Fs) -> Result<Box<dyn GuestFs>> {
     Ok(match fs {
         probe::Fs::Ext => Box::new(ext4::Ext4Fs::open(disk)?),
         probe::Fs::Fat => Box::new(fat::FatFs::open(disk)?),
@@ -326,7 +326,7 @@ impl Image {
     }
 
     /// The bytes of a partition (or of the whole image).
-    pub fn part_disk(&self, part: Option<usize>) -> Arc<dyn Disk> {
+    pub(crate) fn part_disk(&self, part: Option<usize>) -> Arc<dyn Disk> {
         match part.and_then(|i| self.layout.parts().get(i)) {
             Some(p) => Arc::new(Slice::new(self.disk.clone(), p.start, p.len)),
             None => self.disk.clone(),

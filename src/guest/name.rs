@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 
 /// Why a name cannot be one component of a path (`None`: it can).
-pub fn unsafe_name(name: &[u8]) -> Option<&'static str> {
+pub(crate) fn unsafe_name(name: &[u8]) -> Option<&'static str> {
     if name.is_empty() {
         Some("an empty name")
     } else if name == b"." || name == b".." {
@@ -28,7 +28,7 @@ pub fn unsafe_name(name: &[u8]) -> Option<&'static str> {
 
 /// Whether a name holds control characters (restored files refuse them: they break scripts
 /// and terminals that later list the restored tree).
-pub fn has_control(name: &[u8]) -> bool {
+pub(crate) fn has_control(name: &[u8]) -> bool {
     name.iter().any(|&b| b < 0x20 || b == 0x7f)
 }
 
@@ -43,7 +43,7 @@ impl GuestPath {
 
     /// A path as a user typed it: `/` separated, `.` and empty components dropped, `..` going
     /// up (never above the root).
-    pub fn parse_user(s: &[u8]) -> Result<GuestPath> {
+    pub(crate) fn parse_user(s: &[u8]) -> Result<GuestPath> {
         let mut out = Vec::new();
         for c in s.split(|&b| b == b'/') {
             match c {
@@ -105,7 +105,7 @@ impl GuestPath {
     }
 
     /// `/a/b` (`/` for the root), as bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         if self.0.is_empty() {
             return b"/".to_vec();
         }

@@ -22,11 +22,11 @@ use super::{from_io, guest, not_found, Disk, Entry, GuestFs, GuestPath, Kind, St
 use crate::error::{Error, Result};
 
 /// Bytes the crate may read to produce one directory entry or resolve one path.
-pub const BUDGET: u64 = 64 << 20;
+pub(crate) const BUDGET: u64 = 64 << 20;
 /// The first file record that is not a metafile.
 const FIRST_USER_RECORD: u64 = 16;
 /// Most entries read from one directory.
-pub const MAX_ENTRIES: usize = 1 << 22;
+pub(crate) const MAX_ENTRIES: usize = 1 << 22;
 
 /// A cursor that fails once its budget is spent.
 struct Budgeted {
@@ -62,7 +62,7 @@ impl std::fmt::Display for OverBudget {
 
 impl std::error::Error for OverBudget {}
 
-pub struct NtfsFs {
+pub(crate) struct NtfsFs {
     ntfs: Ntfs,
     io: RefCell<Budgeted>,
     left: Arc<AtomicU64>,

@@ -17,9 +17,9 @@ use super::probe::{self, Content};
 use super::{guest, Disk, Slice};
 use crate::error::Result;
 
-pub const MAX_PARTS: usize = 128;
-pub const MAX_GPT_ENTRIES: u32 = 4096;
-pub const MAX_LOGICAL: usize = 128;
+pub(crate) const MAX_PARTS: usize = 128;
+pub(crate) const MAX_GPT_ENTRIES: u32 = 4096;
+pub(crate) const MAX_LOGICAL: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Scheme {
@@ -86,7 +86,7 @@ impl Layout {
         self.scheme
     }
 
-    pub fn is_table(&self) -> bool {
+    pub(crate) fn is_table(&self) -> bool {
         self.scheme != Scheme::None
     }
 

@@ -89,7 +89,7 @@ fn head(disk: &Arc<dyn Disk>, off: u64, len: usize) -> Result<Vec<u8>> {
 }
 
 /// Whether a sector is a FAT boot sector (its BIOS parameter block is plausible).
-pub fn is_fat_boot(b: &[u8]) -> bool {
+pub(crate) fn is_fat_boot(b: &[u8]) -> bool {
     let bps = le16(b, 11);
     let spc = b.get(13).copied().unwrap_or(0);
     let reserved = le16(b, 14);
@@ -106,7 +106,7 @@ pub fn is_fat_boot(b: &[u8]) -> bool {
 }
 
 /// Whether a sector is an NTFS boot sector.
-pub fn is_ntfs_boot(b: &[u8]) -> bool {
+pub(crate) fn is_ntfs_boot(b: &[u8]) -> bool {
     at::<8>(b, 3) == Some(*b"NTFS    ")
 }
 

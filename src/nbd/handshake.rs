@@ -3,47 +3,45 @@
 
 use super::{bounded, Cursor, Malformed};
 
-pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+pub(crate) const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+pub(crate) const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 
 /// Handshake flags (server).
-pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
-pub const FLAG_NO_ZEROES: u16 = 1 << 1;
+pub(crate) const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+pub(crate) const FLAG_NO_ZEROES: u16 = 1 << 1;
 
 /// Client flags.
-pub const C_FIXED_NEWSTYLE: u32 = 1 << 0;
-pub const C_NO_ZEROES: u32 = 1 << 1;
+pub(crate) const C_FIXED_NEWSTYLE: u32 = 1 << 0;
+pub(crate) const C_NO_ZEROES: u32 = 1 << 1;
 
 /// Option codes.
 pub mod opt {
-    pub const EXPORT_NAME: u32 = 1;
-    pub const ABORT: u32 = 2;
-    pub const LIST: u32 = 3;
-    pub const STARTTLS: u32 = 5;
-    pub const INFO: u32 = 6;
-    pub const GO: u32 = 7;
-    pub const STRUCTURED_REPLY: u32 = 8;
-    pub const LIST_META_CONTEXT: u32 = 9;
-    pub const SET_META_CONTEXT: u32 = 10;
+    pub(crate) const EXPORT_NAME: u32 = 1;
+    pub(crate) const ABORT: u32 = 2;
+    pub(crate) const LIST: u32 = 3;
+    pub(crate) const STARTTLS: u32 = 5;
+    pub(crate) const INFO: u32 = 6;
+    pub(crate) const GO: u32 = 7;
+    pub(crate) const STRUCTURED_REPLY: u32 = 8;
+    pub(crate) const LIST_META_CONTEXT: u32 = 9;
+    pub(crate) const SET_META_CONTEXT: u32 = 10;
 }
 
 /// Option reply types.
 pub mod rep {
-    pub const ACK: u32 = 1;
-    pub const SERVER: u32 = 2;
-    pub const INFO: u32 = 3;
-    pub const META_CONTEXT: u32 = 4;
+    pub(crate) const ACK: u32 = 1;
+    pub(crate) const SERVER: u32 = 2;
+    pub(crate) const INFO: u32 = 3;
+    pub(crate) const META_CONTEXT: u32 = 4;
     const ERR: u32 = 1 << 31;
-    pub const ERR_UNSUP: u32 = ERR + 1;
-    pub const ERR_POLICY: u32 = ERR + 2;
-    pub const ERR_INVALID: u32 = ERR + 3;
-    pub const ERR_PLATFORM: u32 = ERR + 4;
-    pub const ERR_TLS_REQD: u32 = ERR + 5;
-    pub const ERR_UNKNOWN: u32 = ERR + 6;
-    pub const ERR_SHUTDOWN: u32 = ERR + 7;
-    pub const ERR_BLOCK_SIZE_REQD: u32 = ERR + 8;
-    pub const ERR_TOO_BIG: u32 = ERR + 9;
+    pub(crate) const ERR_UNSUP: u32 = ERR + 1;
+    pub(crate) const ERR_POLICY: u32 = ERR + 2;
+    pub(crate) const ERR_INVALID: u32 = ERR + 3;
+    pub(crate) const ERR_TLS_REQD: u32 = ERR + 5;
+    pub(crate) const ERR_UNKNOWN: u32 = ERR + 6;
+    pub(crate) const ERR_SHUTDOWN: u32 = ERR + 7;
+    pub(crate) const ERR_TOO_BIG: u32 = ERR + 9;
 }
 
 /// Information types of `NBD_OPT_INFO` / `NBD_OPT_GO`.
@@ -51,20 +49,20 @@ pub mod info {
     pub const EXPORT: u16 = 0;
     pub const NAME: u16 = 1;
     pub const DESCRIPTION: u16 = 2;
-    pub const BLOCK_SIZE: u16 = 3;
+    pub(crate) const BLOCK_SIZE: u16 = 3;
 }
 
 /// The one metadata context this protocol defines: which extents hold data.
-pub const BASE_ALLOCATION: &str = "base:allocation";
+pub(crate) const BASE_ALLOCATION: &str = "base:allocation";
 
 /// Whether a metadata context query selects `base:allocation`: the name itself, or (when
 /// listing only) the namespace wildcard `base:`.
-pub fn selects_base_allocation(query: &str, listing: bool) -> bool {
+pub(crate) fn selects_base_allocation(query: &str, listing: bool) -> bool {
     query == BASE_ALLOCATION || (listing && query == "base:")
 }
 
 /// What the server sends on connecting: magic, `IHAVEOPT`, handshake flags.
-pub fn greeting() -> [u8; 18] {
+pub(crate) fn greeting() -> [u8; 18] {
     let mut b = [0u8; 18];
     b[..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
     b[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
@@ -74,7 +72,7 @@ pub fn greeting() -> [u8; 18] {
 
 /// The client's answer to the greeting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientFlags {
+pub(crate) struct ClientFlags {
     pub fixed_newstyle: bool,
     pub no_zeroes: bool,
 }
@@ -92,7 +90,8 @@ impl ClientFlags {
         })
     }
 
-    pub fn to_bytes(self) -> [u8; 4] {
+    #[cfg(any(test, feature = "fuzz-targets"))]
+    pub(crate) fn to_bytes(self) -> [u8; 4] {
         let mut v = 0;
         if self.fixed_newstyle {
             v |= C_FIXED_NEWSTYLE;
@@ -106,13 +105,13 @@ impl ClientFlags {
 
 /// The fixed part of an option: its code and the length of the data that follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OptionHeader {
+pub(crate) struct OptionHeader {
     pub option: u32,
     pub length: u32,
 }
 
 impl OptionHeader {
-    pub const LEN: usize = 16;
+    pub(crate) const LEN: usize = 16;
 
     pub fn parse(b: &[u8; Self::LEN]) -> Result<OptionHeader, Malformed> {
         let mut c = Cursor::new(b);
@@ -125,7 +124,8 @@ impl OptionHeader {
         })
     }
 
-    pub fn to_bytes(self) -> [u8; Self::LEN] {
+    #[cfg(any(test, feature = "fuzz-targets"))]
+    pub(crate) fn to_bytes(self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
         b[..8].copy_from_slice(&IHAVEOPT.to_be_bytes());
         b[8..12].copy_from_slice(&self.option.to_be_bytes());
@@ -136,21 +136,21 @@ impl OptionHeader {
 
 /// `NBD_OPT_INFO` / `NBD_OPT_GO`: an export and the information wanted about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExportRequest {
+pub(crate) struct ExportRequest {
     pub name: String,
     pub info: Vec<u16>,
 }
 
 /// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MetaRequest {
+pub(crate) struct MetaRequest {
     pub export: String,
     pub queries: Vec<String>,
 }
 
 /// An option as the client sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Opt {
+pub(crate) enum Opt {
     ExportName(String),
     Abort,
     List,
@@ -168,7 +168,7 @@ pub enum Opt {
 /// (`NBD_OPT_EXPORT_NAME`, which cannot be answered with an error, ends the connection).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct OptError(pub &'static str);
+pub(crate) struct OptError(pub &'static str);
 
 fn no_data(data: &[u8], what: Opt) -> Result<Opt, OptError> {
     if data.is_empty() {
@@ -237,6 +237,7 @@ impl Opt {
         }
     }
 
+    #[cfg(any(test, feature = "fuzz-targets"))]
     pub fn code(&self) -> u32 {
         match self {
             Opt::ExportName(_) => opt::EXPORT_NAME,
@@ -253,7 +254,8 @@ impl Opt {
     }
 
     /// The option as a client sends it: header and data.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    #[cfg(any(test, feature = "fuzz-targets"))]
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut d = Vec::new();
         match self {
             Opt::ExportName(n) => d.extend_from_slice(n.as_bytes()),
@@ -299,13 +301,13 @@ pub fn reply(option: u32, kind: u32, data: &[u8]) -> Vec<u8> {
 }
 
 /// An error reply with a message for the user (cut to the protocol's string limit).
-pub fn reply_error(option: u32, kind: u32, message: &str) -> Vec<u8> {
+pub(crate) fn reply_error(option: u32, kind: u32, message: &str) -> Vec<u8> {
     debug_assert!(kind & (1 << 31) != 0, "an error reply type");
     reply(option, kind, bounded(message).as_bytes())
 }
 
 /// `NBD_REP_SERVER`: one export of a list, with a description for people.
-pub fn reply_server(name: &str, description: &str) -> Vec<u8> {
+pub(crate) fn reply_server(name: &str, description: &str) -> Vec<u8> {
     let name = bounded(name);
     let description = bounded(description);
     let mut d = Vec::with_capacity(4 + name.len() + description.len());
@@ -316,7 +318,7 @@ pub fn reply_server(name: &str, description: &str) -> Vec<u8> {
 }
 
 /// `NBD_REP_META_CONTEXT`: a context and the id block status replies will carry.
-pub fn reply_meta_context(option: u32, id: u32, name: &str) -> Vec<u8> {
+pub(crate) fn reply_meta_context(option: u32, id: u32, name: &str) -> Vec<u8> {
     let mut d = id.to_be_bytes().to_vec();
     d.extend_from_slice(bounded(name).as_bytes());
     reply(option, rep::META_CONTEXT, &d)
@@ -324,7 +326,7 @@ pub fn reply_meta_context(option: u32, id: u32, name: &str) -> Vec<u8> {
 
 /// An `NBD_REP_INFO` item.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Info {
+pub(crate) enum Info {
     Export {
         size: u64,
         flags: u16,
@@ -372,7 +374,7 @@ impl Info {
 
 /// The answer to `NBD_OPT_EXPORT_NAME`: size, transmission flags, and 124 zero bytes unless
 /// the client asked for none.
-pub fn export_name_reply(size: u64, flags: u16, no_zeroes: bool) -> Vec<u8> {
+pub(crate) fn export_name_reply(size: u64, flags: u16, no_zeroes: bool) -> Vec<u8> {
     let mut b = size.to_be_bytes().to_vec();
     b.extend_from_slice(&flags.to_be_bytes());
     if !no_zeroes {
@@ -381,8 +383,9 @@ pub fn export_name_reply(size: u64, flags: u16, no_zeroes: bool) -> Vec<u8> {
     b
 }
 
+#[cfg(test)]
 /// A reply as a client reads it: (option, type, data). For tests and the fuzz round trip.
-pub fn parse_reply(b: &[u8]) -> Result<(u32, u32, &[u8]), Malformed> {
+pub(crate) fn parse_reply(b: &[u8]) -> Result<(u32, u32, &[u8]), Malformed> {
     let mut c = Cursor::new(b);
     if c.u64() != Some(OPT_REPLY_MAGIC) {
         return Err(Malformed("an option reply without its magic"));

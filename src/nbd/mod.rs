@@ -18,7 +18,7 @@ pub mod handshake;
 pub mod transmission;
 
 /// The longest string (export name, query, error message) the protocol allows.
-pub const MAX_STRING: usize = 4096;
+pub(crate) const MAX_STRING: usize = 4096;
 
 /// Input that breaks the protocol so that the connection cannot go on (the server hangs up).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -3,61 +3,60 @@
 
 use super::{bounded, Cursor, Malformed};
 
-pub const REQUEST_MAGIC: u32 = 0x2560_9513;
-pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub(crate) const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Transmission flags (what an export offers).
 pub mod flag {
-    pub const HAS_FLAGS: u16 = 1 << 0;
-    pub const READ_ONLY: u16 = 1 << 1;
-    pub const SEND_FLUSH: u16 = 1 << 2;
-    pub const SEND_FUA: u16 = 1 << 3;
-    pub const SEND_TRIM: u16 = 1 << 5;
-    pub const SEND_WRITE_ZEROES: u16 = 1 << 6;
-    pub const SEND_DF: u16 = 1 << 7;
-    pub const CAN_MULTI_CONN: u16 = 1 << 8;
-    pub const SEND_CACHE: u16 = 1 << 10;
-    pub const SEND_FAST_ZERO: u16 = 1 << 11;
+    pub(crate) const HAS_FLAGS: u16 = 1 << 0;
+    pub(crate) const READ_ONLY: u16 = 1 << 1;
+    pub(crate) const SEND_FLUSH: u16 = 1 << 2;
+    pub(crate) const SEND_FUA: u16 = 1 << 3;
+    pub(crate) const SEND_TRIM: u16 = 1 << 5;
+    pub(crate) const SEND_WRITE_ZEROES: u16 = 1 << 6;
+    pub(crate) const SEND_DF: u16 = 1 << 7;
+    pub(crate) const CAN_MULTI_CONN: u16 = 1 << 8;
+    pub(crate) const SEND_CACHE: u16 = 1 << 10;
+    pub(crate) const SEND_FAST_ZERO: u16 = 1 << 11;
 }
 
 /// Command flags (on a request).
 pub mod cmd_flag {
-    pub const FUA: u16 = 1 << 0;
-    pub const NO_HOLE: u16 = 1 << 1;
-    pub const DF: u16 = 1 << 2;
-    pub const REQ_ONE: u16 = 1 << 3;
-    pub const FAST_ZERO: u16 = 1 << 4;
+    pub(crate) const FUA: u16 = 1 << 0;
+    pub(crate) const NO_HOLE: u16 = 1 << 1;
+    pub(crate) const DF: u16 = 1 << 2;
+    pub(crate) const REQ_ONE: u16 = 1 << 3;
+    pub(crate) const FAST_ZERO: u16 = 1 << 4;
 }
 
 /// Error values of replies.
 pub mod errno {
     pub const EPERM: u32 = 1;
     pub const EIO: u32 = 5;
-    pub const ENOMEM: u32 = 12;
     pub const EINVAL: u32 = 22;
-    pub const ENOSPC: u32 = 28;
-    pub const EOVERFLOW: u32 = 75;
-    pub const ENOTSUP: u32 = 95;
-    pub const ESHUTDOWN: u32 = 108;
+    pub(crate) const ENOSPC: u32 = 28;
+    pub(crate) const EOVERFLOW: u32 = 75;
+    pub(crate) const ENOTSUP: u32 = 95;
+    pub(crate) const ESHUTDOWN: u32 = 108;
 }
 
 /// Structured reply chunk types.
 pub mod reply_type {
-    pub const NONE: u16 = 0;
-    pub const OFFSET_DATA: u16 = 1;
-    pub const OFFSET_HOLE: u16 = 2;
-    pub const BLOCK_STATUS: u16 = 5;
+    pub(crate) const NONE: u16 = 0;
+    pub(crate) const OFFSET_DATA: u16 = 1;
+    pub(crate) const OFFSET_HOLE: u16 = 2;
+    pub(crate) const BLOCK_STATUS: u16 = 5;
     pub const ERROR: u16 = (1 << 15) + 1;
-    pub const ERROR_OFFSET: u16 = (1 << 15) + 2;
+    pub(crate) const ERROR_OFFSET: u16 = (1 << 15) + 2;
 }
 
 /// The last chunk of a structured reply.
-pub const REPLY_FLAG_DONE: u16 = 1;
+pub(crate) const REPLY_FLAG_DONE: u16 = 1;
 
 /// `base:allocation` status flags.
 pub mod state {
-    pub const HOLE: u32 = 1 << 0;
+    pub(crate) const HOLE: u32 = 1 << 0;
     pub const ZERO: u32 = 1 << 1;
 }
 
@@ -76,7 +75,7 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn from_code(c: u16) -> Command {
+    pub(crate) fn from_code(c: u16) -> Command {
         match c {
             0 => Command::Read,
             1 => Command::Write,
@@ -106,7 +105,7 @@ impl Command {
 
     /// The command flags valid on this command (FUA is accepted on every command, as clients
     /// are known to set it everywhere).
-    pub fn valid_flags(self) -> u16 {
+    pub(crate) fn valid_flags(self) -> u16 {
         cmd_flag::FUA
             | match self {
                 Command::Read => cmd_flag::DF,
@@ -128,7 +127,7 @@ pub struct Request {
 }
 
 impl Request {
-    pub const LEN: usize = 28;
+    pub(crate) const LEN: usize = 28;
 
     /// A wrong magic ends the connection: nothing after it can be trusted to be in step.
     pub fn parse(b: &[u8; Self::LEN]) -> Result<Request, Malformed> {
@@ -145,7 +144,8 @@ impl Request {
         })
     }
 
-    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+    #[cfg(any(test, feature = "fuzz-targets"))]
+    pub(crate) fn to_bytes(self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
         b[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
         b[4..6].copy_from_slice(&self.flags.to_be_bytes());
@@ -163,7 +163,7 @@ impl Request {
 }
 
 /// A simple reply (a successful simple read's data follows it).
-pub fn simple_reply(error: u32, cookie: u64) -> [u8; 16] {
+pub(crate) fn simple_reply(error: u32, cookie: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
     b[4..8].copy_from_slice(&error.to_be_bytes());
@@ -172,7 +172,7 @@ pub fn simple_reply(error: u32, cookie: u64) -> [u8; 16] {
 }
 
 /// The header of a structured reply chunk with `length` bytes of payload.
-pub fn chunk_header(flags: u16, kind: u16, cookie: u64, length: u32) -> [u8; 20] {
+pub(crate) fn chunk_header(flags: u16, kind: u16, cookie: u64, length: u32) -> [u8; 20] {
     let mut b = [0u8; 20];
     b[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
     b[4..6].copy_from_slice(&flags.to_be_bytes());
@@ -191,7 +191,7 @@ fn done(d: bool) -> u16 {
 }
 
 /// `NBD_REPLY_TYPE_OFFSET_DATA` up to its data: `data_len` bytes at `offset` follow it.
-pub fn offset_data_header(cookie: u64, offset: u64, data_len: u32, last: bool) -> [u8; 28] {
+pub(crate) fn offset_data_header(cookie: u64, offset: u64, data_len: u32, last: bool) -> [u8; 28] {
     let mut b = [0u8; 28];
     b[..20].copy_from_slice(&chunk_header(
         done(last),
@@ -206,7 +206,7 @@ pub fn offset_data_header(cookie: u64, offset: u64, data_len: u32, last: bool) -
 }
 
 /// `NBD_REPLY_TYPE_OFFSET_HOLE`: `size` bytes at `offset` read as zeros.
-pub fn offset_hole(cookie: u64, offset: u64, size: u32, last: bool) -> [u8; 32] {
+pub(crate) fn offset_hole(cookie: u64, offset: u64, size: u32, last: bool) -> [u8; 32] {
     let mut b = [0u8; 32];
     b[..20].copy_from_slice(&chunk_header(
         done(last),
@@ -227,7 +227,7 @@ pub struct Extent {
 }
 
 /// `NBD_REPLY_TYPE_BLOCK_STATUS` for one metadata context.
-pub fn block_status(cookie: u64, context: u32, extents: &[Extent], last: bool) -> Vec<u8> {
+pub(crate) fn block_status(cookie: u64, context: u32, extents: &[Extent], last: bool) -> Vec<u8> {
     let len = 4 + 8 * extents.len();
     let mut b = Vec::with_capacity(20 + len);
     b.extend_from_slice(&chunk_header(
@@ -246,7 +246,7 @@ pub fn block_status(cookie: u64, context: u32, extents: &[Extent], last: bool) -
 
 /// An error chunk (the last of its reply): `NBD_REPLY_TYPE_ERROR_OFFSET` when the error is
 /// at a known offset, else `NBD_REPLY_TYPE_ERROR`.
-pub fn error_chunk(cookie: u64, error: u32, message: &str, offset: Option<u64>) -> Vec<u8> {
+pub(crate) fn error_chunk(cookie: u64, error: u32, message: &str, offset: Option<u64>) -> Vec<u8> {
     let m = bounded(message).as_bytes();
     let (kind, extra) = match offset {
         Some(_) => (reply_type::ERROR_OFFSET, 8),
@@ -265,13 +265,14 @@ pub fn error_chunk(cookie: u64, error: u32, message: &str, offset: Option<u64>) 
 }
 
 /// `NBD_REPLY_TYPE_NONE`: the end of a successful structured reply.
-pub fn none_chunk(cookie: u64) -> [u8; 20] {
+pub(crate) fn none_chunk(cookie: u64) -> [u8; 20] {
     chunk_header(REPLY_FLAG_DONE, reply_type::NONE, cookie, 0)
 }
 
 /// A reply header as a client reads it. For tests and the fuzz round trip.
+#[cfg(any(test, feature = "fuzz-targets"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplyHeader {
+pub(crate) enum ReplyHeader {
     Simple {
         error: u32,
         cookie: u64,
@@ -284,6 +285,7 @@ pub enum ReplyHeader {
     },
 }
 
+#[cfg(any(test, feature = "fuzz-targets"))]
 impl ReplyHeader {
     /// Parses a simple reply (16 bytes) or a chunk header (20 bytes), by the magic.
     pub fn parse(b: &[u8]) -> Result<ReplyHeader, Malformed> {

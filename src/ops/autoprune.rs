@@ -79,7 +79,7 @@ impl ApDays {
     }
 
     /// Whether these parameters can remove anything.
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.remove_after == 0 && self.thin_after == 0
     }
 }
@@ -89,7 +89,7 @@ fn date_of(n: &SessionName) -> Option<NaiveDate> {
 }
 
 /// Whether step 3 (removal by age) alone marks session `n` as of `today`.
-pub fn past_age(n: &SessionName, ap: ApDays, today: NaiveDate) -> bool {
+pub(crate) fn past_age(n: &SessionName, ap: ApDays, today: NaiveDate) -> bool {
     ap.remove_after > 0
         && today
             .checked_sub_days(Days::new(ap.remove_after))

@@ -28,7 +28,7 @@ pub use restore::{get, GetOptions, GetReport};
 
 /// Bytes of directory listings a walk holds at once (names and stats of every directory on
 /// the path being walked).
-pub const MAX_HELD: u64 = 128 << 20;
+pub(crate) const MAX_HELD: u64 = 128 << 20;
 /// Bytes one entry costs in a held listing besides its name.
 const ENTRY_COST: u64 = 96;
 
@@ -178,7 +178,7 @@ fn entry_info(path: Vec<u8>, st: &Stat, target: Option<Vec<u8>>) -> EntryInfo {
 }
 
 /// A user path: the partition's prefix and the path inside it.
-pub fn user_path(prefix: &str, p: &GuestPath) -> Vec<u8> {
+pub(crate) fn user_path(prefix: &str, p: &GuestPath) -> Vec<u8> {
     let mut out = prefix.as_bytes().to_vec();
     if p.is_root() && !prefix.is_empty() {
         return out;
@@ -497,7 +497,7 @@ fn content_of(fs: &dyn GuestFs, p: &GuestPath, st: &Stat) -> Result<Option<Vec<u
 }
 
 /// Most matches `find` remembers (one per path).
-pub const MAX_MATCHES: usize = 1 << 20;
+pub(crate) const MAX_MATCHES: usize = 1 << 20;
 
 /// `files find`: every session of `sessions` in which a path matching `pattern` exists, in
 /// session order, each compared with its previous match; returns what could not be read.

@@ -56,7 +56,7 @@ pub struct SessionJson {
 }
 
 /// Whether a session changed anything: the original's `Chg` flag.
-pub fn session_changed(vol: &Volume, idx: usize) -> bool {
+pub(crate) fn session_changed(vol: &Volume, idx: usize) -> bool {
     let s = &vol.sessions[idx].info;
     idx == 0 || s.manifest_hash.is_some() || {
         let p = &vol.sessions[idx - 1].info;

@@ -132,7 +132,7 @@ impl SessionSel {
 }
 
 /// True if every byte is zero (written so the compiler vectorises it).
-pub fn is_all_zero(b: &[u8]) -> bool {
+pub(crate) fn is_all_zero(b: &[u8]) -> bool {
     let mut chunks = b.chunks_exact(64);
     chunks.all(|c| c.iter().fold(0u8, |a, x| a | x) == 0)
         && chunks.remainder().iter().all(|&x| x == 0)

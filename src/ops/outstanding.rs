@@ -26,7 +26,7 @@ pub struct Missing {
 }
 
 /// Destination URL → what it misses.
-pub type Outstanding = BTreeMap<String, Missing>;
+pub(crate) type Outstanding = BTreeMap<String, Missing>;
 
 fn path(meta_dir: &Path) -> PathBuf {
     meta_dir.join("outstanding.json")

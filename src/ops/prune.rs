@@ -286,7 +286,7 @@ pub(crate) fn select_spec(vol: &Volume, spec: &str, o: &PruneOptions) -> Result<
 /// removing at most 3, then 9 sessions per volume, then all that the calendar marks, each pass
 /// recomputing the calendar, until the space is there or nothing more can go. Returns what was
 /// removed; the caller finds out from the send itself whether the space then sufficed.
-pub fn make_room(
+pub(crate) fn make_room(
     wa: &mut WriteArchive,
     name: &str,
     needed: u64,

@@ -48,7 +48,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// Asked before an existing target is overwritten: `Ok` to go ahead (the binary prompts, or
 /// `-u` says yes).
-pub type Confirm<'a> = &'a (dyn Fn(&Path) -> Result<()> + Sync);
+pub(crate) type Confirm<'a> = &'a (dyn Fn(&Path) -> Result<()> + Sync);
 
 pub struct ReceiveOptions<'a> {
     pub save_to: PathBuf,
@@ -755,7 +755,7 @@ pub enum SnapshotUse {
 }
 
 /// The path `receive --local` restores a volume to.
-pub fn local_target(
+pub(crate) fn local_target(
     store: &crate::source::reflink::ReflinkStore,
     v: &crate::ops::VolumeRef,
 ) -> Result<PathBuf> {

@@ -77,7 +77,7 @@ pub fn select<'a>(
 
 /// The chunks among `from..to` (of `chunksize` bytes) where an open file may hold data: all of
 /// them for a device, only those `SEEK_DATA` reports for a file.
-pub fn local_data_chunks(
+pub(crate) fn local_data_chunks(
     f: &File,
     block: bool,
     from: u64,

@@ -40,7 +40,7 @@ pub struct Entry {
 
 impl Entry {
     /// The volume's name in its local storage.
-    pub fn local_name(&self) -> &str {
+    pub(crate) fn local_name(&self) -> &str {
         self.alias.as_deref().unwrap_or(&self.name)
     }
 
@@ -128,7 +128,7 @@ impl VolsFrom {
     }
 
     /// `FILE.error`, beside the file.
-    pub fn error_path(&self) -> PathBuf {
+    pub(crate) fn error_path(&self) -> PathBuf {
         let mut p = self.path.clone().into_os_string();
         p.push(".error");
         PathBuf::from(p)

@@ -33,7 +33,7 @@ pub enum When {
 }
 
 /// The help text's summary of the rule.
-pub const RULE: &str = "WHEN is latest (or newest), ^TAG, a date-time 20261205-101500, a day, hour or minute of one (20261205, 2026-12-05, 20261205-10: the newest in it), or a time ago: 90m, 36h, 2d, 1w, yesterday (the newest as of then)";
+pub(crate) const RULE: &str = "WHEN is latest (or newest), ^TAG, a date-time 20261205-101500, a day, hour or minute of one (20261205, 2026-12-05, 20261205-10: the newest in it), or a time ago: 90m, 36h, 2d, 1w, yesterday (the newest as of then)";
 
 impl When {
     pub fn parse(s: &str, now: NaiveDateTime) -> Result<When> {

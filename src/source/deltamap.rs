@@ -12,7 +12,7 @@
 //!   map that misses a change.
 //! * A map of all zeros is written sparse (no allocated blocks): "no change recorded".
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 
 /// The bitmap of changed chunks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeltaMap {
+pub(crate) struct DeltaMap {
     bytes: Vec<u8>,
 }
 
@@ -73,7 +73,8 @@ impl ChunkRanges {
         self.0.is_empty()
     }
 
-    pub fn ranges(&self) -> &[(u64, u64)] {
+    #[cfg(test)]
+    pub(crate) fn ranges(&self) -> &[(u64, u64)] {
         &self.0
     }
 
@@ -109,7 +110,7 @@ impl DeltaMap {
 
     /// Grows the map to cover a volume of `volsize` (never shrinks: marks past the end are
     /// ignored by [`DeltaMap::chunks`]).
-    pub fn cover(&mut self, volsize: u64, chunksize: u64) {
+    pub(crate) fn cover(&mut self, volsize: u64, chunksize: u64) {
         let len = map_len(volsize, chunksize);
         if self.bytes.len() < len {
             self.bytes.resize(len, 0);
@@ -125,7 +126,7 @@ impl DeltaMap {
     }
 
     /// Marks chunks `from..to` (a byte at a time where it can).
-    pub fn mark_range(&mut self, from: u64, to: u64) {
+    pub(crate) fn mark_range(&mut self, from: u64, to: u64) {
         if to <= from {
             return;
         }
@@ -146,18 +147,20 @@ impl DeltaMap {
     }
 
     /// Marks every chunk of `ranges`.
-    pub fn mark_ranges(&mut self, ranges: &ChunkRanges) {
+    pub(crate) fn mark_ranges(&mut self, ranges: &ChunkRanges) {
         for &(a, b) in &ranges.0 {
             self.mark_range(a, b);
         }
     }
 
     /// A map read from bytes (a map file's content).
-    pub fn from_bytes(bytes: Vec<u8>) -> DeltaMap {
+    #[cfg(any(test, feature = "fuzz-targets"))]
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> DeltaMap {
         DeltaMap { bytes }
     }
 
-    pub fn is_marked(&self, chunk: u64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_marked(&self, chunk: u64) -> bool {
         self.bytes
             .get((chunk >> 3) as usize)
             .is_some_and(|b| b & (1 << (chunk & 7)) != 0)
@@ -235,14 +238,15 @@ pub fn path(vol_cache_dir: &Path, session: &str, sequence: u64) -> PathBuf {
 }
 
 /// The mtime of a file in nanoseconds (how snapshots and maps are paired).
-pub fn mtime_ns(path: &Path) -> Option<i128> {
+pub(crate) fn mtime_ns(path: &Path) -> Option<i128> {
     let md = fs::symlink_metadata(path).ok()?;
     Some(md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128)
 }
 
+#[cfg(test)]
 /// Sets a map's mtime to its new baseline's (the last step of a rotation).
-pub fn stamp(path: &Path, mtime_ns: i128) -> Result<()> {
-    let f = File::options()
+pub(crate) fn stamp(path: &Path, mtime_ns: i128) -> Result<()> {
+    let f = fs::File::options()
         .write(true)
         .open(path)
         .map_err(|e| Error::local_io(path, "", e))?;
@@ -265,7 +269,7 @@ pub fn pairing(map: &Path, snap1: &Path) -> Pairing {
 
 /// Whether a paired map records changes. No allocated blocks means sparse, all zeros;
 /// otherwise look (a map written by another tool may hold zeros in allocated blocks).
-pub fn pairing_without_snapshot(map: &Path) -> Pairing {
+pub(crate) fn pairing_without_snapshot(map: &Path) -> Pairing {
     match fs::metadata(map) {
         Err(_) => Pairing::Unpaired,
         Ok(md) if md.blocks() == 0 => Pairing::Paired,
@@ -277,7 +281,7 @@ pub fn pairing_without_snapshot(map: &Path) -> Pairing {
 /// First step of moving a baseline forward while the map of `path` becomes `map`: while the old
 /// baseline (of time `old_t`) is still the one paired, the map on disk becomes the union of what
 /// it recorded and `map`, so no moment of the rotation has a paired map that misses a change.
-pub fn save_union(path: &Path, map: &DeltaMap, old_t: i128) -> Result<()> {
+pub(crate) fn save_union(path: &Path, map: &DeltaMap, old_t: i128) -> Result<()> {
     let mut union = DeltaMap::load(path).unwrap_or_default();
     for c in map.chunks(u64::MAX) {
         union.mark(c);
@@ -286,7 +290,7 @@ pub fn save_union(path: &Path, map: &DeltaMap, old_t: i128) -> Result<()> {
 }
 
 /// Removes every delta map of a volume except `keep`.
-pub fn remove_others(vol_cache_dir: &Path, keep: Option<&Path>) {
+pub(crate) fn remove_others(vol_cache_dir: &Path, keep: Option<&Path>) {
     let Ok(rd) = fs::read_dir(vol_cache_dir) else {
         return;
     };

@@ -66,7 +66,7 @@ fn argv(parts: &[&str]) -> Vec<String> {
 
 /// One logical volume as `lvs` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lv {
+pub(crate) struct Lv {
     pub vg: String,
     pub name: String,
     pub attr: String,
@@ -82,7 +82,7 @@ pub struct Lv {
 const LVS_FIELDS: &str = "vg_name,lv_name,lv_attr,lv_size,pool_lv,thin_id,lv_tags,lv_time";
 
 /// The `lvs` command whose output [`parse_lvs`] reads.
-pub fn lvs_command(vg: &str) -> Vec<String> {
+pub(crate) fn lvs_command(vg: &str) -> Vec<String> {
     argv(&[
         "lvm",
         "lvs",
@@ -98,7 +98,7 @@ pub fn lvs_command(vg: &str) -> Vec<String> {
 }
 
 /// Parses `lvs` output made by [`lvs_command`].
-pub fn parse_lvs(out: &str) -> Result<Vec<Lv>> {
+pub(crate) fn parse_lvs(out: &str) -> Result<Vec<Lv>> {
     let bad = |l: &str| Error::Tool {
         program: "lvs".into(),
         what: format!("line '{l}'"),
@@ -133,7 +133,12 @@ pub fn parse_lvs(out: &str) -> Result<Vec<Lv>> {
 /// Chunk indices that `thin_delta` output marks as changed (§5.4): every `different`,
 /// `right_only` and `left_only` range, in data blocks of `data_block_size` sectors, clipped at
 /// the larger of the two volume sizes.
-pub fn parse_thin_delta(xml: &str, chunksize: u64, size1: u64, size2: u64) -> Result<ChunkRanges> {
+pub(crate) fn parse_thin_delta(
+    xml: &str,
+    chunksize: u64,
+    size1: u64,
+    size2: u64,
+) -> Result<ChunkRanges> {
     let bad = |what: &str| Error::Tool {
         program: "thin_delta".into(),
         what: what.to_string(),
@@ -241,7 +246,7 @@ impl ThinPool {
 
     /// wyng's snapshots in the volume group (tagged `wyng`, named `<lv>.tick` or `<lv>.tock`):
     /// `(snapshot, archive uuid from its arch-<uuid> tag if any, volume)`.
-    pub fn wyng_snapshots(&self) -> Result<Vec<(String, Option<String>, String)>> {
+    pub(crate) fn wyng_snapshots(&self) -> Result<Vec<(String, Option<String>, String)>> {
         Ok(self
             .lvs()?
             .into_iter()
@@ -271,7 +276,7 @@ impl ThinPool {
     /// Snapshots every volume (`<lv>.tock`), decides how each is scanned and reads what
     /// changed for the paired ones from one metadata snapshot (§5.3, §5.4). `monitor` leaves
     /// unpaired volumes alone. On error no `.tock` is left behind.
-    pub fn prepare(
+    pub(crate) fn prepare(
         self: &std::sync::Arc<Self>,
         vols: &[super::reflink::PrepareVolume],
         uuid: &str,
@@ -515,7 +520,7 @@ impl ThinPool {
 impl ThinPool {
     /// The device of a thin volume for a receive, made (or resized) to hold `size` bytes first
     /// (LVM rounds up to its extent size; the tail past the volume stays as it is).
-    pub fn volume_for_receive(&self, name: &str, size: u64) -> Result<PathBuf> {
+    pub(crate) fn volume_for_receive(&self, name: &str, size: u64) -> Result<PathBuf> {
         let lvs = self.lvs()?;
         let size_arg = format!("{size}b");
         match lvs.iter().find(|l| l.name == name) {
@@ -617,7 +622,7 @@ impl ThinPool {
 }
 
 /// The `.tick`/`.tock` pair of one thin volume.
-pub struct LvSnaps {
+pub(crate) struct LvSnaps {
     pool: std::sync::Arc<ThinPool>,
     lv: String,
     cache: Option<PathBuf>,

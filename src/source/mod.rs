@@ -15,7 +15,7 @@ pub mod reflink;
 pub mod zfs;
 pub(crate) mod zstream;
 
-pub struct Source {
+pub(crate) struct Source {
     pub path: PathBuf,
     file: File,
     pub size: u64,
@@ -63,7 +63,7 @@ impl Source {
 
     /// Asks the kernel to start reading a range we will read soon (scattered chunk reads
     /// otherwise wait for one disk request at a time). Advisory: errors are ignored.
-    pub fn will_need(&self, offset: u64, len: u64) {
+    pub(crate) fn will_need(&self, offset: u64, len: u64) {
         let _ = nix::fcntl::posix_fadvise(
             std::os::fd::AsRawFd::as_raw_fd(&self.file),
             offset as libc::off_t,
@@ -82,7 +82,7 @@ impl Source {
 
 /// The offset of the first data at or after `offset` in an open file (`SEEK_DATA`): `u64::MAX`
 /// if there is none, `offset` itself if the filesystem cannot tell.
-pub fn seek_data(f: &File, offset: u64) -> u64 {
+pub(crate) fn seek_data(f: &File, offset: u64) -> u64 {
     use std::os::fd::AsRawFd;
     match nix::unistd::lseek(
         f.as_raw_fd(),
@@ -96,7 +96,7 @@ pub fn seek_data(f: &File, offset: u64) -> u64 {
 }
 
 /// What a run does with one volume of local storage (reflink or LVM thin).
-pub enum Plan {
+pub(crate) enum Plan {
     /// NOCOW file: a full scan of the live file, no snapshots.
     Nocow,
     /// No paired baseline (or no session yet): a full scan of `.wyng2`.
@@ -108,7 +108,7 @@ pub enum Plan {
     Skip,
 }
 
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub snaps: Box<dyn Snapshots>,
     pub plan: Plan,
     /// Chunks this scan found changed between the baseline and `.wyng2`.
@@ -171,7 +171,7 @@ impl LocalStorage {
     }
 
     /// Snapshots the volumes and finds what changed (see the storage's own `prepare`).
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
         vols: &[reflink::PrepareVolume],
         uuid: &str,
@@ -237,7 +237,7 @@ impl LocalStorage {
 /// `snap1` is the baseline paired with the newest session through its delta map, `snap2` the
 /// snapshot this run reads from. Storages only make, promote and drop snapshots; the order in
 /// which the baseline and its map move, which the pairing's crash safety rests on, lives here.
-pub trait Snapshots {
+pub(crate) trait Snapshots {
     /// What a send reads.
     fn snap2_path(&self) -> &Path;
     /// The volume's directory in the local cache, where its delta maps live.
@@ -282,7 +282,7 @@ pub trait Snapshots {
 
 /// Which chunks a send reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scan {
+pub(crate) enum Scan {
     /// Read every chunk; unchanged ones are found by hash comparison with the archive.
     Full,
     /// Read only these chunk indices (sorted): copy-on-write metadata says the others are as

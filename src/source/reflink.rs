@@ -93,7 +93,7 @@ impl ReflinkStore {
     }
 
     /// Removes a freeze snapshot left by an interrupted run (behaviour §5.1).
-    pub fn release_stale_freeze(&self) {
+    pub(crate) fn release_stale_freeze(&self) {
         let p = self.dir.join(FREEZE_NAME);
         if self.btrfs && p.exists() {
             tracing::info!("removing a stale {}", p.display());
@@ -174,7 +174,7 @@ pub fn snapshot(src: &Path, dst: &Path) -> Result<()> {
 
 /// The baseline (`.wyng1`) and new (`.wyng2`) snapshot paths of a volume file: beside it,
 /// named after the archive's UUID and the volume id (format §14.5).
-pub fn snapshot_paths(volume_file: &Path, uuid: &str, vid: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn snapshot_paths(volume_file: &Path, uuid: &str, vid: &str) -> (PathBuf, PathBuf) {
     let dir = volume_file
         .parent()
         .map(Path::to_path_buf)
@@ -186,8 +186,7 @@ pub fn snapshot_paths(volume_file: &Path, uuid: &str, vid: &str) -> (PathBuf, Pa
 }
 
 /// The snapshots and delta map of one volume file.
-pub struct VolumeSnaps {
-    pub file: PathBuf,
+pub(crate) struct VolumeSnaps {
     /// The baseline: what the newest session (plus the map's changes) holds.
     pub snap1: PathBuf,
     /// The snapshot this run reads from.
@@ -204,7 +203,6 @@ impl VolumeSnaps {
     pub fn new(file: &Path, uuid: &str, vid: &str, cache_dir: Option<&Path>) -> VolumeSnaps {
         let (snap1, snap2) = snapshot_paths(file, uuid, vid);
         VolumeSnaps {
-            file: file.to_path_buf(),
             snap1,
             snap2,
             cache: cache_dir.map(|d| d.join(vid)),
@@ -221,14 +219,14 @@ impl VolumeSnaps {
     }
 
     /// Forgets the baseline: removes `.wyng1` and every delta map, so nothing stale can pair.
-    pub fn unpair(&self) {
+    pub(crate) fn unpair(&self) {
         let _ = std::fs::remove_file(&self.snap1);
         if let Some(c) = &self.cache {
             deltamap::remove_others(c, None);
         }
     }
 
-    pub fn take_snap2(&self) -> Result<()> {
+    pub(crate) fn take_snap2(&self) -> Result<()> {
         snapshot(&self.origin, &self.snap2)
     }
 }
@@ -260,7 +258,7 @@ impl Snapshots for VolumeSnaps {
 }
 
 /// One volume to prepare: its file, volume id and newest session.
-pub struct PrepareVolume<'a> {
+pub(crate) struct PrepareVolume<'a> {
     pub name: &'a str,
     pub file: PathBuf,
     pub vid: String,
@@ -272,7 +270,7 @@ pub struct PrepareVolume<'a> {
 /// Snapshots every volume (`.wyng2`), decides how each is scanned, and reads what changed for
 /// the paired ones in one consistent scan (behaviour §5.3, §5.5). `monitor` leaves unpaired
 /// volumes alone instead of planning a full scan. On error no `.wyng2` is left behind.
-pub fn prepare(
+pub(crate) fn prepare(
     store: &ReflinkStore,
     vols: &[PrepareVolume],
     uuid: &str,
@@ -422,7 +420,7 @@ pub struct FoundSnapshot {
 }
 
 /// Parses a snapshot file name (format §14.5).
-pub fn parse_snapshot_name(name: &str) -> Option<(String, String)> {
+pub(crate) fn parse_snapshot_name(name: &str) -> Option<(String, String)> {
     let stem = name
         .strip_suffix(".wyng1")
         .or_else(|| name.strip_suffix(".wyng2"))?;
@@ -438,7 +436,7 @@ pub fn parse_snapshot_name(name: &str) -> Option<(String, String)> {
 }
 
 /// Every wyng snapshot under `dir` (not following symlinks, not entering the freeze snapshot).
-pub fn find_snapshots(dir: &Path) -> Vec<FoundSnapshot> {
+pub(crate) fn find_snapshots(dir: &Path) -> Vec<FoundSnapshot> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -469,7 +467,7 @@ const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
 nix::ioctl_read!(fs_ioc_getflags, b'f', 1, libc::c_long);
 
 /// Whether a file is NOCOW (`chattr +C`): written in place, so extent maps cannot show change.
-pub fn is_nocow(path: &Path) -> bool {
+pub(crate) fn is_nocow(path: &Path) -> bool {
     let Ok(f) = File::open(path) else {
         return false;
     };
@@ -485,7 +483,7 @@ pub fn is_nocow(path: &Path) -> bool {
 /// The baseline's map is read before and after the volume's, so an extent relocated meanwhile
 /// (which could make different data look placed alike) shows as a difference. A write racing
 /// this check is simply found by the next one: nothing moves when it says "unchanged".
-pub fn unchanged_since(snap1: &Path, file: &Path) -> bool {
+pub(crate) fn unchanged_since(snap1: &Path, file: &Path) -> bool {
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
     let (Some(a), Some(b)) = (size(snap1), size(file)) else {
         return false;
@@ -503,17 +501,17 @@ pub fn unchanged_since(snap1: &Path, file: &Path) -> bool {
 
 /// What the change scan compares for one volume.
 #[derive(Clone)]
-pub struct DeltaJob {
+pub(crate) struct DeltaJob {
     pub snap1: PathBuf,
     pub snap2: PathBuf,
 }
 
 /// Name of the read-only subvolume snapshot that freezes a Btrfs `--local` during a scan.
-pub const FREEZE_NAME: &str = "wyng_snapshot_tmp";
+pub(crate) const FREEZE_NAME: &str = "wyng_snapshot_tmp";
 
 /// Chunk indices changed between each job's snapshots, read from one consistent moment of the
 /// filesystem's block layout (see the module invariants), with the new snapshot's size.
-pub fn deltas(
+pub(crate) fn deltas(
     store: &ReflinkStore,
     jobs: &[DeltaJob],
     chunksize: u64,
@@ -595,7 +593,7 @@ fn consistent_maps(store: &ReflinkStore, jobs: &[DeltaJob]) -> Result<Option<Vec
 }
 
 /// A read-only subvolume snapshot of a Btrfs `--local` held during a change scan.
-pub struct Freeze {
+pub(crate) struct Freeze {
     pub path: PathBuf,
     generation: u64,
     fs_uuid: Option<String>,

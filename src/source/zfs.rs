@@ -160,7 +160,7 @@ fn bad_line(program: &str, line: &str) -> Error {
 }
 
 /// Parses `zfs list -H -p -o name,createtxg,creation` output.
-pub fn parse_marks(out: &str) -> Result<Vec<Mark>> {
+pub(crate) fn parse_marks(out: &str) -> Result<Vec<Mark>> {
     out.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -187,7 +187,7 @@ pub struct Zvol {
 }
 
 /// Parses `zfs list -H -p -o name,volsize,snapdev` output.
-pub fn parse_volumes(out: &str) -> Result<Vec<Zvol>> {
+pub(crate) fn parse_volumes(out: &str) -> Result<Vec<Zvol>> {
     out.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| match line.split('\t').collect::<Vec<_>>()[..] {
@@ -370,7 +370,7 @@ impl ZfsStore {
     /// Snapshots every volume, decides how each is scanned and reads what changed for the
     /// paired ones (one `zfs send -i` each). `monitor` leaves unpaired volumes alone. On error
     /// no new snapshot is left behind.
-    pub fn prepare(
+    pub(crate) fn prepare(
         self: &Arc<Self>,
         vols: &[PrepareVolume],
         uuid: &str,
@@ -562,7 +562,7 @@ impl ZfsStore {
     }
 
     /// wyng's snapshots and bookmarks under the dataset: of archive `uuid`, or of any archive.
-    pub fn wyng_marks(&self, uuid: Option<&str>) -> Result<Vec<Mark>> {
+    pub(crate) fn wyng_marks(&self, uuid: Option<&str>) -> Result<Vec<Mark>> {
         let prefix = uuid.map_or("wyng_".to_string(), |u| format!("wyng_{u}_"));
         Ok(self
             .marks()?
@@ -572,12 +572,12 @@ impl ZfsStore {
     }
 
     /// Removes one of wyng's snapshots or bookmarks (`delete --clean`).
-    pub fn remove_mark(&self, name: &str) -> Result<()> {
+    pub(crate) fn remove_mark(&self, name: &str) -> Result<()> {
         self.destroy(name)
     }
 
     /// The device of a volume for a receive, made (or resized) to `size` first.
-    pub fn volume_for_receive(&self, name: &str, size: u64) -> Result<PathBuf> {
+    pub(crate) fn volume_for_receive(&self, name: &str, size: u64) -> Result<PathBuf> {
         let zvol = self.zvol(name)?;
         let dev = self.device(&zvol);
         match self.volumes()?.iter().find(|z| z.name == zvol) {
@@ -597,7 +597,7 @@ impl ZfsStore {
 
 /// The new snapshot and the baseline bookmark of one zvol.
 #[derive(Clone)]
-pub struct ZvolSnaps {
+pub(crate) struct ZvolSnaps {
     store: Arc<ZfsStore>,
     zvol: String,
     /// `wyng_<uuid>_`: what this archive's names start with.

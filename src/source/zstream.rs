@@ -27,17 +27,17 @@ const OST_ZVOL: u32 = 3;
 const DATA_OBJECT: u64 = 1;
 
 mod kind {
-    pub const BEGIN: u32 = 0;
-    pub const OBJECT: u32 = 1;
-    pub const FREEOBJECTS: u32 = 2;
-    pub const WRITE: u32 = 3;
-    pub const FREE: u32 = 4;
-    pub const END: u32 = 5;
-    pub const WRITE_BYREF: u32 = 6;
-    pub const SPILL: u32 = 7;
-    pub const WRITE_EMBEDDED: u32 = 8;
-    pub const OBJECT_RANGE: u32 = 9;
-    pub const REDACT: u32 = 10;
+    pub(crate) const BEGIN: u32 = 0;
+    pub(crate) const OBJECT: u32 = 1;
+    pub(crate) const FREEOBJECTS: u32 = 2;
+    pub(crate) const WRITE: u32 = 3;
+    pub(crate) const FREE: u32 = 4;
+    pub(crate) const END: u32 = 5;
+    pub(crate) const WRITE_BYREF: u32 = 6;
+    pub(crate) const SPILL: u32 = 7;
+    pub(crate) const WRITE_EMBEDDED: u32 = 8;
+    pub(crate) const OBJECT_RANGE: u32 = 9;
+    pub(crate) const REDACT: u32 = 10;
 }
 
 /// What changed in the volume's data, as byte ranges `(offset, length)`; a length that runs

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::guest::{self, Disk, GuestFs, GuestPath, Image, Kind, Stat, Target};
 
 /// A session image read as a disk, fetching ahead when it is read in order.
-pub struct ImageDisk {
+pub(crate) struct ImageDisk {
     image: SessionImage,
     last_end: AtomicU64,
     ahead_to: AtomicU64,
@@ -70,12 +70,12 @@ impl Disk for ImageDisk {
 }
 
 /// The guest tree of a session image as one session image opens it.
-pub fn open_image(image: SessionImage) -> Result<Image> {
+pub(crate) fn open_image(image: SessionImage) -> Result<Image> {
     Image::open(Arc::new(ImageDisk::new(image)))
 }
 
 /// Most guest nodes a mount keeps ids for.
-pub const MAX_NODES: usize = 4 << 20;
+pub(crate) const MAX_NODES: usize = 4 << 20;
 
 type Job = Box<dyn FnOnce(&mut WorkerState) + Send>;
 
@@ -119,7 +119,7 @@ impl WorkerState {
 }
 
 /// One thread serving a session's guest tree.
-pub struct GuestWorker {
+pub(crate) struct GuestWorker {
     jobs: crossbeam_channel::Sender<Job>,
 }
 
@@ -164,13 +164,13 @@ impl GuestWorker {
 
 /// Where a guest node is: its session's `.files` node, partition and path.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct GuestRef {
+pub(crate) struct GuestRef {
     pub session: u64,
     pub at: Target,
 }
 
 /// Node ids for guest entries, in their own range above the tree's.
-pub struct GuestIds {
+pub(crate) struct GuestIds {
     inner: Mutex<Ids>,
 }
 
@@ -181,7 +181,7 @@ struct Ids {
 }
 
 /// Guest node ids start here (the tree's own ids count up from 1).
-pub const FIRST_GUEST_ID: u64 = 1 << 48;
+pub(crate) const FIRST_GUEST_ID: u64 = 1 << 48;
 
 impl Default for GuestIds {
     fn default() -> Self {
@@ -221,7 +221,7 @@ impl GuestIds {
 
 /// Attributes of a guest entry as the mount shows it: the guest's permissions without
 /// set-id and sticky bits, readable by the mount's owner.
-pub fn mount_perm(st: &Stat) -> u16 {
+pub(crate) fn mount_perm(st: &Stat) -> u16 {
     let base = st.perm & 0o777;
     (match st.kind {
         Kind::Dir => base | 0o500,
@@ -230,7 +230,7 @@ pub fn mount_perm(st: &Stat) -> u16 {
 }
 
 /// A guest entry's kind as the tree knows it (special files are not shown).
-pub fn tree_kind(k: Kind) -> Option<super::Kind> {
+pub(crate) fn tree_kind(k: Kind) -> Option<super::Kind> {
     match k {
         Kind::Dir => Some(super::Kind::Dir),
         Kind::File => Some(super::Kind::File),
@@ -241,7 +241,7 @@ pub fn tree_kind(k: Kind) -> Option<super::Kind> {
 
 /// The entries of a guest directory (or the partition list), sorted, for a mount listing.
 /// Names that are not safe path components and special files are left out.
-pub fn list_dir(
+pub(crate) fn list_dir(
     s: &mut WorkerState,
     at: &Target,
     cap: usize,
@@ -360,7 +360,7 @@ pub fn stat(s: &mut WorkerState, at: &Target) -> Result<Stat> {
 }
 
 /// `S_….files/` in the tree: the root of a session's files, served by its own worker.
-pub struct FilesNode {
+pub(crate) struct FilesNode {
     vi: usize,
     si: usize,
     pub mtime: std::time::SystemTime,

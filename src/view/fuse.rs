@@ -9,7 +9,7 @@ use wyng_fuse::{Attr, Kind, NodeId, SparseTree};
 use super::View;
 
 /// A [`View`] served by `wyng-fuse`.
-pub struct Adapter(pub Arc<View>);
+pub(crate) struct Adapter(pub Arc<View>);
 
 fn kind(k: super::Kind) -> Kind {
     match k {
@@ -79,11 +79,11 @@ impl Mount {
 }
 
 /// A wyng mount's source in the mount table is this prefix and its server's pid.
-pub const FS_NAME_PREFIX: &str = "wyng:";
+pub(crate) const FS_NAME_PREFIX: &str = "wyng:";
 
 /// What the mount table shows at a mountpoint.
 #[derive(Debug, PartialEq, Eq)]
-pub enum AtMountpoint {
+pub(crate) enum AtMountpoint {
     Nothing,
     /// Another filesystem (its type).
     Other(String),
@@ -104,7 +104,7 @@ pub fn detach(path: &std::path::Path) -> io::Result<()> {
 }
 
 /// What is mounted at `mountpoint` (absolute).
-pub fn at_mountpoint(mountpoint: &std::path::Path) -> AtMountpoint {
+pub(crate) fn at_mountpoint(mountpoint: &std::path::Path) -> AtMountpoint {
     match wyng_fuse::mounts::mount_at(mountpoint) {
         None => AtMountpoint::Nothing,
         // `fuse` when mounted directly, `fuse.wyng` through fusermount3.

@@ -52,7 +52,7 @@ pub type NodeId = u64;
 pub const ROOT: NodeId = 1;
 
 /// Which session `--session` shows (resolved by the caller against each volume).
-pub type SessionFilter = Arc<dyn Fn(&crate::archive::Volume) -> Option<usize> + Send + Sync>;
+pub(crate) type SessionFilter = Arc<dyn Fn(&crate::archive::Volume) -> Option<usize> + Send + Sync>;
 
 pub struct ViewOptions {
     /// Only this volume.

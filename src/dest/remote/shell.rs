@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::url::Transport;
 
 /// Longest stderr text or framed command output accepted from the remote side.
-pub const MAX_REPLY: usize = 64 << 20;
+pub(crate) const MAX_REPLY: usize = 64 << 20;
 
 const OK: &[u8] = b"\n__WYNG_OK\n";
 const ERR: &str = "\n__WYNG_ERR ";
@@ -36,7 +36,7 @@ pub struct Shell {
 }
 
 /// Collects a child's stderr in the background (bounded).
-pub fn collect_stderr(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+pub(crate) fn collect_stderr(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     let sink = Arc::new(Mutex::new(Vec::new()));
     let s = sink.clone();
     std::thread::spawn(move || {
@@ -55,7 +55,7 @@ pub fn collect_stderr(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>
 }
 
 /// The text a dead link left: ssh's last words.
-pub fn last_words(t: &Transport, stderr: &Mutex<Vec<u8>>) -> String {
+pub(crate) fn last_words(t: &Transport, stderr: &Mutex<Vec<u8>>) -> String {
     // Give the reader thread a moment to collect the last words of ssh.
     std::thread::sleep(std::time::Duration::from_millis(50));
     let text = String::from_utf8_lossy(&stderr.lock())
@@ -137,7 +137,7 @@ impl Shell {
     }
 
     /// Closes stdin (which ends the remote shell and releases its lock) and waits for it.
-    pub fn close(mut self) {
+    pub(crate) fn close(mut self) {
         drop(self.stdin);
         let _ = self.child.wait();
     }
@@ -150,7 +150,7 @@ impl Shell {
     }
 
     /// After a link failure: make sure the process is gone.
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         self.kill();
     }
 }
@@ -161,7 +161,7 @@ fn out_of_step() -> std::io::Error {
 
 /// Reads exactly `n` bytes, allocating as they arrive (never `n` up front: the length is the
 /// remote side's claim).
-pub fn read_exactly(r: &mut impl Read, n: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_exactly(r: &mut impl Read, n: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(n.min(1 << 16) as usize);
     r.take(n).read_to_end(&mut buf)?;
     if buf.len() as u64 != n {
@@ -174,7 +174,7 @@ pub fn read_exactly(r: &mut impl Read, n: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// Reads the status that ends every reply: `Ok`, or the failed command's exit code and stderr.
-pub fn read_status(r: &mut impl BufRead) -> std::io::Result<Result<(), (i32, String)>> {
+pub(crate) fn read_status(r: &mut impl BufRead) -> std::io::Result<Result<(), (i32, String)>> {
     let mut status = Vec::new();
     // At most one status line, read a byte at a time so nothing after it is consumed.
     let mut byte = [0u8; 1];
@@ -204,7 +204,7 @@ pub fn read_status(r: &mut impl BufRead) -> std::io::Result<Result<(), (i32, Str
 }
 
 /// Reads a framed reply: a decimal length line, then that many bytes.
-pub fn read_framed(out: &mut impl BufRead) -> std::io::Result<String> {
+pub(crate) fn read_framed(out: &mut impl BufRead) -> std::io::Result<String> {
     let mut len = String::new();
     out.take(24).read_line(&mut len)?;
     let n: usize = len

@@ -8,13 +8,13 @@ use std::process::{Child, ChildStdin, Stdio};
 
 use super::url::Transport;
 
-pub struct Upload {
+pub(crate) struct Upload {
     child: Child,
     tar: tar::Builder<ChildStdin>,
 }
 
 /// Why the stream ended badly: the remote's words, and whether it ran out of space.
-pub struct UploadFailure {
+pub(crate) struct UploadFailure {
     pub text: String,
     pub full: bool,
 }

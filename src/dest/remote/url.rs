@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::error::{Error, Result};
 
 /// Single-quotes a word for a POSIX shell (only where it needs it).
-pub fn sh_quote(s: &str) -> String {
+pub(crate) fn sh_quote(s: &str) -> String {
     // Paths and commands never hold NUL (URLs with control characters are refused earlier).
     shlex::try_quote(s)
         .map(|q| q.into_owned())
@@ -15,7 +15,7 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// qvm-run's options when `--opt-qubes` gives none: the original's list.
-pub const QUBES_DEFAULT_OPTS: [&str; 4] = [
+pub(crate) const QUBES_DEFAULT_OPTS: [&str; 4] = [
     "--no-color-stderr",
     "--no-color-output",
     "--nogui",
@@ -137,7 +137,7 @@ impl Transport {
     }
 
     /// The program that carries commands (for messages).
-    pub fn program(&self) -> &'static str {
+    pub(crate) fn program(&self) -> &'static str {
         match self {
             Transport::Ssh { .. } => "ssh",
             Transport::Qubes { .. } => "qvm-run",

@@ -79,7 +79,7 @@ pub struct S3Config {
 }
 
 /// Splits `s3://BUCKET[/PREFIX]`.
-pub fn parse_url(url: &str) -> Result<(String, String)> {
+pub(crate) fn parse_url(url: &str) -> Result<(String, String)> {
     let rest = url.strip_prefix("s3://").ok_or_else(|| Error::BadDest {
         url: url.into(),
         why: "write s3://BUCKET/PREFIX".into(),
@@ -261,7 +261,7 @@ impl S3Config {
     }
 
     /// The key prefix of a directory (`PREFIX/rel/`; the bucket root is "").
-    pub fn dir_prefix(&self, rel: &str) -> String {
+    pub(crate) fn dir_prefix(&self, rel: &str) -> String {
         let k = self.key(rel);
         if k.is_empty() {
             k
@@ -271,7 +271,7 @@ impl S3Config {
     }
 
     /// The redo marker of a directory move in progress (beside the prefix, like the lock).
-    pub fn rename_key(&self) -> String {
+    pub(crate) fn rename_key(&self) -> String {
         if self.prefix.is_empty() {
             ".wyng-rename".into()
         } else {
@@ -280,7 +280,7 @@ impl S3Config {
     }
 
     /// The lock object: beside the archive's prefix, so a copy of the prefix never has it.
-    pub fn lock_key(&self) -> String {
+    pub(crate) fn lock_key(&self) -> String {
         if self.prefix.is_empty() {
             ".wyng-lock".into()
         } else {

@@ -64,7 +64,7 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub struct Held {
+pub(crate) struct Held {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     etag: Arc<parking_lot::Mutex<String>>,
@@ -91,7 +91,7 @@ pub fn probe(inner: &Inner) -> Result<()> {
     }
 }
 
-pub fn acquire(inner: &Arc<Inner>) -> Result<Held> {
+pub(crate) fn acquire(inner: &Arc<Inner>) -> Result<Held> {
     let key = inner.cfg.lock_key();
     let owner = uuid::Uuid::new_v4().simple().to_string();
     let unconditional = inner.cfg.no_conditional_lock;

@@ -150,9 +150,9 @@ struct Inner {
 }
 
 /// How long connecting may take.
-pub const CONNECT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT: Duration = Duration::from_secs(5);
 /// How long a request may go without progress by default.
-pub const STALL: Duration = Duration::from_secs(15);
+pub(crate) const STALL: Duration = Duration::from_secs(15);
 
 /// When a request stops being retried: no attempt starts once two stall timeouts have passed
 /// since the first one began. The longest a request can take is therefore about three stall

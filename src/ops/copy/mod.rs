@@ -169,7 +169,7 @@ pub fn new_copy(
 
 /// Refuses a pair that cannot be copied: chunk sizes differ, or the target is the source (or a
 /// byte copy of it, which shares its keys and counters).
-pub fn check_pair(src: &Archive, copy: &Archive) -> Result<()> {
+pub(crate) fn check_pair(src: &Archive, copy: &Archive) -> Result<()> {
     if src.uuid() == copy.uuid() {
         return Err(Error::Usage(format!(
             "{} has the source's uuid: it is the source, or a byte copy of it (which shares its keys and counters); copy into a new place, or give an unencrypted byte copy its own uuid with `wyng arch-check --change-uuid`",

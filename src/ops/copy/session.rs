@@ -57,7 +57,7 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    pub fn views(&self) -> Views<'_> {
+    pub(crate) fn views(&self) -> Views<'_> {
         Views {
             source: &self.source,
             copy: self.copy.as_deref(),

@@ -141,7 +141,7 @@ impl Destinations {
     }
 
     /// The open archives, to change before the send (a `--vols-from` rename).
-    pub fn archives_mut(&mut self) -> impl Iterator<Item = &mut WriteArchive> {
+    pub(crate) fn archives_mut(&mut self) -> impl Iterator<Item = &mut WriteArchive> {
         self.open.iter_mut().map(|d| &mut d.archive)
     }
 

@@ -93,7 +93,7 @@ pub(super) struct Collected {
 
 impl Collected {
     /// Drops what a failed lane built (its digest map for the next send).
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         if let Some(d) = self.digests {
             d.discard();
         }
@@ -180,7 +180,7 @@ impl<'w> Lane<'w> {
         Ok((lane, start))
     }
 
-    pub fn is_failed(&self) -> bool {
+    pub(crate) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
     }
 }

@@ -128,14 +128,14 @@ pub struct Target<'a> {
 
 /// What a send did in one archive.
 #[derive(Default)]
-pub struct TargetResult {
+pub(crate) struct TargetResult {
     pub reports: Vec<VolumeReport>,
     /// The error that stopped this archive, and the volumes it did not get.
     pub failed: Option<(Error, Vec<String>)>,
 }
 
 /// The most archives one send writes to.
-pub const MAX_TARGETS: usize = 16;
+pub(crate) const MAX_TARGETS: usize = 16;
 
 /// Sends to one archive; the first error stops it (see [`run_multi`]).
 pub fn run(
@@ -157,7 +157,7 @@ pub fn run(
 /// Sends the requests to every target archive, each volume read once for all of them. An
 /// `Err` is a problem with the request itself (nothing written); a target that fails later
 /// is reported in its [`TargetResult`] with the volumes it did not get, and the others go on.
-pub fn run_multi(
+pub(crate) fn run_multi(
     targets: &mut [Target],
     reqs: &[SendRequest],
     opts: &SendOptions,
@@ -376,7 +376,7 @@ fn wants(volumes: &Option<Vec<String>>, r: &SendRequest) -> bool {
 /// The session name for this run: the local time, shared by all volumes (format §3.3). If a
 /// volume already has a session of that name in one of the archives (two sends within a
 /// second), wait for the clock.
-pub fn session_name<'a>(
+pub(crate) fn session_name<'a>(
     archives: &[&Archive],
     volumes: impl Iterator<Item = &'a str> + Clone,
 ) -> Result<SessionName> {

@@ -99,7 +99,7 @@ impl<'t> TargetRun<'t> {
     }
 
     /// Whether request `ri` is still to be sent to this archive.
-    pub fn active(&self, ri: usize) -> bool {
+    pub(crate) fn active(&self, ri: usize) -> bool {
         self.result.failed.is_none() && self.vols[ri].is_some()
     }
 

@@ -47,7 +47,7 @@ pub(crate) const MAX_PAYLOAD: u64 = 32 << 20;
 /// Memory for reads answered whole (simple replies), shared by every connection.
 const BUFFER_BUDGET: u64 = 64 << 20;
 /// The port NBD is registered on.
-pub const DEFAULT_PORT: u16 = 10809;
+pub(crate) const DEFAULT_PORT: u16 = 10809;
 
 /// Where the server listens.
 #[derive(Clone, Debug)]
