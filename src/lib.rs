@@ -12,15 +12,19 @@
 //!   copy-on-write snapshots).
 //! * [`guest`]: what is inside a disk image (partition tables, ext2/3/4, FAT, NTFS), read
 //!   in userspace from any "read at an offset" source.
-//! * [`view`]: a FUSE-free tree of volumes and sessions as sparse files (the mount).
-//! * [`nbd`]: the NBD protocol's wire format (pure; `ops::serve` is the server).
+//! * `view`: a FUSE-free tree of volumes and sessions as sparse files (the mount).
+//! * `nbd`: the NBD protocol's wire format (pure; `ops::serve` is the server).
 //! * [`ops`]: one module per command, on top of all of that.
 //!
-//! Beside the layers: [`auth`] (passphrases, the kernel keyring's key cache), [`parallel`]
-//! (the order-preserving parallel map every pipeline runs on), [`spool`] (temporary files),
+//! Beside the layers: [`auth`] (passphrases, the kernel keyring's key cache), `parallel`
+//! (the order-preserving parallel map every pipeline runs on), `spool` (temporary files),
 //! [`size`] (sizes as users write them), [`progress`] (progress counts, shown by the caller's
 //! reporter), [`tuning`] (workers and budgets the caller gives). The library never reads the
 //! environment and never prints: the binary passes options in by value.
+//!
+//! The public API is what the binary (`src/cmd/`), the tests, `wyng-fuse` and the fuzz targets
+//! use; everything else is `pub(crate)` (`parallel`, `spool`, `view`, `nbd` and the atomic file
+//! writer entirely), so the compiler's dead-code lint finds what nothing uses.
 
 pub mod archive;
 pub(crate) mod atomic_file;
@@ -34,15 +38,15 @@ pub use wyng_format as format;
 #[cfg(feature = "fuzz-targets")]
 pub mod fuzz;
 pub mod guest;
-pub mod nbd;
+pub(crate) mod nbd;
 pub mod ops;
-pub mod parallel;
+pub(crate) mod parallel;
 pub mod progress;
 pub mod size;
 pub mod source;
-pub mod spool;
+pub(crate) mod spool;
 pub mod tuning;
-pub mod view;
+pub(crate) mod view;
 
 pub use error::{Error, Result};
 

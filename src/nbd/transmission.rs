@@ -89,6 +89,7 @@ impl Command {
         }
     }
 
+    #[cfg(any(test, feature = "fuzz-targets"))]
     pub fn code(self) -> u16 {
         match self {
             Command::Read => 0,
