@@ -386,7 +386,12 @@ impl Codec {
     /// becomes a chunk file with [`Codec::seal_chunk`] only if it is to be stored, so unchanged
     /// chunks cost no encryption and no counter values.
     pub(crate) fn hash_chunk(&self, raw: &[u8]) -> Encoded {
-        let file = self.compressor.compress(raw);
+        self.hash_compressed(self.compressor.compress(raw))
+    }
+
+    /// [`Codec::hash_chunk`] of data already compressed as this codec compresses (a send to
+    /// several archives compresses once per setting: `archive::SharedChunk`).
+    pub(crate) fn hash_compressed(&self, file: Vec<u8>) -> Encoded {
         Encoded {
             hash: self.data_hash.hash(&file),
             file,

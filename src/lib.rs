@@ -19,8 +19,9 @@
 //! Beside the layers: [`auth`] (passphrases, the kernel keyring's key cache), `parallel`
 //! (the order-preserving parallel map every pipeline runs on), `spool` (temporary files),
 //! [`size`] (sizes as users write them), [`progress`] (progress counts, shown by the caller's
-//! reporter), [`tuning`] (workers and budgets the caller gives). The library never reads the
-//! environment and never prints: the binary passes options in by value.
+//! reporter), [`tuning`] (workers and budgets the caller gives). The library reads no
+//! environment variable and never prints: the binary passes options in by value (the one
+//! conversation it has is `auth`'s passphrase prompt on the terminal, when no `--passcmd` gives it).
 //!
 //! The public API is what the binary (`src/cmd/`), the tests, `wyng-fuse` and the fuzz targets
 //! use; everything else is `pub(crate)` (`parallel`, `spool`, `view`, `nbd` and the atomic file

@@ -19,16 +19,19 @@ pub struct Tuning {
     /// destination.
     pub checkpoint: Option<u64>,
     /// Crash injection for the crash tests: the commit step at which the process aborts.
-    /// Only builds with the `failpoints` feature have it (see `archive::failpoint`).
+    /// Only builds with the `failpoints` feature have it (see `Archive::failpoint`).
     #[cfg(feature = "failpoints")]
     pub failpoint: Option<String>,
 }
 
 impl Tuning {
+    /// The most worker threads a pipeline starts.
+    pub const MAX_WORKERS: usize = 256;
+
     /// Worker threads for the data pipelines: [`Tuning::workers`] or one per core.
     pub fn workers(&self) -> usize {
         self.workers
-            .filter(|n| (1..=256).contains(n))
+            .filter(|n| (1..=Self::MAX_WORKERS).contains(n))
             .unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map(|n| n.get())

@@ -1019,13 +1019,13 @@ fn gunzip_root(body: &[u8]) -> Result<String> {
 /// once per compression setting, so archives that compress alike share that work, and hashed
 /// with each archive's own key. Compression stays behind the archive: callers see only the
 /// [`session::Hashed`] each archive would store.
-pub struct SharedChunk<'a> {
+pub(crate) struct SharedChunk<'a> {
     raw: &'a [u8],
     compressed: Vec<(Compressor, Vec<u8>)>,
 }
 
 impl<'a> SharedChunk<'a> {
-    pub fn new(raw: &'a [u8]) -> SharedChunk<'a> {
+    pub(crate) fn new(raw: &'a [u8]) -> SharedChunk<'a> {
         SharedChunk {
             raw,
             compressed: Vec::new(),
@@ -1044,10 +1044,7 @@ impl<'a> SharedChunk<'a> {
                 f
             }
         };
-        session::Hashed(crate::codec::Encoded {
-            hash: archive.codec.data_hash.hash(&file),
-            file,
-        })
+        session::Hashed(archive.codec.hash_compressed(file))
     }
 }
 

@@ -3,24 +3,39 @@
 //! ([`wyng::tuning::Tuning`]).
 
 use wyng::tuning::Tuning;
-use wyng::Result;
+use wyng::{Error, Result};
 
-/// `WYNG_WORKERS` (1 to 256; else one per core), `WYNG_INDEX_BUDGET` (a size; else 1G),
-/// `WYNG_DEDUP_MEMORY` (a size; else 256M, and a value that is not a size is an error),
-/// `WYNG_CHECKPOINT` (a size; else what suits the destination), and in builds with the
-/// `failpoints` feature `WYNG_FAILPOINT` (the crash tests' commit step to abort at).
+/// `WYNG_WORKERS` (1 to [`Tuning::MAX_WORKERS`]; unset: one per core), `WYNG_INDEX_BUDGET`
+/// (a size; unset: 1G), `WYNG_DEDUP_MEMORY` (a size; unset: 256M), `WYNG_CHECKPOINT` (a size,
+/// 0 or unset: what suits the destination), and in builds with the `failpoints` feature
+/// `WYNG_FAILPOINT` (the crash tests' commit step to abort at). A value that is set but cannot
+/// be used is an error: a benchmark or test that sets one must not run with another.
 pub fn tuning() -> Result<Tuning> {
-    let size = |k: &str| std::env::var(k).ok().map(|v| wyng::size::parse(&v));
-    Ok(Tuning {
-        workers: std::env::var("WYNG_WORKERS")
+    let size = |k: &str| -> Result<Option<u64>> {
+        std::env::var(k)
             .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| (1..=256).contains(n)),
-        index_budget: size("WYNG_INDEX_BUDGET").and_then(Result::ok),
-        dedup_memory: size("WYNG_DEDUP_MEMORY").transpose()?,
-        checkpoint: size("WYNG_CHECKPOINT")
-            .and_then(Result::ok)
-            .filter(|&b| b > 0),
+            .map(|v| wyng::size::parse(&v).map_err(|e| Error::Usage(format!("{k}: {e}"))))
+            .transpose()
+    };
+    let workers = match std::env::var("WYNG_WORKERS") {
+        Err(_) => None,
+        Ok(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=Tuning::MAX_WORKERS).contains(n))
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "WYNG_WORKERS={v}: give a number of threads from 1 to {}",
+                        Tuning::MAX_WORKERS
+                    ))
+                })?,
+        ),
+    };
+    Ok(Tuning {
+        workers,
+        index_budget: size("WYNG_INDEX_BUDGET")?,
+        dedup_memory: size("WYNG_DEDUP_MEMORY")?,
+        checkpoint: size("WYNG_CHECKPOINT")?.filter(|&b| b > 0),
         #[cfg(feature = "failpoints")]
         failpoint: std::env::var("WYNG_FAILPOINT").ok(),
     })

@@ -1,6 +1,7 @@
 //! Library errors as users read them: the typed usage and selection cases name the option
-//! that gives the value, and errors whose way out is an option name it (the library describes
-//! the thing, never the flag).
+//! that gives the value, and errors whose way out is an option name it (for these the library
+//! describes the thing, not the flag; some older `Error::Usage` texts of the library still
+//! name their option themselves).
 
 use wyng::error::Setting;
 use wyng::Error;

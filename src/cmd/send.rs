@@ -451,7 +451,10 @@ fn requests(
 fn test_session_name() -> Option<wyng::format::SessionName> {
     #[cfg(feature = "failpoints")]
     if let Ok(s) = std::env::var("WYNG_TEST_SESSION") {
-        return wyng::format::SessionName::from_user(&s);
+        // A test's mistake must not fall back to the clock unnoticed.
+        let name = wyng::format::SessionName::from_user(&s);
+        assert!(name.is_some(), "WYNG_TEST_SESSION={s}: not YYYYMMDD-HHMMSS");
+        return name;
     }
     None
 }

@@ -51,8 +51,6 @@ pub enum AutoMode {
     Full,
 }
 
-impl AutoMode {}
-
 /// Bucket retention policy: how many of each to keep (0: that rule is off).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
