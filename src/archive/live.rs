@@ -483,3 +483,60 @@ impl SessionImage {
         Ok((h * cs).max(offset).min(ix.volsize()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{Location, OpenOptions};
+    use crate::dest::MemDest;
+    use crate::ops::faults;
+
+    /// A read that met a moved chunk file with a state older than the live archive's (another
+    /// reader refreshed after a prune moved the files, between this read's resolve and its
+    /// chunk fetch) reads from the newer state: the refresh it forces finds nothing new, and
+    /// that is not damage. (`mount::a_prune_under_open_files` flaked on exactly this.)
+    #[test]
+    fn a_read_behind_another_readers_refresh_follows_a_prune() {
+        let (d, images) = faults::template_on(MemDest::new("mem:live"), 3);
+        let meta = tempfile::tempdir().unwrap();
+        let auth = faults::auth();
+        let archive = Archive::open_read(
+            Location::memory(d.clone()),
+            &OpenOptions {
+                auth: &auth,
+                meta_dir: Some(meta.path()),
+                allow_rollback: true,
+                force_retry: false,
+                lock: Default::default(),
+                tuning: Default::default(),
+                progress: Default::default(),
+            },
+        )
+        .unwrap();
+        // No cache (every read goes to the chunk files), no timed refresh.
+        let live = LiveArchive::new(archive, 0, Duration::from_secs(3600));
+        let image = live.image(0, 1).unwrap();
+        assert_eq!(*image.session(), faults::name(2));
+        // What this read resolved before the prune.
+        let stale = image.resolved();
+        {
+            // Session 1 merged into session 2: session 2's chunk files move.
+            let mut wa = faults::open(&d, meta.path()).unwrap();
+            crate::ops::prune::run(
+                &mut wa,
+                &["vol".to_string()],
+                &crate::ops::prune::PruneOptions {
+                    session: Some("20260101-000001".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        // Another reader's refresh loads the new state first.
+        assert!(live.refresh(true));
+        let mut got = vec![0u8; faults::CS as usize];
+        let n = image.read_moved(stale, 0, &mut got).unwrap();
+        assert_eq!(n, got.len());
+        assert!(got == images[1][..got.len()], "session 2 reads back wrong");
+    }
+}

@@ -11,7 +11,7 @@ pub mod copy;
 pub mod dedup;
 pub mod diff;
 #[cfg(test)]
-mod faults;
+pub(crate) mod faults;
 pub mod files;
 pub mod list;
 pub mod monitor;
