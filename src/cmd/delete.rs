@@ -75,7 +75,7 @@ pub fn run(g: &Global, a: DeleteArgs) -> Result<()> {
         };
         let block = local
             .to_str()
-            .is_some_and(|s| s.starts_with("zfs:") || wyng::source::lvm::ThinPool::is_spec(s));
+            .is_some_and(|s| s.starts_with("zfs:") || wyng::source::lvm_thin::ThinPool::is_spec(s));
         let store = block
             .then(|| wyng::source::LocalStorage::open(local, &g.local))
             .transpose()?;

@@ -12,5 +12,5 @@ pub(super) const TARGET: Target = Target {
 };
 
 fn run(data: &[u8]) {
-    let _ = crate::source::lvm::parse_lvs(&text(data));
+    let _ = crate::source::lvm_thin::parse_lvs(&text(data));
 }

@@ -12,7 +12,7 @@ pub(super) const TARGET: Target = Target {
 };
 
 fn run(data: &[u8]) {
-    if let Ok(r) = crate::source::lvm::parse_thin_delta(&text(data), 65536, 1 << 30, 1 << 29) {
+    if let Ok(r) = crate::source::lvm_thin::parse_thin_delta(&text(data), 65536, 1 << 30, 1 << 29) {
         assert!(r.chunks().all(|c| c < (1 << 30) / 65536));
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub mod deltamap;
-pub mod lvm;
+pub mod lvm_thin;
 pub mod reflink;
 pub mod zfs;
 pub(crate) mod zstream;
@@ -131,7 +131,7 @@ pub struct LocalOptions {
 /// zvols under a ZFS dataset.
 pub enum LocalStorage {
     Reflink(reflink::ReflinkStore),
-    Thin(std::sync::Arc<lvm::ThinPool>),
+    Thin(std::sync::Arc<lvm_thin::ThinPool>),
     Zfs(std::sync::Arc<zfs::ZfsStore>),
 }
 
@@ -146,9 +146,11 @@ impl LocalStorage {
                     Box::new(zfs::System),
                 )?)))
             }
-            Some(s) if lvm::ThinPool::is_spec(s) => Ok(LocalStorage::Thin(std::sync::Arc::new(
-                lvm::ThinPool::open(s, Box::new(lvm::System))?.with_remap(o.remap),
-            ))),
+            Some(s) if lvm_thin::ThinPool::is_spec(s) => {
+                Ok(LocalStorage::Thin(std::sync::Arc::new(
+                    lvm_thin::ThinPool::open(s, Box::new(lvm_thin::System))?.with_remap(o.remap),
+                )))
+            }
             _ => reflink::ReflinkStore::open(local, &o.reflink_fs).map(LocalStorage::Reflink),
         }
     }
@@ -202,7 +204,7 @@ impl LocalStorage {
     }
 
     /// `receive --use-snapshot` into a thin pool: volume `name` becomes a writable copy of its
-    /// paired baseline (see [`lvm::ThinPool::restore_from_baseline`]); `Ok(false)` where there
+    /// paired baseline (see [`lvm_thin::ThinPool::restore_from_baseline`]); `Ok(false)` where there
     /// is none (and always for ZFS, whose baseline is a bookmark).
     pub fn restore_from_baseline(
         &self,

@@ -52,7 +52,7 @@ fn failed(argv: &[&str], stderr: &[u8]) -> Error {
         format!(
             "`{}` failed: {}",
             argv.join(" "),
-            super::lvm::one_line(&String::from_utf8_lossy(stderr))
+            super::lvm_thin::one_line(&String::from_utf8_lossy(stderr))
         ),
     )
 }
