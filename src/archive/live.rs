@@ -487,7 +487,6 @@ impl SessionImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::{Location, OpenOptions};
     use crate::dest::MemDest;
     use crate::ops::faults;
 
@@ -499,20 +498,7 @@ mod tests {
     fn a_read_behind_another_readers_refresh_follows_a_prune() {
         let (d, images) = faults::template_on(MemDest::new("mem:live"), 3);
         let meta = tempfile::tempdir().unwrap();
-        let auth = faults::auth();
-        let archive = Archive::open_read(
-            Location::memory(d.clone()),
-            &OpenOptions {
-                auth: &auth,
-                meta_dir: Some(meta.path()),
-                allow_rollback: true,
-                force_retry: false,
-                lock: Default::default(),
-                tuning: Default::default(),
-                progress: Default::default(),
-            },
-        )
-        .unwrap();
+        let archive = faults::open_read(&d, Some(meta.path())).unwrap();
         // No cache (every read goes to the chunk files), no timed refresh.
         let live = LiveArchive::new(archive, 0, Duration::from_secs(3600));
         let image = live.image(0, 1).unwrap();

@@ -40,6 +40,24 @@ pub(crate) fn open(d: &MemDest, meta: &Path) -> Result<WriteArchive> {
     )
 }
 
+/// The archive on `d` opened for reading, as a mount or server opens it (local state in
+/// `meta`, if any).
+pub(crate) fn open_read(d: &MemDest, meta: Option<&Path>) -> Result<Archive> {
+    let auth = auth();
+    Archive::open_read(
+        Location::memory(d.clone()),
+        &OpenOptions {
+            auth: &auth,
+            meta_dir: meta,
+            allow_rollback: true,
+            force_retry: false,
+            lock: Default::default(),
+            tuning: Default::default(),
+            progress: Default::default(),
+        },
+    )
+}
+
 pub(crate) fn name(i: u32) -> SessionName {
     SessionName::parse(&format!("S_20260101-0000{i:02}")).unwrap()
 }

@@ -337,75 +337,13 @@ pub fn checker_hashes(report: &serde_json::Value, vol: &str) -> Vec<(String, Str
         .collect()
 }
 
-/// A deterministic test image builder: random, text-like and zero regions.
-pub struct Image {
-    pub data: Vec<u8>,
-    rng: u64,
-}
+// Not every test binary uses every builder method.
+#[allow(dead_code)]
+#[path = "../support/image.rs"]
+mod image;
+pub use image::Image;
 
 impl Image {
-    pub fn new(seed: u64) -> Image {
-        Image {
-            data: Vec::new(),
-            rng: seed.wrapping_mul(0x9E3779B97F4A7C15) | 1,
-        }
-    }
-
-    pub fn next(&mut self) -> u64 {
-        // xorshift64*: fast and reproducible; quality does not matter here.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-
-    pub fn random(&mut self, len: usize) -> &mut Self {
-        for _ in 0..len / 8 {
-            let v = self.next();
-            self.data.extend_from_slice(&v.to_le_bytes());
-        }
-        for _ in 0..len % 8 {
-            let v = self.next() as u8;
-            self.data.push(v);
-        }
-        self
-    }
-
-    pub fn text(&mut self, len: usize) -> &mut Self {
-        let start = self.data.len();
-        let mut i = 0u64;
-        while self.data.len() - start < len {
-            let line = format!(
-                "{i:08} the quick brown fox jumps over the lazy dog {}\n",
-                self.next() % 1000
-            );
-            self.data.extend_from_slice(line.as_bytes());
-            i += 1;
-        }
-        self.data.truncate(start + len);
-        self
-    }
-
-    pub fn zeros(&mut self, len: usize) -> &mut Self {
-        self.data.resize(self.data.len() + len, 0);
-        self
-    }
-
-    /// Overwrites `len` bytes at `off` with random data (growing the image if needed).
-    pub fn scribble(&mut self, off: usize, len: usize) -> &mut Self {
-        if self.data.len() < off + len {
-            self.data.resize(off + len, 0);
-        }
-        for i in 0..len {
-            self.data[off + i] = self.next() as u8;
-        }
-        self
-    }
-
-    pub fn write(&self, p: &Path) {
-        std::fs::write(p, &self.data).unwrap();
-    }
-
     pub fn sha256(&self) -> String {
         hex(&Sha256::digest(&self.data))
     }

@@ -7,50 +7,16 @@ use std::path::Path;
 
 use crate::common::*;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Sends `count` random versions of a volume (writes, zeroing, growth, shrink, tags); returns
 /// session name → sha256 of the image sent.
-fn random_history(w: &Wyng, t: &Path, rng: &mut Rng, count: usize) -> BTreeMap<String, String> {
+fn random_history(w: &Wyng, t: &Path, rng: &mut Image, count: usize) -> BTreeMap<String, String> {
     let src = t.join("src.img");
     let mut img = Image::new(rng.next());
     img.random(300_000).zeros(200_000).text(100_000);
     let mut out = BTreeMap::new();
     for i in 0..count {
         if i > 0 {
-            match rng.below(5) {
-                0 => {
-                    let off = rng.below(img.data.len() as u64) as usize;
-                    img.scribble(off, 70_000);
-                }
-                1 => {
-                    let off = rng.below(img.data.len() as u64 - 1) as usize;
-                    let end = (off + 150_000).min(img.data.len());
-                    img.data[off..end].fill(0);
-                }
-                2 => {
-                    img.random(rng.below(200_000) as usize + 1);
-                }
-                3 => {
-                    let n = img.data.len() * 3 / 4;
-                    img.data.truncate(n.max(1));
-                }
-                _ => {
-                    let off = rng.below(img.data.len() as u64) as usize;
-                    img.scribble(off, 10);
-                }
-            }
+            img.change_randomly(rng);
         }
         img.write(&src);
         let tag = format!("--tag=t{},tag {i}", i % 3);
@@ -247,7 +213,7 @@ fn a_crash_at_any_step_is_finished_or_rolled_back() {
     let t = tmp();
     let base = t.path().join("base");
     let w = Wyng::fresh(&base, &t.path().join("meta"));
-    let mut rng = Rng(11);
+    let mut rng = Image::new(11);
     let live = random_history(&w, t.path(), &mut rng, 5);
     let names: Vec<String> = live.keys().cloned().collect();
     let spec = format!("--session={},{}", &names[1][2..], &names[2][2..]);
@@ -336,7 +302,7 @@ fn retention_policy_with_dry_run_reasons() {
     let t = tmp();
     let ar = t.path().join("a");
     let w = Wyng::fresh(&ar, &t.path().join("meta"));
-    let mut rng = Rng(5);
+    let mut rng = Image::new(5);
     let mut live = random_history(&w, t.path(), &mut rng, 6);
     let names: Vec<String> = live.keys().cloned().collect();
     // Tags t0,t1,t2 repeat: t0 is on sessions 0 and 3. Keep the 2 newest and every t0.
@@ -584,7 +550,7 @@ fn failed_retries_need_force_retry_and_delete_by_vid() {
     let t = tmp();
     let ar = t.path().join("a");
     let w = Wyng::fresh(&ar, &t.path().join("meta"));
-    let mut rng = Rng(5);
+    let mut rng = Image::new(5);
     let live = random_history(&w, t.path(), &mut rng, 3);
     let names: Vec<String> = live.keys().cloned().collect();
     let mut b = Image::new(9);

@@ -6,24 +6,11 @@
 //! (object storage).
 
 use super::{run, CopyOptions};
-use crate::archive::{Archive, Location, MemDest, OpenOptions, WriteArchive};
-use crate::ops::faults::{assert_sessions, auth, crash_at_every_step, init, sessions, template_on};
+use crate::archive::{Archive, MemDest, WriteArchive};
+use crate::ops::faults::{assert_sessions, crash_at_every_step, init, sessions, template_on};
 
 fn source(d: &MemDest) -> Archive {
-    let auth = auth();
-    Archive::open_read(
-        Location::memory(d.clone()),
-        &OpenOptions {
-            auth: &auth,
-            meta_dir: None,
-            allow_rollback: false,
-            force_retry: false,
-            lock: Default::default(),
-            tuning: Default::default(),
-            progress: Default::default(),
-        },
-    )
-    .unwrap()
+    crate::ops::faults::open_read(d, None).unwrap()
 }
 
 fn options(session: Option<&str>) -> CopyOptions {

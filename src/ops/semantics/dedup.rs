@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{init_with, send_as, Img};
+use super::{init_with, send_as, Image};
 use crate::archive::{Compression, MemDest};
 use crate::ops::faults::sessions;
 use crate::ops::prune::{self, PruneOptions};
@@ -31,11 +31,11 @@ fn chunk_files(d: &MemDest) -> (usize, usize) {
 
 /// Two images sharing 1 MiB (16 chunks of 64 KiB), the second also repeating a chunk.
 fn shared_images() -> (Vec<u8>, Vec<u8>) {
-    let common = Img::new(1).random(1 << 20).data.clone();
-    let mut a = Img::new(2);
+    let common = Image::new(1).random(1 << 20).data.clone();
+    let mut a = Image::new(2);
     a.random(256 << 10);
     a.data.extend_from_slice(&common);
-    let mut b = Img::new(3);
+    let mut b = Image::new(3);
     b.data.extend_from_slice(&common);
     b.random(128 << 10);
     let block = b.data[..65536].to_vec();

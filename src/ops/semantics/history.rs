@@ -3,7 +3,7 @@
 //! exact name or "not after". Was `tests/cli/roundtrip.rs` (`history`,
 //! `several_volumes_share_a_session_and_selection_works`), which keeps the checker's part.
 
-use super::{init_with, send_as, tag, Img};
+use super::{init_with, send_as, tag, Image};
 use crate::archive::{Compression, MemDest};
 use crate::error::Error;
 use crate::ops::faults::{name, sessions};
@@ -13,7 +13,7 @@ use crate::ops::{self, SessionSel};
 /// The images of the history, each with whether its send must record a session.
 fn steps(cs: usize, seed: u64) -> Vec<(Vec<u8>, bool)> {
     let mut steps = Vec::new();
-    let mut img = Img::new(seed);
+    let mut img = Image::new(seed);
     img.random(3 * cs + 100)
         .text(4 * cs)
         .zeros(5 * cs)
@@ -143,8 +143,8 @@ fn several_volumes_share_a_session_and_selection_works() {
     let (meta, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let d = MemDest::new("mem:select");
     let mut wa = init_with(&d, meta.path(), Compression::Zstd, 3, 65536);
-    let a1 = Img::new(1).random(300_000).data.clone();
-    let b = Img::new(2).text(500_000).data.clone();
+    let a1 = Image::new(1).random(300_000).data.clone();
+    let b = Image::new(2).text(500_000).data.clone();
     let tagged = SendOptions {
         tags: vec![tag("first", "First one")],
         ..Default::default()
@@ -159,7 +159,7 @@ fn several_volumes_share_a_session_and_selection_works() {
     assert_eq!(r[0].session, r[1].session);
     assert_eq!(r[0].session.as_deref(), Some(name(1).as_str()));
     // Two seconds later, so that "first + 1 s" falls between the sessions.
-    let a2 = Img::new(3).random(300_000).data.clone();
+    let a2 = Image::new(3).random(300_000).data.clone();
     let r = send_as(
         &mut wa,
         files.path(),

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{init_with, send_as, tag, Img};
+use super::{init_with, send_as, tag, Image};
 use crate::archive::{Compression, MemDest, WriteArchive};
 use crate::format::SessionName;
 use crate::ops::faults::{name, sessions};
@@ -20,37 +20,15 @@ use crate::ops::send::SendOptions;
 fn random_history(
     wa: &mut WriteArchive,
     files: &Path,
-    rng: &mut Img,
+    rng: &mut Image,
     count: u32,
 ) -> BTreeMap<SessionName, Vec<u8>> {
-    let mut img = Img::new(rng.next());
+    let mut img = Image::new(rng.next());
     img.random(300_000).zeros(200_000).text(100_000);
     let mut out = BTreeMap::new();
     for i in 0..count {
         if i > 0 {
-            let len = img.data.len() as u64;
-            match rng.below(5) {
-                0 => {
-                    let off = rng.below(len) as usize;
-                    img.scribble(off, 70_000);
-                }
-                1 => {
-                    let off = rng.below(len - 1) as usize;
-                    let end = (off + 150_000).min(img.data.len());
-                    img.data[off..end].fill(0);
-                }
-                2 => {
-                    img.random(rng.below(200_000) as usize + 1);
-                }
-                3 => {
-                    let n = img.data.len() * 3 / 4;
-                    img.data.truncate(n.max(1));
-                }
-                _ => {
-                    let off = rng.below(len) as usize;
-                    img.scribble(off, 10);
-                }
-            }
+            img.change_randomly(rng);
         }
         let opts = SendOptions {
             tags: vec![tag(&format!("t{}", i % 3), &format!("tag {i}"))],
@@ -97,7 +75,7 @@ fn random_histories_and_selections() {
         let (meta, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let d = MemDest::new("mem:prune");
         let mut wa = init_with(&d, meta.path(), Compression::Zstd, 3, 65536);
-        let mut rng = Img::new(seed * 0x9E37_79B9 + 1);
+        let mut rng = Image::new(seed * 0x9E37_79B9 + 1);
         let mut live = random_history(&mut wa, files.path(), &mut rng, 8);
         for round in 0..3 {
             let names: Vec<SessionName> = live.keys().cloned().collect();
@@ -144,7 +122,7 @@ fn tags_keep_and_dry_run() {
     let (meta, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let d = MemDest::new("mem:tags");
     let mut wa = init_with(&d, meta.path(), Compression::Zstd, 3, 65536);
-    let mut rng = Img::new(7);
+    let mut rng = Image::new(7);
     let mut live = random_history(&mut wa, files.path(), &mut rng, 6);
     let names: Vec<SessionName> = live.keys().cloned().collect();
     // A dry run reports and changes nothing: t0 is on sessions 0 and 3 (not the newest).
@@ -195,7 +173,7 @@ fn retention_after_each_send_keeps_what_its_policy_says() {
     };
     let mut images = BTreeMap::new();
     for i in 0..4u32 {
-        let img = Img::new(100 + u64::from(i)).random(200_000).data.clone();
+        let img = Image::new(100 + u64::from(i)).random(200_000).data.clone();
         send_as(
             &mut wa,
             files.path(),

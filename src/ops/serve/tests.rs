@@ -11,22 +11,13 @@ use std::time::Duration;
 use super::overlay::{Overlay, BLOCK};
 use super::*;
 use crate::archive::{Archive, InitParams, Location, MemDest, OpenOptions};
-use crate::auth::Auth;
-use crate::format::SessionName;
 use crate::nbd::handshake::{self as hs, opt, rep, ExportRequest, MetaRequest, Opt};
 use crate::nbd::transmission::{
     self as tx, cmd_flag, errno, flag, reply_type, state, Command, ReplyHeader, Request,
 };
+use crate::ops::faults::{auth, name};
 
 const CS: u64 = 65536;
-
-fn auth() -> Auth {
-    Auth {
-        passcmd: None,
-        authmin: 0,
-        cached_only: false,
-    }
-}
 
 /// A volume of `chunks` chunks: data in most, zero chunks (holes) in every third, a short
 /// last chunk.
@@ -77,10 +68,6 @@ fn send(wa: &mut crate::archive::WriteArchive, dir: &Path, vol: &str, s: u32, da
     .unwrap();
 }
 
-fn name(i: u32) -> SessionName {
-    SessionName::parse(&format!("S_20260101-0000{i:02}")).unwrap()
-}
-
 fn fixture(sessions: u32) -> Fixture {
     let dest = MemDest::new("mem:serve");
     let meta = tempfile::tempdir().unwrap();
@@ -114,19 +101,7 @@ fn fixture(sessions: u32) -> Fixture {
 
 impl Fixture {
     fn archive(&self) -> Archive {
-        Archive::open_read(
-            Location::memory(self.dest.clone()),
-            &OpenOptions {
-                auth: &auth(),
-                meta_dir: Some(self.meta.path()),
-                allow_rollback: true,
-                force_retry: false,
-                lock: Default::default(),
-                tuning: Default::default(),
-                progress: Default::default(),
-            },
-        )
-        .unwrap()
+        crate::ops::faults::open_read(&self.dest, Some(self.meta.path())).unwrap()
     }
 
     fn socket(&self) -> PathBuf {
