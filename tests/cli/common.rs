@@ -341,7 +341,7 @@ pub fn checker_hashes(report: &serde_json::Value, vol: &str) -> Vec<(String, Str
 #[allow(dead_code)]
 #[path = "../support/image.rs"]
 mod image;
-pub use image::Image;
+pub use image::{round_trip_history, Image};
 
 impl Image {
     pub fn sha256(&self) -> String {

@@ -2,48 +2,12 @@
 //! strict mode (the oracle for "the original Wyng reads it").
 
 use crate::common::*;
+use sha2::{Digest, Sha256};
 
-/// The history's images (write, grow, shrink, unchanged, zeroed), each with whether its send
-/// must record a session. Its semantics (every session received and verified, for every
-/// compression and chunk size) are tested in-process (`src/ops/semantics/history.rs`); here
-/// the independent checker rebuilds each session of archives the binary wrote.
-fn steps(cs: usize, seed: u64) -> Vec<(Image, bool)> {
-    let mut steps = Vec::new();
-    let mut img = Image::new(seed);
-    img.random(3 * cs + 100)
-        .text(4 * cs)
-        .zeros(5 * cs)
-        .random(cs / 3);
-    steps.push((clone(&img), true));
-    // Small scattered writes.
-    for k in 0..5 {
-        let off = (k * 7919 * 131) % (img.data.len() - 4096);
-        img.scribble(off, 4096);
-    }
-    steps.push((clone(&img), true));
-    // Grow.
-    img.zeros(2 * cs).text(cs + 17);
-    steps.push((clone(&img), true));
-    // Shrink to an unaligned size, then to an aligned one.
-    img.data.truncate(6 * cs + 999);
-    steps.push((clone(&img), true));
-    img.data.truncate(5 * cs);
-    steps.push((clone(&img), true));
-    // Nothing changed: nothing recorded.
-    steps.push((clone(&img), false));
-    // Data turned into zeros (whole chunks), and a zeroed region turning back into data.
-    let n = img.data.len();
-    img.data[..2 * cs].fill(0);
-    img.scribble(n - cs / 2, 100);
-    steps.push((clone(&img), true));
-    steps
-}
-
-fn clone(i: &Image) -> Image {
-    let mut c = Image::new(0);
-    c.data = i.data.clone();
-    c
-}
+// The history's images (`round_trip_history`, tests/support/image.rs): its semantics (every
+// session received and verified, for every compression and chunk size) are tested in-process
+// (`src/ops/semantics/history.rs`); here the independent checker rebuilds each session of
+// archives the binary wrote.
 
 /// One archive per compression and chunk size, each given the same history (sessions named
 /// explicitly: no waiting for the clock).
@@ -61,7 +25,7 @@ fn every_compression_and_chunk_size_passes_the_checker() {
         w: Wyng,
         ar: std::path::PathBuf,
         compression: &'static str,
-        steps: Vec<(Image, bool)>,
+        steps: Vec<(Vec<u8>, bool)>,
         recorded: Vec<(String, String)>,
     }
     let mut runs: Vec<Run> = kinds
@@ -72,7 +36,7 @@ fn every_compression_and_chunk_size_passes_the_checker() {
             let cf = format!("--chunk-factor={factor}");
             let comp = format!("--compression={compression}");
             w.ok(&["arch-init", "--encrypt=off", &comp, &cf]);
-            let steps = steps(32768usize << factor, seed);
+            let steps = round_trip_history(32768usize << factor, seed);
             Run {
                 w,
                 ar,
@@ -87,7 +51,7 @@ fn every_compression_and_chunk_size_passes_the_checker() {
         for r in &mut runs {
             let src = r.ar.with_extension("img");
             let (img, records) = &r.steps[i];
-            img.write(&src);
+            std::fs::write(&src, img).unwrap();
             let rep = r.w.send("vol", &src, &[]);
             assert_eq!(
                 !rep["session"].is_null(),
@@ -97,7 +61,7 @@ fn every_compression_and_chunk_size_passes_the_checker() {
             );
             if *records {
                 let s = rep["session"].as_str().unwrap().to_string();
-                r.recorded.push((s, img.sha256()));
+                r.recorded.push((s, hex(&Sha256::digest(img))));
             }
         }
     }

@@ -103,3 +103,38 @@ impl Image {
         std::fs::write(p, &self.data).unwrap();
     }
 }
+
+/// The round-trip tests' history of one volume at chunk size `cs` (write, grow, shrink to an
+/// unaligned and an aligned size, unchanged, whole chunks zeroed): each image with whether its
+/// send must record a session.
+pub fn round_trip_history(cs: usize, seed: u64) -> Vec<(Vec<u8>, bool)> {
+    let mut steps = Vec::new();
+    let mut img = Image::new(seed);
+    img.random(3 * cs + 100)
+        .text(4 * cs)
+        .zeros(5 * cs)
+        .random(cs / 3);
+    steps.push((img.data.clone(), true));
+    // Small scattered writes.
+    for k in 0..5 {
+        let off = (k * 7919 * 131) % (img.data.len() - 4096);
+        img.scribble(off, 4096);
+    }
+    steps.push((img.data.clone(), true));
+    // Grow.
+    img.zeros(2 * cs).text(cs + 17);
+    steps.push((img.data.clone(), true));
+    // Shrink to an unaligned size, then to an aligned one.
+    img.data.truncate(6 * cs + 999);
+    steps.push((img.data.clone(), true));
+    img.data.truncate(5 * cs);
+    steps.push((img.data.clone(), true));
+    // Nothing changed: nothing recorded.
+    steps.push((img.data.clone(), false));
+    // Data turned into zeros (whole chunks), and a zeroed region turning back into data.
+    let n = img.data.len();
+    img.data[..2 * cs].fill(0);
+    img.scribble(n - cs / 2, 100);
+    steps.push((img.data.clone(), true));
+    steps
+}

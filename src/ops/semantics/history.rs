@@ -3,45 +3,12 @@
 //! exact name or "not after". Was `tests/cli/roundtrip.rs` (`history`,
 //! `several_volumes_share_a_session_and_selection_works`), which keeps the checker's part.
 
-use super::{init_with, send_as, tag, Image};
+use super::{init_with, round_trip_history, send_as, tag, Image};
 use crate::archive::{Compression, MemDest};
 use crate::error::Error;
 use crate::ops::faults::{name, sessions};
 use crate::ops::send::SendOptions;
 use crate::ops::{self, SessionSel};
-
-/// The images of the history, each with whether its send must record a session.
-fn steps(cs: usize, seed: u64) -> Vec<(Vec<u8>, bool)> {
-    let mut steps = Vec::new();
-    let mut img = Image::new(seed);
-    img.random(3 * cs + 100)
-        .text(4 * cs)
-        .zeros(5 * cs)
-        .random(cs / 3);
-    steps.push((img.data.clone(), true));
-    // Small scattered writes.
-    for k in 0..5 {
-        let off = (k * 7919 * 131) % (img.data.len() - 4096);
-        img.scribble(off, 4096);
-    }
-    steps.push((img.data.clone(), true));
-    // Grow.
-    img.zeros(2 * cs).text(cs + 17);
-    steps.push((img.data.clone(), true));
-    // Shrink to an unaligned size, then to an aligned one.
-    img.data.truncate(6 * cs + 999);
-    steps.push((img.data.clone(), true));
-    img.data.truncate(5 * cs);
-    steps.push((img.data.clone(), true));
-    // Nothing changed: nothing recorded.
-    steps.push((img.data.clone(), false));
-    // Data turned into zeros (whole chunks), and a zeroed region turning back into data.
-    let n = img.data.len();
-    img.data[..2 * cs].fill(0);
-    img.scribble(n - cs / 2, 100);
-    steps.push((img.data.clone(), true));
-    steps
-}
 
 fn history(compression: Compression, level: i32, factor: u32, seed: u64) {
     let what = format!("{compression:?}:{level} cf{factor}");
@@ -50,7 +17,7 @@ fn history(compression: Compression, level: i32, factor: u32, seed: u64) {
     let cs = 32768usize << factor;
     let mut wa = init_with(&d, meta.path(), compression, level, cs as u64);
     let mut recorded = Vec::new();
-    for (i, (data, records)) in steps(cs, seed).into_iter().enumerate() {
+    for (i, (data, records)) in round_trip_history(cs, seed).into_iter().enumerate() {
         let s = i as u32 + 1;
         let r = send_as(
             &mut wa,

@@ -78,4 +78,4 @@ pub(super) fn tag(id: &str, desc: &str) -> Tag {
 #[allow(dead_code)]
 #[path = "../../../tests/support/image.rs"]
 mod image;
-pub(super) use image::Image;
+pub(super) use image::{round_trip_history, Image};
